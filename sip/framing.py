@@ -1,0 +1,85 @@
+"""Cutting a byte stream (TCP, TLS) into SIP messages by Content-Length (RFC 3261 §18.3).
+
+Also recognises RFC 5626 keep-alives: a double CRLF ping (answered by a single CRLF pong) and
+the lone CRLF pong, which carry no message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .errors import SipError
+from .message import DEFAULT_LIMITS, Limits
+
+PING = b"\r\n\r\n"
+PONG = b"\r\n"
+
+
+class KeepAlivePing:
+    """Marker yielded by the framer for a double-CRLF ping: the transport answers with PONG."""
+
+
+KEEPALIVE_PING = KeepAlivePing()
+
+
+class StreamFramer:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._buffer = bytearray()
+        self._limits = limits
+
+    def feed(self, data: bytes) -> Iterator[bytes | KeepAlivePing]:
+        """Yield complete messages (bytes) and pings; keep partial data for the next feed.
+
+        Raises SipError when the stream cannot be framed any more (the connection must close).
+        """
+        buffer = self._buffer
+        buffer += data
+        while buffer:
+            if buffer[:1] in (b"\r", b"\n"):
+                if buffer.startswith(PING):
+                    del buffer[:4]
+                    yield KEEPALIVE_PING
+                    continue
+                if buffer.startswith(PONG) and len(buffer) > 2 and buffer[2:3] != b"\r":
+                    del buffer[:2]
+                    continue
+                if buffer == PONG or buffer in (b"\r", b"\r\n\r"):
+                    if buffer == PONG:
+                        del buffer[:2]
+                    return
+                if buffer[:1] == b"\n":
+                    del buffer[:1]
+                    continue
+                del buffer[:2]
+                continue
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > self._limits.max_message_size:
+                    raise SipError(513, "Message Too Large: no end of headers")
+                return
+            length = _content_length(bytes(buffer[:end]))
+            total = end + 4 + length
+            if total > self._limits.max_message_size:
+                raise SipError(513, "Message Too Large")
+            if len(buffer) < total:
+                return
+            message = bytes(buffer[:total])
+            del buffer[:total]
+            yield message
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name in (b"content-length", b"l"):
+            value = value.strip()
+            if not value.isdigit():
+                raise SipError(400, "Malformed Content-Length")
+            return int(value)
+    # RFC 3261 §18.3: Content-Length is mandatory on streams.
+    raise SipError(400, "Missing Content-Length on a stream transport")

@@ -1,0 +1,129 @@
+"""Lexical helpers shared by the header and URI parsers (RFC 3261 §25.1).
+
+Hand-written rather than regex-driven: the hot path (a proxy reading Via, Call-ID, CSeq and tags)
+must stay in the low microseconds, and these scanners touch each character once.
+"""
+
+from __future__ import annotations
+
+from .errors import SipError
+
+TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+)
+WHITESPACE = " \t\r\n"
+
+
+def is_token(text: str) -> bool:
+    return bool(text) and all(char in TOKEN_CHARS for char in text)
+
+
+def split_top_level(text: str, separator: str = ",") -> list[str]:
+    """Split on separator outside quoted strings and <...>; parts are stripped, empties kept out."""
+    if separator not in text:
+        stripped = text.strip()
+        return [stripped] if stripped else []
+    parts: list[str] = []
+    depth = 0
+    in_quotes = False
+    escaped = False
+    start = 0
+    for index, char in enumerate(text):
+        if in_quotes:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_quotes = False
+        elif char == '"':
+            in_quotes = True
+        elif char == "<":
+            depth += 1
+        elif char == ">":
+            depth = max(0, depth - 1)
+        elif char == separator and depth == 0:
+            part = text[start:index].strip()
+            if part:
+                parts.append(part)
+            start = index + 1
+    if in_quotes:
+        raise SipError(400, f"Unterminated quoted string in {text[:60]!r}")
+    part = text[start:].strip()
+    if part:
+        parts.append(part)
+    return parts
+
+
+def unquote(text: str) -> str:
+    """Value of a quoted-string (with its quotes), escapes resolved; other text unchanged."""
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        body = text[1:-1]
+        if "\\" not in body:
+            return body
+        out: list[str] = []
+        chars = iter(body)
+        for char in chars:
+            out.append(next(chars, "") if char == "\\" else char)
+        return "".join(out)
+    return text
+
+
+def quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_params(text: str, context: str) -> dict[str, str | None]:
+    """`;name=value;flag` parameters into an ordered dict with lower-case names.
+
+    Values keep their case and quotes are removed; a flag parameter maps to None.
+    """
+    params: dict[str, str | None] = {}
+    for item in split_top_level(text, ";"):
+        name, eq, value = item.partition("=")
+        name = name.strip()
+        if not name:
+            raise SipError(400, f"Empty parameter name in {context}")
+        if eq:
+            value = value.strip()
+            params[name.lower()] = unquote(value) if value.startswith('"') else value
+        else:
+            params[name.lower()] = None
+    return params
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    pieces: list[str] = []
+    for name, value in params.items():
+        if value is None:
+            pieces.append(";" + name)
+        elif value == "" or is_token(value) or _is_host_like(value):
+            pieces.append(f";{name}={value}")
+        else:
+            pieces.append(f";{name}={quote(value)}")
+    return "".join(pieces)
+
+
+def _is_host_like(value: str) -> bool:
+    # IPv6 references and similar values are not tokens but must stay unquoted.
+    return value.startswith("[") and value.endswith("]")
+
+
+def find_unquoted(text: str, char: str, start: int = 0) -> int:
+    """Index of char outside quoted strings, or -1."""
+    in_quotes = False
+    escaped = False
+    for index in range(start, len(text)):
+        current = text[index]
+        if in_quotes:
+            if escaped:
+                escaped = False
+            elif current == "\\":
+                escaped = True
+            elif current == '"':
+                in_quotes = False
+        elif current == '"':
+            in_quotes = True
+        elif current == char:
+            return index
+    return -1

@@ -1,0 +1,169 @@
+"""Structured header values: name-addr (From/To/Contact/Route…), Via and CSeq."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import SipError
+from .grammar import find_unquoted, format_params, parse_params, quote, unquote
+from .uri import SipUri, format_host, split_hostport
+
+COMPACT_FORMS = {
+    "i": "Call-ID", "m": "Contact", "e": "Content-Encoding", "l": "Content-Length",
+    "c": "Content-Type", "f": "From", "s": "Subject", "k": "Supported", "t": "To", "v": "Via",
+    "o": "Event", "r": "Refer-To", "b": "Referred-By", "a": "Accept-Contact",
+    "u": "Allow-Events", "x": "Session-Expires", "j": "Reject-Contact",
+    "d": "Request-Disposition", "y": "Identity",
+}
+_KNOWN = (
+    "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
+    "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
+    "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
+    "Content-Type", "CSeq", "Date", "Error-Info", "Event", "Expires", "Flow-Timer", "From",
+    "In-Reply-To", "Max-Forwards", "Min-Expires", "Min-SE", "MIME-Version", "Organization",
+    "Path", "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "RAck",
+    "Reason", "Record-Route", "Refer-To", "Referred-By", "Reply-To", "Require", "Retry-After",
+    "Route", "RSeq", "Server", "Session-Expires", "SIP-ETag", "SIP-If-Match", "Subject",
+    "Subscription-State", "Supported", "Timestamp", "To", "Unsupported", "User-Agent", "Via",
+    "Warning", "WWW-Authenticate", "P-Asserted-Identity", "Privacy", "Identity",
+)
+CANONICAL_NAMES = {name.lower(): name for name in _KNOWN}
+for _short, _long in COMPACT_FORMS.items():
+    CANONICAL_NAMES[_short] = _long
+
+# Headers whose values may be comma-joined lists (RFC 3261 §7.3.1); all others are single values
+# and may legitimately contain commas (dates, quoted display names, auth parameters).
+LIST_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Via", "Contact", "Route", "Record-Route", "Path", "Allow", "Supported", "Require",
+        "Proxy-Require", "Unsupported", "Accept", "Accept-Encoding", "Accept-Language",
+        "Allow-Events", "Content-Encoding", "Content-Language", "In-Reply-To", "Warning",
+        "Alert-Info", "Call-Info", "Error-Info", "Reason", "P-Asserted-Identity",
+    )
+)
+
+
+# `SIP / 2.0 / UDP` with spaces around the slashes is legal (RFC 4475 §3.1.1.1).
+_VIA_PROTOCOL = re.compile(r"\s*([A-Za-z]+)\s*/\s*([0-9.]+)\s*/\s*([A-Za-z0-9-]+)\s+(\S.*)", re.S)
+
+
+def canonical_name(name: str) -> str:
+    return CANONICAL_NAMES.get(name.lower(), name)
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """`"Display" <uri>;params`, `uri;params` or the Contact wildcard `*`."""
+
+    uri_text: str
+    display: str | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    _uri: SipUri | None = None
+
+    @classmethod
+    def parse(cls, text: str, header: str = "header") -> NameAddr:
+        text = text.strip()
+        if text == "*":
+            return cls("*")
+        open_at = find_unquoted(text, "<")
+        if open_at >= 0:
+            close_at = text.find(">", open_at)
+            if close_at < 0:
+                raise SipError(400, f"Unterminated <> in {header}")
+            display_text = text[:open_at].strip()
+            display = unquote(display_text) if display_text else None
+            uri_text = text[open_at + 1 : close_at].strip()
+            rest = text[close_at + 1 :].strip()
+            if display_text and not display_text.startswith('"') and '"' in display_text:
+                raise SipError(400, f"Malformed display name in {header}")
+        else:
+            display = None
+            uri_text, _, rest = text.partition(";")
+            uri_text = uri_text.strip()
+            rest = ";" + rest if rest else ""
+            if " " in uri_text or "," in uri_text:
+                raise SipError(400, f"Malformed {header}: URI with spaces needs <>")
+        if not uri_text or ":" not in uri_text:
+            raise SipError(400, f"Malformed URI in {header}")
+        if rest and not rest.startswith(";"):
+            raise SipError(400, f"Garbage after URI in {header}")
+        return cls(uri_text, display, parse_params(rest, header) if rest else {})
+
+    @property
+    def uri(self) -> SipUri:
+        if self._uri is None:
+            self._uri = SipUri.parse(self.uri_text)
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: SipUri) -> None:
+        self._uri = value
+        self.uri_text = str(value)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.uri_text == "*"
+
+    def __str__(self) -> str:
+        if self.is_wildcard:
+            return "*"
+        uri_text = str(self._uri) if self._uri is not None else self.uri_text
+        display = f"{quote(self.display)} " if self.display else ""
+        return f"{display}<{uri_text}>{format_params(self.params)}"
+
+
+@dataclass(slots=True)
+class Via:
+    transport: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Via:
+        match = _VIA_PROTOCOL.match(text)
+        if match is None:
+            raise SipError(400, f"Malformed Via {text.strip()[:60]!r}")
+        name, version, transport, rest = match.groups()
+        if name.upper() != "SIP" or version != "2.0":
+            raise SipError(400, f"Malformed Via protocol {name}/{version}")
+        sent_by, _, params = rest.partition(";")
+        host, port = split_hostport(sent_by.strip().replace(" ", ""), "Via")
+        return cls(transport.upper(), host, port, parse_params(params, "Via") if params else {})
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def sent_by(self) -> str:
+        return f"{format_host(self.host)}:{self.port}" if self.port else format_host(self.host)
+
+    def __str__(self) -> str:
+        return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    number: int
+    method: str
+
+    @classmethod
+    def parse(cls, text: str) -> CSeq:
+        number, _, method = text.strip().partition(" ")
+        method = method.strip()
+        if not number.isdigit() or not method or " " in method or len(number) > 10:
+            raise SipError(400, f"Malformed CSeq {text[:40]!r}")
+        value = int(number)
+        if value >= 2**31:
+            raise SipError(400, "CSeq number out of range")
+        return cls(value, method)
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"

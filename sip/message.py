@@ -1,0 +1,429 @@
+"""SIP requests and responses: lazy parsing, structured accessors and serialisation (RFC 3261 §7).
+
+Parsing only splits the start line and header lines; structured values (Via, name-addrs, CSeq…)
+are parsed on first access and cached, because a proxy reads a handful of headers and forwards
+the rest untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SipError
+from .grammar import split_top_level
+from .headers import CANONICAL_NAMES, LIST_HEADERS, CSeq, NameAddr, Via
+from .status import reason_phrase
+from .uri import SipUri
+
+SIP_VERSION = "SIP/2.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_size: int = 65_535
+    max_headers: int = 128
+    max_header_length: int = 8_192
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Message:
+    """Header rows (key, name, value) in wire order; key is the lower-case full name."""
+
+    __slots__ = ("_rows", "body", "_cache")
+
+    def __init__(self, rows: list[tuple[str, str, str]] | None = None, body: bytes = b"") -> None:
+        self._rows: list[tuple[str, str, str]] = rows if rows is not None else []
+        self.body = body
+        self._cache: dict[str, Any] = {}
+
+    # --- raw header access -------------------------------------------------------------------
+    def get(self, name: str) -> str | None:
+        key = _key(name)
+        for row_key, _, value in self._rows:
+            if row_key == key:
+                return value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header, comma-separated lists split for list headers."""
+        key = _key(name)
+        values = [value for row_key, _, value in self._rows if row_key == key]
+        if key not in LIST_HEADERS:
+            return values
+        split: list[str] = []
+        for value in values:
+            split.extend(split_top_level(value) if "," in value else [value.strip()])
+        return split
+
+    def has(self, name: str) -> bool:
+        key = _key(name)
+        return any(row_key == key for row_key, _, _ in self._rows)
+
+    def add(self, name: str, value: str) -> None:
+        key = _key(name)
+        self._rows.append((key, CANONICAL_NAMES.get(key, name), value))
+        self._cache.pop(key, None)
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert above the first header of that name (or at the top): Via, Record-Route."""
+        key = _key(name)
+        row = (key, CANONICAL_NAMES.get(key, name), value)
+        for index, (row_key, _, _) in enumerate(self._rows):
+            if row_key == key:
+                self._rows.insert(index, row)
+                break
+        else:
+            self._rows.insert(0, row)
+        self._cache.pop(key, None)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every header of that name by one, keeping the position of the first."""
+        key = _key(name)
+        new_rows: list[tuple[str, str, str]] = []
+        placed = False
+        for row in self._rows:
+            if row[0] == key:
+                if not placed:
+                    new_rows.append((key, CANONICAL_NAMES.get(key, name), value))
+                    placed = True
+            else:
+                new_rows.append(row)
+        if not placed:
+            new_rows.append((key, CANONICAL_NAMES.get(key, name), value))
+        self._rows = new_rows
+        self._cache.pop(key, None)
+
+    def remove(self, name: str) -> None:
+        key = _key(name)
+        self._rows = [row for row in self._rows if row[0] != key]
+        self._cache.pop(key, None)
+
+    def remove_first_value(self, name: str) -> str | None:
+        """Pop the top-most value of a list header (Via, Route), splitting a comma-joined row."""
+        key = _key(name)
+        for index, (row_key, row_name, value) in enumerate(self._rows):
+            if row_key == key:
+                values = split_top_level(value) if "," in value else [value]
+                if len(values) > 1:
+                    self._rows[index] = (row_key, row_name, ", ".join(values[1:]))
+                else:
+                    del self._rows[index]
+                self._cache.pop(key, None)
+                return values[0].strip()
+        return None
+
+    def header_rows(self) -> list[tuple[str, str]]:
+        return [(name, value) for _, name, value in self._rows]
+
+    # --- structured accessors ----------------------------------------------------------------
+    def _cached(self, key: str, build: Any) -> Any:
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = build()
+            return value
+
+    @property
+    def vias(self) -> list[Via]:
+        return self._cached("via", lambda: [Via.parse(value) for value in self.get_all("via")])
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.vias
+        if not vias:
+            raise SipError(400, "Missing Via header")
+        return vias[0]
+
+    @property
+    def call_id(self) -> str:
+        def build() -> str:
+            value = self.get("call-id")
+            if not value or not value.strip():
+                raise SipError(400, "Missing Call-ID header")
+            return value.strip()
+
+        return self._cached("call-id", build)
+
+    @property
+    def cseq(self) -> CSeq:
+        def build() -> CSeq:
+            value = self.get("cseq")
+            if value is None:
+                raise SipError(400, "Missing CSeq header")
+            return CSeq.parse(value)
+
+        return self._cached("cseq", build)
+
+    @property
+    def from_(self) -> NameAddr:
+        return self._cached("from", lambda: self._single_name_addr("From"))
+
+    @property
+    def to(self) -> NameAddr:
+        return self._cached("to", lambda: self._single_name_addr("To"))
+
+    def _single_name_addr(self, name: str) -> NameAddr:
+        value = self.get(name)
+        if value is None:
+            raise SipError(400, f"Missing {name} header")
+        return NameAddr.parse(value, name)
+
+    def name_addrs(self, name: str) -> list[NameAddr]:
+        """Contact, Route, Record-Route, Path… as parsed name-addrs (cached until modified)."""
+        key = _key(name)
+        return self._cached(key, lambda: [NameAddr.parse(v, name) for v in self.get_all(key)])
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        return self.name_addrs("contact")
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.get("max-forwards")
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.isdigit() or len(value) > 3:
+            raise SipError(400, f"Malformed Max-Forwards {value[:20]!r}")
+        return int(value)
+
+    @property
+    def expires(self) -> int | None:
+        value = self.get("expires")
+        if value is None:
+            return None
+        value = value.strip()
+        if not value.isdigit():
+            raise SipError(400, f"Malformed Expires {value[:20]!r}")
+        return min(int(value), 2**32 - 1)
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.get("content-type")
+        return value.split(";", 1)[0].strip().lower() if value else None
+
+    def option_tags(self, name: str) -> set[str]:
+        """Supported / Require / Proxy-Require option tags, lower-cased."""
+        return {tag.lower() for tag in self.get_all(name)}
+
+    def set_body(self, body: bytes, content_type: str | None = None) -> None:
+        self.body = body
+        if content_type is not None:
+            self.set("Content-Type", content_type)
+        elif not body:
+            self.remove("Content-Type")
+        self.set("Content-Length", str(len(body)))
+
+    # --- serialisation -----------------------------------------------------------------------
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """Wire form; Content-Length always states the real body length."""
+        lines = [self.start_line()]
+        for key, name, value in self._rows:
+            if key != "content-length":
+                lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+    def __str__(self) -> str:
+        return self.to_bytes().decode("utf-8", "replace")
+
+    def validate(self) -> None:
+        """Eagerly check the headers every transaction needs; raises SipError (400) if broken."""
+        if not self.vias:
+            raise SipError(400, "Missing Via header")
+        self.call_id  # noqa: B018 - parsing is the check
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
+        self.cseq  # noqa: B018
+        self.max_forwards  # noqa: B018
+
+
+class Request(Message):
+    __slots__ = ("method", "uri", "_ruri")
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        rows: list[tuple[str, str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(rows, body)
+        self.method = method
+        self.uri = uri
+        self._ruri: SipUri | None = None
+
+    @property
+    def ruri(self) -> SipUri:
+        if self._ruri is None or str(self._ruri) != self.uri:
+            self._ruri = SipUri.parse(self.uri)
+        return self._ruri
+
+    @ruri.setter
+    def ruri(self, value: SipUri) -> None:
+        self._ruri = value
+        self.uri = str(value)
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.cseq.method != self.method:
+            raise SipError(400, "CSeq method does not match request method")
+        self.ruri  # noqa: B018 - parsing is the check
+
+    def copy(self) -> Request:
+        clone = Request(self.method, self.uri, list(self._rows), self.body)
+        return clone
+
+    def response(
+        self, status: int, reason: str | None = None, *, to_tag: str | None = None
+    ) -> Response:
+        """A response as RFC 3261 §8.2.6.2 builds it: Via, From, To (+tag), Call-ID, CSeq copied."""
+        rows = [row for row in self._rows if row[0] in _RESPONSE_COPIED]
+        if to_tag is not None and status > 100:
+            for index, (key, name, value) in enumerate(rows):
+                if key == "to" and "tag=" not in value.lower():
+                    rows[index] = (key, name, f"{value};tag={to_tag}")
+        if status != 100:
+            rows = [row for row in rows if row[0] != "timestamp"]
+        return Response(status, reason or reason_phrase(status), rows)
+
+
+_RESPONSE_COPIED = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))
+
+
+class Response(Message):
+    __slots__ = ("status", "reason")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        rows: list[tuple[str, str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(rows, body)
+        self.status = status
+        self.reason = reason
+
+    def start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def copy(self) -> Response:
+        return Response(self.status, self.reason, list(self._rows), self.body)
+
+
+def _key(name: str) -> str:
+    lowered = name.lower()
+    canonical = CANONICAL_NAMES.get(lowered)
+    return canonical.lower() if canonical is not None else lowered
+
+
+_KEY_CACHE: dict[str, tuple[str, str]] = {}
+
+
+def _row_key(name: str) -> tuple[str, str]:
+    """(key, display name) for a header name as written on the wire; memoised for speed."""
+    try:
+        return _KEY_CACHE[name]
+    except KeyError:
+        lowered = name.lower()
+        canonical = CANONICAL_NAMES.get(lowered)
+        result = (canonical.lower(), canonical) if canonical else (lowered, name)
+        if len(_KEY_CACHE) < 4096:
+            _KEY_CACHE[name] = result
+        return result
+
+
+def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
+    """Parse one datagram or framed message. Raises SipError for anything malformed."""
+    if len(data) > limits.max_message_size:
+        raise SipError(513, "Message Too Large")
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        head_bytes, body = data[:end], data[end + 4 :]
+    else:
+        # Tolerate bare-LF senders and a message without a body that lacks the final CRLF.
+        end = data.find(b"\n\n")
+        if end >= 0:
+            head_bytes, body = data[:end], data[end + 2 :]
+        else:
+            head_bytes, body = data.rstrip(b"\r\n"), b""
+    head = head_bytes.decode("utf-8", "surrogateescape")
+    lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
+    if "\n" in head and "\r\n" in head:
+        lines = [line.rstrip("\r") for line in head.split("\n")]
+    start = lines[0]
+    if not start:
+        raise SipError(400, "Empty start line")
+    message = _parse_start_line(start)
+    rows = message._rows
+    if len(lines) > limits.max_headers + 1:
+        raise SipError(513, f"Too many headers (limit {limits.max_headers})")
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":
+            if not rows:
+                raise SipError(400, "Header continuation without a header")
+            key, name, value = rows[-1]
+            rows[-1] = (key, name, f"{value} {line.strip()}")
+            continue
+        if len(line) > limits.max_header_length:
+            raise SipError(513, "Header line too long")
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipError(400, f"Malformed header line {line[:40]!r}")
+        name = name.rstrip(" \t")
+        if not name or " " in name:
+            raise SipError(400, f"Malformed header name {name[:40]!r}")
+        key, display = _row_key(name)
+        rows.append((key, display, value.strip()))
+    message.body = _frame_body(message, body)
+    return message
+
+
+def _parse_start_line(line: str) -> Request | Response:
+    if line.startswith("SIP/"):
+        version, _, rest = line.partition(" ")
+        if version != SIP_VERSION:
+            raise SipError(505, "Version Not Supported")
+        code, _, reason = rest.partition(" ")
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise SipError(400, f"Malformed status code {code[:10]!r}")
+        return Response(int(code), reason)
+    parts = line.split(" ")
+    if len(parts) != 3 or not all(parts):
+        raise SipError(400, "Malformed request line")
+    method, uri, version = parts
+    if version.upper() != SIP_VERSION:
+        raise SipError(505, "Version Not Supported")
+    if not method.isalpha() and not all(c.isalnum() or c in "-.!%*_+`'~" for c in method):
+        raise SipError(400, f"Malformed method {method[:20]!r}")
+    return Request(method, uri)
+
+
+def _frame_body(message: Message, body: bytes) -> bytes:
+    declared = message.get("content-length")
+    if declared is None:
+        return body
+    declared = declared.strip()
+    if not declared.isdigit():
+        raise SipError(400, f"Malformed Content-Length {declared[:20]!r}")
+    length = int(declared)
+    if length > len(body):
+        raise SipError(400, "Content-Length larger than the message body")
+    return body[:length]

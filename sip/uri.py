@@ -1,0 +1,153 @@
+"""SIP, SIPS and tel URIs (RFC 3261 §19.1, RFC 3966)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote as percent_decode
+
+from .errors import SipError
+from .grammar import format_params, parse_params
+
+SIP_SCHEMES = ("sip", "sips", "tel")
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+_IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+
+
+@dataclass(slots=True)
+class SipUri:
+    scheme: str
+    host: str
+    user: str | None = None
+    password: str | None = None
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SipUri:
+        text = text.strip()
+        scheme, colon, rest = text.partition(":")
+        scheme = scheme.lower()
+        if not colon or not rest:
+            raise SipError(400, f"Malformed URI {text[:80]!r}")
+        if scheme not in SIP_SCHEMES:
+            raise SipError(416, f"Unsupported URI scheme {scheme!r}")
+        if scheme == "tel":
+            number, _, params = rest.partition(";")
+            if not number:
+                raise SipError(400, f"Malformed tel URI {text[:80]!r}")
+            return cls("tel", "", user=number, params=parse_params(params, "tel URI"))
+        rest, _, headers = rest.partition("?")
+        user = password = None
+        if "@" in rest:
+            userinfo, _, rest = rest.partition("@")
+            user, _, pw = userinfo.partition(":")
+            if not user:
+                raise SipError(400, f"Empty user part in URI {text[:80]!r}")
+            password = pw or None
+        hostport, _, params = rest.partition(";")
+        host, port = split_hostport(hostport, text)
+        return cls(
+            scheme,
+            host,
+            user=user,
+            password=password,
+            port=port,
+            params=parse_params(params, "URI") if params else {},
+            headers=headers or None,
+        )
+
+    def __str__(self) -> str:
+        if self.scheme == "tel":
+            return f"tel:{self.user}{format_params(self.params)}"
+        parts = [self.scheme, ":"]
+        if self.user is not None:
+            parts.append(self.user)
+            if self.password is not None:
+                parts.append(":" + self.password)
+            parts.append("@")
+        parts.append(format_host(self.host))
+        if self.port is not None:
+            parts.append(f":{self.port}")
+        parts.append(format_params(self.params))
+        if self.headers:
+            parts.append("?" + self.headers)
+        return "".join(parts)
+
+    def copy(self) -> SipUri:
+        return SipUri(
+            self.scheme, self.host, self.user, self.password, self.port, dict(self.params),
+            self.headers,
+        )
+
+    @property
+    def transport(self) -> str | None:
+        value = self.params.get("transport")
+        return value.lower() if value else None
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme == "sips"
+
+    @property
+    def is_loose_router(self) -> bool:
+        return "lr" in self.params
+
+    @property
+    def user_decoded(self) -> str | None:
+        return percent_decode(self.user) if self.user is not None else None
+
+    @property
+    def address_of_record(self) -> str:
+        """Canonical AoR: scheme, unescaped user and lower-case host; no port, params or headers."""
+        scheme = "sip" if self.scheme == "sips" else self.scheme
+        if self.scheme == "tel":
+            return f"tel:{self.user}"
+        user = self.user_decoded
+        return f"{scheme}:{user}@{self.host.lower()}" if user else f"{scheme}:{self.host.lower()}"
+
+    def equivalent(self, other: SipUri) -> bool:
+        """URI comparison of RFC 3261 §19.1.4 (without the header component)."""
+        if (self.scheme, self.user_decoded, self.password) != (
+            other.scheme, other.user_decoded, other.password
+        ):
+            return False
+        if self.host.lower() != other.host.lower() or self.port != other.port:
+            return False
+        for name in ("transport", "user", "ttl", "method", "maddr"):
+            if _lower(self.params.get(name)) != _lower(other.params.get(name)):
+                return False
+        shared = self.params.keys() & other.params.keys()
+        return all(_lower(self.params[name]) == _lower(other.params[name]) for name in shared)
+
+
+def _lower(value: str | None) -> str | None:
+    return value.lower() if value is not None else None
+
+
+def split_hostport(hostport: str, context: str) -> tuple[str, int | None]:
+    """"host", "host:port", "[v6]" or "[v6]:port" → (host without brackets, port)."""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise SipError(400, f"Unterminated IPv6 reference in {context[:80]!r}")
+        host = hostport[1:end]
+        if not host or not set(host) <= _IPV6_CHARS:
+            raise SipError(400, f"Malformed IPv6 reference in {context[:80]!r}")
+        port_text = hostport[end + 1 :]
+        if port_text and not port_text.startswith(":"):
+            raise SipError(400, f"Malformed host in {context[:80]!r}")
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = hostport.partition(":")
+        if not host or not set(host) <= _HOST_CHARS:
+            raise SipError(400, f"Malformed host {host!r} in {context[:80]!r}")
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise SipError(400, f"Malformed port {port_text!r} in {context[:80]!r}")
+    return host, int(port_text)
+
+
+def format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
