@@ -1,16 +1,443 @@
-"""HTTP Digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760, RFC 2617)."""
+"""HTTP Digest authentication for SIP (RFC 3261 §22, RFC 7616, RFC 8760, RFC 2617).
+
+Server side: stateless HMAC-signed nonces (any node sharing the secret verifies them) plus a
+bounded per-process nonce-count memory against replays. Client side: challenge parsing and
+Authorization header construction for registering upstream.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
+import re
+import secrets
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Protocol
 
-_HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+from sip.errors import SipError
+
+
+class DigestAlgorithm(StrEnum):
+    MD5 = "MD5"
+    MD5_SESS = "MD5-sess"
+    SHA256 = "SHA-256"
+    SHA256_SESS = "SHA-256-sess"
+
+
+class _HashObject(Protocol):
+    def hexdigest(self) -> str: ...
+
+
+_HashFactory = Callable[[bytes], _HashObject]
+_ALGORITHM_BY_UPPER = {algorithm.upper(): algorithm for algorithm in DigestAlgorithm}
+_HASH_BY_ALGORITHM: dict[str, _HashFactory] = {
+    DigestAlgorithm.MD5: hashlib.md5,
+    DigestAlgorithm.MD5_SESS: hashlib.md5,
+    DigestAlgorithm.SHA256: hashlib.sha256,
+    DigestAlgorithm.SHA256_SESS: hashlib.sha256,
+}
+_SESSION_ALGORITHMS = frozenset({DigestAlgorithm.MD5_SESS, DigestAlgorithm.SHA256_SESS})
+# Preference when a server offers several challenges (RFC 8760 §2.4: strongest first).
+_CLIENT_PREFERENCE = (
+    DigestAlgorithm.SHA256,
+    DigestAlgorithm.SHA256_SESS,
+    DigestAlgorithm.MD5,
+    DigestAlgorithm.MD5_SESS,
+)
+
+
+def canonical_algorithm(algorithm: str) -> str:
+    """The DigestAlgorithm spelling of a case-insensitive algorithm name, or it unchanged."""
+    return _ALGORITHM_BY_UPPER.get(algorithm.upper(), algorithm)
+
+
+def _hash_for(algorithm: str) -> _HashFactory:
+    try:
+        return _HASH_BY_ALGORITHM[canonical_algorithm(algorithm)]
+    except KeyError:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}") from None
 
 
 def compute_ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
-    """Hex digest of "username:realm:password", the value a location store keeps per user."""
-    try:
-        hash_factory = _HASHES[algorithm.upper()]
-    except KeyError:
-        raise ValueError(f"unsupported digest algorithm {algorithm!r}") from None
-    return hash_factory(f"{username}:{realm}:{password}".encode()).hexdigest()
+    """Hex digest of "username:realm:password", the value a location store keeps per user.
+
+    For the -sess variants this is the stored part; the session key is derived per nonce.
+    """
+    return _hash_for(algorithm)(f"{username}:{realm}:{password}".encode()).hexdigest()
+
+
+def compute_response(
+    algorithm: str,
+    ha1: str,
+    *,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None,
+    nc: str | None,
+    cnonce: str | None,
+) -> str:
+    """The request-digest of RFC 7616 §3.4.1 for qop "auth" or none (RFC 2069 form)."""
+    algorithm = canonical_algorithm(algorithm)
+    hash_factory = _hash_for(algorithm)
+    if algorithm in _SESSION_ALGORITHMS:
+        ha1 = hash_factory(f"{ha1}:{nonce}:{cnonce}".encode()).hexdigest()
+    ha2 = hash_factory(f"{method}:{uri}".encode()).hexdigest()
+    if qop is None:
+        return hash_factory(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    return hash_factory(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode()).hexdigest()
+
+
+# --- auth-param lists --------------------------------------------------------------------------
+# The stdlib has no strict auth-param parser (urllib.request.parse_keqv_list accepts garbage),
+# so this is a small regex tokenizer over RFC 7235's grammar: token "=" ( token / quoted-string ).
+_LWS = r"[ \t\r\n]*"
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_SCHEME_RE = re.compile(rf"{_LWS}({_TOKEN})(?:[ \t\r\n]+|\Z)")
+_PARAM_RE = re.compile(
+    rf"{_LWS}({_TOKEN}){_LWS}={_LWS}(?:\"((?:[^\"\\]|\\.)*)\"|({_TOKEN})){_LWS}(,|\Z)", re.DOTALL
+)
+_EMPTY_ELEMENT_RE = re.compile(rf"{_LWS},")
+_ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+_NC_RE = re.compile(r"[0-9A-Fa-f]{8}\Z")
+
+
+def _parse_auth_params(header_value: str, what: str) -> dict[str, str]:
+    """Parameters of a Digest header value, names lower-cased, quoted values unescaped."""
+    scheme_match = _SCHEME_RE.match(header_value)
+    if scheme_match is None:
+        raise SipError(400, f"Bad {what} header: missing auth scheme")
+    if scheme_match.group(1).lower() != "digest":
+        raise SipError(400, f"Bad {what} header: unsupported scheme {scheme_match.group(1)!r}")
+    params: dict[str, str] = {}
+    position = scheme_match.end()
+    end = len(header_value)
+    while position < end:
+        empty = _EMPTY_ELEMENT_RE.match(header_value, position)
+        if empty is not None:  # HTTP list syntax tolerates empty elements ("a=1, , b=2")
+            position = empty.end()
+            continue
+        param = _PARAM_RE.match(header_value, position)
+        if param is None:
+            if not header_value[position:].strip():
+                break
+            raise SipError(400, f"Bad {what} header: unparsable parameter at offset {position}")
+        name = param.group(1).lower()
+        if name in params:
+            raise SipError(400, f"Bad {what} header: duplicate parameter {name!r}")
+        quoted = param.group(2)
+        if quoted is None:
+            params[name] = param.group(3)
+        else:
+            params[name] = _ESCAPE_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
+        position = param.end()
+    if not params:
+        raise SipError(400, f"Bad {what} header: no parameters")
+    return params
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# --- server side -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DigestCredentials:
+    """A parsed Authorization / Proxy-Authorization header value."""
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str
+    qop: str | None
+    nc: str | None
+    cnonce: str | None
+    opaque: str | None
+
+
+_REQUIRED_CREDENTIAL_PARAMS = ("username", "realm", "nonce", "uri", "response")
+
+
+def parse_credentials(header_value: str) -> DigestCredentials:
+    """Parse an Authorization value; raises SipError(400, "Bad Authorization header: ...")."""
+    params = _parse_auth_params(header_value, "Authorization")
+    missing = [name for name in _REQUIRED_CREDENTIAL_PARAMS if name not in params]
+    if missing:
+        raise SipError(400, f"Bad Authorization header: missing {', '.join(missing)}")
+    qop = params.get("qop")
+    nc = params.get("nc")
+    cnonce = params.get("cnonce")
+    if qop is not None:
+        if nc is None or cnonce is None:
+            raise SipError(400, "Bad Authorization header: qop without nc and cnonce")
+        if _NC_RE.match(nc) is None:
+            raise SipError(400, f"Bad Authorization header: nc {nc!r} is not 8 hex digits")
+    return DigestCredentials(
+        username=params["username"],
+        realm=params["realm"],
+        nonce=params["nonce"],
+        uri=params["uri"],
+        response=params["response"],
+        algorithm=canonical_algorithm(params.get("algorithm", DigestAlgorithm.MD5)),
+        qop=qop,
+        nc=nc,
+        cnonce=cnonce,
+        opaque=params.get("opaque"),
+    )
+
+
+class VerifyOutcome(Enum):
+    OK = "ok"
+    STALE = "stale"  # correct digest over an authentic but expired nonce: re-challenge stale=true
+    WRONG = "wrong"  # wrong response, foreign/forged nonce, wrong realm/opaque, replayed nc
+
+
+# Nonce layout: 8-byte big-endian issue time in ms || 8 random bytes || 16-byte truncated HMAC.
+_NONCE_HEADER = struct.Struct(">Q8s")
+_NONCE_MAC_LENGTH = 16
+_NONCE_RAW_LENGTH = _NONCE_HEADER.size + _NONCE_MAC_LENGTH
+_NONCE_TEXT_LENGTH = 43  # base64url of 32 bytes without padding
+# A nonce issued "in the future" by a peer node whose clock runs ahead is accepted up to this.
+_CLOCK_SKEW_TOLERANCE_S = 30.0
+# Stands in for "the nonce was used without qop", which makes it single-use.
+_NO_QOP_USED = -1
+
+
+class DigestServer:
+    """Issues challenges and verifies credentials for one realm.
+
+    Requests without qop (RFC 2069) are accepted, but their nonce becomes single-use in this
+    process because nothing else in the digest prevents replaying them; such clients simply get
+    a fresh challenge for their next request.
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        secret: bytes,
+        *,
+        nonce_lifetime: float = 300.0,
+        algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+        replay_window: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not secret:
+            raise ValueError("DigestServer needs a non-empty secret")
+        unknown = [
+            name for name in algorithms if canonical_algorithm(name) not in _HASH_BY_ALGORITHM
+        ]
+        if unknown or not algorithms:
+            raise ValueError(
+                f"DigestServer algorithms {algorithms} must be among {list(DigestAlgorithm)}"
+            )
+        self.realm = realm
+        self._secret = secret
+        self._realm_bytes = realm.encode()
+        self._lifetime_ms = int(nonce_lifetime * 1000)
+        self._skew_ms = int(_CLOCK_SKEW_TOLERANCE_S * 1000)
+        self._algorithms = tuple(canonical_algorithm(name) for name in algorithms)
+        self._accepted_algorithms = frozenset(self._algorithms)
+        self._replay_window = replay_window
+        self._clock = clock
+        self._highest_nc: OrderedDict[str, int] = OrderedDict()
+        # Derived from the secret so every node sharing it hands out and accepts the same value.
+        self._opaque = hmac.digest(secret, b"opaque:" + self._realm_bytes, "sha256")[:12].hex()
+        self._challenge_prefix = f"Digest realm={_quote(realm)}, nonce="
+
+    def new_nonce(self) -> str:
+        header = _NONCE_HEADER.pack(int(self._clock() * 1000), secrets.token_bytes(8))
+        mac = hmac.digest(self._secret, header + self._realm_bytes, "sha256")[:_NONCE_MAC_LENGTH]
+        return base64.urlsafe_b64encode(header + mac).rstrip(b"=").decode("ascii")
+
+    def challenge(self, *, stale: bool = False) -> list[str]:
+        """WWW-Authenticate / Proxy-Authenticate values, one per algorithm, strongest first."""
+        nonce = self.new_nonce()
+        stale_param = ", stale=true" if stale else ""
+        return [
+            f'{self._challenge_prefix}"{nonce}", opaque="{self._opaque}", algorithm={algorithm},'
+            f' qop="auth"{stale_param}'
+            for algorithm in self._algorithms
+        ]
+
+    def _nonce_issue_ms(self, nonce: str) -> int | None:
+        """The issue time of a nonce this realm's secret signed, else None."""
+        if len(nonce) != _NONCE_TEXT_LENGTH:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(nonce + "=")
+        except (binascii.Error, ValueError):
+            return None
+        header, mac = raw[: _NONCE_HEADER.size], raw[_NONCE_HEADER.size :]
+        expected = hmac.digest(self._secret, header + self._realm_bytes, "sha256")
+        if not hmac.compare_digest(mac, expected[:_NONCE_MAC_LENGTH]):
+            return None
+        return _NONCE_HEADER.unpack(header)[0]
+
+    def verify(self, creds: DigestCredentials, method: str, ha1: str) -> VerifyOutcome:
+        """Check creds for a request with this method; ha1 must use creds.algorithm's hash."""
+        if creds.realm != self.realm or creds.algorithm not in self._accepted_algorithms:
+            return VerifyOutcome.WRONG
+        if creds.opaque is not None and creds.opaque != self._opaque:
+            return VerifyOutcome.WRONG
+        if creds.qop is not None and creds.qop != "auth":
+            return VerifyOutcome.WRONG  # auth-int is never offered
+        issued_ms = self._nonce_issue_ms(creds.nonce)
+        if issued_ms is None:
+            return VerifyOutcome.WRONG
+        expected = compute_response(
+            creds.algorithm,
+            ha1,
+            method=method,
+            uri=creds.uri,
+            nonce=creds.nonce,
+            qop=creds.qop,
+            nc=creds.nc,
+            cnonce=creds.cnonce,
+        )
+        if not hmac.compare_digest(expected, creds.response.lower()):
+            return VerifyOutcome.WRONG
+        age_ms = int(self._clock() * 1000) - issued_ms
+        if age_ms > self._lifetime_ms:
+            return VerifyOutcome.STALE
+        if age_ms < -self._skew_ms:
+            return VerifyOutcome.WRONG
+        # Recorded only after the digest proved knowledge of the password, so a forger cannot
+        # push a nonce's counter up and lock the real client out.
+        return VerifyOutcome.OK if self._record_use(creds) else VerifyOutcome.WRONG
+
+    def _record_use(self, creds: DigestCredentials) -> bool:
+        """Remember the nonce count; False when this use replays an earlier one."""
+        count = _NO_QOP_USED if creds.nc is None else int(creds.nc, 16)
+        previous = self._highest_nc.get(creds.nonce)
+        if previous is not None:
+            if previous == _NO_QOP_USED or count <= previous:
+                return False
+            self._highest_nc.move_to_end(creds.nonce)
+        self._highest_nc[creds.nonce] = count
+        if len(self._highest_nc) > self._replay_window:
+            self._highest_nc.popitem(last=False)
+        return True
+
+
+# --- client side -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DigestChallenge:
+    """A parsed WWW-Authenticate / Proxy-Authenticate header value."""
+
+    realm: str
+    nonce: str
+    algorithm: str
+    qop_options: tuple[str, ...]
+    opaque: str | None
+    stale: bool
+
+
+def parse_challenge(header_value: str) -> DigestChallenge:
+    """Parse a Digest challenge; raises SipError(400, "Bad WWW-Authenticate header: ...")."""
+    params = _parse_auth_params(header_value, "WWW-Authenticate")
+    missing = [name for name in ("realm", "nonce") if name not in params]
+    if missing:
+        raise SipError(400, f"Bad WWW-Authenticate header: missing {', '.join(missing)}")
+    qop = params.get("qop")
+    qop_options = tuple(
+        option.strip().lower() for option in (qop or "").split(",") if option.strip()
+    )
+    return DigestChallenge(
+        realm=params["realm"],
+        nonce=params["nonce"],
+        algorithm=canonical_algorithm(params.get("algorithm", DigestAlgorithm.MD5)),
+        qop_options=qop_options,
+        opaque=params.get("opaque"),
+        stale=params.get("stale", "").lower() == "true",
+    )
+
+
+def select_challenge(values: list[str]) -> DigestChallenge:
+    """The strongest usable Digest challenge among several header values.
+
+    Values with other schemes or unsupported algorithms are skipped (RFC 7616 §3.7).
+    """
+    usable: list[DigestChallenge] = []
+    problems: list[str] = []
+    for value in values:
+        try:
+            challenge = parse_challenge(value)
+        except SipError as error:
+            problems.append(error.reason)
+            continue
+        if challenge.algorithm in _CLIENT_PREFERENCE and (
+            "auth" in challenge.qop_options
+            or (not challenge.qop_options and challenge.algorithm not in _SESSION_ALGORITHMS)
+        ):
+            usable.append(challenge)
+        else:
+            problems.append(
+                f"unsupported algorithm {challenge.algorithm!r} / qop {challenge.qop_options}"
+            )
+    if not usable:
+        raise SipError(400, f"Bad WWW-Authenticate header: no usable challenge ({problems})")
+    return min(usable, key=lambda challenge: _CLIENT_PREFERENCE.index(challenge.algorithm))
+
+
+def build_authorization(
+    challenge: DigestChallenge,
+    *,
+    method: str,
+    uri: str,
+    username: str,
+    password: str | None = None,
+    ha1: str | None = None,
+    nc: int = 1,
+    cnonce: str | None = None,
+) -> str:
+    """The Authorization header value answering challenge (give password or ha1)."""
+    if (password is None) == (ha1 is None):
+        raise ValueError("build_authorization needs exactly one of password or ha1")
+    if challenge.algorithm not in _HASH_BY_ALGORITHM:
+        raise SipError(400, f"Bad WWW-Authenticate header: algorithm {challenge.algorithm!r}")
+    if challenge.qop_options and "auth" not in challenge.qop_options:
+        raise SipError(400, f"Bad WWW-Authenticate header: qop {challenge.qop_options} lacks auth")
+    if not challenge.qop_options and challenge.algorithm in _SESSION_ALGORITHMS:
+        # RFC 2069 style has no cnonce, which the -sess session key is built from.
+        raise SipError(400, f"Bad WWW-Authenticate header: {challenge.algorithm} without qop")
+    if ha1 is None:
+        assert password is not None
+        ha1 = compute_ha1(username, challenge.realm, password, challenge.algorithm)
+    qop = "auth" if challenge.qop_options else None
+    nc_text = f"{nc:08x}" if qop else None
+    if qop is None:
+        cnonce = None
+    elif cnonce is None:
+        cnonce = secrets.token_hex(8)
+    response = compute_response(
+        challenge.algorithm,
+        ha1,
+        method=method,
+        uri=uri,
+        nonce=challenge.nonce,
+        qop=qop,
+        nc=nc_text,
+        cnonce=cnonce,
+    )
+    parts = [
+        f"Digest username={_quote(username)}",
+        f"realm={_quote(challenge.realm)}",
+        f"nonce={_quote(challenge.nonce)}",
+        f"uri={_quote(uri)}",
+        f"response={_quote(response)}",
+        f"algorithm={challenge.algorithm}",
+    ]
+    if challenge.opaque is not None:
+        parts.append(f"opaque={_quote(challenge.opaque)}")
+    if qop:
+        parts.append(f"qop={qop}, nc={nc_text}, cnonce={_quote(cnonce or '')}")
+    return ", ".join(parts)
