@@ -1,0 +1,43 @@
+"""The location-service interface the registrar, proxy and cluster code program against."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from .model import Binding, NodeInfo, RegisterChange
+
+
+class LocationService(ABC):
+    @abstractmethod
+    async def register(self, change: RegisterChange) -> list[Binding]:
+        """Apply one REGISTER atomically (via `apply_register`); return the AoR's bindings.
+
+        Raises OutOfOrderRegister (nothing is changed then).
+        """
+
+    @abstractmethod
+    async def lookup(self, aor: str) -> list[Binding]:
+        """Unexpired bindings of `aor`, q descending then most recently registered first."""
+
+    @abstractmethod
+    async def remove_connection(self, node_id: str, connection_id: str) -> list[Binding]:
+        """A flow closed: drop the bindings that live on it and return them."""
+
+    @abstractmethod
+    async def announce_node(self, info: NodeInfo, ttl: float) -> None:
+        """Heartbeat: `info` counts as alive for `ttl` seconds."""
+
+    @abstractmethod
+    async def live_nodes(self) -> dict[str, NodeInfo]:
+        """Nodes whose heartbeat has not expired, by node id."""
+
+    @abstractmethod
+    async def purge_dead_nodes(self) -> int:
+        """Drop the bindings of nodes whose heartbeat expired; return how many were dropped."""
+
+    @abstractmethod
+    async def count(self) -> int:
+        """Number of live bindings (for metrics)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...

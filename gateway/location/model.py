@@ -1,0 +1,157 @@
+"""Location-service data and the one implementation of the registrar's binding rules.
+
+`apply_register` is pure: both backends call it inside their own atomic read-modify-write, so
+RFC 3261 §10.3 steps 6-8 and RFC 5626 §6 flow replacement live in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sip.uri import SipUri
+
+
+class OutOfOrderRegister(Exception):
+    """RFC 3261 §10.3 step 7: a REGISTER reused a binding's Call-ID without a higher CSeq.
+
+    The registrar answers it with 500 "Out of order CSeq"; nothing of the request is applied.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ContactChange:
+    """One Contact of a REGISTER, already parsed by the registrar."""
+
+    contact: str
+    expires: int
+    q: float
+    instance_id: str | None
+    reg_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterChange:
+    """Everything one REGISTER asks for.
+
+    `contacts` empty with `remove_all` False is a fetch: the bindings are returned unchanged.
+    """
+
+    aor: str
+    call_id: str
+    cseq: int
+    contacts: tuple[ContactChange, ...]
+    remove_all: bool
+    node_id: str
+    connection_id: str
+    transport: str
+    received: str
+    path: tuple[str, ...]
+    user_agent: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node_id: str
+    sip_address: str  # "host:port;transport=tcp" where other nodes reach this node
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    aor: str
+    contact: str
+    expires_at: float
+    q: float
+    call_id: str
+    cseq: int
+    instance_id: str | None
+    reg_id: int | None
+    node_id: str
+    connection_id: str
+    transport: str
+    received: str
+    path: tuple[str, ...]
+    user_agent: str
+    registered_at: float  # time of the REGISTER that last wrote this binding
+
+    @property
+    def key(self) -> str:
+        return binding_key(self.contact, self.instance_id, self.reg_id)
+
+    def expires_in(self, now: float) -> int:
+        return max(0, round(self.expires_at - now))
+
+
+def binding_key(contact: str, instance_id: str | None, reg_id: int | None) -> str:
+    """Identity of a binding within its AoR.
+
+    With a +sip.instance the binding is the (instance, reg-id) pair (RFC 5626 §6, RFC 5627:
+    a reg-id-less instance is one binding per instance), so a UA that reconnects from a new
+    address replaces its old flow instead of leaving a ghost. Otherwise it is the Contact URI
+    compared as RFC 3261 §19.1.4 would, simplified: scheme and host case-insensitively, user and
+    password exactly, port as given, URI parameters by lower-cased name in any order with
+    case-insensitive values, headers ignored.
+    """
+    if instance_id is not None:
+        return f"instance {instance_id} {'' if reg_id is None else reg_id}"
+    uri = SipUri.parse(contact.strip().removeprefix("<").removesuffix(">"))
+    params = ";".join(
+        name if value is None else f"{name}={value.lower()}"
+        for name, value in sorted(uri.params.items())
+    )
+    userinfo = "" if uri.user is None else f"{uri.user}:{uri.password or ''}@"
+    return f"contact {uri.scheme}:{userinfo}{uri.host.lower()}:{uri.port or ''};{params}"
+
+
+def apply_register(current: list[Binding], change: RegisterChange) -> list[Binding]:
+    """The AoR's unexpired bindings after `change` (RFC 3261 §10.3 steps 6-8, RFC 5626 §6).
+
+    All-or-nothing: raises OutOfOrderRegister before anything is changed when any touched
+    binding has the request's Call-ID with a CSeq not lower than the request's.
+    """
+    now = change.now
+    bindings = {binding.key: binding for binding in current if binding.expires_at > now}
+    if change.remove_all:
+        for binding in bindings.values():
+            _check_order(binding, change)
+        return []
+    for contact in change.contacts:
+        key = binding_key(contact.contact, contact.instance_id, contact.reg_id)
+        existing = bindings.get(key)
+        if existing is not None:
+            _check_order(existing, change)
+        if contact.expires <= 0:
+            bindings.pop(key, None)
+            continue
+        bindings[key] = Binding(
+            aor=change.aor,
+            contact=contact.contact,
+            expires_at=now + contact.expires,
+            q=contact.q,
+            call_id=change.call_id,
+            cseq=change.cseq,
+            instance_id=contact.instance_id,
+            reg_id=contact.reg_id,
+            node_id=change.node_id,
+            connection_id=change.connection_id,
+            transport=change.transport,
+            received=change.received,
+            path=change.path,
+            user_agent=change.user_agent,
+            registered_at=now,
+        )
+    return list(bindings.values())
+
+
+def _check_order(binding: Binding, change: RegisterChange) -> None:
+    if binding.call_id == change.call_id and change.cseq <= binding.cseq:
+        raise OutOfOrderRegister(
+            f"REGISTER for {change.aor} Call-ID {change.call_id!r} CSeq {change.cseq} is not "
+            f"higher than CSeq {binding.cseq} stored for {binding.contact}"
+        )
+
+
+def by_preference(bindings: list[Binding]) -> list[Binding]:
+    """q descending, then the most recently registered first: the order to fork or try."""
+    return sorted(bindings, key=lambda binding: (-binding.q, -binding.registered_at))
