@@ -302,7 +302,9 @@ class DigestServer:
             nc=creds.nc,
             cnonce=creds.cnonce,
         )
-        if not hmac.compare_digest(expected, creds.response.lower()):
+        # compare_digest refuses non-ASCII str, and a hex digest is ASCII anyway.
+        response = creds.response.lower()
+        if not response.isascii() or not hmac.compare_digest(expected, response):
             return VerifyOutcome.WRONG
         age_ms = int(self._clock() * 1000) - issued_ms
         if age_ms > self._lifetime_ms:

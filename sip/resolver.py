@@ -54,7 +54,7 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
-class _SrvRecord:
+class SrvRecord:
     priority: int
     weight: int
     port: int
@@ -80,9 +80,9 @@ def _is_localhost(host: str) -> bool:
     return name == "localhost" or name.endswith(".localhost")
 
 
-def order_srv(records: Sequence[_SrvRecord], rng: random.Random) -> list[_SrvRecord]:
+def order_srv(records: Sequence[SrvRecord], rng: random.Random) -> list[SrvRecord]:
     """RFC 2782 order: ascending priority, weighted random selection within a priority."""
-    ordered: list[_SrvRecord] = []
+    ordered: list[SrvRecord] = []
     for priority in sorted({record.priority for record in records}):
         group = [record for record in records if record.priority == priority]
         # RFC 2782 puts zero-weight records first so they keep a small chance of being picked;
@@ -205,7 +205,7 @@ class Resolver:
 
     async def _srv_targets_by_name(self, name: str, transport: str) -> list[Target]:
         records = [
-            _SrvRecord(r.priority, r.weight, r.port, r.target.to_text(omit_final_dot=True))
+            SrvRecord(r.priority, r.weight, r.port, r.target.to_text(omit_final_dot=True))
             for r in await self._query(name, "SRV")
         ]
         # A target of "." means the service is decidedly not available at this domain.

@@ -257,6 +257,13 @@ def test_wrong_password_is_wrong() -> None:
     assert server.verify(creds, "REGISTER", ha1_for(creds, "secret")) is VerifyOutcome.WRONG
 
 
+def test_non_ascii_response_is_wrong_not_a_crash() -> None:
+    server = make_server(ManualClock())
+    creds = answer(server)
+    garbled = DigestCredentials(**{**_fields(creds), "response": "é" * 64})
+    assert server.verify(garbled, "REGISTER", ha1_for(creds)) is VerifyOutcome.WRONG
+
+
 def test_wrong_method_is_wrong() -> None:
     server = make_server(ManualClock())
     creds = answer(server, method="INVITE")

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sip.errors import SipError
-from sip.resolver import Resolver, Target, _SrvRecord, order_srv
+from sip.resolver import Resolver, SrvRecord, Target, order_srv
 from tests.sip.dns_responder import DnsResponder, Zone, start_dns_responder
 
 ZONE: Zone = {
@@ -212,8 +212,8 @@ async def test_cache_expires_after_capped_ttl(responder: DnsResponder) -> None:
     assert len(responder.queries) == asked + 2
 
 
-def srv(priority: int, weight: int, name: str) -> _SrvRecord:
-    return _SrvRecord(priority, weight, 5060, name)
+def srv(priority: int, weight: int, name: str) -> SrvRecord:
+    return SrvRecord(priority, weight, 5060, name)
 
 
 def test_srv_priority_is_strict() -> None:
