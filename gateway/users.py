@@ -1,0 +1,304 @@
+"""Users and their credentials: only digest HA1 values are stored, never passwords.
+
+The realm is the user's domain, lower-cased (hostnames are case-insensitive), so
+HA1 = H(username:domain:password) and challenges must use the same lower-case domain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from sip.digest import compute_ha1
+
+_FILE_FORMAT_VERSION = 1
+# get() runs for every authenticated request; a stat per second keeps external edits visible
+# without a syscall on the hot path.
+_FILE_CHECK_INTERVAL = 1.0
+_MAX_TRANSACTION_ATTEMPTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    username: str
+    domain: str
+    ha1_md5: str
+    ha1_sha256: str
+
+    def ha1(self, algorithm: str) -> str:
+        """HA1 for "MD5" or "SHA-256" (the "-sess" variants start from the same HA1)."""
+        base = algorithm.upper().removesuffix("-SESS")
+        if base == "MD5":
+            return self.ha1_md5
+        if base == "SHA-256":
+            return self.ha1_sha256
+        raise ValueError(f"unsupported digest algorithm {algorithm!r} for {self.username}")
+
+
+class UserExists(Exception):
+    pass
+
+
+class UnknownUser(Exception):
+    pass
+
+
+def make_record(username: str, domain: str, password: str) -> UserRecord:
+    username, domain = _checked_identity(username, domain)
+    if not password:
+        raise ValueError(f"empty password for {username}@{domain}")
+    return UserRecord(
+        username,
+        domain,
+        compute_ha1(username, domain, password, "MD5"),
+        compute_ha1(username, domain, password, "SHA-256"),
+    )
+
+
+def generate_password() -> str:
+    """16 URL-safe characters (96 random bits)."""
+    return secrets.token_urlsafe(12)
+
+
+class UserStore(ABC):
+    @abstractmethod
+    async def get(self, username: str, domain: str) -> UserRecord | None: ...
+
+    @abstractmethod
+    async def add(self, username: str, domain: str, password: str) -> UserRecord:
+        """Raises UserExists."""
+
+    @abstractmethod
+    async def set_password(self, username: str, domain: str, password: str) -> UserRecord:
+        """Raises UnknownUser."""
+
+    @abstractmethod
+    async def delete(self, username: str, domain: str) -> bool:
+        """True when the user existed."""
+
+    @abstractmethod
+    async def list(self, domain: str | None = None) -> list[UserRecord]:
+        """Users of `domain` (of all domains when None), sorted by domain then username."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class FileUserStore(UserStore):
+    """A JSON file, mode 0600, replaced atomically on every change.
+
+    Re-read when it changes on disk, so `ws2sip user add` reaches a running gateway without a
+    restart. Each change re-reads the file first, so writers only race within one
+    read-modify-write (the CLI is the expected writer).
+    """
+
+    def __init__(self, path: Path, *, check_interval: float = _FILE_CHECK_INTERVAL) -> None:
+        self._path = path
+        self._check_interval = check_interval
+        self._users: dict[tuple[str, str], UserRecord] = {}
+        self._file_signature: tuple[int, int, int] | None = None
+        self._checked_at = float("-inf")
+        self._reload_if_changed()
+
+    async def get(self, username: str, domain: str) -> UserRecord | None:
+        now = time.monotonic()
+        if now - self._checked_at >= self._check_interval:
+            self._reload_if_changed()
+        return self._users.get((username, domain.lower()))
+
+    async def add(self, username: str, domain: str, password: str) -> UserRecord:
+        record = make_record(username, domain, password)
+        self._reload_if_changed()
+        if (record.username, record.domain) in self._users:
+            raise UserExists(f"user {record.username}@{record.domain} already exists")
+        self._write({**self._users, (record.username, record.domain): record})
+        return record
+
+    async def set_password(self, username: str, domain: str, password: str) -> UserRecord:
+        record = make_record(username, domain, password)
+        self._reload_if_changed()
+        if (record.username, record.domain) not in self._users:
+            raise UnknownUser(f"no user {record.username}@{record.domain} in {self._path}")
+        self._write({**self._users, (record.username, record.domain): record})
+        return record
+
+    async def delete(self, username: str, domain: str) -> bool:
+        self._reload_if_changed()
+        users = dict(self._users)
+        if users.pop((username, domain.lower()), None) is None:
+            return False
+        self._write(users)
+        return True
+
+    async def list(self, domain: str | None = None) -> list[UserRecord]:
+        self._reload_if_changed()
+        wanted = None if domain is None else domain.lower()
+        return sorted(
+            (r for r in self._users.values() if wanted is None or r.domain == wanted),
+            key=lambda r: (r.domain, r.username),
+        )
+
+    async def close(self) -> None:
+        self._users = {}
+
+    def _reload_if_changed(self) -> None:
+        self._checked_at = time.monotonic()
+        try:
+            stat = self._path.stat()
+        except FileNotFoundError:
+            self._users, self._file_signature = {}, None
+            return
+        # The inode catches a replace within the file system's mtime granularity.
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if signature == self._file_signature:
+            return
+        try:
+            document = json.loads(self._path.read_text(encoding="utf-8"))
+            if document.get("version") != _FILE_FORMAT_VERSION:
+                raise ValueError(f"unsupported format version {document.get('version')!r}")
+            records = [UserRecord(**entry) for entry in document["users"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"malformed user file {self._path}: {error}") from error
+        self._users = {(r.username, r.domain): r for r in records}
+        self._file_signature = signature
+
+    def _write(self, users: dict[tuple[str, str], UserRecord]) -> None:
+        document = {
+            "version": _FILE_FORMAT_VERSION,
+            "users": [asdict(users[key]) for key in sorted(users, key=lambda k: (k[1], k[0]))],
+        }
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp creates the file 0600, so no other user can read the HA1s even for a moment.
+        fd, temp_name = tempfile.mkstemp(dir=self._path.parent, prefix=f".{self._path.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as temp_file:
+                json.dump(document, temp_file, indent=1)
+                temp_file.flush()
+                os.fsync(temp_file.fileno())
+            os.replace(temp_name, self._path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        self._file_signature = None
+        self._reload_if_changed()
+
+
+class RedisUserStore(UserStore):
+    """Key schema (`ws2sip` is the prefix; `{domain}` is a hash tag, so a user's hash and its
+    domain's set share a slot and change together in one MULTI):
+
+    ``ws2sip:user:{<domain>}:<username>``  HASH ha1_md5, ha1_sha256
+    ``ws2sip:users:{<domain>}``  SET of usernames, for listing
+    ``ws2sip:user-domains``  SET of domains that ever had a user, for listing all
+    """
+
+    def __init__(self, url: str, *, key_prefix: str = "ws2sip") -> None:
+        self._redis = aioredis.from_url(url, decode_responses=True)
+        self._prefix = key_prefix
+        self._domains_key = f"{key_prefix}:user-domains"
+
+    async def get(self, username: str, domain: str) -> UserRecord | None:
+        domain = domain.lower()
+        fields = await self._redis.hgetall(self._user_key(username, domain))
+        return _record_from_hash(username, domain, fields)
+
+    async def add(self, username: str, domain: str, password: str) -> UserRecord:
+        record = make_record(username, domain, password)
+        await self._write_checked(record, must_exist=False)
+        return record
+
+    async def set_password(self, username: str, domain: str, password: str) -> UserRecord:
+        record = make_record(username, domain, password)
+        await self._write_checked(record, must_exist=True)
+        return record
+
+    async def delete(self, username: str, domain: str) -> bool:
+        domain = domain.lower()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._user_key(username, domain))
+            pipe.srem(self._members_key(domain), username)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def list(self, domain: str | None = None) -> list[UserRecord]:
+        if domain is None:
+            domains = sorted(await self._redis.smembers(self._domains_key))
+        else:
+            domains = [domain.lower()]
+        records: list[UserRecord] = []
+        for each_domain in domains:
+            usernames = sorted(await self._redis.smembers(self._members_key(each_domain)))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for username in usernames:
+                    pipe.hgetall(self._user_key(username, each_domain))
+                hashes = await pipe.execute()
+            for username, fields in zip(usernames, hashes, strict=True):
+                record = _record_from_hash(username, each_domain, fields)
+                if record is not None:
+                    records.append(record)
+        return records
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def _write_checked(self, record: UserRecord, *, must_exist: bool) -> None:
+        key = self._user_key(record.username, record.domain)
+        for _ in range(_MAX_TRANSACTION_ATTEMPTS):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                exists = bool(await pipe.exists(key))
+                if exists and not must_exist:
+                    raise UserExists(f"user {record.username}@{record.domain} already exists")
+                if must_exist and not exists:
+                    raise UnknownUser(f"no user {record.username}@{record.domain}")
+                pipe.multi()
+                pipe.hset(key, mapping={"ha1_md5": record.ha1_md5, "ha1_sha256": record.ha1_sha256})
+                pipe.sadd(self._members_key(record.domain), record.username)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            # Another slot, so not in the transaction; it only feeds list(None).
+            await self._redis.sadd(self._domains_key, record.domain)
+            return
+        raise RuntimeError(
+            f"user {record.username}@{record.domain} kept changing during "
+            f"{_MAX_TRANSACTION_ATTEMPTS} transaction attempts"
+        )
+
+    def _user_key(self, username: str, domain: str) -> str:
+        return f"{self._prefix}:user:{{{domain}}}:{username}"
+
+    def _members_key(self, domain: str) -> str:
+        return f"{self._prefix}:users:{{{domain}}}"
+
+
+def open_user_store(redis_url: str | None, users_file: Path) -> UserStore:
+    """Redis-backed when a URL is configured (clusters), else the JSON file."""
+    if redis_url:
+        return RedisUserStore(redis_url)
+    return FileUserStore(users_file)
+
+
+def _record_from_hash(username: str, domain: str, fields: dict[str, str]) -> UserRecord | None:
+    if not fields:
+        return None
+    return UserRecord(username, domain, fields["ha1_md5"], fields["ha1_sha256"])
+
+
+def _checked_identity(username: str, domain: str) -> tuple[str, str]:
+    # A ':' would make "username:realm:password" ambiguous, whitespace cannot appear in a SIP URI.
+    if not username or any(c == ":" or c.isspace() for c in username):
+        raise ValueError(f"invalid username {username!r}")
+    if not domain or any(c.isspace() for c in domain):
+        raise ValueError(f"invalid domain {domain!r}")
+    return username, domain.lower()
