@@ -43,6 +43,7 @@ class AgentProcess:
         self._unclaimed_events: list[dict[str, Any]] = []
         self._events_changed = asyncio.Condition()
         self._stdout_closed = False
+        self.ready: dict[str, Any] = {}
         self._reader = asyncio.create_task(self._read_stdout(), name=f"{name}-stdout")
 
     @classmethod
@@ -50,7 +51,8 @@ class AgentProcess:
         cls, name: str, argv: list[str], log_name: str, ready_timeout: float = 20.0,
         env: dict[str, str] | None = None,
     ) -> AgentProcess:
-        """Start argv, wait for its {"event": "ready"} line, fail with the log tail otherwise."""
+        """Start argv and wait for its {"event": "ready"} line (kept as .ready); fail with the
+        log tail otherwise."""
         ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
         log_path = ARTIFACTS_DIR / log_name
         with log_path.open("wb") as log_file:
@@ -64,7 +66,7 @@ class AgentProcess:
             )
         agent = cls(name, process, log_path)
         try:
-            await agent.wait_for("ready", timeout=ready_timeout)
+            agent.ready = await agent.wait_for("ready", timeout=ready_timeout)
         except BaseException:
             await agent.close()
             raise
