@@ -20,7 +20,8 @@ every multi-key operation below touches a single slot):
     heartbeat key is dead and `purge_dead_nodes` drops its bindings.
 
 The flow index is a hint: it may name AoRs whose binding has since moved or been removed
-(writes to it are a separate pipeline after the AoR transaction, as it lives in another slot),
+(its writes follow the AoR transaction's EXEC outside the transaction, as it lives in another
+slot; a Redis Cluster client would send them to that slot's node),
 so whoever uses it re-checks node and connection on the binding itself.
 """
 
@@ -30,9 +31,10 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
+from redis.asyncio.connection import Connection
 
 from .base import LocationService
 from .codec import decode_binding, decode_node, encode_binding, encode_node
@@ -56,15 +58,11 @@ class RedisLocationService(LocationService):
 
     async def register(self, change: RegisterChange) -> list[Binding]:
         updated = await self._transact(
-            change.aor, lambda current: apply_register(current, change), change.now
+            change.aor,
+            lambda current: apply_register(current, change),
+            change.now,
+            lambda written: self._flow_index_commands(change, written),
         )
-        on_this_flow = [
-            b.expires_at
-            for b in updated
-            if b.connection_id == change.connection_id and b.node_id == change.node_id
-        ]
-        if on_this_flow:
-            await self._index_flow(change, max(on_this_flow))
         return by_preference(updated)
 
     async def lookup(self, aor: str) -> list[Binding]:
@@ -139,37 +137,54 @@ class RedisLocationService(LocationService):
         await self._redis.aclose()
 
     async def _transact(
-        self, aor: str, mutate: Callable[[list[Binding]], list[Binding]], now: float
+        self,
+        aor: str,
+        mutate: Callable[[list[Binding]], list[Binding]],
+        now: float,
+        after_commit: Callable[[list[Binding]], list[tuple[object, ...]]] = lambda _: [],
     ) -> list[Binding]:
         """Read-modify-write of one AoR under WATCH; the result of `mutate` is written as a whole.
 
         `mutate` gets the unexpired bindings and returns the new list; returning the very same
-        binding objects means "no change" and skips the write (a fetch costs one round trip less).
+        binding objects means "no change" and skips the write. `after_commit` gives commands
+        sent right behind EXEC, outside the transaction (the flow index: another slot).
+
+        Hand-driven rather than redis-py's Pipeline, which spends a round trip on WATCH and one on
+        each read under it: here WATCH+HVALS is one round trip and MULTI..EXEC plus the index
+        update another, which halves the CPU a REGISTER costs the gateway.
         """
         key = self._aor_key(aor)
-        for attempt in range(_MAX_ATTEMPTS):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(key)
-                stored = [decode_binding(text) for text in await pipe.hvals(key)]
-                current = [b for b in stored if b.expires_at > now]
-                updated = mutate(current)
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            for attempt in range(_MAX_ATTEMPTS):
+                watched = await _round_trip(connection, [("WATCH", key), ("HVALS", key)])
+                stored = [decode_binding(text) for text in watched[1]]
+                updated = mutate([b for b in stored if b.expires_at > now])
                 if len(updated) == len(stored) and all(
                     new is old for new, old in zip(updated, stored, strict=True)
                 ):
+                    await _round_trip(connection, [("UNWATCH",)])
                     return updated
-                pipe.multi()
-                pipe.delete(key)
+                commands: list[tuple[object, ...]] = [("MULTI",), ("DEL", key)]
                 if updated:
-                    pipe.hset(key, mapping={b.key: encode_binding(b) for b in updated})
-                    pipe.pexpireat(key, _unix_ms(max(b.expires_at for b in updated)))
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    # Jitter spreads the writers of a hot AoR apart so the next round has a winner
-                    # without all of them colliding again.
-                    await asyncio.sleep(random.uniform(0, 0.0005 * attempt))
-                    continue
-                return updated
+                    fields = [item for b in updated for item in (b.key, encode_binding(b))]
+                    latest = _unix_ms(max(b.expires_at for b in updated))
+                    commands += [("HSET", key, *fields), ("PEXPIREAT", key, latest)]
+                commands.append(("EXEC",))
+                followers = after_commit(updated)
+                replies = await _round_trip(connection, commands + followers)
+                if replies[len(commands) - 1] is not None:
+                    return updated
+                # EXEC answered nil: the AoR changed since WATCH. Jitter spreads the writers of a
+                # hot AoR apart so the next round has a winner instead of the same collision.
+                await asyncio.sleep(random.uniform(0, 0.0005 * attempt))
+        except BaseException:
+            # The connection may hold a WATCH, an open MULTI or unread replies: never reuse it.
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
         raise LocationContention(
             f"AoR {aor} kept changing during {_MAX_ATTEMPTS} optimistic transaction attempts"
         )
@@ -193,17 +208,26 @@ class RedisLocationService(LocationService):
         await self._transact(aor, drop_flow, time.time())
         return removed
 
-    async def _index_flow(self, change: RegisterChange, expires_at: float) -> None:
+    def _flow_index_commands(
+        self, change: RegisterChange, written: list[Binding]
+    ) -> list[tuple[object, ...]]:
+        on_this_flow = [
+            b.expires_at
+            for b in written
+            if b.connection_id == change.connection_id and b.node_id == change.node_id
+        ]
+        if not on_this_flow:
+            return []
         flow_key = self._flow_key(change.node_id, change.connection_id)
-        expires_ms = _unix_ms(expires_at)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._flows_key(change.node_id), {change.connection_id: expires_ms}, gt=True)
-            pipe.sadd(flow_key, change.aor)
+        expires_ms = _unix_ms(max(on_this_flow))
+        return [
+            ("ZADD", self._flows_key(change.node_id), "GT", expires_ms, change.connection_id),
+            ("SADD", flow_key, change.aor),
             # NX sets the first expiry of a new set, GT only ever extends it: another AoR on the
             # same flow may hold a longer registration.
-            pipe.pexpireat(flow_key, expires_ms, nx=True)
-            pipe.pexpireat(flow_key, expires_ms, gt=True)
-            await pipe.execute()
+            ("PEXPIREAT", flow_key, expires_ms, "NX"),
+            ("PEXPIREAT", flow_key, expires_ms, "GT"),
+        ]
 
     async def _count_live(self, keys: list[str], now: float) -> int:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -225,6 +249,12 @@ class RedisLocationService(LocationService):
 
     def _flow_key(self, node_id: str, connection_id: str) -> str:
         return f"{self._prefix}:node:{{{node_id}}}:flow:{connection_id}"
+
+
+async def _round_trip(connection: Connection, commands: list[tuple[object, ...]]) -> list[Any]:
+    """Send `commands` in one write and read one reply each; a Redis error reply raises."""
+    await connection.send_packed_command(connection.pack_commands(commands))
+    return [await connection.read_response() for _ in commands]
 
 
 def _unix_ms(unix_time: float) -> int:
