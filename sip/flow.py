@@ -1,0 +1,65 @@
+"""A flow: the way back to one peer over one transport (RFC 5626 sense)."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+Address = tuple[str, int]
+
+
+class Target(Protocol):
+    """What the resolver returns (sip.resolver.Target): a transport and an address to reach."""
+
+    transport: str
+    host: str
+    port: int
+
+
+class Flow(ABC):
+    id: str
+    transport: str
+    local: Address
+    remote: Address
+    reliable: bool
+    secure: bool
+    last_activity: float
+
+    def __init__(
+        self, flow_id: str, transport: str, local: Address, remote: Address, *, secure: bool
+    ) -> None:
+        self.id = flow_id
+        self.transport = transport
+        self.local = local
+        self.remote = remote
+        self.reliable = transport != "udp"
+        self.secure = secure
+        self.last_activity = time.monotonic()
+
+    @abstractmethod
+    def send(self, data: bytes) -> None:
+        """Queue data for the peer; never blocks. Failures are logged and close the flow."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def closed(self) -> bool: ...
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id}>"
+
+
+def address(sockaddr: tuple) -> Address:  # type: ignore[type-arg]
+    """(host, port) from an IPv4 or IPv6 socket address (which carries flowinfo and scope)."""
+    return sockaddr[0], sockaddr[1]
+
+
+def format_address(addr: Address) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,47 @@
+"""Transaction timer values (RFC 3261 §17 and Table 4, RFC 6026 §8.4 and §8.5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Timers:
+    t1: float = 0.5  # RTT estimate
+    t2: float = 4.0  # cap on non-INVITE request and INVITE response retransmission intervals
+    t4: float = 5.0  # how long a message may linger in the network
+    timer_b: float | None = None  # INVITE client timeout; None → 64*T1
+    timer_c: float = 180.0  # proxy INVITE timeout (§16.6 step 11), run by the proxy TU
+    timer_d: float = 32.0  # INVITE client: absorb final-response retransmissions (UDP)
+    timer_f: float | None = None  # non-INVITE client timeout; None → 64*T1
+    timer_h: float | None = None  # INVITE server: wait for ACK; None → 64*T1
+    timer_j: float | None = None  # non-INVITE server: absorb retransmissions (UDP); None → 64*T1
+    timer_l: float | None = None  # INVITE server "Accepted" (RFC 6026); None → 64*T1
+    timer_m: float | None = None  # INVITE client "Accepted" (RFC 6026); None → 64*T1
+
+    def _or_64_t1(self, value: float | None) -> float:
+        return 64 * self.t1 if value is None else value
+
+    @property
+    def b(self) -> float:
+        return self._or_64_t1(self.timer_b)
+
+    @property
+    def f(self) -> float:
+        return self._or_64_t1(self.timer_f)
+
+    @property
+    def h(self) -> float:
+        return self._or_64_t1(self.timer_h)
+
+    @property
+    def j(self) -> float:
+        return self._or_64_t1(self.timer_j)
+
+    @property
+    def l(self) -> float:  # noqa: E743 - the RFC's name for it
+        return self._or_64_t1(self.timer_l)
+
+    @property
+    def m(self) -> float:
+        return self._or_64_t1(self.timer_m)

@@ -1,0 +1,167 @@
+"""The transaction layer (RFC 3261 §17, RFC 6026): matches messages to client and server
+transactions, absorbs retransmissions and hands the rest to the transaction user (TU)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .branch import is_rfc3261_branch, new_branch
+from .client_transaction import ClientTransaction
+from .flow import Flow, Target
+from .message import Request, Response
+from .server_transaction import ServerKey, ServerTransaction
+from .timers import Timers
+from .transport import TransportLayer
+
+__all__ = ["ClientTransaction", "ServerTransaction", "Timers", "TransactionLayer"]
+
+log = logging.getLogger(__name__)
+
+
+def _unhandled_request(request: Request, transaction: ServerTransaction | None) -> None:
+    log.warning("no TU: answering %s with 500", request.method)
+    if transaction is not None:
+        transaction.respond(request.response(500, "No Transaction User"))
+
+
+def _unhandled_response(response: Response, flow: Flow) -> None:
+    log.debug("stray %d response from %s dropped", response.status, flow.id)
+
+
+class TransactionLayer:
+    def __init__(self, transport: TransportLayer, timers: Timers | None = None) -> None:
+        self.transport = transport
+        self.timers = timers or Timers()
+        self.on_request: Callable[[Request, ServerTransaction | None], None] = _unhandled_request
+        self.on_stray_response: Callable[[Response, Flow], None] = _unhandled_response
+        self._clients: dict[tuple[str, str], ClientTransaction] = {}
+        self._servers: dict[ServerKey, ServerTransaction] = {}
+        # UAS 2xx retransmissions wait for an ACK that has its own branch (§13.3.1.4): matched
+        # by Call-ID and CSeq number instead.
+        self._awaiting_ack: dict[tuple[str, int], ServerTransaction] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        transport.on_message = self._on_message
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    @staticmethod
+    def new_branch() -> str:
+        return new_branch()
+
+    @property
+    def transaction_count(self) -> int:
+        """Live client + server transactions and 2xx awaiting their ACK (0 when all is done)."""
+        return len(self._clients) + len(self._servers) + len(self._awaiting_ack)
+
+    # --- client side -------------------------------------------------------------------------
+    def create_client(
+        self,
+        request: Request,
+        target: Target | Flow,
+        on_response: Callable[[Response, ClientTransaction], None],
+    ) -> ClientTransaction:
+        transaction = ClientTransaction(self, request, target, on_response)
+        if transaction.key in self._clients:
+            raise ValueError(f"A client transaction {transaction.key} already exists")
+        self._clients[transaction.key] = transaction
+        transaction.start()
+        return transaction
+
+    def forget_client(self, transaction: ClientTransaction) -> None:
+        if self._clients.get(transaction.key) is transaction:
+            del self._clients[transaction.key]
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- server side -------------------------------------------------------------------------
+    def find_invite_for_cancel(self, cancel: Request) -> ServerTransaction | None:
+        return self._servers.get(_server_key(cancel, "INVITE"))
+
+    def await_ack(self, transaction: ServerTransaction) -> None:
+        request = transaction.request
+        self._awaiting_ack[(request.call_id, request.cseq.number)] = transaction
+
+    def forget_server(self, transaction: ServerTransaction) -> None:
+        if self._servers.get(transaction.id) is transaction:
+            del self._servers[transaction.id]
+        request = transaction.request
+        ack_key = (request.call_id, request.cseq.number)
+        if self._awaiting_ack.get(ack_key) is transaction:
+            del self._awaiting_ack[ack_key]
+
+    # --- dispatch ----------------------------------------------------------------------------
+    def _on_message(self, message: Request | Response, flow: Flow) -> None:
+        if isinstance(message, Response):
+            self._on_response(message, flow)
+        else:
+            self._on_request(message, flow)
+
+    def _on_response(self, response: Response, flow: Flow) -> None:
+        branch = response.top_via.branch
+        transaction = self._clients.get((branch, response.cseq.method)) if branch else None
+        if transaction is not None:
+            transaction.receive_response(response)
+        else:
+            self.on_stray_response(response, flow)
+
+    def _on_request(self, request: Request, flow: Flow) -> None:
+        method = request.method
+        if method == "ACK":
+            self._on_ack(request, flow)
+            return
+        key = _server_key(request, method)
+        transaction = self._servers.get(key)
+        if transaction is not None:
+            transaction.handle_retransmission()
+            return
+        transaction = self._servers[key] = ServerTransaction(self, request, flow, key)
+        if method == "INVITE":
+            # §17.2.1: a 100 at once stops the client's timer A while the TU (often a proxy
+            # waiting on the next hop) takes its time.
+            transaction.respond(request.response(100, "Trying"))
+        elif method == "CANCEL":
+            invite = self.find_invite_for_cancel(request)
+            if invite is not None:
+                invite.mark_cancelled()
+        self.on_request(request, transaction)
+
+    def _on_ack(self, ack: Request, flow: Flow) -> None:
+        transaction = self._servers.get(_server_key(ack, "INVITE"))
+        if transaction is not None and transaction.handle_ack():
+            return
+        waiting = self._awaiting_ack.pop((ack.call_id, ack.cseq.number), None)
+        if waiting is not None:
+            waiting.ack_received()
+        self.on_request(ack, None)
+
+    async def close(self) -> None:
+        for transaction in list(self._clients.values()):
+            transaction.terminate()
+        for server in list(self._servers.values()):
+            server.terminate()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _server_key(request: Request, method: str) -> ServerKey:
+    """§17.2.3: branch + sent-by + method (ACK → INVITE, passed by the caller); RFC 2543 peers
+    without the magic cookie are matched on the request's identifying headers instead."""
+    via = request.top_via
+    branch = via.branch
+    if is_rfc3261_branch(branch):
+        assert branch is not None
+        return (branch, via.sent_by.lower(), method)
+    # ACK for a non-2xx carries the To tag the response added, so To is left out.
+    return ("rfc2543", request.uri, request.from_.tag or "", request.call_id,
+            str(request.cseq.number), str(via), method)
