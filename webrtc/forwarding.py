@@ -1,0 +1,82 @@
+"""The per-packet path between legs: payload type mapping, direction gating, counters.
+
+Kept to a few byte operations per packet: the RTP header is not parsed, SSRC, sequence
+numbers and timestamps pass through untouched (so the receiver sees the sender's own
+continuous stream and RTCP reports stay meaningful), only the payload type byte is rewritten
+when the two legs numbered the codec differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Sender = Callable[[bytes], object]
+
+
+@dataclass
+class DirectionStats:
+    packets: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    lost: int = 0
+
+
+@dataclass
+class Route:
+    """Packets of one payload type: where they go and with which payload type."""
+
+    payload_type: int
+    send: Sender
+    transform: Callable[[bytes], list[bytes]] | None = None  # transcoding instead of relay
+
+
+@dataclass
+class Forwarder:
+    """One direction (e.g. webrtc -> plain) of one call."""
+
+    stats: DirectionStats = field(default_factory=DirectionStats)
+    routes: dict[int, Route] = field(default_factory=dict)
+    enabled: bool = True
+    _expected_seq: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def known_ssrcs(self) -> set[int]:
+        """SSRCs this direction has carried, used to route RTCP reports about them."""
+        return set(self._expected_seq)
+
+    def __call__(self, packet: bytes) -> None:
+        stats = self.stats
+        if len(packet) < 12 or not self.enabled:
+            stats.dropped += 1
+            return
+        route = self.routes.get(packet[1] & 0x7F)
+        if route is None:
+            stats.dropped += 1
+            return
+        self._count_loss(packet)
+        if route.transform is not None:
+            for produced in route.transform(packet):
+                route.send(produced)
+                stats.packets += 1
+                stats.bytes += len(produced)
+            return
+        if route.payload_type != packet[1] & 0x7F:
+            rewritten = bytearray(packet)
+            rewritten[1] = (packet[1] & 0x80) | route.payload_type
+            packet = bytes(rewritten)
+        if route.send(packet) is False:
+            stats.dropped += 1
+            return
+        stats.packets += 1
+        stats.bytes += len(packet)
+
+    def _count_loss(self, packet: bytes) -> None:
+        ssrc = int.from_bytes(packet[8:12], "big")
+        seq = packet[2] << 8 | packet[3]
+        expected = self._expected_seq.get(ssrc)
+        if expected is not None and seq != expected:
+            gap = (seq - expected) & 0xFFFF
+            if gap < 1000:  # larger jumps are reordering or a restarted sender
+                self.stats.lost += gap
+        self._expected_seq[ssrc] = (seq + 1) & 0xFFFF

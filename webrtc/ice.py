@@ -1,0 +1,151 @@
+"""ICE on the WebRTC leg: an aioice Connection bound inside the relay's port range.
+
+aioice does the checks, prflx learning, role conflicts and consent freshness. It is subclassed
+for three reasons: its sockets must come from the gateway's port range on the configured
+host (aioice would bind every interface on a random port), datagrams must reach the relay
+synchronously (its queue + coroutine per packet costs too much per packet), and connect()
+must wait for a first remote candidate or check (aioice fails at once on an empty check list,
+which is the normal state while a browser's only candidate is an unresolvable mDNS name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aioice
+from aioice import stun
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aioice.ice import StunProtocol, server_reflexive_candidate
+from aioice.mdns import is_mdns_hostname
+
+from .ports import PortPool
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = 1  # rtcp-mux: one component carries RTP, RTCP and DTLS
+PEER_WAIT_SECONDS = 30.0
+
+
+class IceConnection(aioice.Connection):
+    def __init__(
+        self, *, pool: PortPool, public_host: str, ice_controlling: bool,
+        on_datagram: Callable[[bytes], None], stun_server: tuple[str, int] | None = None,
+    ) -> None:
+        super().__init__(ice_controlling=ice_controlling, components=1, stun_server=stun_server)
+        self._pool = pool
+        self._public_host = public_host
+        self._on_datagram = on_datagram
+        self._peer_seen = asyncio.Event()
+        self._bound_port: int | None = None
+        self._candidate_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def bound_port(self) -> int | None:
+        return self._bound_port
+
+    @property
+    def connected(self) -> bool:
+        return COMPONENT in self._nominated
+
+    async def get_component_candidates(
+        self, component: int, addresses: list[str], timeout: int = 5
+    ) -> list[Candidate]:
+        transport = await self._pool.bind_single(lambda: StunProtocol(self))
+        protocol = transport.get_protocol()
+        assert isinstance(protocol, StunProtocol)
+        self._bound_port = transport.get_extra_info("sockname")[1]
+        protocol.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", self._public_host),
+            component=component, transport="udp",
+            priority=candidate_priority(component, "host"),
+            host=self._public_host, port=self._bound_port, type="host",
+        )
+        self._protocols.append(protocol)
+        candidates = [protocol.local_candidate]
+        if self.stun_server:
+            with contextlib.suppress(Exception):  # no STUN answer just means no srflx
+                srflx, _ = await asyncio.wait_for(
+                    server_reflexive_candidate(protocol, self.stun_server), timeout
+                )
+                candidates.append(srflx)
+        return candidates
+
+    def data_received(self, data: bytes, component: int) -> None:
+        self._on_datagram(data)
+
+    def request_received(
+        self, message: stun.Message, addr: tuple[str, int], protocol: StunProtocol
+    ) -> None:
+        super().request_received(message, addr, protocol)
+        self._peer_seen.set()
+
+    def send_now(self, data: bytes) -> bool:
+        """Send on the nominated pair without a coroutine; False while there is none."""
+        pair = self._nominated.get(COMPONENT)
+        if pair is None:
+            return False
+        pair.protocol.transport.sendto(data, pair.remote_addr)
+        return True
+
+    def add_sdp_candidates(self, candidates: list[dict[str, Any]]) -> None:
+        """Add a remote SDP's UDP candidates.
+
+        Browsers hide host addresses behind mDNS `*.local` names. Those resolve only on the
+        browser's own link, which a gateway is not on, and resolving would multicast on
+        every interface; the browser's connectivity checks reveal its address instead
+        (peer-reflexive learning), so such candidates are skipped.
+        """
+        for entry in candidates:
+            if str(entry.get("protocol", "udp")).lower() != "udp":
+                continue
+            if is_mdns_hostname(str(entry["ip"])):
+                continue
+            candidate = Candidate(
+                foundation=str(entry["foundation"]), component=int(entry["component"]),
+                transport="udp", priority=int(entry["priority"]), host=str(entry["ip"]),
+                port=int(entry["port"]), type=str(entry["type"]),
+                related_address=entry.get("raddr"), related_port=entry.get("rport"),
+            )
+            if candidate.component != COMPONENT:
+                continue
+            task = asyncio.create_task(self._add_candidate(candidate))
+            self._candidate_tasks.add(task)
+            task.add_done_callback(self._candidate_tasks.discard)
+
+    async def _add_candidate(self, candidate: Candidate) -> None:
+        try:
+            await self.add_remote_candidate(candidate)
+        except (OSError, ValueError) as exc:
+            logger.info("remote candidate %s unusable: %s", candidate, exc)
+            return
+        if self.remote_candidates:
+            self._peer_seen.set()
+
+    async def connect_when_peer_known(self) -> None:
+        """connect() once a remote candidate resolved or a check arrived (prflx learning)."""
+        await asyncio.wait_for(self._peer_seen.wait(), PEER_WAIT_SECONDS)
+        await self.connect()
+
+    async def close(self) -> None:
+        for task in list(self._candidate_tasks):
+            task.cancel()
+        await super().close()
+        if self._bound_port is not None:
+            self._pool.forget(self._bound_port)
+
+
+def sdp_candidate(candidate: Candidate) -> dict[str, Any]:
+    """An aioice candidate as sdp_transform's candidate dictionary."""
+    entry: dict[str, Any] = {
+        "foundation": candidate.foundation, "component": candidate.component,
+        "protocol": candidate.transport, "priority": candidate.priority,
+        "ip": candidate.host, "port": candidate.port, "type": candidate.type,
+    }
+    if candidate.related_address is not None:
+        entry["raddr"] = candidate.related_address
+        entry["rport"] = candidate.related_port
+    return entry

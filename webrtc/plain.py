@@ -1,0 +1,112 @@
+"""The plain leg: RTP on an even port, RTCP on the next one, symmetric latching."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from .ports import PortPool
+
+Address = tuple[str, int]
+DatagramHandler = Callable[[bytes], None]
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable while the phone is not yet listening: keep going.
+        pass
+
+
+def is_rtcp(packet: bytes) -> bool:
+    """RFC 5761 section 4: RTCP packet types 192-223 occupy the RTP marker+PT byte."""
+    return len(packet) > 1 and 192 <= packet[1] <= 223
+
+
+class PlainLeg:
+    """RTP/RTCP sockets towards a SIP phone or PBX.
+
+    Until the first packet arrives, media goes to the address in the peer's SDP; after that,
+    to wherever the peer's packets actually come from (symmetric RTP, RFC 4961), which is what
+    gets media through NATs in front of phones. A new SDP address re-arms the latch.
+    """
+
+    def __init__(self, pool: PortPool) -> None:
+        self._pool = pool
+        self._rtp: asyncio.DatagramTransport | None = None
+        self._rtcp: asyncio.DatagramTransport | None = None
+        self.on_rtp: DatagramHandler = _ignore
+        self.on_rtcp: DatagramHandler = _ignore
+        self._rtp_target: Address | None = None
+        self._rtcp_target: Address | None = None
+        self._rtp_latched = False
+        self._rtcp_latched = False
+        self.rtcp_mux = False
+
+    async def open(self) -> None:
+        self._rtp, self._rtcp = await self._pool.bind_pair(
+            lambda: _Socket(self._rtp_received), lambda: _Socket(self._rtcp_received)
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._rtp is not None, "plain leg not opened"
+        return int(self._rtp.get_extra_info("sockname")[1])
+
+    @property
+    def rtp_target(self) -> Address | None:
+        return self._rtp_target
+
+    def set_remote(self, host: str, port: int, rtcp_port: int | None, rtcp_mux: bool) -> None:
+        if port == 0:
+            self._rtp_target = self._rtcp_target = None
+            return
+        new_target = (host, port)
+        if new_target != self._rtp_target:
+            self._rtp_latched = self._rtcp_latched = False
+        self._rtp_target = new_target
+        self.rtcp_mux = rtcp_mux
+        self._rtcp_target = new_target if rtcp_mux else (host, rtcp_port or port + 1)
+
+    def send_rtp(self, packet: bytes) -> None:
+        if self._rtp_target is not None and self._rtp is not None:
+            self._rtp.sendto(packet, self._rtp_target)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        if self._rtcp_target is None:
+            return
+        transport = self._rtp if self.rtcp_mux else self._rtcp
+        if transport is not None:
+            transport.sendto(packet, self._rtcp_target)
+
+    def close(self) -> None:
+        for transport in (self._rtp, self._rtcp):
+            if transport is not None:
+                self._pool.release(transport)
+        self._rtp = self._rtcp = None
+
+    def _rtp_received(self, data: bytes, addr: Address) -> None:
+        if not self._rtp_latched:
+            self._rtp_latched = True
+            self._rtp_target = (addr[0], addr[1])
+            if self.rtcp_mux:
+                self._rtcp_target = self._rtp_target
+        if self.rtcp_mux and is_rtcp(data):
+            self.on_rtcp(data)
+        else:
+            self.on_rtp(data)
+
+    def _rtcp_received(self, data: bytes, addr: Address) -> None:
+        if not self._rtcp_latched:
+            self._rtcp_latched = True
+            self._rtcp_target = (addr[0], addr[1])
+        self.on_rtcp(data)
+
+
+def _ignore(_: bytes) -> None:
+    pass

@@ -1,0 +1,65 @@
+"""The media relay of one gateway process: port range, DTLS certificate, sessions."""
+
+from __future__ import annotations
+
+from .dtls import DtlsCertificate
+from .ports import PortPool
+from .session import MediaSession, RelayContext
+
+_STUN_PORT = 3478
+
+
+class MediaRelay:
+    """One per gateway process: owns the UDP port range, the DTLS certificate and the config."""
+
+    def __init__(
+        self, *, bind_host: str = "127.0.0.1", public_host: str | None = None,
+        port_min: int = 20000, port_max: int = 40000, stun_servers: list[str] | None = None,
+    ) -> None:
+        self._pool = PortPool(bind_host, port_min, port_max)
+        self._certificate = DtlsCertificate()
+        self._sessions: dict[str, MediaSession] = {}
+        self._context = RelayContext(
+            pool=self._pool, public_host=public_host or bind_host,
+            certificate=self._current_certificate,
+            stun_server=_stun_address(stun_servers[0]) if stun_servers else None,
+        )
+
+    def create_session(self, session_id: str) -> MediaSession:
+        if session_id in self._sessions:
+            raise ValueError(f"media session {session_id!r} already exists")
+        session = MediaSession(self._context, session_id, self._forget)
+        self._sessions[session_id] = session
+        return session
+
+    def get_session(self, session_id: str) -> MediaSession | None:
+        return self._sessions.get(session_id)
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def open_ports(self) -> frozenset[int]:
+        """Every UDP port the relay holds right now (empty once all sessions are closed)."""
+        return self._pool.open_ports
+
+    async def close(self) -> None:
+        for session in list(self._sessions.values()):
+            await session.close()
+
+    def _current_certificate(self) -> DtlsCertificate:
+        # aiortc's certificates are valid for 30 days; long-running gateways renew them.
+        if self._certificate.expiring:
+            self._certificate = DtlsCertificate()
+        return self._certificate
+
+    def _forget(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+
+def _stun_address(server: str) -> tuple[str, int]:
+    """'stun:host:port', 'host:port' or 'host' as (host, port)."""
+    value = server.removeprefix("stun:")
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    return (host or value, int(port) if port else _STUN_PORT)

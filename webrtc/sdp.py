@@ -1,0 +1,319 @@
+"""SDP parsing into a small model, and writing of the gateway's SDP for each leg.
+
+Built on sdp_transform (grammar-based parse/write); this module only maps its dictionaries to
+the fields the media plane needs and back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sdp_transform
+
+from .codecs import Codec
+from .errors import MediaError
+
+WEBRTC_PROTOCOL = "UDP/TLS/RTP/SAVPF"
+PLAIN_PROTOCOL = "RTP/AVP"
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+_REVERSED_DIRECTION = {
+    "sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly",
+    "inactive": "inactive",
+}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    algorithm: str
+    value: str
+
+
+@dataclass
+class MediaDescription:
+    """One m= section of a received SDP, with session-level defaults already applied."""
+
+    kind: str
+    port: int
+    protocol: str
+    payloads: str
+    address: str | None
+    codecs: list[Codec]
+    direction: str = "sendrecv"
+    mid: str | None = None
+    rtcp_port: int | None = None
+    rtcp_mux: bool = False
+    ice_ufrag: str | None = None
+    ice_pwd: str | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    fingerprints: list[Fingerprint] = field(default_factory=list)
+    setup: str | None = None
+    ssrcs: list[dict[str, Any]] = field(default_factory=list)
+    ptime: int | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return self.port == 0
+
+    @property
+    def is_webrtc(self) -> bool:
+        return "SAVPF" in self.protocol or "DTLS" in self.protocol.upper()
+
+    @property
+    def sends(self) -> bool:
+        return self.direction in ("sendrecv", "sendonly")
+
+    @property
+    def receives(self) -> bool:
+        return self.direction in ("sendrecv", "recvonly")
+
+
+@dataclass
+class SessionDescription:
+    media: list[MediaDescription]
+    bundle_mids: list[str]
+
+    def first(self, kind: str) -> MediaDescription | None:
+        return next((m for m in self.media if m.kind == kind and not m.rejected), None)
+
+
+def reverse_direction(direction: str) -> str:
+    """What the answerer says back: an offered sendonly is answered recvonly."""
+    return _REVERSED_DIRECTION[direction]
+
+
+def parse(text: str) -> SessionDescription:
+    try:
+        session = sdp_transform.parse(text)
+    except Exception as exc:  # the grammar raises assorted errors on garbage
+        raise MediaError(reason=f"unparseable SDP: {exc}") from exc
+    if not session.get("media"):
+        raise MediaError(reason="SDP has no m= line")
+    session_address = (session.get("connection") or {}).get("ip")
+    bundle_mids: list[str] = []
+    for group in session.get("groups", []):
+        if group.get("type") == "BUNDLE":
+            bundle_mids = str(group.get("mids", "")).split()
+    media = [_parse_media(raw, session, session_address) for raw in session["media"]]
+    return SessionDescription(media=media, bundle_mids=bundle_mids)
+
+
+def _parse_media(
+    raw: dict[str, Any], session: dict[str, Any], session_address: str | None
+) -> MediaDescription:
+    fmtp = {entry["payload"]: entry["config"] for entry in raw.get("fmtp", [])}
+    feedback: dict[int, list[str]] = {}
+    for entry in raw.get("rtcpFb", []):
+        if entry["payload"] == "*":
+            continue
+        value = entry["type"] + (f" {entry['subtype']}" if entry.get("subtype") else "")
+        feedback.setdefault(int(entry["payload"]), []).append(value)
+    rtpmap = {entry["payload"]: entry for entry in raw.get("rtp", [])}
+    codecs = []
+    for token in str(raw.get("payloads", "")).split():
+        if not token.isdigit():
+            continue
+        payload_type = int(token)
+        mapping = rtpmap.get(payload_type) or _STATIC_PAYLOADS.get(payload_type)
+        if mapping is None:
+            continue
+        codecs.append(Codec(
+            payload_type=payload_type,
+            name=mapping["codec"],
+            clock_rate=int(mapping["rate"]),
+            channels=int(mapping.get("encoding") or 1),
+            fmtp=fmtp.get(payload_type),
+            rtcp_feedback=tuple(feedback.get(payload_type, [])),
+        ))
+    fingerprint = raw.get("fingerprint") or session.get("fingerprint")
+    fingerprints = (
+        [Fingerprint(fingerprint["type"].lower(), fingerprint["hash"].upper())]
+        if fingerprint else []
+    )
+    rtcp = raw.get("rtcp") or {}
+    return MediaDescription(
+        kind=raw["type"],
+        port=int(raw["port"]),
+        protocol=raw["protocol"],
+        payloads=str(raw.get("payloads", "")),
+        address=(raw.get("connection") or {}).get("ip") or session_address,
+        codecs=codecs,
+        direction=raw.get("direction") or session.get("direction") or "sendrecv",
+        mid=str(raw["mid"]) if raw.get("mid") is not None else None,
+        rtcp_port=int(rtcp["port"]) if rtcp.get("port") else None,
+        rtcp_mux=bool(raw.get("rtcpMux")),
+        ice_ufrag=raw.get("iceUfrag") or session.get("iceUfrag"),
+        ice_pwd=raw.get("icePwd") or session.get("icePwd"),
+        candidates=list(raw.get("candidates", [])),
+        fingerprints=fingerprints,
+        setup=raw.get("setup") or session.get("setup"),
+        ssrcs=list(raw.get("ssrcs", [])),
+        ptime=int(raw["ptime"]) if raw.get("ptime") else None,
+    )
+
+
+_STATIC_PAYLOADS: dict[int, dict[str, Any]] = {
+    0: {"codec": "PCMU", "rate": 8000},
+    8: {"codec": "PCMA", "rate": 8000},
+    9: {"codec": "G722", "rate": 8000},
+    13: {"codec": "CN", "rate": 8000},
+}
+
+
+class SdpOrigin:
+    """The gateway's o= line towards one peer: fixed session id, version bumped per SDP."""
+
+    _ids = itertools.count(int(time.time()) * 1000)
+
+    def __init__(self, address: str) -> None:
+        self.session_id = next(self._ids)
+        self.version = 0
+        self.address = address
+
+    def next_line(self) -> dict[str, Any]:
+        self.version += 1
+        return {
+            "username": "-", "sessionId": self.session_id, "sessionVersion": self.version,
+            "netType": "IN", "ipVer": ip_version(self.address), "address": self.address,
+        }
+
+
+def ip_version(address: str) -> int:
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return 4
+
+
+@dataclass
+class WebRtcTransportParams:
+    """What the gateway says about its own ICE/DTLS endpoint on the WebRTC leg."""
+
+    ice_ufrag: str
+    ice_pwd: str
+    candidates: list[dict[str, Any]]
+    fingerprint: Fingerprint
+    setup: str
+
+
+@dataclass
+class MediaSection:
+    """One m= section the gateway writes; port 0 rejects it."""
+
+    kind: str
+    port: int
+    codecs: list[Codec]
+    direction: str = "sendrecv"
+    mid: str | None = None
+    rejected_protocol: str | None = None
+    rejected_payloads: str | None = None
+    rtcp_mux: bool = False
+    ptime: int | None = None
+    msid: str | None = None
+
+
+def write_webrtc(
+    origin: SdpOrigin, address: str, sections: list[MediaSection],
+    transport: WebRtcTransportParams,
+) -> str:
+    media = []
+    bundled: list[str] = []
+    for section in sections:
+        if section.port == 0:
+            media.append(_rejected(section, address))
+            continue
+        entry = _codec_lines(section)
+        entry.update({
+            "type": section.kind, "port": section.port, "protocol": WEBRTC_PROTOCOL,
+            "connection": {"version": ip_version(address), "ip": address},
+            "rtcp": {"port": section.port, "netType": "IN", "ipVer": ip_version(address),
+                     "address": address},
+            "iceUfrag": transport.ice_ufrag, "icePwd": transport.ice_pwd,
+            "fingerprint": {"type": transport.fingerprint.algorithm,
+                            "hash": transport.fingerprint.value},
+            "setup": transport.setup, "mid": section.mid, "direction": section.direction,
+            "rtcpMux": "rtcp-mux", "candidates": transport.candidates,
+            "endOfCandidates": "end-of-candidates",
+        })
+        if section.msid:
+            entry["msid"] = section.msid
+        bundled.append(str(section.mid))
+        media.append(entry)
+    session: dict[str, Any] = {
+        "version": 0, "origin": origin.next_line(), "name": "-",
+        "timing": {"start": 0, "stop": 0}, "media": media,
+        "msidSemantic": {"semantic": "WMS", "token": "*"},
+    }
+    if bundled:
+        session["groups"] = [{"type": "BUNDLE", "mids": " ".join(bundled)}]
+    return sdp_transform.write(session)
+
+
+def write_plain(
+    origin: SdpOrigin, address: str, sections: list[MediaSection]
+) -> str:
+    media = []
+    for section in sections:
+        if section.port == 0:
+            media.append(_rejected(section, address))
+            continue
+        entry = _codec_lines(section)
+        entry.update({
+            "type": section.kind, "port": section.port, "protocol": PLAIN_PROTOCOL,
+            "direction": section.direction,
+        })
+        if section.rtcp_mux:
+            entry["rtcpMux"] = "rtcp-mux"
+        if section.ptime:
+            entry["ptime"] = section.ptime
+        media.append(entry)
+    session = {
+        "version": 0, "origin": origin.next_line(), "name": "ws2sip",
+        "connection": {"version": ip_version(address), "ip": address},
+        "timing": {"start": 0, "stop": 0}, "media": media,
+    }
+    return sdp_transform.write(session)
+
+
+def _codec_lines(section: MediaSection) -> dict[str, Any]:
+    rtp = []
+    fmtp = []
+    feedback = []
+    for codec in section.codecs:
+        line: dict[str, Any] = {
+            "payload": codec.payload_type, "codec": codec.name, "rate": codec.clock_rate,
+        }
+        if codec.channels > 1:
+            line["encoding"] = codec.channels
+        rtp.append(line)
+        if codec.fmtp:
+            fmtp.append({"payload": codec.payload_type, "config": codec.fmtp})
+        for value in codec.rtcp_feedback:
+            kind, _, subtype = value.partition(" ")
+            entry = {"payload": codec.payload_type, "type": kind}
+            if subtype:
+                entry["subtype"] = subtype
+            feedback.append(entry)
+    lines: dict[str, Any] = {
+        "payloads": " ".join(str(codec.payload_type) for codec in section.codecs),
+        "rtp": rtp, "fmtp": fmtp,
+    }
+    if feedback:
+        lines["rtcpFb"] = feedback
+    return lines
+
+
+def _rejected(section: MediaSection, address: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "type": section.kind, "port": 0,
+        "protocol": section.rejected_protocol or PLAIN_PROTOCOL,
+        "payloads": section.rejected_payloads or "0",
+        "connection": {"version": ip_version(address), "ip": address},
+        "direction": "inactive",
+    }
+    if section.mid is not None:
+        entry["mid"] = section.mid
+    return entry
