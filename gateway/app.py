@@ -1,0 +1,251 @@
+"""The gateway node: wires listeners, transactions, registrar, proxy and the HTTP/WebSocket edge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+import time
+
+from aiohttp import web
+
+from sip.message import Limits, Request
+from sip.resolver import Resolver
+from sip.transaction import ServerTransaction, TransactionLayer
+from sip.transport import Flow, TransportLayer
+from webrtc import MediaRelay
+
+from .auth import Authenticator
+from .config import Config
+from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_service
+from .media import MediaAnchor
+from .proxy import Proxy, ProxyPolicy
+from .registrar import Registrar, RegistrarPolicy
+from .users import UserStore, generate_password, open_user_store
+from .websocket import WebSocketPolicy, make_handler
+
+log = logging.getLogger("ws2sip")
+
+ALLOWED_METHODS = (
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, PRACK, INFO, MESSAGE, REFER, "
+    "NOTIFY, SUBSCRIBE, PUBLISH"
+)
+DEMO_USERS = ("alice", "bob")
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node_id = config.effective_node_id
+        self.transport = TransportLayer(limits=Limits(max_message_size=config.max_message_size),
+                                        resolver=Resolver())
+        self.transactions = TransactionLayer(self.transport)
+        self.location: LocationService = open_location_service(config.redis or None)
+        self.users: UserStore = open_user_store(config.redis or None, config.users_path)
+        secret = config.auth_secret.encode() if config.auth_secret else secrets.token_bytes(32)
+        self.auth = Authenticator(self.users, config.domain, secret, config.nonce_lifetime)
+        self.registrar = Registrar(
+            RegistrarPolicy(
+                domain=config.domain, node_id=self.node_id, min_expires=config.min_expires,
+                max_expires=config.max_expires, default_expires=config.default_expires,
+                flow_timer=config.flow_timer,
+            ),
+            self.location, self.auth,
+        )
+        self.proxy = Proxy(
+            ProxyPolicy.from_config(config, self.node_id),
+            self.transactions, self.transport, self.location, self.auth, secret,
+            MediaAnchor(self._media_relay(config)),
+        )
+        self._runners: list[web.AppRunner] = []
+        self._heartbeat: NodeHeartbeat | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.transactions.on_request = self._on_request
+        self.transport.on_flow_closed = self._on_flow_closed
+
+    async def start(self) -> None:
+        await self._ensure_users()
+        listeners = self.config.listeners()
+        for host, port in listeners["udp"]:
+            log.info("SIP/UDP on %s:%d", *await self.transport.listen_udp(host, port))
+        for host, port in listeners["tcp"]:
+            log.info("SIP/TCP on %s:%d", *await self.transport.listen_tcp(host, port))
+        for host, port in listeners["tls"]:
+            bound = await self.transport.listen_tls(host, port, self._server_ssl())
+            log.info("SIP/TLS on %s:%d", *bound)
+        for kind in ("ws", "wss"):
+            for host, port in listeners[kind]:
+                await self._start_http(kind, host, port)
+        for kind, host, port in self._local_addresses():
+            self.proxy.add_listener(kind, host, port)
+        self._heartbeat = NodeHeartbeat(
+            self.location, NodeInfo(self.node_id, self._internal_address(), time.time())
+        )
+        await self._heartbeat.start()
+        log.info("ws2sip ready: node %s, domain %s", self.node_id, self.config.domain)
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.proxy.close()
+        await self.proxy.media_relay_close()
+        await self.transport.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.location.close()
+        await self.users.close()
+
+    # --- HTTP / WebSocket edge ---------------------------------------------------------------
+    async def _start_http(self, kind: str, host: str, port: int) -> None:
+        secure = kind == "wss"
+        config = self.config
+        policy = WebSocketPolicy(
+            allowed_origins=config.allowed_origins,
+            max_message_size=config.max_message_size,
+            ping_interval=config.ws_ping_interval,
+            idle_timeout=config.ws_idle_timeout,
+        )
+        ws_handler = make_handler(self.transport, policy, secure=secure)
+        app = web.Application()
+        app.router.add_get("/ws", ws_handler)
+        app.router.add_get("/", self._root_handler(ws_handler))
+        app.router.add_get("/healthz", self._health)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=self._server_ssl() if secure else None)
+        await site.start()
+        self._runners.append(runner)
+        # Our Via on requests sent down a WebSocket names the listener (or public address).
+        for via_host in {host, self.config.public_address or host, "127.0.0.1"}:
+            self.transport.add_sent_by(via_host, port)
+        log.info("SIP/%s and HTTP on %s:%d (path /ws)", kind.upper(), host, port)
+
+    def _root_handler(self, ws_handler):  # noqa: ANN001, ANN202 - aiohttp handler factory
+        async def root(request: web.Request) -> web.StreamResponse:
+            # sipml5 and Asterisk users point clients at "/" rather than "/ws".
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                return await ws_handler(request)
+            return web.Response(
+                text=f"ws2sip gateway for {self.config.domain}: SIP over WebSocket at /ws\n"
+            )
+
+        return root
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"node": self.node_id, "bindings": await self.location.count()}
+        )
+
+    def _server_ssl(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            raise SystemExit(
+                f"cannot load tls_cert {self.config.tls_cert} / tls_key {self.config.tls_key}: "
+                f"{error}. Browsers refuse self-signed certificates on wss:// without a word: "
+                "use a certificate from a CA they trust"
+            ) from error
+        return context
+
+    # --- SIP dispatch ------------------------------------------------------------------------
+    def _on_request(self, request: Request, transaction: ServerTransaction | None) -> None:
+        if transaction is None:
+            self.proxy.handle_stateless(request)
+            return
+        if request.method == "REGISTER" and self._is_for_us(request):
+            self._spawn(self._register(request, transaction))
+        elif request.method == "OPTIONS" and self._is_for_us(request) and not request.ruri.user:
+            transaction.respond(self._options_response(request))
+        else:
+            self._spawn(self.proxy.handle_request(request, transaction))
+
+    async def _register(self, request: Request, transaction: ServerTransaction) -> None:
+        transaction.respond(await self.registrar.handle(request, transaction.flow))
+
+    def _options_response(self, request: Request):  # noqa: ANN202 - Response
+        response = request.response(200, to_tag=secrets.token_hex(4))
+        response.add("Allow", ALLOWED_METHODS)
+        response.add("Supported", "path, outbound")
+        response.add("Accept", "application/sdp")
+        return response
+
+    def _is_for_us(self, request: Request) -> bool:
+        host = request.ruri.host.lower()
+        return host == self.config.domain.lower() or host in self.proxy.local_hosts
+
+    def _on_flow_closed(self, flow: Flow) -> None:
+        if flow.reliable:
+            self._spawn(self._drop_flow_bindings(flow))
+        self.proxy.flow_closed(flow)
+
+    async def _drop_flow_bindings(self, flow: Flow) -> None:
+        dropped = await self.location.remove_connection(self.node_id, flow.id)
+        if dropped:
+            log.info("%s closed: dropped %d binding(s) of %s", flow.id, len(dropped),
+                     ", ".join(sorted({b.aor for b in dropped})))
+
+    def _spawn(self, coroutine) -> None:  # noqa: ANN001 - any awaitable returning None
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request handling failed", exc_info=task.exception())
+
+    # --- helpers -----------------------------------------------------------------------------
+    async def _ensure_users(self) -> None:
+        if not self.config.demo_users or await self.users.list(self.config.domain):
+            return
+        lines = []
+        for name in DEMO_USERS:
+            password = generate_password()
+            await self.users.add(name, self.config.domain, password)
+            lines.append(f"  {name}@{self.config.domain}  password: {password}")
+        log.warning(
+            "empty user store: created demo users (passwords shown only this once):\n%s\n"
+            "manage users with `ws2sip user add|del|passwd|list`", "\n".join(lines),
+        )
+
+    def _local_addresses(self) -> list[tuple[str, str, int]]:
+        addresses = []
+        for kind in ("udp", "tcp", "tls"):
+            bound = self.transport.listening(kind)
+            if bound is not None:
+                addresses.append((kind, *bound))
+        for kind in ("ws", "wss"):
+            addresses.extend((kind, host, port) for host, port in self.config.listeners()[kind])
+        return addresses
+
+    @staticmethod
+    def _media_relay(config: Config) -> MediaRelay:
+        port_min, port_max = config.rtp_port_range
+        return MediaRelay(
+            bind_host=config.media_address or _first_specific_host(config) or "127.0.0.1",
+            public_host=config.public_address or None,
+            port_min=port_min,
+            port_max=port_max,
+        )
+
+    def _internal_address(self) -> str:
+        for kind in ("tcp", "udp"):
+            bound = self.transport.listening(kind)
+            if bound is not None:
+                host = bound[0]
+                if host in ("0.0.0.0", "::"):
+                    host = self.config.public_address or "127.0.0.1"
+                return f"{host}:{bound[1]};transport={kind}"
+        return ""
+
+
+def _first_specific_host(config: Config) -> str | None:
+    for addresses in config.listeners().values():
+        for host, _ in addresses:
+            if host not in ("0.0.0.0", "::"):
+                return host
+    return None

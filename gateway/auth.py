@@ -1,0 +1,83 @@
+"""Digest authentication of requests from users: 401 for the registrar, 407 for the proxy."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sip.digest import DigestServer, VerifyOutcome, parse_credentials
+from sip.errors import SipError
+from sip.message import Request, Response
+
+from .users import UserStore
+
+log = logging.getLogger("ws2sip.auth")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOutcome:
+    """Either the authenticated user name or the response that refuses the request."""
+
+    username: str | None
+    refusal: Response | None
+
+
+class Authenticator:
+    def __init__(self, users: UserStore, realm: str, secret: bytes, nonce_lifetime: float) -> None:
+        self._users = users
+        self.realm = realm
+        self._digest = DigestServer(realm, secret, nonce_lifetime=nonce_lifetime)
+
+    async def authenticate(self, request: Request, *, proxy: bool) -> AuthOutcome:
+        """Check Authorization (registrar) or Proxy-Authorization (proxy) against the user store."""
+        header = "Proxy-Authorization" if proxy else "Authorization"
+        credentials = None
+        # Authorization is not a list header: get_all keeps each value whole (it contains commas).
+        for value in request.get_all(header):
+            try:
+                parsed = parse_credentials(value)
+            except SipError as error:
+                return AuthOutcome(None, request.response(400, error.reason))
+            if parsed.realm == self.realm:
+                credentials = parsed
+                break
+        if credentials is None:
+            return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
+        user = await self._users.get(credentials.username, self.realm)
+        if user is None:
+            log.warning(
+                "auth failed: unknown user %r from %s (%s %s)",
+                credentials.username, request.top_via.params.get("received")
+                or request.top_via.host, request.method, request.call_id,
+            )
+            return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
+        try:
+            ha1 = user.ha1(credentials.algorithm)
+        except (KeyError, ValueError):
+            return AuthOutcome(None, request.response(400, "Unsupported digest algorithm"))
+        outcome = self._digest.verify(credentials, request.method, ha1)
+        if outcome is VerifyOutcome.OK:
+            return AuthOutcome(credentials.username, None)
+        if outcome is VerifyOutcome.STALE:
+            return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=True))
+        log.warning(
+            "auth failed: wrong credentials for %r@%s (%s, Call-ID %s)",
+            credentials.username, self.realm, request.method, request.call_id,
+        )
+        # RFC 3261 §22.1: a failed attempt is challenged again; the client gives up.
+        return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
+
+    async def user_exists(self, username: str) -> bool:
+        return await self._users.get(username, self.realm) is not None
+
+    def _challenge(self, request: Request, *, proxy: bool, stale: bool) -> Response:
+        response = request.response(407 if proxy else 401, to_tag=_challenge_tag(request))
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        for value in self._digest.challenge(stale=stale):
+            response.add(name, value)
+        return response
+
+
+def _challenge_tag(request: Request) -> str:
+    # A stable To-tag per request, so that retransmissions get an identical challenge.
+    return f"{abs(hash((request.call_id, request.cseq.number))) & 0xFFFFFFFF:08x}"

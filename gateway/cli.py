@@ -1,0 +1,145 @@
+"""`ws2sip` command line: run the gateway, manage users."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import signal
+import sys
+from typing import Any
+
+from .config import Config, ConfigError, add_run_arguments, load_config
+from .users import UnknownUser, UserExists, UserStore, generate_password, open_user_store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ws2sip",
+        description="SIP-over-WebSocket gateway: registrar, proxy and WebRTC-to-RTP media bridge",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="start the gateway",
+        description="Start the gateway. Every flag can also be set in the TOML file given with "
+        "--config, under the same name with underscores (e.g. public_address = \"203.0.113.7\"); "
+        "flags win over the file. With no listener flags it listens on UDP and TCP 5060 and on "
+        "HTTP/WebSocket 8080 (SIP over WebSocket at ws://HOST:8080/ws).",
+    )
+    add_run_arguments(run)
+    user = commands.add_parser("user", help="manage users and their credentials (HA1 only)")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    for name, help_text in (
+        ("add", "add a user (prints a generated password when none is given)"),
+        ("passwd", "change a user's password"),
+        ("del", "delete a user"),
+        ("list", "list users"),
+    ):
+        sub = user_commands.add_parser(name, help=help_text)
+        if name != "list":
+            sub.add_argument("username")
+        if name in ("add", "passwd"):
+            sub.add_argument("--password", help="the password (default: prompt, or generate)")
+        sub.add_argument("--domain", help="SIP domain (realm); default from config")
+        sub.add_argument("--config", metavar="FILE", help="TOML configuration file")
+        sub.add_argument("--redis", metavar="URL", help="Redis URL of the user store")
+        sub.add_argument("--users-file", metavar="PATH", help="users file (embedded default)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as error:
+        print(f"ws2sip: {error}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return _run(config)
+    return asyncio.run(_user_command(args, config))
+
+
+def _run(config: Config) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (not on every platform)
+        runner: Any = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(_serve(config))
+    except KeyboardInterrupt:
+        pass
+    except OSError as error:
+        logging.getLogger("ws2sip").error("cannot start: %s", error)
+        return 1
+    return 0
+
+
+async def _serve(config: Config) -> None:
+    from .app import Gateway  # imported here so that `ws2sip user` stays light
+
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await gateway.start()
+        await stop.wait()
+        logging.getLogger("ws2sip").info("stopping")
+    finally:
+        await gateway.stop()
+
+
+async def _user_command(args: argparse.Namespace, config: Config) -> int:
+    store: UserStore = open_user_store(config.redis or None, config.users_path)
+    domain = config.domain
+    try:
+        if args.user_command == "list":
+            for record in await store.list(None if args.domain is None else domain):
+                print(f"{record.username}@{record.domain}")
+            return 0
+        if args.user_command == "del":
+            if await store.delete(args.username, domain):
+                print(f"deleted {args.username}@{domain}")
+                return 0
+            print(f"ws2sip: no user {args.username}@{domain}", file=sys.stderr)
+            return 1
+        password, generated = _password(args.password)
+        if args.user_command == "add":
+            await store.add(args.username, domain, password)
+            print(f"added {args.username}@{domain}")
+        else:
+            await store.set_password(args.username, domain, password)
+            print(f"changed the password of {args.username}@{domain}")
+        if generated:
+            print(f"password: {password}  (shown only this once)")
+        return 0
+    except UserExists:
+        print(f"ws2sip: user {args.username}@{domain} exists (use `user passwd`)", file=sys.stderr)
+        return 1
+    except UnknownUser:
+        print(f"ws2sip: no user {args.username}@{domain}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+
+
+def _password(given: str | None) -> tuple[str, bool]:
+    if given:
+        return given, False
+    if sys.stdin.isatty():
+        first = getpass.getpass("password (empty: generate one): ")
+        if first:
+            if getpass.getpass("again: ") != first:
+                raise SystemExit("ws2sip: passwords differ")
+            return first, False
+    return generate_password(), True

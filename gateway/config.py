@@ -1,0 +1,204 @@
+"""Gateway configuration: a TOML file (`--config`) overridden by command-line flags.
+
+Every setting has the same name in both places (`--public-address` ⇔ `public_address`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tomllib
+import uuid
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LISTENER_KINDS = ("udp", "tcp", "tls", "ws", "wss")
+DEFAULT_LISTENERS = {"udp": ["0.0.0.0:5060"], "tcp": ["0.0.0.0:5060"], "ws": ["0.0.0.0:8080"]}
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names the setting and the value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    """A named upstream SIP peer such as an Asterisk PBX."""
+
+    name: str
+    address: str  # host:port
+    transport: str = "udp"
+    match: str = ""  # regex on the dialled user part for outbound calls ("" = never)
+    strip_prefix: str = ""
+    trusted_sources: tuple[str, ...] = ()  # source IPs whose requests are trusted as this trunk
+    username: str = ""  # digest credentials the gateway answers the trunk's challenges with
+    password: str = ""
+    register: bool = False  # REGISTER to the trunk as `username`
+    max_calls: int = 0  # concurrent calls through this trunk (0 = unlimited)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    domain: str = "localhost"
+    udp: tuple[str, ...] = ()
+    tcp: tuple[str, ...] = ()
+    tls: tuple[str, ...] = ()
+    ws: tuple[str, ...] = ()
+    wss: tuple[str, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+    redis: str = ""
+    users_file: str = ""
+    node_id: str = ""
+    public_address: str = ""
+    rtp_ports: str = "20000-40000"
+    media_address: str = ""  # where media sockets bind; default: the first specific SIP listener
+    log_level: str = "info"
+    allowed_origins: tuple[str, ...] = ()
+    max_message_size: int = 65_535
+    ws_ping_interval: float = 30.0
+    ws_idle_timeout: float = 3700.0  # longer than max_expires: clients refresh then
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 600
+    flow_timer: int = 120
+    auth_secret: str = ""
+    nonce_lifetime: int = 300
+    invite_timeout: float = 60.0
+    max_calls_per_user: int = 0
+    demo_users: bool = True
+    trunks: tuple[Trunk, ...] = field(default_factory=tuple)
+
+    def listeners(self) -> dict[str, list[tuple[str, int]]]:
+        """Listen addresses per transport; the embedded defaults when none is configured."""
+        chosen = {kind: list(getattr(self, kind)) for kind in LISTENER_KINDS}
+        if not any(chosen.values()):
+            chosen.update(DEFAULT_LISTENERS)
+        return {kind: [parse_hostport(a, kind) for a in addrs] for kind, addrs in chosen.items()}
+
+    @property
+    def rtp_port_range(self) -> tuple[int, int]:
+        match = re.fullmatch(r"(\d+)-(\d+)", self.rtp_ports)
+        if not match or not 1024 <= int(match[1]) < int(match[2]) <= 65535:
+            raise ConfigError(
+                f"rtp_ports: expected MIN-MAX within 1024-65535, got {self.rtp_ports!r}"
+            )
+        return int(match[1]), int(match[2])
+
+    @property
+    def users_path(self) -> Path:
+        if self.users_file:
+            return Path(self.users_file).expanduser()
+        data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+        return data_home / "ws2sip" / "users.json"
+
+    @property
+    def effective_node_id(self) -> str:
+        return self.node_id or f"node-{uuid.uuid4().hex[:8]}"
+
+
+def parse_hostport(text: str, setting: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{setting}: expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+_SCALARS = {f.name: f for f in fields(Config) if f.name != "trunks"}
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
+    """TOML file settings, then every override that is not None."""
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"config file {path}: {error}") from error
+        values.update(_from_toml(raw, path))
+    for name, value in overrides.items():
+        if value is not None and name in _SCALARS:
+            values[name] = tuple(value) if isinstance(value, list) else value
+    config = Config(**values)
+    _check(config)
+    return config
+
+
+def _from_toml(raw: dict[str, Any], path: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name in ("trunks", "trunk"):
+            values["trunks"] = tuple(_trunk(entry, path) for entry in value)
+        elif name in _SCALARS:
+            values[name] = tuple(value) if isinstance(value, list) else value
+        else:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+    return values
+
+
+def _trunk(entry: dict[str, Any], path: str) -> Trunk:
+    known = {f.name for f in fields(Trunk)}
+    unknown = set(entry) - known
+    if unknown or "name" not in entry or "address" not in entry:
+        raise ConfigError(
+            f"config file {path}: trunk needs name and address; unknown keys {sorted(unknown)}"
+        )
+    entry = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+    trunk = Trunk(**entry)
+    parse_hostport(trunk.address, f"trunk {trunk.name} address")
+    if trunk.transport not in ("udp", "tcp", "tls"):
+        raise ConfigError(f"trunk {trunk.name}: transport must be udp, tcp or tls")
+    if trunk.match:
+        try:
+            re.compile(trunk.match)
+        except re.error as error:
+            raise ConfigError(f"trunk {trunk.name}: bad match regex: {error}") from error
+    return trunk
+
+
+def _check(config: Config) -> None:
+    config.listeners()
+    config.rtp_port_range  # noqa: B018 - validates
+    if not 0 < config.min_expires <= config.default_expires <= config.max_expires:
+        raise ConfigError("expires: need 0 < min_expires <= default_expires <= max_expires")
+    if (config.tls or config.wss) and not (config.tls_cert and config.tls_key):
+        raise ConfigError("tls/wss listeners need tls_cert and tls_key")
+    if config.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: expected debug|info|warning|error, got {config.log_level!r}")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `ws2sip run`; each mirrors a TOML setting of the same name."""
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--domain", help="SIP domain served (the digest realm); default localhost")
+    for kind in LISTENER_KINDS:
+        parser.add_argument(
+            f"--{kind}", action="append", metavar="HOST:PORT",
+            help=f"listen for SIP over {kind.upper()} (repeatable)",
+        )
+    parser.add_argument("--tls-cert", help="PEM certificate chain for tls and wss listeners")
+    parser.add_argument("--tls-key", help="PEM private key for tls and wss listeners")
+    parser.add_argument("--redis", metavar="URL", help="Redis URL; default: embedded in-memory")
+    parser.add_argument("--users-file", metavar="PATH", help="users file when Redis is not used")
+    parser.add_argument("--node-id", help="this node's id in a cluster (default: random)")
+    parser.add_argument("--public-address", help="address announced in SDP, Via and Record-Route")
+    parser.add_argument("--rtp-ports", metavar="MIN-MAX", help="UDP port range for media")
+    parser.add_argument("--media-address", help="IP the media sockets bind to")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--allowed-origin", dest="allowed_origins", action="append", metavar="ORIGIN",
+        help="WebSocket Origin allowed to connect (repeatable; '*' for any). Default: the "
+        "gateway's own pages and clients that send no Origin",
+    )
+    parser.add_argument("--max-message-size", type=int, help="largest SIP message accepted")
+    parser.add_argument("--min-expires", type=int, help="shortest registration accepted (423)")
+    parser.add_argument("--max-expires", type=int, help="longest registration granted")
+    parser.add_argument("--auth-secret", help="nonce secret shared by the nodes of a cluster")
+    parser.add_argument("--invite-timeout", type=float, help="seconds a call may ring (408)")
+    parser.add_argument(
+        "--no-demo-users", dest="demo_users", action="store_false", default=None,
+        help="do not create alice and bob on first start with an empty user store",
+    )

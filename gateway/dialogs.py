@@ -1,0 +1,106 @@
+"""Dialogs the proxy has Record-Routed: in-dialog requests are only relayed for these (no open
+relay through forged Route headers), call limits are counted on them, and they hold the call's
+media anchor so that hang-up, failure or expiry frees its ports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("ws2sip.dialogs")
+
+# A dialog nobody ends (lost BYE, crashed phone) is forgotten after this long.
+INVITE_DIALOG_LIFETIME = 12 * 3600.0
+EARLY_DIALOG_LIFETIME = 300.0
+
+
+@dataclass(eq=False, slots=True)
+class Dialog:
+    call_id: str
+    method: str  # INVITE, SUBSCRIBE or REFER: the request that created it
+    caller: str | None = None  # AoR of the authenticated local caller
+    callee: str | None = None  # AoR of the local callee
+    trunk: str | None = None
+    confirmed: bool = False
+    deadline: float = 0.0
+    media: Any = None  # webrtc.MediaSession when the call's media is anchored
+    caller_kind: str = "plain"  # "webrtc" or "plain"
+    callee_kind: str = "plain"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DialogTable:
+    def __init__(self, on_released: Callable[[Dialog], Awaitable[None]] | None = None) -> None:
+        self._dialogs: dict[str, Dialog] = {}
+        self._per_user: Counter[str] = Counter()
+        self._per_trunk: Counter[str] = Counter()
+        self._on_released = on_released
+
+    def __len__(self) -> int:
+        return len(self._dialogs)
+
+    def get(self, call_id: str) -> Dialog | None:
+        dialog = self._dialogs.get(call_id)
+        if dialog is not None and dialog.deadline < time.monotonic():
+            self._forget(dialog)
+            return None
+        return dialog
+
+    def add(self, dialog: Dialog, lifetime: float) -> Dialog:
+        existing = self._dialogs.get(dialog.call_id)
+        if existing is not None:
+            return existing
+        dialog.deadline = time.monotonic() + lifetime
+        self._dialogs[dialog.call_id] = dialog
+        if dialog.method == "INVITE":
+            for user in {dialog.caller, dialog.callee} - {None}:
+                self._per_user[user] += 1  # type: ignore[index]
+            if dialog.trunk:
+                self._per_trunk[dialog.trunk] += 1
+        return dialog
+
+    def extend(self, dialog: Dialog, lifetime: float) -> None:
+        dialog.deadline = time.monotonic() + lifetime
+
+    def calls_of_user(self, aor: str) -> int:
+        return self._per_user[aor]
+
+    def calls_of_trunk(self, name: str) -> int:
+        return self._per_trunk[name]
+
+    def release(self, call_id: str) -> Dialog | None:
+        dialog = self._dialogs.get(call_id)
+        if dialog is not None:
+            self._forget(dialog)
+        return dialog
+
+    def sweep(self) -> int:
+        now = time.monotonic()
+        expired = [d for d in self._dialogs.values() if d.deadline < now]
+        for dialog in expired:
+            log.info("dialog %s expired without BYE; releasing it", dialog.call_id)
+            self._forget(dialog)
+        return len(expired)
+
+    def all(self) -> list[Dialog]:
+        return list(self._dialogs.values())
+
+    def _forget(self, dialog: Dialog) -> None:
+        if self._dialogs.pop(dialog.call_id, None) is None:
+            return
+        if dialog.method == "INVITE":
+            for user in {dialog.caller, dialog.callee} - {None}:
+                self._per_user[user] -= 1  # type: ignore[index]
+                if self._per_user[user] <= 0:  # type: ignore[index]
+                    del self._per_user[user]  # type: ignore[arg-type]
+            if dialog.trunk:
+                self._per_trunk[dialog.trunk] -= 1
+                if self._per_trunk[dialog.trunk] <= 0:
+                    del self._per_trunk[dialog.trunk]
+        if self._on_released is not None:
+            asyncio.get_running_loop().create_task(self._on_released(dialog))

@@ -1,0 +1,46 @@
+"""Signed flow tokens: which node and connection a Record-Route or Route entry leads back to.
+
+A browser's Contact (`xyz.invalid`) cannot be reached; requests for it must leave on the
+WebSocket it came in on, possibly held by another node. The token names that node and flow and
+carries an HMAC so nobody outside the cluster can steer requests onto someone else's flow.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+PARAM = "ws2sip-flow"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRef:
+    node_id: str
+    flow_id: str
+
+
+class FlowTokens:
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def encode(self, ref: FlowRef) -> str:
+        payload = f"{ref.node_id}~{ref.flow_id}".encode()
+        mac = hmac.new(self._secret, payload, hashlib.sha256).digest()[:9]
+        return base64.urlsafe_b64encode(payload + b"~" + mac).decode().rstrip("=")
+
+    def decode(self, token: str) -> FlowRef | None:
+        """The reference, or None when the token is malformed or not signed by this cluster."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (ValueError, TypeError):
+            return None
+        payload, sep, mac = raw.rpartition(b"~")
+        if not sep or len(mac) != 9:
+            return None
+        expected = hmac.new(self._secret, payload, hashlib.sha256).digest()[:9]
+        if not hmac.compare_digest(mac, expected):
+            return None
+        node_id, sep, flow_id = payload.decode(errors="replace").partition("~")
+        return FlowRef(node_id, flow_id) if sep else None

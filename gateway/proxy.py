@@ -1,0 +1,699 @@
+"""Transaction-stateful proxy (RFC 3261 §16) between browsers, phones, trunks and other nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+
+from sip.errors import SipError
+from sip.flow import Flow
+from sip.message import Request, Response
+from sip.resolver import Target
+from sip.transaction import ClientTransaction, ServerTransaction, TransactionLayer
+from sip.transport import TransportLayer
+from sip.uri import SipUri
+
+from .auth import Authenticator
+from .config import Config, Trunk
+from .dialogs import EARLY_DIALOG_LIFETIME, INVITE_DIALOG_LIFETIME, Dialog, DialogTable
+from .flowtoken import FlowRef, FlowTokens
+from .location import Binding, LocationService
+from .media import MediaAnchor
+from .routing import WEBRTC_TRANSPORTS, Destination, LocalAddresses, loop_hash
+
+log = logging.getLogger("ws2sip.proxy")
+
+DIALOG_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
+NO_AUTH_METHODS = frozenset(("ACK", "CANCEL", "BYE", "PRACK"))
+SUBSCRIPTION_LIFETIME = 3600.0
+MAX_FORWARDS = 70
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPolicy:
+    domain: str
+    node_id: str
+    public_address: str
+    invite_timeout: float
+    max_calls_per_user: int
+    trunks: tuple[Trunk, ...]
+
+    @classmethod
+    def from_config(cls, config: Config, node_id: str) -> ProxyPolicy:
+        return cls(
+            domain=config.domain.lower(), node_id=node_id, public_address=config.public_address,
+            invite_timeout=config.invite_timeout, max_calls_per_user=config.max_calls_per_user,
+            trunks=config.trunks,
+        )
+
+
+@dataclass(eq=False, slots=True)
+class Branch:
+    destination: Destination
+    request: Request
+    client: ClientTransaction | None = None
+    provisional: bool = False
+    final: Response | None = None
+    cancel_wanted: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class Forwarding:
+    """One proxied request: its server transaction and every branch it forked into."""
+
+    request: Request
+    server: ServerTransaction
+    branches: list[Branch] = field(default_factory=list)
+    answered: bool = False  # a final response went upstream
+    timer: asyncio.TimerHandle | None = None
+    dialog: Dialog | None = None
+
+
+class Proxy:
+    def __init__(
+        self,
+        policy: ProxyPolicy,
+        transactions: TransactionLayer,
+        transport: TransportLayer,
+        location: LocationService,
+        auth: Authenticator,
+        secret: bytes,
+        media: MediaAnchor | None = None,
+    ) -> None:
+        self.policy = policy
+        self._transactions = transactions
+        self._transport = transport
+        self._location = location
+        self._auth = auth
+        self._tokens = FlowTokens(secret)
+        self.addresses = LocalAddresses(
+            policy.domain, policy.public_address, self._tokens, policy.node_id
+        )
+        self._media = media
+        self.dialogs = DialogTable(self._release_dialog)
+        self._forwardings: dict[ServerTransaction, Forwarding] = {}
+        self._trunk_sources = {
+            source: trunk for trunk in policy.trunks for source in trunk.trusted_sources
+        }
+        self._trunk_matchers = [
+            (re.compile(trunk.match), trunk) for trunk in policy.trunks if trunk.match
+        ]
+        self._tasks: set[asyncio.Task[None]] = set()
+        transactions.on_stray_response = self._on_stray_response
+
+    @property
+    def local_hosts(self) -> set[str]:
+        return self.addresses.hosts
+
+    def add_listener(self, transport: str, host: str, port: int) -> None:
+        self.addresses.add_listener(transport, host, port)
+
+    async def media_relay_close(self) -> None:
+        if self._media is not None:
+            await self._media.relay.close()
+
+    async def close(self) -> None:
+        for forwarding in list(self._forwardings.values()):
+            if forwarding.timer is not None:
+                forwarding.timer.cancel()
+        for dialog in self.dialogs.all():
+            self.dialogs.release(dialog.call_id)
+        await asyncio.sleep(0)
+
+    # --- entry points ------------------------------------------------------------------------
+    async def handle_request(self, request: Request, server: ServerTransaction) -> None:
+        """A new request that is not for the registrar: route it or answer it."""
+        try:
+            await self._route(request, server)
+        except SipError as error:
+            if error.status >= 500:
+                log.warning("%s %s: %d %s", request.method, request.call_id, error.status,
+                            error.reason)
+            else:
+                log.info("%s %s from %s: %d %s", request.method, request.call_id,
+                         server.flow.remote, error.status, error.reason)
+            self._reply(server, request, error.status, error.reason, error.headers)
+
+    def handle_stateless(self, request: Request) -> None:
+        """ACK for a 2xx (end to end, no transaction): follow the dialog's route."""
+        if request.method != "ACK":
+            return
+        self._spawn(self._forward_ack(request))
+
+    def flow_closed(self, flow: Flow) -> None:
+        """Nothing to do for the proxy itself: branches on a dead flow time out or fail."""
+
+    # --- routing -----------------------------------------------------------------------------
+    async def _route(self, request: Request, server: ServerTransaction) -> None:
+        if request.method == "CANCEL":
+            self._cancel(request, server)
+            return
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            raise SipError(483, "Too Many Hops")
+        self._check_loop(request)
+        unsupported = request.option_tags("proxy-require")
+        if unsupported:
+            raise SipError(
+                420, "Bad Extension", headers=[("Unsupported", ", ".join(sorted(unsupported)))]
+            )
+        flow_ref = self._pop_own_routes(request)
+        if request.to.tag is not None:
+            await self._route_in_dialog(request, server, flow_ref)
+            return
+        if flow_ref is not None:
+            # Another node of the cluster hands us a request for a flow we hold.
+            await self._deliver_internal(request, server, flow_ref)
+            return
+        await self._route_initial(request, server)
+
+    def _check_loop(self, request: Request) -> None:
+        own = loop_hash(request)
+        for via in request.vias[1:] if len(request.vias) > 1 else ():
+            branch = via.branch or ""
+            if branch.endswith("." + own) and self._is_our_via(via.host, via.port):
+                raise SipError(482, "Loop Detected")
+
+    def _is_our_via(self, host: str, port: int | None) -> bool:
+        return host.lower() in self.addresses.hosts and (port is None or port in
+                                                         self.addresses.ports)
+
+    def _pop_own_routes(self, request: Request) -> FlowRef | None:
+        """Remove our own Route entries from the top (two when we double Record-Routed); the
+        flow token of the last one, if any, says where the request must leave."""
+        flow_ref: FlowRef | None = None
+        while True:
+            routes = request.name_addrs("route")
+            if not routes or not self.addresses.is_local_uri(routes[0].uri):
+                return flow_ref
+            flow_ref = self.addresses.flow_of(routes[0]) or flow_ref
+            request.remove_first_value("route")
+
+    async def _route_in_dialog(
+        self, request: Request, server: ServerTransaction, flow_ref: FlowRef | None
+    ) -> None:
+        dialog = self.dialogs.get(request.call_id)
+        if dialog is None:
+            raise SipError(481, "Call/Transaction Does Not Exist")
+        destination = await self._next_hop(request, flow_ref)
+        if request.method == "BYE":
+            self.dialogs.extend(dialog, EARLY_DIALOG_LIFETIME)
+        forwarding = Forwarding(request, server, dialog=dialog)
+        await self._forward(forwarding, [destination], record_route=False)
+
+    async def _next_hop(self, request: Request, flow_ref: FlowRef | None) -> Destination:
+        """Loose routing (§16.12): the next Route if any, else the Request-URI."""
+        routes = request.name_addrs("route")
+        if routes:
+            uri = routes[0].uri
+            target = await self._resolve(uri)
+            return Destination(request.uri, target, kind=_kind(target.transport))
+        if flow_ref is not None:
+            return await self._flow_destination(request.uri, flow_ref)
+        uri = request.ruri
+        target = await self._resolve(uri)
+        return Destination(request.uri, target, kind=_kind(target.transport))
+
+    async def _flow_destination(self, ruri: str, flow_ref: FlowRef) -> Destination:
+        if flow_ref.node_id == self.policy.node_id:
+            flow = self._transport.flow_by_id(flow_ref.flow_id)
+            if flow is None or flow.closed:
+                raise SipError(430, "Flow Failed")
+            return Destination(ruri, flow, kind=_kind(flow.transport))
+        return await self._via_node(ruri, flow_ref, kind="webrtc")
+
+    async def _via_node(self, ruri: str, flow_ref: FlowRef, kind: str) -> Destination:
+        nodes = await self._location.live_nodes()
+        node = nodes.get(flow_ref.node_id)
+        if node is None or not node.sip_address:
+            raise SipError(480, f"Node {flow_ref.node_id} holding the flow is gone")
+        uri = SipUri.parse(f"sip:{node.sip_address}")
+        target = await self._resolve(uri)
+        token = self._tokens.encode(flow_ref)
+        route = f"<sip:{node.sip_address};lr;ws2sip-flow={token}>"
+        return Destination(ruri, target, routes=[route], kind=kind)
+
+    async def _deliver_internal(
+        self, request: Request, server: ServerTransaction, flow_ref: FlowRef
+    ) -> None:
+        if flow_ref.node_id != self.policy.node_id:
+            raise SipError(403, "Flow token for another node")
+        destination = await self._flow_destination(request.uri, flow_ref)
+        forwarding = Forwarding(request, server)
+        if request.method in DIALOG_METHODS:
+            forwarding.dialog = self.dialogs.add(
+                Dialog(request.call_id, request.method), _lifetime(request)
+            )
+        await self._forward(forwarding, [destination], record_route=True)
+
+    async def _route_initial(self, request: Request, server: ServerTransaction) -> None:
+        if request.method in ("BYE", "PRACK", "ACK"):
+            raise SipError(481, "Call/Transaction Does Not Exist")
+        trunk = self._trunk_sources.get(server.flow.remote[0])
+        caller_aor: str | None = None
+        if trunk is None:
+            caller_aor = await self._authenticate_user(request, server)
+            if caller_aor is None:
+                return
+        ruri = request.ruri
+        destinations: list[Destination]
+        callee_aor: str | None = None
+        if self._is_local_domain(ruri):
+            callee_aor = ruri.address_of_record
+            destinations = await self._local_destinations(request, callee_aor)
+            if not destinations and trunk is None:
+                destinations = self._trunk_destinations(request, ruri)
+            if not destinations:
+                raise SipError(*await self._why_unreachable(ruri))
+        elif trunk is not None:
+            raise SipError(403, "Trunks may only reach local users")
+        else:
+            destinations = self._trunk_destinations(request, ruri)
+            if not destinations:
+                raise SipError(403, f"Relaying to {ruri.host} is not allowed")
+        forwarding = Forwarding(request, server)
+        if request.method in DIALOG_METHODS:
+            out_trunk = next((d.trunk for d in destinations if d.trunk), None)
+            self._check_limits(request, caller_aor, callee_aor, out_trunk or trunk)
+            forwarding.dialog = self.dialogs.add(
+                Dialog(request.call_id, request.method, caller=caller_aor, callee=callee_aor,
+                       trunk=(out_trunk or trunk).name if (out_trunk or trunk) else None),
+                _lifetime(request),
+            )
+        await self._forward(forwarding, destinations, record_route=True)
+
+    async def _authenticate_user(self, request: Request, server: ServerTransaction) -> str | None:
+        """The caller's AoR, or None when a challenge or refusal was sent."""
+        if request.method in NO_AUTH_METHODS:
+            raise SipError(403, f"{request.method} outside a dialog")
+        outcome = await self._auth.authenticate(request, proxy=True)
+        if outcome.refusal is not None:
+            server.respond(outcome.refusal)
+            return None
+        from_uri = request.from_.uri
+        aor = f"sip:{outcome.username}@{self.policy.domain}"
+        if from_uri.address_of_record != aor:
+            log.warning("%s from %s: From %s does not match authenticated user %s",
+                        request.method, server.flow.remote, from_uri.address_of_record, aor)
+            raise SipError(403, "From identity does not match the authenticated user")
+        request.remove("proxy-authorization")
+        return aor
+
+    def _is_local_domain(self, uri: SipUri) -> bool:
+        return uri.host.lower() == self.policy.domain or self.addresses.is_local_uri(uri)
+
+    async def _local_destinations(self, request: Request, aor: str) -> list[Destination]:
+        bindings = await self._location.lookup(_domain_aor(aor, self.policy.domain))
+        destinations: list[Destination] = []
+        for binding in bindings:
+            try:
+                destinations.append(await self._binding_destination(binding))
+            except SipError as error:
+                log.info("binding %s of %s unusable: %s", binding.contact, aor, error.reason)
+        return destinations
+
+    async def _binding_destination(self, binding: Binding) -> Destination:
+        kind = _kind(binding.transport)
+        if binding.node_id != self.policy.node_id:
+            destination = await self._via_node(
+                binding.contact, FlowRef(binding.node_id, binding.connection_id), kind
+            )
+        elif binding.transport in ("udp",):
+            host, _, port = binding.received.rpartition(":")
+            destination = Destination(binding.contact, Target("udp", host.strip("[]"), int(port)),
+                                      kind=kind)
+        else:
+            flow = self._transport.flow_by_id(binding.connection_id)
+            if flow is not None and not flow.closed:
+                destination = Destination(binding.contact, flow, kind=kind)
+            else:
+                target = await self._resolve(SipUri.parse(binding.contact))
+                destination = Destination(binding.contact, target, kind=kind)
+        if binding.path:
+            destination.routes = list(binding.path) + destination.routes
+        destination.aor = binding.aor
+        return destination
+
+    def _trunk_destinations(self, request: Request, ruri: SipUri) -> list[Destination]:
+        number = ruri.user_decoded or ""
+        for matcher, trunk in self._trunk_matchers:
+            if matcher.fullmatch(number):
+                dialled = number.removeprefix(trunk.strip_prefix)
+                host, _, port = trunk.address.rpartition(":")
+                uri = f"sip:{dialled}@{trunk.address}"
+                if trunk.transport != "udp":
+                    uri += f";transport={trunk.transport}"
+                target = Target(trunk.transport, host.strip("[]"), int(port))
+                return [Destination(uri, target, kind="plain", trunk=trunk)]
+        return []
+
+    async def _why_unreachable(self, ruri: SipUri) -> tuple[int, str]:
+        user = ruri.user_decoded or ""
+        if await self._auth.user_exists(user):
+            return 480, "Temporarily Unavailable (not registered)"
+        return 404, "Not Found"
+
+    def _check_limits(
+        self, request: Request, caller: str | None, callee: str | None, trunk: Trunk | None
+    ) -> None:
+        if request.method != "INVITE":
+            return
+        limit = self.policy.max_calls_per_user
+        if limit and caller and self.dialogs.calls_of_user(caller) >= limit:
+            raise SipError(503, f"Call limit of {limit} reached for {caller}")
+        if limit and callee and self.dialogs.calls_of_user(callee) >= limit:
+            raise SipError(486, "Busy Here (call limit reached)")
+        if trunk and trunk.max_calls and \
+                self.dialogs.calls_of_trunk(trunk.name) >= trunk.max_calls:
+            raise SipError(503, f"Trunk {trunk.name} call limit reached")
+
+    async def _resolve(self, uri: SipUri) -> Target:
+        resolver = self._transport.resolver
+        transport = uri.transport
+        if uri.host.endswith(".invalid"):
+            raise SipError(480, f"Unroutable contact host {uri.host}")
+        if resolver is None:
+            return Target(transport or "udp", uri.host, uri.port or 5060)
+        targets = await resolver.resolve(
+            uri.params.get("maddr") or uri.host, port=uri.port, transport=transport,
+            secure=uri.secure,
+        )
+        if not targets:
+            raise SipError(503, f"No route to {uri}")
+        return targets[0]
+
+    # --- forwarding (§16.6) ------------------------------------------------------------------
+    async def _forward(
+        self, forwarding: Forwarding, destinations: list[Destination], *, record_route: bool
+    ) -> None:
+        request = forwarding.request
+        server = forwarding.server
+        if request.method == "INVITE":
+            server.respond(request.response(100))
+        self._forwardings[server] = forwarding
+        server.on_terminated = lambda: self._forwardings.pop(server, None)
+        incoming = server.flow
+        media_body = await self._media_offer(forwarding, destinations)
+        for destination in destinations:
+            branch_request = self._branch_request(
+                request, destination, incoming, record_route=record_route
+            )
+            if media_body is not None and forwarding.dialog is not None and \
+                    destination.kind != forwarding.dialog.caller_kind:
+                branch_request.set_body(media_body, "application/sdp")
+            branch = Branch(destination, branch_request)
+            forwarding.branches.append(branch)
+        for branch in list(forwarding.branches):
+            self._start_branch(forwarding, branch)
+        if request.method == "INVITE" and self.policy.invite_timeout > 0 and \
+                request.to.tag is None:
+            forwarding.timer = asyncio.get_running_loop().call_later(
+                self.policy.invite_timeout, self._invite_timeout, forwarding
+            )
+
+    def _branch_request(
+        self, request: Request, destination: Destination, incoming: Flow | None, *,
+        record_route: bool,
+    ) -> Request:
+        out = request.copy()
+        out.uri = destination.ruri
+        max_forwards = request.max_forwards
+        out.set("Max-Forwards", str(MAX_FORWARDS if max_forwards is None else max_forwards - 1))
+        if record_route and incoming is not None and request.method in DIALOG_METHODS:
+            inbound = self.addresses.record_route(incoming.transport, incoming)
+            outbound_flow = destination.target if isinstance(destination.target, Flow) else None
+            outbound = self.addresses.record_route(destination.transport, outbound_flow)
+            # Two entries when the transport changes (WS in, UDP out), so that in-dialog
+            # requests from either side come back in on the right interface (RFC 5658).
+            if inbound != outbound:
+                out.prepend("Record-Route", inbound)
+            out.prepend("Record-Route", outbound)
+        for route in reversed(destination.routes):
+            out.prepend("Route", route)
+        branch_id = f"{self._transactions.new_branch()}.{loop_hash(request)}"
+        out.prepend("Via", self._via(destination, branch_id))
+        return out
+
+    def _via(self, destination: Destination, branch: str) -> str:
+        transport = destination.transport
+        if transport in WEBRTC_TRANSPORTS and isinstance(destination.target, Flow):
+            host, port = destination.target.local
+            host = self.policy.public_address or host
+            return f"SIP/2.0/{transport.upper()} {_hostport(host, port)};branch={branch};rport"
+        return self._transport.via_value(transport, branch)
+
+    def _start_branch(self, forwarding: Forwarding, branch: Branch) -> None:
+        def on_response(response: Response, client: ClientTransaction) -> None:
+            self._on_branch_response(forwarding, branch, response)
+
+        try:
+            branch.client = self._transactions.create_client(
+                branch.request, branch.destination.target, on_response
+            )
+        except SipError as error:
+            branch.final = branch.request.response(error.status, error.reason)
+            self._maybe_finish(forwarding)
+
+    # --- responses (§16.7) -------------------------------------------------------------------
+    def _on_branch_response(
+        self, forwarding: Forwarding, branch: Branch, response: Response
+    ) -> None:
+        status = response.status
+        if status < 200:
+            branch.provisional = True
+            if branch.cancel_wanted:
+                self._send_cancel(branch)
+            if status == 100 or forwarding.answered:
+                return
+        elif branch.final is not None and status < 300:
+            pass  # a 2xx retransmission through the transaction: forward again
+        elif branch.final is None:
+            branch.final = response
+        upstream = response.copy()
+        upstream.remove_first_value("via")
+        if status < 300:
+            self._spawn(self._forward_response(forwarding, branch, upstream))
+            if 200 <= status < 300 and forwarding.request.method == "INVITE":
+                self._answered(forwarding, branch)
+            elif status >= 200:
+                forwarding.answered = True
+            return
+        if status >= 600:
+            self._cancel_branches(forwarding, except_branch=branch)
+        self._maybe_finish(forwarding)
+
+    async def _forward_response(
+        self, forwarding: Forwarding, branch: Branch, response: Response
+    ) -> None:
+        if response.body and forwarding.dialog is not None and self._media is not None:
+            try:
+                await self._media.answer_from(forwarding.dialog, response, branch.destination.kind)
+            except SipError as error:
+                log.warning("media answer for %s failed: %s", forwarding.request.call_id, error)
+        forwarding.server.respond(response)
+
+    def _answered(self, forwarding: Forwarding, winner: Branch) -> None:
+        forwarding.answered = True
+        if forwarding.timer is not None:
+            forwarding.timer.cancel()
+            forwarding.timer = None
+        self._cancel_branches(forwarding, except_branch=winner)
+        dialog = forwarding.dialog
+        if dialog is not None:
+            dialog.confirmed = True
+            dialog.callee_kind = winner.destination.kind
+            self.dialogs.extend(dialog, INVITE_DIALOG_LIFETIME)
+
+    def _maybe_finish(self, forwarding: Forwarding) -> None:
+        if forwarding.answered or any(b.final is None for b in forwarding.branches):
+            return
+        best = _best_response([b.final for b in forwarding.branches if b.final is not None])
+        forwarding.answered = True
+        if forwarding.timer is not None:
+            forwarding.timer.cancel()
+        upstream = best.copy()
+        upstream.remove_first_value("via")
+        if upstream.status == 503:
+            upstream = forwarding.request.response(500, "Server Internal Error (upstream 503)")
+        self._merge_challenges(forwarding, upstream)
+        forwarding.server.respond(upstream)
+        if forwarding.dialog is not None and not forwarding.dialog.confirmed and \
+                forwarding.request.to.tag is None:
+            self.dialogs.release(forwarding.dialog.call_id)
+        if forwarding.request.method == "BYE" and forwarding.dialog is not None:
+            self.dialogs.release(forwarding.dialog.call_id)
+
+    def _merge_challenges(self, forwarding: Forwarding, upstream: Response) -> None:
+        if upstream.status not in (401, 407):
+            return
+        for branch in forwarding.branches:
+            final = branch.final
+            if final is None or final.status not in (401, 407):
+                continue
+            for name in ("WWW-Authenticate", "Proxy-Authenticate"):
+                for value in final.get_all(name):
+                    if value not in upstream.get_all(name):
+                        upstream.add(name, value)
+
+    def _on_stray_response(self, response: Response, flow: Flow) -> None:
+        """2xx retransmissions after the client transaction ended: relay statelessly."""
+        if response.status < 200 or response.status >= 300:
+            return
+        upstream = response.copy()
+        upstream.remove_first_value("via")
+        if not upstream.vias:
+            return
+        self._transport.send_response(upstream, self._flow_for_via(upstream))
+
+    def _flow_for_via(self, response: Response) -> Flow | None:
+        via = response.top_via
+        if via.transport.lower() in WEBRTC_TRANSPORTS:
+            received = via.params.get("received")
+            rport = via.params.get("rport")
+            if received and rport and rport.isdigit():
+                return self._transport.connection(via.transport.lower(), received, int(rport))
+        return None
+
+    # --- BYE / dialog end --------------------------------------------------------------------
+    async def _release_dialog(self, dialog: Dialog) -> None:
+        if self._media is not None:
+            await self._media.release(dialog)
+
+    # --- CANCEL (§16.10) ---------------------------------------------------------------------
+    def _cancel(self, cancel: Request, server: ServerTransaction) -> None:
+        invite_server = self._transactions.find_invite_for_cancel(cancel)
+        forwarding = self._forwardings.get(invite_server) if invite_server else None
+        if forwarding is None:
+            self._reply(server, cancel, 481, "Call/Transaction Does Not Exist")
+            return
+        server.respond(cancel.response(200))
+        if forwarding.answered:
+            return
+        self._cancel_branches(forwarding, except_branch=None)
+
+    def _cancel_branches(self, forwarding: Forwarding, except_branch: Branch | None) -> None:
+        if forwarding.request.method != "INVITE":
+            return
+        for branch in forwarding.branches:
+            if branch is except_branch or branch.final is not None or branch.cancel_wanted:
+                continue
+            branch.cancel_wanted = True
+            if branch.provisional:
+                self._send_cancel(branch)
+
+    def _send_cancel(self, branch: Branch) -> None:
+        if branch.client is None or branch.final is not None:
+            return
+        cancel = branch.client.cancel_request()
+        branch.cancel_wanted = False
+        self._transactions.create_client(cancel, branch.destination.target, _ignore_response)
+
+    def _invite_timeout(self, forwarding: Forwarding) -> None:
+        forwarding.timer = None
+        if forwarding.answered:
+            return
+        log.info("INVITE %s: no answer within %.0f s", forwarding.request.call_id,
+                 self.policy.invite_timeout)
+        self._cancel_branches(forwarding, except_branch=None)
+        forwarding.answered = True
+        self._reply(
+            forwarding.server, forwarding.request, 480, "Temporarily Unavailable (no answer)"
+        )
+        if forwarding.dialog is not None and not forwarding.dialog.confirmed:
+            self.dialogs.release(forwarding.dialog.call_id)
+
+    # --- ACK for 2xx -------------------------------------------------------------------------
+    async def _forward_ack(self, ack: Request) -> None:
+        try:
+            flow_ref = self._pop_own_routes(ack)
+            dialog = self.dialogs.get(ack.call_id)
+            if dialog is None:
+                log.debug("ACK for unknown dialog %s dropped", ack.call_id)
+                return
+            destination = await self._next_hop(ack, flow_ref)
+            out = self._branch_request(ack, destination, None, record_route=False)
+            if ack.body and self._media is not None:
+                await self._media.answer_in_ack(dialog, out, destination.kind)
+            await self._transport.send_request(out, destination.target)
+        except SipError as error:
+            log.info("ACK %s not relayed: %s", ack.call_id, error.reason)
+
+    # --- media -------------------------------------------------------------------------------
+    async def _media_offer(
+        self, forwarding: Forwarding, destinations: list[Destination]
+    ) -> bytes | None:
+        dialog = forwarding.dialog
+        request = forwarding.request
+        if dialog is None or self._media is None or request.method != "INVITE":
+            return None
+        return await self._media.offer_for(dialog, request, forwarding.server.flow, destinations)
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _reply(
+        self, server: ServerTransaction, request: Request, status: int, reason: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        response = request.response(status, reason, to_tag=_local_tag(request))
+        for name, value in headers or ():
+            response.add(name, value)
+        server.respond(response)
+
+    def _spawn(self, coroutine) -> None:  # noqa: ANN001 - awaitable returning None
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("proxy task failed", exc_info=task.exception())
+
+
+def _ignore_response(response: Response, client: ClientTransaction) -> None:
+    """Responses to our own CANCELs need no action: the INVITE's 487 ends the branch."""
+
+
+def _kind(transport: str) -> str:
+    return "webrtc" if transport.lower() in WEBRTC_TRANSPORTS else "plain"
+
+
+def _lifetime(request: Request) -> float:
+    if request.method == "INVITE":
+        return EARLY_DIALOG_LIFETIME
+    expires = request.expires
+    return max(float(expires or 0), SUBSCRIPTION_LIFETIME)
+
+
+def _domain_aor(aor: str, domain: str) -> str:
+    scheme, _, rest = aor.partition(":")
+    user, _, _ = rest.partition("@")
+    return f"sip:{user}@{domain}"
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _local_tag(request: Request) -> str:
+    return f"{abs(hash((request.call_id, request.cseq.number, 'p'))) & 0xFFFFFFFF:08x}"
+
+
+_CLASS_PREFERENCE = {6: 0, 2: 1, 3: 3, 4: 4, 5: 5}
+
+
+def _best_response(finals: list[Response]) -> Response:
+    """§16.7 step 6: any 6xx; else the lowest class, preferring 401/407 and 415/420/484 among
+    4xx, and avoiding 503 (which becomes 500 upstream)."""
+
+    def rank(response: Response) -> tuple[int, int]:
+        status = response.status
+        klass = _CLASS_PREFERENCE.get(status // 100, 9)
+        preferred = 0 if status in (401, 407, 415, 420, 484) else 1
+        if status == 408:
+            preferred = 2
+        return klass, preferred
+
+    return min(finals, key=rank)
+

@@ -1,0 +1,185 @@
+"""REGISTER handling: RFC 3261 §10.3, RFC 5626 (outbound flows), RFC 3327 (Path)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+
+from sip.errors import SipError
+from sip.headers import NameAddr
+from sip.message import Request, Response
+from sip.transport import Flow
+
+from .auth import Authenticator
+from .location import (
+    Binding,
+    ContactChange,
+    LocationService,
+    OutOfOrderRegister,
+    RegisterChange,
+)
+
+log = logging.getLogger("ws2sip.registrar")
+
+SUPPORTED_EXTENSIONS = frozenset(("path", "outbound"))
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarPolicy:
+    domain: str
+    node_id: str
+    min_expires: int
+    max_expires: int
+    default_expires: int
+    flow_timer: int
+
+
+class Registrar:
+    def __init__(
+        self, policy: RegistrarPolicy, location: LocationService, auth: Authenticator
+    ) -> None:
+        self._policy = policy
+        self._location = location
+        self._auth = auth
+
+    async def handle(self, request: Request, flow: Flow) -> Response:
+        """The final response to a REGISTER (SipError from malformed headers becomes 4xx)."""
+        try:
+            return await self._register(request, flow)
+        except SipError as error:
+            log.info("REGISTER from %s refused: %d %s", flow.remote, error.status, error.reason)
+            response = request.response(error.status, error.reason, to_tag=_tag(request))
+            for name, value in error.headers:
+                response.add(name, value)
+            return response
+
+    async def _register(self, request: Request, flow: Flow) -> Response:
+        policy = self._policy
+        if request.ruri.host.lower() != policy.domain.lower():
+            raise SipError(404, f"Domain {request.ruri.host} is not served here")
+        unsupported = request.option_tags("require") - SUPPORTED_EXTENSIONS
+        if unsupported:
+            raise SipError(
+                420, "Bad Extension", headers=[("Unsupported", ", ".join(sorted(unsupported)))]
+            )
+        aor_uri = request.to.uri
+        if aor_uri.scheme not in ("sip", "sips") or not aor_uri.user:
+            raise SipError(400, "To header must be a sip URI with a user")
+        if aor_uri.host.lower() != policy.domain.lower():
+            raise SipError(403, f"Address-of-record domain {aor_uri.host} is not served here")
+        outcome = await self._auth.authenticate(request, proxy=False)
+        if outcome.refusal is not None:
+            return outcome.refusal
+        if outcome.username != aor_uri.user_decoded:
+            log.warning(
+                "REGISTER: user %r tried to bind %s from %s", outcome.username,
+                aor_uri.address_of_record, flow.remote,
+            )
+            raise SipError(403, "Authenticated user may only register its own address-of-record")
+        change = self._change(request, flow, aor_uri.address_of_record)
+        try:
+            bindings = await self._location.register(change)
+        except OutOfOrderRegister as error:
+            raise SipError(500, "Out of order CSeq for this Call-ID") from error
+        return self._ok(request, bindings, change)
+
+    def _change(self, request: Request, flow: Flow, aor: str) -> RegisterChange:
+        policy = self._policy
+        header_expires = request.expires
+        contacts = request.contacts
+        remove_all = any(contact.is_wildcard for contact in contacts)
+        if remove_all and (len(contacts) != 1 or header_expires != 0):
+            raise SipError(400, "Contact: * requires Expires: 0 and no other Contact")
+        changes: list[ContactChange] = []
+        for contact in () if remove_all else contacts:
+            expires = _contact_expires(contact, header_expires, policy.default_expires)
+            if 0 < expires < policy.min_expires:
+                raise SipError(
+                    423, "Interval Too Brief", headers=[("Min-Expires", str(policy.min_expires))]
+                )
+            changes.append(
+                ContactChange(
+                    contact=contact.uri_text,
+                    expires=min(expires, policy.max_expires),
+                    q=_q_value(contact),
+                    instance_id=contact.params.get("+sip.instance"),
+                    reg_id=_reg_id(contact),
+                )
+            )
+        return RegisterChange(
+            aor=aor,
+            call_id=request.call_id,
+            cseq=request.cseq.number,
+            contacts=tuple(changes),
+            remove_all=remove_all,
+            node_id=policy.node_id,
+            connection_id=flow.id,
+            transport=flow.transport,
+            received=f"{flow.remote[0]}:{flow.remote[1]}",
+            path=tuple(request.get_all("path")) if "path" in request.option_tags("supported")
+            else (),
+            user_agent=request.get("user-agent") or "",
+            now=time.time(),
+        )
+
+    def _ok(self, request: Request, bindings: list[Binding], change: RegisterChange) -> Response:
+        response = request.response(200, to_tag=_tag(request))
+        now = time.time()
+        for binding in bindings:
+            value = f"<{binding.contact}>;expires={binding.expires_in(now)}"
+            if binding.instance_id:
+                value += f';+sip.instance="{binding.instance_id.strip(chr(34))}"'
+            if binding.reg_id is not None:
+                value += f";reg-id={binding.reg_id}"
+            if binding.q != 1.0:
+                value += f";q={binding.q:g}"
+            response.add("Contact", value)
+        supported = request.option_tags("supported")
+        if change.path:
+            for path in change.path:
+                response.add("Path", path)
+        if "outbound" in supported and any(c.reg_id is not None for c in change.contacts):
+            response.add("Require", "outbound")
+            response.add("Flow-Timer", str(self._policy.flow_timer))
+        response.add("Supported", "path, outbound")
+        response.add("Date", formatdate(now, usegmt=True))
+        return response
+
+
+def _contact_expires(contact: NameAddr, header_expires: int | None, default: int) -> int:
+    value = contact.params.get("expires")
+    if value is not None:
+        if not value.isdigit():
+            raise SipError(400, f"Malformed expires parameter {value[:20]!r}")
+        return min(int(value), 2**32 - 1)
+    return header_expires if header_expires is not None else default
+
+
+def _q_value(contact: NameAddr) -> float:
+    value = contact.params.get("q")
+    if value is None:
+        return 1.0
+    try:
+        q = float(value)
+    except ValueError as error:
+        raise SipError(400, f"Malformed q parameter {value[:20]!r}") from error
+    if not 0.0 <= q <= 1.0:
+        raise SipError(400, f"q parameter out of range: {value[:20]}")
+    return q
+
+
+def _reg_id(contact: NameAddr) -> int | None:
+    value = contact.params.get("reg-id")
+    if value is None:
+        return None
+    if not value.isdigit() or not 0 < int(value) < 2**31:
+        raise SipError(400, f"Malformed reg-id {value[:20]!r}")
+    if "+sip.instance" not in contact.params:
+        raise SipError(400, "reg-id without +sip.instance")
+    return int(value)
+
+
+def _tag(request: Request) -> str:
+    return f"{abs(hash(request.call_id)) & 0xFFFFFFFF:08x}"

@@ -1,0 +1,102 @@
+"""Where a request goes: this node's own addresses, Record-Route/Via values, and destinations."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from sip.flow import Flow, format_address
+from sip.headers import NameAddr
+from sip.message import Request
+from sip.resolver import Target
+from sip.uri import SipUri
+
+from .config import Trunk
+from .flowtoken import PARAM as FLOW_PARAM
+from .flowtoken import FlowRef, FlowTokens
+
+WEBRTC_TRANSPORTS = frozenset(("ws", "wss"))
+
+
+@dataclass(slots=True)
+class Destination:
+    """One branch of a forwarded request."""
+
+    ruri: str
+    target: Flow | Target
+    routes: list[str] = field(default_factory=list)  # Route values pushed above existing ones
+    kind: str = "plain"  # "webrtc" (browser over WebSocket) or "plain" (phone, PBX)
+    aor: str | None = None  # local user reached
+    trunk: Trunk | None = None
+
+    @property
+    def transport(self) -> str:
+        return self.target.transport.lower()
+
+
+class LocalAddresses:
+    """This node's listeners, and the URIs it writes into Via and Record-Route."""
+
+    def __init__(self, domain: str, public_address: str, tokens: FlowTokens, node_id: str) -> None:
+        self.domain = domain.lower()
+        self.public_address = public_address
+        self.node_id = node_id
+        self._tokens = tokens
+        self._by_transport: dict[str, tuple[str, int]] = {}
+        self.hosts: set[str] = {self.domain}
+        self.ports: set[int] = set()
+        if public_address:
+            self.hosts.add(public_address.lower())
+
+    def add_listener(self, transport: str, host: str, port: int) -> None:
+        if host in ("0.0.0.0", "::", ""):
+            host = self.public_address or ("::1" if host == "::" else "127.0.0.1")
+            self.hosts.update(("127.0.0.1", "localhost", "::1"))
+        self._by_transport.setdefault(transport, (host, port))
+        self.hosts.add(host.lower())
+        self.ports.add(port)
+
+    def address(self, transport: str) -> tuple[str, int] | None:
+        return self._by_transport.get(transport)
+
+    def is_local_uri(self, uri: SipUri) -> bool:
+        if uri.host.lower() not in self.hosts:
+            return False
+        if uri.port is None:
+            return uri.host.lower() == self.domain or 5060 in self.ports or 5061 in self.ports
+        return uri.port in self.ports
+
+    def record_route(self, transport: str, flow: Flow | None = None) -> str:
+        """Our Record-Route entry facing a peer on `transport`; toward a flow-bound peer
+        (browser, NATed client) it carries the signed flow token."""
+        if transport in WEBRTC_TRANSPORTS and flow is not None:
+            host, port = self.public_address or flow.local[0], flow.local[1]
+        else:
+            bound = self.address(transport) or self.address("udp") or ("127.0.0.1", 5060)
+            host, port = bound
+        uri = f"sip:{format_address((host, port))};transport={transport};lr"
+        if flow is not None and flow.reliable:
+            uri += f";{FLOW_PARAM}={self._tokens.encode(FlowRef(self.node_id, flow.id))}"
+        return f"<{uri}>"
+
+    def flow_of(self, route: NameAddr) -> FlowRef | None:
+        token = route.uri.params.get(FLOW_PARAM)
+        return self._tokens.decode(token) if token else None
+
+
+def loop_hash(request: Request) -> str:
+    """The loop-detection part of our branch (RFC 3261 §16.6 step 8, §16.3 step 4): the same
+    request arriving again unchanged hashes the same, a spiral (changed Request-URI) does not."""
+    material = "\n".join(
+        (request.uri, request.from_.tag or "", request.to.tag or "", request.call_id,
+         str(request.cseq.number), ",".join(request.get_all("proxy-require")))
+    )
+    return hashlib.blake2b(material.encode(), digest_size=6).hexdigest()
+
+
+def side_of_sdp(body: bytes, transport: str) -> str:
+    """"webrtc" when the SDP speaks DTLS-SRTP with ICE (or, without SDP, the client came over
+    WebSocket); otherwise "plain"."""
+    if body:
+        return "webrtc" if b"UDP/TLS/RTP/SAVP" in body else "plain"
+    return "webrtc" if transport in WEBRTC_TRANSPORTS else "plain"

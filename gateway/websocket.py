@@ -1,0 +1,166 @@
+"""SIP over WebSocket (RFC 7118) on aiohttp: the flows browsers and mobile apps connect on."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from sip.flow import Flow
+from sip.transport import TransportLayer
+
+log = logging.getLogger("ws2sip.websocket")
+
+_flow_numbers = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketPolicy:
+    allowed_origins: tuple[str, ...]  # "*" allows any Origin
+    max_message_size: int
+    ping_interval: float
+    idle_timeout: float
+
+
+class WebSocketFlow(Flow):
+    """One WebSocket connection; outgoing messages are queued so that send() never blocks."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, request: web.Request, secure: bool
+    ) -> None:
+        self._ws = ws
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        super().__init__(
+            f"{'wss' if secure else 'ws'}:{next(_flow_numbers)}",
+            "wss" if secure else "ws",
+            (sock[0], sock[1]) if sock else ("0.0.0.0", 0),
+            (peer[0], peer[1]) if peer else ("0.0.0.0", 0),
+            secure=secure,
+        )
+        self._outbox: deque[bytes] = deque()
+        self._writer: asyncio.Task[None] | None = None
+
+    def send(self, data: bytes) -> None:
+        if self._ws.closed:
+            log.debug("dropping %d bytes for closed %s", len(data), self.id)
+            return
+        self._outbox.append(data)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._outbox:
+                data = self._outbox.popleft()
+                try:
+                    await self._ws.send_str(data.decode("utf-8"))
+                except UnicodeDecodeError:
+                    await self._ws.send_bytes(data)
+        except (ConnectionError, RuntimeError) as error:
+            log.info("%s: send failed (%s); closing", self.id, error)
+            self._outbox.clear()
+            await self._ws.close(code=WSCloseCode.GOING_AWAY)
+        finally:
+            self._writer = None
+
+    def close(self) -> None:
+        if not self._ws.closed:
+            asyncio.get_running_loop().create_task(self._ws.close(code=WSCloseCode.GOING_AWAY))
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Refuse cross-site WebSocket hijacking: only listed origins, or the gateway's own pages.
+
+    Native clients send no Origin and are allowed; they authenticate with digest like everyone.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in allowed:
+        return True
+    if origin.rstrip("/") in allowed:
+        return True
+    host = urlsplit(origin).netloc
+    return bool(host) and host.lower() == request.host.lower()
+
+
+def make_handler(
+    transport: TransportLayer, policy: WebSocketPolicy, *, secure: bool,
+    on_flow_open: Callable[[WebSocketFlow], None] | None = None,
+) -> Callable[[web.Request], object]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        offered = [
+            p.strip().lower()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        if "sip" not in offered:
+            log.info("WebSocket from %s refused: no 'sip' subprotocol", request.remote)
+            return web.Response(
+                status=400, text="SIP over WebSocket needs the 'sip' subprotocol (RFC 7118)\n"
+            )
+        if not origin_allowed(request, policy.allowed_origins):
+            log.warning(
+                "WebSocket from %s refused: Origin %s not allowed",
+                request.remote, request.headers.get("Origin"),
+            )
+            return web.Response(status=403, text="Origin not allowed\n")
+        ws = web.WebSocketResponse(
+            protocols=("sip",),
+            heartbeat=policy.ping_interval or None,
+            max_msg_size=policy.max_message_size,
+        )
+        await ws.prepare(request)
+        flow = WebSocketFlow(ws, request, secure)
+        transport.register_flow(flow)
+        if on_flow_open is not None:
+            on_flow_open(flow)
+        log.debug("%s open from %s", flow.id, flow.remote)
+        try:
+            await _pump(ws, flow, transport, policy.idle_timeout)
+        finally:
+            transport.unregister_flow(flow)
+            log.debug("%s closed (%s)", flow.id, ws.close_code)
+        return ws
+
+    return handle
+
+
+# A connection that says nothing at all after opening is closed much sooner than an idle one.
+FIRST_MESSAGE_TIMEOUT = 30.0
+
+
+async def _pump(
+    ws: web.WebSocketResponse, flow: WebSocketFlow, transport: TransportLayer, idle_timeout: float
+) -> None:
+    timeout = min(FIRST_MESSAGE_TIMEOUT, idle_timeout)
+    while True:
+        try:
+            message = await ws.receive(timeout=timeout)
+        except TimeoutError:
+            log.info("%s idle for too long; closing", flow.id)
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"idle timeout")
+            return
+        if message.type == WSMsgType.TEXT:
+            data = message.data.encode("utf-8")
+        elif message.type == WSMsgType.BINARY:
+            data = message.data
+        elif message.type == WSMsgType.ERROR:
+            log.info("%s error: %s", flow.id, ws.exception())
+            return
+        else:  # CLOSE, CLOSING, CLOSED
+            if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+                log.warning("%s closed: message over %s bytes", flow.id, ws._max_msg_size)
+            return
+        flow.touch()
+        timeout = idle_timeout
+        transport.receive(data, flow)
