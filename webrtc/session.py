@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .codecs import GATEWAY_AUDIO, Codec
+from .codecs import GATEWAY_AUDIO, TRANSCODABLE, Codec, events_for_clock
 from .dtls import DtlsCertificate, DtlsRole
 from .errors import MediaError
 from .forwarding import DirectionStats, Forwarder, Route
@@ -66,6 +66,8 @@ class _Stream:
     mid: str
     agreement: Agreement | None = None
     webrtc_is_offerer: bool = True
+    # Everything each side listed: RFC 3264 lets it send any of those, not only the first.
+    may_send: dict[Side, list[Codec]] = field(default_factory=dict)
     transcoders: list[AudioTranscoder] = field(default_factory=list)
 
     def codec(self, side: Side) -> tuple[Codec, Codec | None]:
@@ -259,6 +261,7 @@ class MediaSession:
                 continue
             stream.agreement = agree(kind, pending.offered[kind], answer.codecs)
             stream.webrtc_is_offerer = offerer == "webrtc"
+            stream.may_send = {offerer: pending.offered[kind], answerer: answer.codecs}
             self._directions[(offerer, kind)] = pending.directions[kind]
             self._directions[(answerer, kind)] = answer.direction
             codec, events = stream.codec(offerer)
@@ -283,14 +286,10 @@ class MediaSession:
             stream.transcoders.clear()
             to_webrtc: dict[int, Route] = {}
             if stream.agreement is not None:
-                w_codec, w_events = stream.codec("webrtc")
-                p_codec, p_events = stream.codec("plain")
                 if self._flows("webrtc", "plain", stream.kind):
-                    to_plain.update(self._routes(stream, w_codec, w_events, p_codec, p_events,
-                                                 stream.plain.send_rtp))
+                    to_plain.update(self._routes(stream, "webrtc", stream.plain.send_rtp))
                 if self._flows("plain", "webrtc", stream.kind):
-                    to_webrtc = self._routes(stream, p_codec, p_events, w_codec, w_events,
-                                             webrtc.send_rtp)
+                    to_webrtc = self._routes(stream, "plain", webrtc.send_rtp)
             forwarder = Forwarder(stats=self._to_webrtc_stats, routes=to_webrtc)
             stream.plain.on_rtp = forwarder
             stream.plain.on_rtcp = self._rtcp_to_webrtc(stream)
@@ -299,20 +298,26 @@ class MediaSession:
         webrtc.on_rtcp = self._rtcp_to_plain
 
     def _routes(
-        self, stream: _Stream, source: Codec, source_events: Codec | None, target: Codec,
-        target_events: Codec | None, send: Callable[[bytes], object],
+        self, stream: _Stream, source: Side, send: Callable[[bytes], object]
     ) -> dict[int, Route]:
-        if source.key != target.key:
-            transcoder = AudioTranscoder(source, target, source_events, target_events)
-            stream.transcoders.append(transcoder)
-            routes = {source.payload_type: Route(target.payload_type, send, transcoder)}
-            if source_events is not None:
-                routes[source_events.payload_type] = Route(
-                    target.payload_type, send, transcoder)
-            return routes
-        routes = {source.payload_type: Route(target.payload_type, send)}
-        if source_events is not None and target_events is not None:
-            routes[source_events.payload_type] = Route(target_events.payload_type, send)
+        """A route for every payload type the source may send: relayed when it is the codec
+        the target expects, transcoded when convertible, absent (dropped) otherwise."""
+        target, target_events = stream.codec(other(source))
+        declared = stream.may_send.get(source, [])
+        routes: dict[int, Route] = {}
+        for codec in declared:
+            if codec.key == target.key:
+                routes[codec.payload_type] = Route(target.payload_type, send)
+                events = events_for_clock(declared, codec.clock_rate)
+                if events is not None and target_events is not None:
+                    routes[events.payload_type] = Route(target_events.payload_type, send)
+            elif target.name.lower() in TRANSCODABLE.get(codec.name.lower(), ()):
+                events = events_for_clock(declared, codec.clock_rate)
+                transcoder = _LazyTranscoder(stream, codec, target, events, target_events)
+                routes.setdefault(codec.payload_type, Route(target.payload_type, send,
+                                                            transcoder))
+                if events is not None and events.payload_type not in routes:
+                    routes[events.payload_type] = Route(target.payload_type, send, transcoder)
         return routes
 
     def _flows(self, source: Side, target: Side, kind: str) -> bool:
@@ -418,6 +423,23 @@ class MediaSession:
     def _check_open(self) -> None:
         if self._closed:
             raise MediaError(status=500, reason=f"media session {self.session_id} is closed")
+
+
+class _LazyTranscoder:
+    """Creates the codec contexts on the first packet: most offered-but-unused codecs never
+    send one."""
+
+    def __init__(self, stream: _Stream, source: Codec, target: Codec,
+                 source_events: Codec | None, target_events: Codec | None) -> None:
+        self._stream = stream
+        self._arguments = (source, target, source_events, target_events)
+        self._transcoder: AudioTranscoder | None = None
+
+    def __call__(self, packet: bytes) -> list[bytes]:
+        if self._transcoder is None:
+            self._transcoder = AudioTranscoder(*self._arguments)
+            self._stream.transcoders.append(self._transcoder)
+        return self._transcoder(packet)
 
 
 def _dtls_role(remote_setup: str | None) -> DtlsRole:

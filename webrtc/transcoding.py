@@ -57,6 +57,9 @@ class AudioTranscoder:
             return []
         if self._source_events and rtp.payload_type == self._source_events.payload_type:
             return self._translate_event(rtp)
+        # JitterBuffer reads the depayloaded bytes from `_data`, which aiortc's receiver sets;
+        # an audio payload needs no depayloading.
+        rtp._data = rtp.payload  # type: ignore[attr-defined]
         _, frame = self._jitter.add(rtp)
         if frame is None:
             return []
