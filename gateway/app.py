@@ -44,19 +44,22 @@ class Gateway:
         self.location: LocationService = open_location_service(config.redis or None)
         self.users: UserStore = open_user_store(config.redis or None, config.users_path)
         secret = config.auth_secret.encode() if config.auth_secret else secrets.token_bytes(32)
-        self.auth = Authenticator(self.users, config.domain, secret, config.nonce_lifetime)
+        self.auth = Authenticator(
+            self.users, config.domain.lower(), secret, config.nonce_lifetime,
+            config.digest_algorithms,
+        )
+        self.proxy = Proxy(
+            ProxyPolicy.from_config(config, self.node_id),
+            self.transactions, self.transport, self.location, self.auth, secret,
+            MediaAnchor(self._media_relay(config)),
+        )
         self.registrar = Registrar(
             RegistrarPolicy(
                 domain=config.domain, node_id=self.node_id, min_expires=config.min_expires,
                 max_expires=config.max_expires, default_expires=config.default_expires,
                 flow_timer=config.flow_timer,
             ),
-            self.location, self.auth,
-        )
-        self.proxy = Proxy(
-            ProxyPolicy.from_config(config, self.node_id),
-            self.transactions, self.transport, self.location, self.auth, secret,
-            MediaAnchor(self._media_relay(config)),
+            self.location, self.auth, self.proxy.addresses.is_local_uri,
         )
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None

@@ -23,10 +23,15 @@ class AuthOutcome:
 
 
 class Authenticator:
-    def __init__(self, users: UserStore, realm: str, secret: bytes, nonce_lifetime: float) -> None:
+    def __init__(
+        self, users: UserStore, realm: str, secret: bytes, nonce_lifetime: float,
+        algorithms: tuple[str, ...] = ("MD5", "SHA-256"),
+    ) -> None:
         self._users = users
         self.realm = realm
-        self._digest = DigestServer(realm, secret, nonce_lifetime=nonce_lifetime)
+        self._digest = DigestServer(
+            realm, secret, nonce_lifetime=nonce_lifetime, algorithms=algorithms
+        )
 
     async def authenticate(self, request: Request, *, proxy: bool) -> AuthOutcome:
         """Check Authorization (registrar) or Proxy-Authorization (proxy) against the user store."""

@@ -65,6 +65,9 @@ class Config:
     flow_timer: int = 120
     auth_secret: str = ""
     nonce_lifetime: int = 300
+    # Only MD5 by default: JsSIP aborts on any SHA-256 challenge in the response, and SIPp
+    # reads only the first one. Offer SHA-256 (RFC 8760) when every client supports it.
+    digest_algorithms: tuple[str, ...] = ("MD5",)
     invite_timeout: float = 60.0
     max_calls_per_user: int = 0
     demo_users: bool = True
@@ -166,6 +169,8 @@ def _check(config: Config) -> None:
         raise ConfigError("expires: need 0 < min_expires <= default_expires <= max_expires")
     if (config.tls or config.wss) and not (config.tls_cert and config.tls_key):
         raise ConfigError("tls/wss listeners need tls_cert and tls_key")
+    if not config.digest_algorithms or not set(config.digest_algorithms) <= {"MD5", "SHA-256"}:
+        raise ConfigError("digest_algorithms: a list of MD5 and/or SHA-256, most preferred first")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: expected debug|info|warning|error, got {config.log_level!r}")
 
@@ -196,6 +201,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-size", type=int, help="largest SIP message accepted")
     parser.add_argument("--min-expires", type=int, help="shortest registration accepted (423)")
     parser.add_argument("--max-expires", type=int, help="longest registration granted")
+    parser.add_argument(
+        "--digest-algorithm", dest="digest_algorithms", action="append",
+        choices=["MD5", "SHA-256"],
+        help="digest algorithm offered, most preferred first (repeatable; default MD5 only)",
+    )
     parser.add_argument("--auth-secret", help="nonce secret shared by the nodes of a cluster")
     parser.add_argument("--invite-timeout", type=float, help="seconds a call may ring (408)")
     parser.add_argument(

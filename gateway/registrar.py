@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 
 from sip.errors import SipError
+from sip.flow import Flow
 from sip.headers import NameAddr
 from sip.message import Request, Response
-from sip.transport import Flow
+from sip.uri import SipUri
 
 from .auth import Authenticator
 from .location import (
@@ -38,8 +40,10 @@ class RegistrarPolicy:
 
 class Registrar:
     def __init__(
-        self, policy: RegistrarPolicy, location: LocationService, auth: Authenticator
+        self, policy: RegistrarPolicy, location: LocationService, auth: Authenticator,
+        is_local_uri: Callable[[SipUri], bool],
     ) -> None:
+        self._is_local_uri = is_local_uri
         self._policy = policy
         self._location = location
         self._auth = auth
@@ -57,7 +61,8 @@ class Registrar:
 
     async def _register(self, request: Request, flow: Flow) -> Response:
         policy = self._policy
-        if request.ruri.host.lower() != policy.domain.lower():
+        ruri = request.ruri
+        if ruri.host.lower() != policy.domain.lower() and not self._is_local_uri(ruri):
             raise SipError(404, f"Domain {request.ruri.host} is not served here")
         unsupported = request.option_tags("require") - SUPPORTED_EXTENSIONS
         if unsupported:
