@@ -14,6 +14,20 @@ TOKEN_CHARS = frozenset(
 WHITESPACE = " \t\r\n"
 
 
+def parse_decimal(text: str, what: str) -> int:
+    """Value of `1*DIGIT` (surrounding whitespace allowed); anything else is a 400 naming `what`.
+
+    str.isdigit() alone admits non-ASCII digits that int() cannot read, and int() refuses more
+    than 4300 digits: both would escape as ValueError. Values past 20 significant digits
+    saturate at 10**20, above every limit a caller checks.
+    """
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise SipError(400, f"Malformed {what} {text[:20]!r}")
+    significant = text.lstrip("0")
+    return 10**20 if len(significant) > 20 else int(significant or "0")
+
+
 def is_token(text: str) -> bool:
     return bool(text) and all(char in TOKEN_CHARS for char in text)
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import SipError
-from .grammar import find_unquoted, format_params, parse_params, quote, unquote
+from .grammar import find_unquoted, format_params, parse_decimal, parse_params, quote, unquote
 from .uri import SipUri, format_host, split_hostport
 
 COMPACT_FORMS = {
@@ -158,9 +158,9 @@ class CSeq:
     def parse(cls, text: str) -> CSeq:
         number, _, method = text.strip().partition(" ")
         method = method.strip()
-        if not number.isdigit() or not method or " " in method or len(number) > 10:
+        if not method or " " in method:
             raise SipError(400, f"Malformed CSeq {text[:40]!r}")
-        value = int(number)
+        value = parse_decimal(number, "CSeq number")
         if value >= 2**31:
             raise SipError(400, "CSeq number out of range")
         return cls(value, method)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import SipError
-from .grammar import split_top_level
+from .grammar import parse_decimal, split_top_level
 from .headers import CANONICAL_NAMES, LIST_HEADERS, CSeq, NameAddr, Via
 from .status import reason_phrase
 from .uri import SipUri
@@ -188,17 +188,14 @@ class Message:
         value = value.strip()
         if not value.isdigit() or len(value) > 3:
             raise SipError(400, f"Malformed Max-Forwards {value[:20]!r}")
-        return int(value)
+        return parse_decimal(value, "Max-Forwards")
 
     @property
     def expires(self) -> int | None:
         value = self.get("expires")
         if value is None:
             return None
-        value = value.strip()
-        if not value.isdigit():
-            raise SipError(400, f"Malformed Expires {value[:20]!r}")
-        return min(int(value), 2**32 - 1)
+        return min(parse_decimal(value, "Expires"), 2**32 - 1)
 
     @property
     def content_type(self) -> str | None:
@@ -402,7 +399,7 @@ def _parse_start_line(line: str) -> Request | Response:
         if version != SIP_VERSION:
             raise SipError(505, "Version Not Supported")
         code, _, reason = rest.partition(" ")
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not code.isascii() or not code.isdigit() or code[0] not in "123456":
             raise SipError(400, f"Malformed status code {code[:10]!r}")
         return Response(int(code), reason)
     parts = line.split(" ")
@@ -420,10 +417,7 @@ def _frame_body(message: Message, body: bytes) -> bytes:
     declared = message.get("content-length")
     if declared is None:
         return body
-    declared = declared.strip()
-    if not declared.isdigit():
-        raise SipError(400, f"Malformed Content-Length {declared[:20]!r}")
-    length = int(declared)
+    length = parse_decimal(declared, "Content-Length")
     if length > len(body):
         raise SipError(400, "Content-Length larger than the message body")
     return body[:length]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote as percent_decode
 
 from .errors import SipError
-from .grammar import format_params, parse_params
+from .grammar import format_params, parse_decimal, parse_params
 
 SIP_SCHEMES = ("sip", "sips", "tel")
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
@@ -144,9 +144,10 @@ def split_hostport(hostport: str, context: str) -> tuple[str, int | None]:
             raise SipError(400, f"Malformed host {host!r} in {context[:80]!r}")
     if not port_text:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+    port = parse_decimal(port_text, "port") if port_text.strip() == port_text else 0
+    if not 0 < port <= 65535:
         raise SipError(400, f"Malformed port {port_text!r} in {context[:80]!r}")
-    return host, int(port_text)
+    return host, port
 
 
 def format_host(host: str) -> str:
