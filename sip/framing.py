@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .errors import SipError
+from .grammar import parse_decimal
 from .message import DEFAULT_LIMITS, Limits
 
 PING = b"\r\n\r\n"
@@ -73,13 +74,15 @@ class StreamFramer:
 
 
 def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name in (b"content-length", b"l"):
-            value = value.strip()
-            if not value.isdigit():
-                raise SipError(400, "Malformed Content-Length")
-            return int(value)
-    # RFC 3261 §18.3: Content-Length is mandatory on streams.
-    raise SipError(400, "Missing Content-Length on a stream transport")
+    declared = [
+        value
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+        if name.strip().lower() in (b"content-length", b"l")
+    ]
+    if not declared:
+        # RFC 3261 §18.3: Content-Length is mandatory on streams.
+        raise SipError(400, "Missing Content-Length on a stream transport")
+    if len(declared) > 1:
+        # RFC 4475 §3.3.9 (mcl01): with two lengths the stream cannot be framed safely.
+        raise SipError(400, "More than one Content-Length header")
+    return parse_decimal(declared[0].decode("latin-1"), "Content-Length")
