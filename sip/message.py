@@ -185,10 +185,10 @@ class Message:
         value = self.get("max-forwards")
         if value is None:
             return None
-        value = value.strip()
-        if not value.isdigit() or len(value) > 3:
-            raise SipError(400, f"Malformed Max-Forwards {value[:20]!r}")
-        return parse_decimal(value, "Max-Forwards")
+        hops = parse_decimal(value, "Max-Forwards")
+        if hops > 255:
+            raise SipError(400, f"Max-Forwards {value.strip()[:20]!r} above 255")
+        return hops
 
     @property
     def expires(self) -> int | None:
