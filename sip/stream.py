@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from typing import cast
 
 from .errors import SipError
 from .flow import Flow, address
@@ -29,8 +30,7 @@ class StreamFlow(asyncio.Protocol, Flow):
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
         Flow.__init__(
             self,
             f"{self._transport_name}:{next(_stream_ids)}",

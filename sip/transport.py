@@ -364,11 +364,14 @@ def _replace_top_via(message: Message, via: Via) -> None:
 
 
 def _response_destination(via: Via) -> Address:
+    """UDP: received + rport (RFC 3581). A new TCP/TLS connection goes to received + the sent-by
+    port: rport there is the dead connection's ephemeral port, which nobody listens on."""
     host = via.params.get("received") or via.host
+    transport = via.transport.lower()
     rport = via.params.get("rport")
-    if rport and rport.isdigit():
+    if transport == "udp" and rport and rport.isdigit():
         return host, int(rport)
-    return host, via.port or DEFAULT_PORTS.get(via.transport.lower(), 5060)
+    return host, via.port or DEFAULT_PORTS.get(transport, 5060)
 
 
 def _is_ip(host: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Protocol, cast
 
 from .flow import Address, Flow, address, format_address
 
@@ -50,8 +50,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._flows: dict[Address, UdpFlow] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)
         self.local = address(transport.get_extra_info("sockname"))
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
