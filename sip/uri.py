@@ -28,7 +28,7 @@ class SipUri:
         text = text.strip()
         scheme, colon, rest = text.partition(":")
         scheme = scheme.lower()
-        if not colon or not rest:
+        if not colon or not rest or not _is_scheme(scheme):
             raise SipError(400, f"Malformed URI {text[:80]!r}")
         if scheme not in SIP_SCHEMES:
             raise SipError(416, f"Unsupported URI scheme {scheme!r}")
@@ -37,14 +37,16 @@ class SipUri:
             if not number:
                 raise SipError(400, f"Malformed tel URI {text[:80]!r}")
             return cls("tel", "", user=number, params=parse_params(params, "tel URI"))
-        rest, _, headers = rest.partition("?")
         user = password = None
+        # Userinfo first: a user part may hold "?" and ";" (RFC 3261 §25.1 user-unreserved),
+        # and "@" can appear nowhere else in a SIP URI.
         if "@" in rest:
             userinfo, _, rest = rest.partition("@")
             user, _, pw = userinfo.partition(":")
             if not user:
                 raise SipError(400, f"Empty user part in URI {text[:80]!r}")
             password = pw or None
+        rest, _, headers = rest.partition("?")
         hostport, _, params = rest.partition(";")
         host, port = split_hostport(hostport, text)
         return cls(
@@ -119,6 +121,14 @@ class SipUri:
                 return False
         shared = self.params.keys() & other.params.keys()
         return all(_lower(self.params[name]) == _lower(other.params[name]) for name in shared)
+
+
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
+
+
+def _is_scheme(lowered: str) -> bool:
+    """RFC 3261 §25.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )."""
+    return lowered[:1].isalpha() and lowered.isascii() and set(lowered) <= _SCHEME_CHARS
 
 
 def _lower(value: str | None) -> str | None:
