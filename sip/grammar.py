@@ -88,22 +88,49 @@ def quote(text: str) -> str:
 
 
 def parse_params(text: str, context: str) -> dict[str, str | None]:
-    """`;name=value;flag` parameters into an ordered dict with lower-case names.
+    """`name=value;flag` (what follows the first ";") into an ordered dict, lower-case names.
 
-    Values keep their case and quotes are removed; a flag parameter maps to None.
+    Values keep their case and quotes are removed; a flag parameter maps to None. An empty
+    parameter (";;", a trailing ";") is a 400, as RFC 4475 badinv01 requires.
     """
     params: dict[str, str | None] = {}
-    for item in split_top_level(text, ";"):
+    items = text.split(";") if '"' not in text else _split_keeping_empty(text, ";")
+    for item in items:
         name, eq, value = item.partition("=")
         name = name.strip()
         if not name:
-            raise SipError(400, f"Empty parameter name in {context}")
+            raise SipError(400, f"Empty parameter in {context}")
         if eq:
             value = value.strip()
             params[name.lower()] = unquote(value) if value.startswith('"') else value
         else:
             params[name.lower()] = None
     return params
+
+
+def _split_keeping_empty(text: str, separator: str) -> list[str]:
+    """Split on separator outside quoted strings, keeping empty parts (they are errors here)."""
+    parts: list[str] = []
+    start = 0
+    in_quotes = False
+    escaped = False
+    for index, char in enumerate(text):
+        if in_quotes:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_quotes = False
+        elif char == '"':
+            in_quotes = True
+        elif char == separator:
+            parts.append(text[start:index])
+            start = index + 1
+    if in_quotes:
+        raise SipError(400, f"Unterminated quoted string in {text[:60]!r}")
+    parts.append(text[start:])
+    return parts
 
 
 def format_params(params: dict[str, str | None]) -> str:

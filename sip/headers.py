@@ -80,16 +80,16 @@ class NameAddr:
                 raise SipError(400, f"Malformed display name in {header}")
         else:
             display = None
-            uri_text, _, rest = text.partition(";")
+            uri_text, has_params, rest = text.partition(";")
             uri_text = uri_text.strip()
-            rest = ";" + rest if rest else ""
+            rest = ";" + rest if has_params else ""
             if " " in uri_text or "," in uri_text:
                 raise SipError(400, f"Malformed {header}: URI with spaces needs <>")
         if not uri_text or ":" not in uri_text:
             raise SipError(400, f"Malformed URI in {header}")
         if rest and not rest.startswith(";"):
             raise SipError(400, f"Garbage after URI in {header}")
-        return cls(uri_text, display, parse_params(rest, header) if rest else {})
+        return cls(uri_text, display, parse_params(rest[1:], header) if rest else {})
 
     @property
     def uri(self) -> SipUri:
@@ -133,9 +133,10 @@ class Via:
         name, version, transport, rest = match.groups()
         if name.upper() != "SIP" or version != "2.0":
             raise SipError(400, f"Malformed Via protocol {name}/{version}")
-        sent_by, _, params = rest.partition(";")
+        sent_by, has_params, params = rest.partition(";")
         host, port = split_hostport(sent_by.strip().replace(" ", ""), "Via")
-        return cls(transport.upper(), host, port, parse_params(params, "Via") if params else {})
+        params_dict = parse_params(params, "Via") if has_params else {}
+        return cls(transport.upper(), host, port, params_dict)
 
     @property
     def branch(self) -> str | None:

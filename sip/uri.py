@@ -33,10 +33,11 @@ class SipUri:
         if scheme not in SIP_SCHEMES:
             raise SipError(416, f"Unsupported URI scheme {scheme!r}")
         if scheme == "tel":
-            number, _, params = rest.partition(";")
+            number, has_params, params = rest.partition(";")
             if not number:
                 raise SipError(400, f"Malformed tel URI {text[:80]!r}")
-            return cls("tel", "", user=number, params=parse_params(params, "tel URI"))
+            params_dict = parse_params(params, "tel URI") if has_params else {}
+            return cls("tel", "", user=number, params=params_dict)
         user = password = None
         # Userinfo first: a user part may hold "?" and ";" (RFC 3261 §25.1 user-unreserved),
         # and "@" can appear nowhere else in a SIP URI.
@@ -47,7 +48,7 @@ class SipUri:
                 raise SipError(400, f"Empty user part in URI {text[:80]!r}")
             password = pw or None
         rest, _, headers = rest.partition("?")
-        hostport, _, params = rest.partition(";")
+        hostport, has_params, params = rest.partition(";")
         host, port = split_hostport(hostport, text)
         return cls(
             scheme,
@@ -55,7 +56,7 @@ class SipUri:
             user=user,
             password=password,
             port=port,
-            params=parse_params(params, "URI") if params else {},
+            params=parse_params(params, "URI") if has_params else {},
             headers=headers or None,
         )
 
