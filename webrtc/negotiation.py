@@ -42,7 +42,7 @@ def offer_codecs(kind: str, offered: list[Codec], *, for_webrtc: bool) -> list[C
                 chosen.append(template.with_payload_type(
                     free_payload_type(offered + chosen, template.payload_type)))
                 names.add(partner)
-    for rate in sorted({c.clock_rate for c in chosen}):
+    for rate in dict.fromkeys(c.clock_rate for c in chosen):  # in order of first use
         events = events_for_clock(offered, rate)
         if events is None and any(c.is_telephone_event for c in offered):
             template = next(c for c in offered if c.is_telephone_event)

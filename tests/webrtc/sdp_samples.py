@@ -107,3 +107,60 @@ def asterisk_sdp(port: int, payloads: str = "0 8 101", direction: str = "sendrec
             lines.append("a=fmtp:101 0-16")
     lines += ["a=ptime:20", "a=maxptime:150", f"a={direction}"]
     return _join(lines)
+
+
+def chrome_audio_answer(payloads: str = "0 101", direction: str = "sendrecv") -> str:
+    """Chrome's answer to a gateway offer: setup:active, mDNS host candidate, ssrc lines."""
+    rtpmaps = {
+        "0": "a=rtpmap:0 PCMU/8000", "8": "a=rtpmap:8 PCMA/8000", "9": "a=rtpmap:9 G722/8000",
+        "111": "a=rtpmap:111 opus/48000/2", "101": "a=rtpmap:101 telephone-event/8000",
+    }
+    lines = [
+        "v=0", "o=- 8046286431541236131 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
+        "a=group:BUNDLE 0", "a=msid-semantic: WMS",
+        f"m=audio 9 UDP/TLS/RTP/SAVPF {payloads}", "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=candidate:1467250027 1 udp 2122260223 9a1c3f0e-5b7d-4e2a-8c6f-1d2e3f4a5b6c.local "
+        "61234 typ host generation 0 network-cost 999",
+        "a=ice-ufrag:Zt9q", "a=ice-pwd:Lk2mN8pQ4rS6tU0vW3xY5zA1",
+        "a=ice-options:trickle",
+        "a=fingerprint:sha-256 0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:"
+        "60:71:82:93:A4:B5:C6:D7:E8:F9",
+        "a=setup:active", "a=mid:0", f"a={direction}", "a=rtcp-mux",
+    ]
+    lines += [rtpmaps[pt] for pt in payloads.split()]
+    lines += ["a=ssrc:2233445566 cname:Qw8eR7tY6uI5oP4a"]
+    return _join(lines)
+
+
+CHROME_AUDIO_VIDEO_OFFER = CHROME_AUDIO_OFFER.replace(
+    "a=group:BUNDLE 0", "a=group:BUNDLE 0 1"
+) + _join([
+    "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102",
+    "c=IN IP4 0.0.0.0",
+    "a=rtcp:9 IN IP4 0.0.0.0",
+    "a=ice-ufrag:Hq3F",
+    "a=ice-pwd:YbW8l1n0g3aM4t9xPq2rK7cZ",
+    "a=fingerprint:sha-256 4D:1B:7A:0C:9E:22:55:13:6F:88:A1:3B:C2:D4:E6:F7:08:19:2A:3B:4C:5D:"
+    "6E:7F:80:91:A2:B3:C4:D5:E6:F7",
+    "a=setup:actpass",
+    "a=mid:1",
+    "a=sendrecv",
+    "a=rtcp-mux",
+    "a=rtcp-rsize",
+    "a=rtpmap:96 VP8/90000",
+    "a=rtcp-fb:96 goog-remb",
+    "a=rtcp-fb:96 nack",
+    "a=rtcp-fb:96 nack pli",
+    "a=rtpmap:97 rtx/90000",
+    "a=fmtp:97 apt=96",
+    "a=rtpmap:102 H264/90000",
+    "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+])
+
+CHROME_DATACHANNEL_LINE = _join([
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+    "c=IN IP4 0.0.0.0",
+    "a=mid:2",
+    "a=sctp-port:5000",
+])
