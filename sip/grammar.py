@@ -150,6 +150,20 @@ def _is_host_like(value: str) -> bool:
     return value.startswith("[") and value.endswith("]")
 
 
+def quoted_string_end(text: str) -> int:
+    """Index of the quote closing the quoted-string that opens text, or -1 if it never closes."""
+    escaped = False
+    for index in range(1, len(text)):
+        char = text[index]
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            return index
+    return -1
+
+
 def find_unquoted(text: str, char: str, start: int = 0) -> int:
     """Index of char outside quoted strings, or -1."""
     in_quotes = False

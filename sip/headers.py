@@ -6,7 +6,16 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import SipError
-from .grammar import find_unquoted, format_params, parse_decimal, parse_params, quote, unquote
+from .grammar import (
+    find_unquoted,
+    format_params,
+    is_token,
+    parse_decimal,
+    parse_params,
+    quote,
+    quoted_string_end,
+    unquote,
+)
 from .uri import SipUri, format_host, split_hostport
 
 COMPACT_FORMS = {
@@ -73,12 +82,15 @@ class NameAddr:
             if close_at < 0:
                 raise SipError(400, f"Unterminated <> in {header}")
             display_text = text[:open_at].strip()
-            display = unquote(display_text) if display_text else None
+            display = _display_name(display_text, header) if display_text else None
             uri_text = text[open_at + 1 : close_at].strip()
             rest = text[close_at + 1 :].strip()
-            if display_text and not display_text.startswith('"') and '"' in display_text:
-                raise SipError(400, f"Malformed display name in {header}")
         else:
+            if text.startswith('"'):
+                problem = "quoted display name without <>"
+                if quoted_string_end(text) < 0:
+                    problem = "unterminated quoted display name"
+                raise SipError(400, f"Malformed {header}: {problem}")
             display = None
             uri_text, has_params, rest = text.partition(";")
             uri_text = uri_text.strip()
@@ -116,6 +128,17 @@ class NameAddr:
         uri_text = str(self._uri) if self._uri is not None else self.uri_text
         display = f"{quote(self.display)} " if self.display else ""
         return f"{display}<{uri_text}>{format_params(self.params)}"
+
+
+def _display_name(text: str, header: str) -> str:
+    """display-name = *(token LWS) / quoted-string (RFC 3261 §25.1); RFC 4475 baddn, quotbal."""
+    if text.startswith('"'):
+        if quoted_string_end(text) != len(text) - 1:
+            raise SipError(400, f"Malformed quoted display name in {header}")
+        return unquote(text)
+    if not all(is_token(word) for word in text.split()):
+        raise SipError(400, f"Malformed display name in {header}: quote it")
+    return text
 
 
 @dataclass(slots=True)
