@@ -83,7 +83,10 @@ class NameAddr:
                 raise SipError(400, f"Unterminated <> in {header}")
             display_text = text[:open_at].strip()
             display = _display_name(display_text, header) if display_text else None
-            uri_text = text[open_at + 1 : close_at].strip()
+            uri_text = text[open_at + 1 : close_at]
+            if uri_text != uri_text.strip():
+                # RFC 4475 badaspec: LAQUOT/RAQUOT admit no whitespace inside the brackets.
+                raise SipError(400, f"Malformed {header}: whitespace inside <>")
             rest = text[close_at + 1 :].strip()
         else:
             if text.startswith('"'):
@@ -95,8 +98,9 @@ class NameAddr:
             uri_text, has_params, rest = text.partition(";")
             uri_text = uri_text.strip()
             rest = ";" + rest if has_params else ""
-            if " " in uri_text or "," in uri_text:
-                raise SipError(400, f"Malformed {header}: URI with spaces needs <>")
+            if " " in uri_text or "," in uri_text or "?" in uri_text:
+                # RFC 3261 §20: a URI with a comma, "?" or ";" must be enclosed in <>.
+                raise SipError(400, f"Malformed {header}: URI with spaces, ',' or '?' needs <>")
         if not uri_text or ":" not in uri_text:
             raise SipError(400, f"Malformed URI in {header}")
         if rest and not rest.startswith(";"):
