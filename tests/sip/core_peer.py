@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from sip.client_transaction import ClientTransaction
 from sip.flow import Flow, Target
-from sip.message import Request, Response
+from sip.message import Request, Response, parse_message
 from sip.resolver import Target as ResolvedTarget
 from sip.server_transaction import ServerTransaction
 from sip.timers import Timers
@@ -137,3 +137,67 @@ class CorePeer:
 def _to_tag(transaction: ServerTransaction) -> str | None:
     last = transaction.last_response
     return last.to.tag if last is not None else None
+
+
+class RawUdpPeer(asyncio.DatagramProtocol):
+    """A bare UDP socket that records what arrives (with arrival times), for checking exactly
+    what the core puts on the wire, retransmissions included."""
+
+    def __init__(self) -> None:
+        self.arrivals: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self._transport: asyncio.DatagramTransport | None = None
+        self.address: tuple[str, int] = ("", 0)
+
+    @classmethod
+    async def open(cls, host: str = "127.0.0.1") -> RawUdpPeer:
+        loop = asyncio.get_running_loop()
+        _, peer = await loop.create_datagram_endpoint(cls, local_addr=(host, 0))
+        return peer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sockname = transport.get_extra_info("sockname")
+        self.address = (sockname[0], sockname[1])
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        self.arrivals.put_nowait((asyncio.get_running_loop().time(), data))
+
+    def send(self, data: bytes | str, destination: tuple[str, int]) -> None:
+        assert self._transport is not None
+        self._transport.sendto(data.encode() if isinstance(data, str) else data, destination)
+
+    async def next(self, timeout: float = 5.0) -> tuple[float, bytes]:
+        return await asyncio.wait_for(self.arrivals.get(), timeout)
+
+    async def next_message(self, timeout: float = 5.0) -> Request | Response:
+        return parse_message((await self.next(timeout))[1])
+
+    async def nothing_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self.arrivals.get(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def raw_request(method: str, via_sent_by: str, *, branch: str = "z9hG4bKraw1",
+                call_id: str = "raw-call-1", cseq: int = 1, rport: bool = True,
+                to_tag: str | None = None, extra: str = "") -> str:
+    """A request as a third-party UA would write it by hand."""
+    via_params = f";branch={branch}" + (";rport" if rport else "")
+    to = "<sip:core@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+    return (
+        f"{method} sip:core@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {via_sent_by}{via_params}\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:raw@127.0.0.1>;tag=raw\r\n"
+        f"To: {to}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\n"
+        f"{extra}"
+        "Content-Length: 0\r\n\r\n"
+    )
