@@ -7,6 +7,7 @@ import pytest
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.support.jssip import JsSipAgent
 from tests.support.pjsua_phone import PjsuaPhone
+from tests.support.sipp import run_sipp
 
 
 async def test_users_register_over_udp_and_ws_and_wrong_password_is_refused(
@@ -68,3 +69,29 @@ async def test_a_gateway_that_cannot_start_fails_with_its_log(
 ) -> None:
     with pytest.raises(RuntimeError, match="exited with"):
         await gateway_factory(extra_args=["--log-level", "nonsense"])
+
+
+async def test_sipp_scenarios_answer_the_gateways_challenges(gateway: GatewayProcess) -> None:
+    """The auth branches of register_uac.xml and uac_call.xml, which only a real registrar and
+    proxy exercise: sipp registers alice, then calls bob (a pjsua phone) through the gateway."""
+    registered = await run_sipp(
+        "register_uac.xml", remote=f"127.0.0.1:{gateway.udp_port}", service="alice",
+        auth=("alice", gateway.users["alice"]),
+        keys={"domain": gateway.domain, "expires": "60"}, timeout=10, name="gw-register",
+    )
+    registered.assert_success()
+    bob = await PjsuaPhone.start("fixture-sipp-callee", auto_answer=200)
+    try:
+        assert (await bob.register("127.0.0.1", gateway.udp_port, "bob", gateway.users["bob"],
+                                   gateway.domain))["code"] == 200
+        call = await run_sipp(
+            "uac_call.xml", remote=f"127.0.0.1:{gateway.udp_port}", service="bob",
+            auth=("alice", gateway.users["alice"]), keys={"domain": gateway.domain},
+            call_duration_ms=500, timeout=20, name="gw-call",
+        )
+        call.assert_success()
+        assert "SIP/2.0 407" in call.message_log_path.read_text()
+        await bob.wait_for("call_state", state="CONFIRMED")
+        await bob.wait_for("call_state", state="DISCONNECTED")
+    finally:
+        await bob.stop()

@@ -12,8 +12,9 @@ Scenarios (keys in parentheses, passed with keys={...}):
     registrar_uas.xml   challenge a REGISTER, verify digest of user/password: 200 or 403 + error
                         (domain, user, password)
     uac_call.xml        INVITE [service]@domain with G.711 SDP, answer 401/407 with auth, ACK,
-                        hold call_duration_ms, BYE (domain)
-    uac_cancel.xml      INVITE, CANCEL after 180, expect 200 + 487, ACK (domain)
+                        hold call_duration_ms, BYE (domain, caller = From user, default: the
+                        auth user or "sipp")
+    uac_cancel.xml      INVITE, CANCEL after 180, expect 200 + 487, ACK (domain, caller)
     uas_answer.xml      180, 200 with SDP, ACK, then BYE -> 200
     uas_busy.xml        486, ACK
     uas_no_answer.xml   180 then wait for CANCEL -> 200 + 487, ACK
@@ -128,7 +129,9 @@ class Sipp:
             argv += ["-au", auth[0], "-ap", auth[1]]
         if call_duration_ms is not None:
             argv += ["-d", str(call_duration_ms)]
-        for key, value in (keys or {}).items():
+        # The From user of the UAC scenarios: a proxy checks it against the credentials.
+        keys = {"caller": auth[0] if auth else "sipp", **(keys or {})}
+        for key, value in keys.items():
             argv += ["-key", key, str(value)]
         argv += list(extra_args)
         with files["log"].open("wb") as log:
