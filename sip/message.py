@@ -414,10 +414,13 @@ def _parse_start_line(line: str) -> Request | Response:
 
 
 def _frame_body(message: Message, body: bytes) -> bytes:
-    declared = message.get("content-length")
-    if declared is None:
+    declared = [value for key, _, value in message._rows if key == "content-length"]
+    if not declared:
         return body
-    length = parse_decimal(declared, "Content-Length")
+    if len(declared) > 1:
+        # RFC 4475 mcl01: no way to know which length frames the body.
+        raise SipError(400, "More than one Content-Length header")
+    length = parse_decimal(declared[0], "Content-Length")
     if length > len(body):
         raise SipError(400, "Content-Length larger than the message body")
     return body[:length]
