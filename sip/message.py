@@ -239,11 +239,23 @@ class Message:
         """Eagerly check the headers every transaction needs; raises SipError (400) if broken."""
         if not self.vias:
             raise SipError(400, "Missing Via header")
+        seen: set[str] = set()
+        for key, name, _ in self._rows:
+            if key in _SINGLE_VALUED:
+                if key in seen:
+                    # RFC 4475 multi01: which Call-ID, CSeq, From or To would be the real one?
+                    raise SipError(400, f"More than one {name} header")
+                seen.add(key)
         self.call_id  # noqa: B018 - parsing is the check
         self.from_  # noqa: B018
         self.to  # noqa: B018
         self.cseq  # noqa: B018
         self.max_forwards  # noqa: B018
+
+
+_SINGLE_VALUED = frozenset(
+    ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
+)
 
 
 class Request(Message):
