@@ -291,7 +291,10 @@ class Request(Message):
         super().validate()
         if self.cseq.method != self.method:
             raise SipError(400, "CSeq method does not match request method")
-        self.ruri  # noqa: B018 - parsing is the check
+        if self.ruri.headers is not None:
+            # RFC 3261 §19.1.1 forbids headers in a Request-URI; forwarding them (RFC 4475
+            # escruri) would let a caller smuggle e.g. a Route, so refuse rather than strip.
+            raise SipError(400, "Headers are not allowed in a Request-URI")
 
     def copy(self) -> Request:
         clone = Request(self.method, self.uri, list(self._rows), self.body)
