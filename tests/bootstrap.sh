@@ -21,6 +21,9 @@ for binary in "${!package_of_binary[@]}"; do
         missing_packages+=("${package_of_binary[$binary]}")
     fi
 done
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    missing_packages+=(python3-pip)
+fi
 if ((${#missing_packages[@]} > 0)); then
     as_root=()
     if [[ $(id -u) -ne 0 ]]; then
@@ -31,7 +34,7 @@ if ((${#missing_packages[@]} > 0)); then
     DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y --no-install-recommends \
         "${missing_packages[@]}"
 else
-    say "redis-server, sipp and chromium already installed"
+    say "redis-server, sipp, chromium and pip already installed"
 fi
 
 # --- Python ----------------------------------------------------------------------------------
