@@ -31,6 +31,7 @@ class Dialog:
     media: Any = None  # webrtc.MediaSession when the call's media is anchored
     caller_kind: str = "plain"  # "webrtc" or "plain"
     callee_kind: str = "plain"
+    flow_ids: set[str] = field(default_factory=set)  # WebSocket/TCP flows the call lives on
     extra: dict[str, Any] = field(default_factory=dict)
 
 

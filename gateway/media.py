@@ -1,81 +1,83 @@
 """When and how the proxy anchors a call's media: only where the two ends speak different media
 profiles (a browser's DTLS-SRTP/ICE and a phone's plain RTP), like rtpengine beside Kamailio.
-Browser-to-browser and phone-to-phone media is left alone."""
+Browser-to-browser and phone-to-phone media is left alone.
+
+Each offer/answer exchange (initial INVITE, re-INVITE, UPDATE; late offers whose offer comes in
+the 2xx and answer in the ACK) goes through one MediaSession per dialog, so ports, ICE and DTLS
+state survive hold/resume and codec changes.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sip.errors import SipError
-from sip.flow import Flow
-from sip.message import Message, Request
-from webrtc import MediaError, MediaRelay
+from sip.message import Message
+from webrtc import MediaError, MediaRelay, MediaSession
 
 from .dialogs import Dialog
-from .routing import Destination, side_of_sdp
 
 log = logging.getLogger("ws2sip.media")
 
 SDP = "application/sdp"
 
 
+@dataclass(eq=False, slots=True)
+class Exchange:
+    """One offer/answer exchange across the anchor, between `offerer` and `answerer` kinds."""
+
+    offerer: str | None  # kind whose offer the session processed; None until a late offer
+    answerer: str | None
+    rewritten_answer: bytes | None = None
+
+
+def has_sdp(message: Message) -> bool:
+    return bool(message.body) and message.content_type == SDP
+
+
 class MediaAnchor:
     def __init__(self, relay: MediaRelay) -> None:
         self.relay = relay
 
-    async def offer_for(
-        self, dialog: Dialog, request: Request, incoming: Flow, destinations: list[Destination]
-    ) -> bytes | None:
-        """The rewritten offer for branches of the other kind, or None when no branch needs
-        one (same kind everywhere, or a late offer: then the 200 carries the offer)."""
-        dialog.caller_kind = side_of_sdp(request.body, incoming.transport)
-        if not any(d.kind != dialog.caller_kind for d in destinations):
+    async def offer(
+        self, dialog: Dialog, request: Message, sender: str, receiver: str
+    ) -> tuple[Exchange, bytes | None] | None:
+        """Start an exchange for a request crossing from `sender` to `receiver` kind. Returns
+        None when no anchoring is needed, else the exchange and the rewritten offer (None for a
+        request without SDP: a late offer, answered with an offer in the 2xx)."""
+        if sender == receiver:
             return None
-        if not request.body or request.content_type != SDP:
-            return None
-        session = self._session(dialog)
-        try:
-            offer = await session.process_offer(request.body.decode(), dialog.caller_kind)
-        except MediaError as error:
-            raise SipError(error.status, error.reason) from error
-        return offer.encode()
+        if not has_sdp(request):
+            return Exchange(None, None), None
+        body = await self._call(self._session(dialog).process_offer, request.body, sender)
+        return Exchange(sender, receiver), body
 
-    async def answer_from(self, dialog: Dialog, message: Message, sender_kind: str) -> None:
-        """SDP in a response from a branch (183/200): rewrite it for the caller if anchored.
-        A 200 with SDP to an INVITE without SDP is an offer (late offer)."""
-        if sender_kind == dialog.caller_kind or message.content_type != SDP:
+    async def response(
+        self, dialog: Dialog, exchange: Exchange, response: Message, responder: str
+    ) -> None:
+        """SDP in a 18x/2xx: the answer to our offer, or (late offer) the responder's offer."""
+        if not has_sdp(response):
             return
-        session = dialog.media
-        cached = dialog.extra.get("rewritten_answer")
-        if cached is not None:
-            # 183 then 200 (or retransmissions) carry the same answer: rewrite it once.
-            message.set_body(cached, SDP)
+        if exchange.offerer is None:
+            body = await self._call(self._session(dialog).process_offer, response.body, responder)
+            exchange.offerer, exchange.answerer = responder, None
+            dialog.extra["ack_answer_pending"] = True
+            response.set_body(body, SDP)
             return
-        try:
-            if session is None:
-                session = self._session(dialog)
-                dialog.extra["late_offer"] = True
-                body = await session.process_offer(message.body.decode(), sender_kind)
-            else:
-                body = await session.process_answer(message.body.decode(), sender_kind)
-        except MediaError as error:
-            raise SipError(error.status, error.reason) from error
-        dialog.extra["rewritten_answer"] = body.encode()
-        message.set_body(body.encode(), SDP)
+        if exchange.rewritten_answer is None:
+            # 183 then 200 (and retransmissions) carry the same answer: rewrite it once.
+            exchange.rewritten_answer = await self._call(
+                self._session(dialog).process_answer, response.body, responder
+            )
+        response.set_body(exchange.rewritten_answer, SDP)
 
-    async def answer_in_ack(self, dialog: Dialog, ack: Request, receiver_kind: str) -> None:
-        """Late offer: the caller's answer comes in the ACK; rewrite it for the callee."""
-        session = dialog.media
-        if session is None or not dialog.extra.get("late_offer") or ack.content_type != SDP:
+    async def ack(self, dialog: Dialog, ack: Message, sender: str) -> None:
+        """Late offer: the caller's answer arrives in the ACK for the 2xx."""
+        if not dialog.extra.pop("ack_answer_pending", False) or not has_sdp(ack):
             return
-        sender_kind = dialog.caller_kind
-        if sender_kind == receiver_kind:
-            return
-        try:
-            body = await session.process_answer(ack.body.decode(), sender_kind)
-        except MediaError as error:
-            raise SipError(error.status, error.reason) from error
-        ack.set_body(body.encode(), SDP)
+        body = await self._call(self._session(dialog).process_answer, ack.body, sender)
+        ack.set_body(body, SDP)
 
     async def release(self, dialog: Dialog) -> None:
         if dialog.media is not None:
@@ -83,7 +85,18 @@ class MediaAnchor:
             await session.close()
             log.debug("media of %s released", dialog.call_id)
 
-    def _session(self, dialog: Dialog):  # noqa: ANN202 - webrtc.MediaSession
+    def _session(self, dialog: Dialog) -> MediaSession:
         if dialog.media is None:
             dialog.media = self.relay.create_session(dialog.call_id)
         return dialog.media
+
+    @staticmethod
+    async def _call(step, body: bytes, side: str) -> bytes:  # noqa: ANN001 - session method
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SipError(400, "SDP is not UTF-8") from error
+        try:
+            return (await step(text, side)).encode()
+        except MediaError as error:
+            raise SipError(error.status, error.reason) from error

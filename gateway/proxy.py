@@ -20,8 +20,8 @@ from .config import Config, Trunk
 from .dialogs import EARLY_DIALOG_LIFETIME, INVITE_DIALOG_LIFETIME, Dialog, DialogTable
 from .flowtoken import FlowRef, FlowTokens
 from .location import Binding, LocationService
-from .media import MediaAnchor
-from .routing import WEBRTC_TRANSPORTS, Destination, LocalAddresses, loop_hash
+from .media import Exchange, MediaAnchor
+from .routing import WEBRTC_TRANSPORTS, Destination, LocalAddresses, loop_hash, side_of_sdp
 
 log = logging.getLogger("ws2sip.proxy")
 
@@ -69,6 +69,8 @@ class Forwarding:
     answered: bool = False  # a final response went upstream
     timer: asyncio.TimerHandle | None = None
     dialog: Dialog | None = None
+    sender_kind: str = "plain"  # media kind of whoever sent the request
+    exchange: Exchange | None = None  # the offer/answer crossing the media anchor, if any
 
 
 class Proxy:
@@ -143,7 +145,11 @@ class Proxy:
         self._spawn(self._forward_ack(request))
 
     def flow_closed(self, flow: Flow) -> None:
-        """Nothing to do for the proxy itself: branches on a dead flow time out or fail."""
+        """A browser that lost its WebSocket has left its calls: free their media."""
+        for dialog in self.dialogs.all():
+            if flow.id in dialog.flow_ids and dialog.method == "INVITE":
+                log.info("%s closed: releasing call %s", flow.id, dialog.call_id)
+                self.dialogs.release(dialog.call_id)
 
     # --- routing -----------------------------------------------------------------------------
     async def _route(self, request: Request, server: ServerTransaction) -> None:
@@ -201,6 +207,7 @@ class Proxy:
         if request.method == "BYE":
             self.dialogs.extend(dialog, EARLY_DIALOG_LIFETIME)
         forwarding = Forwarding(request, server, dialog=dialog)
+        forwarding.sender_kind, destination.kind = _kinds_in_dialog(dialog, request)
         await self._forward(forwarding, [destination], record_route=False)
 
     async def _next_hop(self, request: Request, flow_ref: FlowRef | None) -> Destination:
@@ -395,14 +402,18 @@ class Proxy:
         self._forwardings[server] = forwarding
         server.on_terminated = lambda: self._forwardings.pop(server, None)
         incoming = server.flow
-        media_body = await self._media_offer(forwarding, destinations)
+        if request.to.tag is None and forwarding.dialog is not None:
+            forwarding.sender_kind = side_of_sdp(request.body, incoming.transport)
+            forwarding.dialog.caller_kind = forwarding.sender_kind
+            forwarding.dialog.extra["caller_tag"] = request.from_.tag
+            forwarding.dialog.flow_ids.add(incoming.id)
+        anchored_offer = await self._media_offer(forwarding, destinations)
         for destination in destinations:
             branch_request = self._branch_request(
                 request, destination, incoming, record_route=record_route
             )
-            if media_body is not None and forwarding.dialog is not None and \
-                    destination.kind != forwarding.dialog.caller_kind:
-                branch_request.set_body(media_body, "application/sdp")
+            if anchored_offer is not None and destination.kind != forwarding.sender_kind:
+                branch_request.set_body(anchored_offer, "application/sdp")
             branch = Branch(destination, branch_request)
             forwarding.branches.append(branch)
         for branch in list(forwarding.branches):
@@ -487,11 +498,18 @@ class Proxy:
     async def _forward_response(
         self, forwarding: Forwarding, branch: Branch, response: Response
     ) -> None:
-        if response.body and forwarding.dialog is not None and self._media is not None:
+        exchange = forwarding.exchange
+        responder = branch.destination.kind
+        if exchange is not None and forwarding.dialog is not None and self._media is not None \
+                and responder != forwarding.sender_kind:
             try:
-                await self._media.answer_from(forwarding.dialog, response, branch.destination.kind)
+                await self._media.response(forwarding.dialog, exchange, response, responder)
             except SipError as error:
-                log.warning("media answer for %s failed: %s", forwarding.request.call_id, error)
+                log.warning("media for %s failed: %s", forwarding.request.call_id, error.reason)
+                if 200 <= response.status < 300:
+                    # The call is up on the far side but we cannot bridge it: say so upstream
+                    # rather than sending SDP the caller cannot use.
+                    response.set_body(b"")
         forwarding.server.respond(response)
 
     def _answered(self, forwarding: Forwarding, winner: Branch) -> None:
@@ -501,10 +519,15 @@ class Proxy:
             forwarding.timer = None
         self._cancel_branches(forwarding, except_branch=winner)
         dialog = forwarding.dialog
-        if dialog is not None:
+        if dialog is not None and forwarding.request.to.tag is None:
             dialog.confirmed = True
             dialog.callee_kind = winner.destination.kind
+            if isinstance(winner.destination.target, Flow):
+                dialog.flow_ids.add(winner.destination.target.id)
             self.dialogs.extend(dialog, INVITE_DIALOG_LIFETIME)
+            if dialog.media is not None and dialog.callee_kind == dialog.caller_kind:
+                # A branch of the caller's own kind won a mixed fork: no anchor needed.
+                self._spawn(self._release_dialog(dialog))
 
     def _maybe_finish(self, forwarding: Forwarding) -> None:
         if forwarding.answered or any(b.final is None for b in forwarding.branches):
@@ -614,8 +637,9 @@ class Proxy:
                 return
             destination = await self._next_hop(ack, flow_ref)
             out = self._branch_request(ack, destination, None, record_route=False)
-            if ack.body and self._media is not None:
-                await self._media.answer_in_ack(dialog, out, destination.kind)
+            if dialog.media is not None and self._media is not None:
+                sender, _ = _kinds_in_dialog(dialog, ack)
+                await self._media.ack(dialog, out, sender)
             await self._transport.send_request(out, destination.target)
         except SipError as error:
             log.info("ACK %s not relayed: %s", ack.call_id, error.reason)
@@ -624,11 +648,24 @@ class Proxy:
     async def _media_offer(
         self, forwarding: Forwarding, destinations: list[Destination]
     ) -> bytes | None:
+        """The rewritten offer for branches of the other media kind (None: none needed, or a
+        late offer). In a dialog only an already anchored call is anchored again."""
         dialog = forwarding.dialog
         request = forwarding.request
-        if dialog is None or self._media is None or request.method != "INVITE":
+        if dialog is None or self._media is None or request.method not in ("INVITE", "UPDATE"):
             return None
-        return await self._media.offer_for(dialog, request, forwarding.server.flow, destinations)
+        if request.to.tag is not None and dialog.media is None:
+            return None
+        other = next(
+            (d.kind for d in destinations if d.kind != forwarding.sender_kind), None
+        )
+        if other is None:
+            return None
+        started = await self._media.offer(dialog, request, forwarding.sender_kind, other)
+        if started is None:
+            return None
+        forwarding.exchange, body = started
+        return body
 
     # --- helpers -----------------------------------------------------------------------------
     def _reply(
@@ -697,3 +734,10 @@ def _best_response(finals: list[Response]) -> Response:
 
     return min(finals, key=rank)
 
+
+
+def _kinds_in_dialog(dialog: Dialog, request: Request) -> tuple[str, str]:
+    """(sender kind, receiver kind) of an in-dialog request, by who sent the dialog's INVITE."""
+    if request.from_.tag == dialog.extra.get("caller_tag"):
+        return dialog.caller_kind, dialog.callee_kind
+    return dialog.callee_kind, dialog.caller_kind
