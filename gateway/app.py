@@ -22,6 +22,7 @@ from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_se
 from .media import MediaAnchor
 from .proxy import Proxy, ProxyPolicy
 from .registrar import Registrar, RegistrarPolicy
+from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
 from .websocket import WebSocketPolicy, make_handler
 
@@ -61,6 +62,10 @@ class Gateway:
             ),
             self.location, self.auth, self.proxy.addresses.is_local_uri,
         )
+        self.trunk_registrations = [
+            TrunkRegistration(trunk, self.transactions, self.transport, config.public_address)
+            for trunk in config.trunks if trunk.register
+        ]
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -86,9 +91,13 @@ class Gateway:
             self.location, NodeInfo(self.node_id, self._internal_address(), time.time())
         )
         await self._heartbeat.start()
+        for registration in self.trunk_registrations:
+            registration.start()
         log.info("ws2sip ready: node %s, domain %s", self.node_id, self.config.domain)
 
     async def stop(self) -> None:
+        for registration in self.trunk_registrations:
+            await registration.stop()
         if self._heartbeat is not None:
             await self._heartbeat.stop()
         for runner in self._runners:
