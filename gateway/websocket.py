@@ -98,9 +98,10 @@ def make_handler(
     on_flow_open: Callable[[WebSocketFlow], None] | None = None,
 ) -> Callable[[web.Request], object]:
     async def handle(request: web.Request) -> web.StreamResponse:
+        # Subprotocol tokens compare case-sensitively (RFC 6455 §4.2.2): aiohttp answers only an
+        # exact "sip", and a 101 without it makes browsers fail the connection.
         offered = [
-            p.strip().lower()
-            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
             if p.strip()
         ]
         if "sip" not in offered:
