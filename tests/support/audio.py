@@ -30,7 +30,8 @@ def read_wav_pcm(path: Path) -> tuple[np.ndarray, int]:
         rate = source.getframerate()
         channels = source.getnchannels()
         if source.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected 16-bit samples, got {source.getsampwidth() * 8}-bit")
+            width = source.getsampwidth() * 8
+            raise ValueError(f"{path}: expected 16-bit samples, got {width}-bit")
         frames = np.frombuffer(source.readframes(source.getnframes()), dtype="<i2")
     return frames[::channels].astype(np.float64), rate
 
@@ -46,7 +47,9 @@ def dominant_frequency(samples: np.ndarray, rate: int) -> float:
     return float(freqs[int(np.argmax(spectrum))])
 
 
-def tone_energy_ratio(samples: np.ndarray, rate: int, frequency: float, band: float = 30.0) -> float:
+def tone_energy_ratio(
+    samples: np.ndarray, rate: int, frequency: float, band: float = 30.0
+) -> float:
     """Share of the signal's energy within ±band Hz of frequency: near 1 for a clean tone."""
     spectrum = np.abs(np.fft.rfft(samples - samples.mean())) ** 2
     freqs = np.fft.rfftfreq(samples.size, 1.0 / rate)
