@@ -110,7 +110,25 @@ def parse_params(text: str, context: str) -> dict[str, str | None]:
 
 def _split_keeping_empty(text: str, separator: str) -> list[str]:
     """Split on separator outside quoted strings, keeping empty parts (they are errors here)."""
-    parts: list[str] = []
+    if "\\" not in text:
+        # Without escapes a quote toggles quoting, so str.split and re-joining the pieces that
+        # leave a quote open is exact and several times faster than walking each character.
+        parts = []
+        pending: str | None = None
+        for piece in text.split(separator):
+            if pending is not None:
+                pending += separator + piece
+                if piece.count('"') % 2:
+                    parts.append(pending)
+                    pending = None
+            elif piece.count('"') % 2:
+                pending = piece
+            else:
+                parts.append(piece)
+        if pending is not None:
+            raise SipError(400, f"Unterminated quoted string in {text[:60]!r}")
+        return parts
+    parts = []
     start = 0
     in_quotes = False
     escaped = False
