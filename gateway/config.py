@@ -71,6 +71,12 @@ class Config:
     invite_timeout: float = 60.0
     max_calls_per_user: int = 0
     demo_users: bool = True
+    # ICE servers handed to the web phone by /config.json. TURN credentials follow the TURN REST
+    # API scheme coturn implements (use-auth-secret): HMAC-SHA1 of "<expiry>:<user>".
+    stun_uris: tuple[str, ...] = ()
+    turn_uris: tuple[str, ...] = ()
+    turn_secret: str = ""
+    turn_ttl: int = 86_400
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
 
     def listeners(self) -> dict[str, list[tuple[str, int]]]:
@@ -173,6 +179,19 @@ def _check(config: Config) -> None:
         raise ConfigError("digest_algorithms: a list of MD5 and/or SHA-256, most preferred first")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: expected debug|info|warning|error, got {config.log_level!r}")
+    _check_ice_servers(config)
+
+
+def _check_ice_servers(config: Config) -> None:
+    schemes_of = {"stun_uris": ("stun:", "stuns:"), "turn_uris": ("turn:", "turns:")}
+    for setting, schemes in schemes_of.items():
+        for uri in getattr(config, setting):
+            if not uri.startswith(schemes):
+                raise ConfigError(f"{setting}: {uri!r} does not start with {' or '.join(schemes)}")
+    if config.turn_uris and not config.turn_secret:
+        raise ConfigError("turn_uris need turn_secret (the static-auth-secret of coturn)")
+    if config.turn_ttl <= 0:
+        raise ConfigError(f"turn_ttl: expected seconds > 0, got {config.turn_ttl}")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,6 +227,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--auth-secret", help="nonce secret shared by the nodes of a cluster")
     parser.add_argument("--invite-timeout", type=float, help="seconds a call may ring (408)")
+    parser.add_argument(
+        "--stun-uri", dest="stun_uris", action="append", metavar="URI",
+        help="STUN server for the web phone, e.g. stun:stun.example.org:3478 (repeatable)",
+    )
+    parser.add_argument(
+        "--turn-uri", dest="turn_uris", action="append", metavar="URI",
+        help="TURN server for the web phone, e.g. turn:turn.example.org:3478?transport=udp "
+        "(repeatable; needs --turn-secret)",
+    )
+    parser.add_argument(
+        "--turn-secret", help="coturn's static-auth-secret: the web phone gets time-limited "
+        "TURN credentials (TURN REST API)",
+    )
+    parser.add_argument("--turn-ttl", type=int, help="lifetime of TURN credentials in seconds")
     parser.add_argument(
         "--no-demo-users", dest="demo_users", action="store_false", default=None,
         help="do not create alice and bob on first start with an empty user store",
