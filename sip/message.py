@@ -375,8 +375,9 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
         else:
             head_bytes, body = data.rstrip(b"\r\n"), b""
     head = head_bytes.decode("utf-8", "surrogateescape")
-    lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
-    if "\n" in head and "\r\n" in head:
+    lines = head.split("\r\n")
+    if head.count("\n") != len(lines) - 1:
+        # Bare LFs (alone or mixed with CRLFs): split on LF and drop the CRs.
         lines = [line.rstrip("\r") for line in head.split("\n")]
     start = lines[0]
     if not start:
