@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import SipError
-from .grammar import parse_decimal, split_top_level
+from .grammar import is_token, parse_decimal, split_top_level
 from .headers import CANONICAL_NAMES, LIST_HEADERS, CSeq, NameAddr, Via
 from .status import reason_phrase
 from .uri import SipUri
@@ -352,6 +352,9 @@ def _row_key(name: str) -> tuple[str, str]:
     try:
         return _KEY_CACHE[name]
     except KeyError:
+        # Checked on a cache miss only, so known names cost nothing on the hot path.
+        if not is_token(name):
+            raise SipError(400, f"Malformed header name {name[:40]!r}") from None
         lowered = name.lower()
         canonical = CANONICAL_NAMES.get(lowered)
         result = (canonical.lower(), canonical) if canonical else (lowered, name)
