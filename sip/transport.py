@@ -21,7 +21,7 @@ from .framing import PING, PONG
 from .headers import COMPACT_FORMS, Via
 from .message import DEFAULT_LIMITS, Limits, Message, Request, Response, parse_message
 from .stream import StreamFlow
-from .udp import UdpEndpoint
+from .udp import UdpEndpoint, UdpFlow
 
 if TYPE_CHECKING:
     from .resolver import Resolver
@@ -311,8 +311,8 @@ class TransportLayer:
         transport = via.transport.lower()
         destination = _response_destination(via)
         if transport == "udp":
-            if flow is not None and flow.transport == "udp" and flow.remote == destination:
-                flow.send(response.to_bytes())
+            if isinstance(flow, UdpFlow):
+                flow.send_from_same_socket(response.to_bytes(), destination)
             else:
                 self._udp_endpoint(destination[0]).send_to(response.to_bytes(), destination)
             return

@@ -32,6 +32,10 @@ class UdpFlow(Flow):
     def send(self, data: bytes) -> None:
         self._endpoint.send_to(data, self.remote)
 
+    def send_from_same_socket(self, data: bytes, remote: Address) -> None:
+        """Send to another address from the socket this flow lives on (responses per §18.2.2)."""
+        self._endpoint.send_to(data, remote)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
