@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote as percent_decode
 
 from .errors import SipError
-from .grammar import format_params, parse_decimal, parse_params
+from .grammar import parse_decimal, parse_params
 
 SIP_SCHEMES = ("sip", "sips", "tel")
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
@@ -62,7 +62,7 @@ class SipUri:
 
     def __str__(self) -> str:
         if self.scheme == "tel":
-            return f"tel:{self.user}{format_params(self.params)}"
+            return f"tel:{self.user}{_format_uri_params(self.params)}"
         parts = [self.scheme, ":"]
         if self.user is not None:
             parts.append(self.user)
@@ -72,7 +72,7 @@ class SipUri:
         parts.append(format_host(self.host))
         if self.port is not None:
             parts.append(f":{self.port}")
-        parts.append(format_params(self.params))
+        parts.append(_format_uri_params(self.params))
         if self.headers:
             parts.append("?" + self.headers)
         return "".join(parts)
@@ -122,6 +122,13 @@ class SipUri:
                 return False
         shared = self.params.keys() & other.params.keys()
         return all(_lower(self.params[name]) == _lower(other.params[name]) for name in shared)
+
+
+def _format_uri_params(params: dict[str, str | None]) -> str:
+    """URI parameters as written: the URI grammar has no quoted strings, so never quote."""
+    return "".join(
+        f";{name}" if value is None else f";{name}={value}" for name, value in params.items()
+    )
 
 
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
