@@ -187,14 +187,14 @@ class Proxy:
                                                          self.addresses.ports)
 
     def _pop_own_routes(self, request: Request) -> FlowRef | None:
-        """Remove our own Route entries from the top (two when we double Record-Routed); the
-        flow token of the last one, if any, says where the request must leave."""
+        """Remove our own Route entries from the top (two when we double Record-Routed). The
+        last one faces the side the request leaves on: its flow token, if any, names the flow."""
         flow_ref: FlowRef | None = None
         while True:
             routes = request.name_addrs("route")
             if not routes or not self.addresses.is_local_uri(routes[0].uri):
                 return flow_ref
-            flow_ref = self.addresses.flow_of(routes[0]) or flow_ref
+            flow_ref = self.addresses.flow_of(routes[0])
             request.remove_first_value("route")
 
     async def _route_in_dialog(
