@@ -163,9 +163,15 @@ def format_params(params: dict[str, str | None]) -> str:
     return "".join(pieces)
 
 
+_IPV6_ADDRESS_CHARS = frozenset("0123456789abcdefABCDEF:.")
+
+
 def _is_host_like(value: str) -> bool:
-    # IPv6 references and similar values are not tokens but must stay unquoted.
-    return value.startswith("[") and value.endswith("]")
+    # IPv6 references, and the bare IPv6 addresses of Via received/maddr (RFC 3261 §20.42),
+    # are not tokens but must stay unquoted.
+    if value.startswith("[") and value.endswith("]"):
+        return True
+    return ":" in value and set(value) <= _IPV6_ADDRESS_CHARS
 
 
 def quoted_string_end(text: str) -> int:
