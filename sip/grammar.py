@@ -84,6 +84,10 @@ def unquote(text: str) -> str:
 
 
 def quote(text: str) -> str:
+    """quoted-string of text. CR and LF cannot be carried (not even as quoted-pairs): they
+    become spaces, or a display name taken from one peer could inject header lines."""
+    if "\r" in text or "\n" in text:
+        text = text.replace("\r", " ").replace("\n", " ")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
