@@ -149,8 +149,13 @@ async def test_opus_only_browser_and_pcmu_only_phone_are_transcoded(
         await phone.stop()
 
 
-async def test_hold_and_resume_through_reinvite(gateway: GatewayProcess, tmp_path: Path) -> None:
-    browser, phone = await registered_pair(gateway, tmp_path)
+@pytest.mark.parametrize(
+    "phone_codecs", [["PCMU"], ["G722"]], ids=["relayed-pcmu", "transcoded-g722"]
+)
+async def test_hold_and_resume_through_reinvite(
+    gateway: GatewayProcess, tmp_path: Path, phone_codecs: list[str]
+) -> None:
+    browser, phone = await registered_pair(gateway, tmp_path, phone_codecs=phone_codecs)
     peer = BrowserPeer(BROWSER_TONE)
     try:
         await phone.set_auto_answer(200)
