@@ -226,7 +226,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="digest algorithm offered, most preferred first (repeatable; default MD5 only)",
     )
     parser.add_argument("--auth-secret", help="nonce secret shared by the nodes of a cluster")
-    parser.add_argument("--invite-timeout", type=float, help="seconds a call may ring (408)")
+    parser.add_argument("--invite-timeout", type=float, help="seconds a call may ring (480)")
+    parser.add_argument(
+        "--max-calls-per-user", type=int, help="concurrent calls per user (0 = unlimited)"
+    )
     parser.add_argument(
         "--stun-uri", dest="stun_uris", action="append", metavar="URI",
         help="STUN server for the web phone, e.g. stun:stun.example.org:3478 (repeatable)",

@@ -141,6 +141,11 @@ class TransportLayer:
     def flow_by_id(self, flow_id: str) -> Flow | None:
         return self._flows.get(flow_id)
 
+    def connection(self, transport: str, host: str, port: int) -> Flow | None:
+        """The open reliable flow (TCP, TLS, WebSocket) to that peer address, if any."""
+        flow = self._connections.get((transport, host, port))
+        return flow if flow is not None and not flow.closed else None
+
     @property
     def flow_count(self) -> int:
         return len(self._flows)
