@@ -177,7 +177,9 @@ class Proxy:
 
     def _check_loop(self, request: Request) -> None:
         own = loop_hash(request)
-        for via in request.vias[1:] if len(request.vias) > 1 else ():
+        # Every Via, the top one included: a request we sent straight back to ourselves (a
+        # trunk whose address is ours) carries our Via on top.
+        for via in request.vias:
             branch = via.branch or ""
             if branch.endswith("." + own) and self._is_our_via(via.host, via.port):
                 raise SipError(482, "Loop Detected")
