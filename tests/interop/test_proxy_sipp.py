@@ -51,7 +51,7 @@ async def register_then_serve(
     registered = await run_sipp(
         "register_uac.xml", remote=f"127.0.0.1:{gateway.udp_port}", port=port, service=user,
         auth=(user, gateway.users[user]), keys={"domain": DOMAIN, "expires": "300"},
-        timeout=10, name=f"register-{name or user}",
+        timeout=10, name=f"register-{name or user}", media_port=free_media_port(),
     )
     registered.assert_success()
     return await Sipp.start(scenario, port=port, timeout=timeout, name=name or f"uas-{user}",
