@@ -20,10 +20,12 @@ from .auth import Authenticator
 from .config import Config
 from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_service
 from .media import MediaAnchor
+from .metrics import GatewayMetrics
 from .proxy import Proxy, ProxyPolicy
 from .registrar import Registrar, RegistrarPolicy
 from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
+from .web import WebPhoneSite
 from .websocket import WebSocketPolicy, make_handler
 
 log = logging.getLogger("ws2sip")
@@ -66,6 +68,16 @@ class Gateway:
             TrunkRegistration(trunk, self.transactions, self.transport, config.public_address)
             for trunk in config.trunks if trunk.register
         ]
+        self.metrics = GatewayMetrics({
+            "ws2sip_flows": ("open SIP flows (WebSocket, TCP, TLS, UDP peers)",
+                             lambda: self.transport.flow_count),
+            "ws2sip_transactions": ("SIP transactions in progress",
+                                    lambda: self.transactions.transaction_count),
+            "ws2sip_dialogs": ("dialogs routed through this node",
+                               lambda: len(self.proxy.dialogs)),
+            "ws2sip_media_sessions": ("calls whose media this node anchors",
+                                      lambda: self.proxy.media_sessions),
+        })
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -123,8 +135,9 @@ class Gateway:
         ws_handler = make_handler(self.transport, policy, secure=secure)
         app = web.Application()
         app.router.add_get("/ws", ws_handler)
-        app.router.add_get("/", self._root_handler(ws_handler))
+        WebPhoneSite(config, secure=secure).add_routes(app, ws_handler)
         app.router.add_get("/healthz", self._health)
+        app.router.add_get("/metrics", self.metrics.handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=self._server_ssl() if secure else None)
@@ -134,17 +147,6 @@ class Gateway:
         for via_host in {host, self.config.public_address or host, "127.0.0.1"}:
             self.transport.add_sent_by(via_host, port)
         log.info("SIP/%s and HTTP on %s:%d (path /ws)", kind.upper(), host, port)
-
-    def _root_handler(self, ws_handler):  # noqa: ANN001, ANN202 - aiohttp handler factory
-        async def root(request: web.Request) -> web.StreamResponse:
-            # sipml5 and Asterisk users point clients at "/" rather than "/ws".
-            if request.headers.get("Upgrade", "").lower() == "websocket":
-                return await ws_handler(request)
-            return web.Response(
-                text=f"ws2sip gateway for {self.config.domain}: SIP over WebSocket at /ws\n"
-            )
-
-        return root
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -165,6 +167,7 @@ class Gateway:
 
     # --- SIP dispatch ------------------------------------------------------------------------
     def _on_request(self, request: Request, transaction: ServerTransaction | None) -> None:
+        self.metrics.requests.labels(request.method).inc()
         if transaction is None:
             self.proxy.handle_stateless(request)
             return

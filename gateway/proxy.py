@@ -112,6 +112,10 @@ class Proxy:
     def add_listener(self, transport: str, host: str, port: int) -> None:
         self.addresses.add_listener(transport, host, port)
 
+    @property
+    def media_sessions(self) -> int:
+        return self._media.relay.active_sessions if self._media is not None else 0
+
     async def media_relay_close(self) -> None:
         if self._media is not None:
             await self._media.relay.close()
