@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import ssl
 import time
 
@@ -240,9 +241,17 @@ class Gateway:
     @staticmethod
     def _media_relay(config: Config) -> MediaRelay:
         port_min, port_max = config.rtp_port_range
+        bind_host = config.media_address or _first_specific_host(config) or "0.0.0.0"
+        public_host = config.public_address or None
+        if public_host is None and bind_host in ("0.0.0.0", "::"):
+            public_host = primary_address()
+            log.warning(
+                "media: no --public-address; announcing %s in SDP (set --public-address "
+                "behind NAT, or browsers and phones will not reach the media ports)", public_host,
+            )
         return MediaRelay(
-            bind_host=config.media_address or _first_specific_host(config) or "127.0.0.1",
-            public_host=config.public_address or None,
+            bind_host=bind_host,
+            public_host=public_host,
             port_min=port_min,
             port_max=port_max,
         )
@@ -264,3 +273,13 @@ def _first_specific_host(config: Config) -> str | None:
             if host not in ("0.0.0.0", "::"):
                 return host
     return None
+
+
+def primary_address() -> str:
+    """The address of the interface holding the default route (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only consults the routing table
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"

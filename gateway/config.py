@@ -220,6 +220,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-size", type=int, help="largest SIP message accepted")
     parser.add_argument("--min-expires", type=int, help="shortest registration accepted (423)")
     parser.add_argument("--max-expires", type=int, help="longest registration granted")
+    parser.add_argument("--default-expires", type=int, help="registration time when none asked")
+    parser.add_argument(
+        "--flow-timer", type=int, help="keep-alive interval asked of RFC 5626 clients (s)"
+    )
+    parser.add_argument("--ws-ping-interval", type=float, help="WebSocket ping interval (s)")
+    parser.add_argument(
+        "--ws-idle-timeout", type=float, help="close a WebSocket silent this long (s)"
+    )
+    parser.add_argument("--nonce-lifetime", type=int, help="digest nonce lifetime (s)")
     parser.add_argument(
         "--digest-algorithm", dest="digest_algorithms", action="append",
         choices=["MD5", "SHA-256"],
