@@ -71,6 +71,8 @@ class Forwarding:
     dialog: Dialog | None = None
     sender_kind: str = "plain"  # media kind of whoever sent the request
     exchange: Exchange | None = None  # the offer/answer crossing the media anchor, if any
+    # Responses wait for SDP rewriting; the lock keeps them in arrival order (183 before 200).
+    response_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Proxy:
@@ -502,6 +504,12 @@ class Proxy:
         self._maybe_finish(forwarding)
 
     async def _forward_response(
+        self, forwarding: Forwarding, branch: Branch, response: Response
+    ) -> None:
+        async with forwarding.response_lock:
+            await self._rewrite_and_respond(forwarding, branch, response)
+
+    async def _rewrite_and_respond(
         self, forwarding: Forwarding, branch: Branch, response: Response
     ) -> None:
         exchange = forwarding.exchange
