@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 LISTENER_KINDS = ("udp", "tcp", "tls", "ws", "wss")
+MIN_MESSAGE_SIZE = 1024  # below this not even a plain REGISTER fits
 DEFAULT_LISTENERS = {"udp": ["0.0.0.0:5060"], "tcp": ["0.0.0.0:5060"], "ws": ["0.0.0.0:8080"]}
 
 
@@ -173,6 +174,16 @@ def _check(config: Config) -> None:
     config.rtp_port_range  # noqa: B018 - validates
     if not 0 < config.min_expires <= config.default_expires <= config.max_expires:
         raise ConfigError("expires: need 0 < min_expires <= default_expires <= max_expires")
+    # aiohttp reads a WebSocket limit of 0 as "unlimited": refuse it rather than drop the limit.
+    if config.max_message_size < MIN_MESSAGE_SIZE:
+        raise ConfigError(
+            f"max_message_size: at least {MIN_MESSAGE_SIZE} bytes, got {config.max_message_size}"
+        )
+    for name in ("flow_timer", "ws_idle_timeout", "nonce_lifetime"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name}: expected seconds > 0, got {getattr(config, name)}")
+    if config.ws_ping_interval < 0:
+        raise ConfigError(f"ws_ping_interval: expected seconds >= 0, got {config.ws_ping_interval}")
     if (config.tls or config.wss) and not (config.tls_cert and config.tls_key):
         raise ConfigError("tls/wss listeners need tls_cert and tls_key")
     if not config.digest_algorithms or not set(config.digest_algorithms) <= {"MD5", "SHA-256"}:
@@ -211,7 +222,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-address", help="address announced in SDP, Via and Record-Route")
     parser.add_argument("--rtp-ports", metavar="MIN-MAX", help="UDP port range for media")
     parser.add_argument("--media-address", help="IP the media sockets bind to")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (default info)")
     parser.add_argument(
         "--allowed-origin", dest="allowed_origins", action="append", metavar="ORIGIN",
         help="WebSocket Origin allowed to connect (repeatable; '*' for any). Default: the "
