@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import tomllib
-import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,9 @@ class Config:
 
     @property
     def effective_node_id(self) -> str:
-        return self.node_id or f"node-{uuid.uuid4().hex[:8]}"
+        # Stable across restarts, so that a restarted node keeps owning its bindings in Redis;
+        # several nodes on one host need distinct --node-id values.
+        return self.node_id or socket.gethostname()
 
 
 def parse_hostport(text: str, setting: str) -> tuple[str, int]:
@@ -218,7 +220,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", help="PEM private key for tls and wss listeners")
     parser.add_argument("--redis", metavar="URL", help="Redis URL; default: embedded in-memory")
     parser.add_argument("--users-file", metavar="PATH", help="users file when Redis is not used")
-    parser.add_argument("--node-id", help="this node's id in a cluster (default: random)")
+    parser.add_argument("--node-id", help="this node's id in a cluster (default: host name)")
     parser.add_argument("--public-address", help="address announced in SDP, Via and Record-Route")
     parser.add_argument("--rtp-ports", metavar="MIN-MAX", help="UDP port range for media")
     parser.add_argument("--media-address", help="IP the media sockets bind to")

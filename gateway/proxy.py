@@ -331,14 +331,15 @@ class Proxy:
 
     async def _binding_destination(self, binding: Binding) -> Destination:
         kind = _kind(binding.transport)
-        if binding.node_id != self.policy.node_id:
-            destination = await self._via_node(
-                binding.contact, FlowRef(binding.node_id, binding.connection_id), kind
-            )
-        elif binding.transport in ("udp",):
+        if binding.transport == "udp":
+            # Connectionless: any node reaches the client at the address it registered from.
             host, _, port = binding.received.rpartition(":")
             destination = Destination(binding.contact, Target("udp", host.strip("[]"), int(port)),
                                       kind=kind)
+        elif binding.node_id != self.policy.node_id:
+            destination = await self._via_node(
+                binding.contact, FlowRef(binding.node_id, binding.connection_id), kind
+            )
         else:
             flow = self._transport.flow_by_id(binding.connection_id)
             if flow is not None and not flow.closed:
