@@ -1,0 +1,168 @@
+"""The gateway's web phone in real Chromium, driven through its own buttons like a person would.
+
+    async with launch_private_browser(tone_wav, name="alice") as browser:
+        alice = await WebPhone.open(browser, gateway_http_url(gateway), "alice")
+        await alice.sign_in("alice", password)
+        await alice.call("bob")
+
+Unlike tests/support/browser.launch_browser, Chromium keeps its WebRTC privacy defaults: host
+candidates are mDNS names (`<uuid>.local`), as in every browser people run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Page, async_playwright
+
+from tests.fixtures.gateway import ARTIFACTS_DIR, GatewayProcess
+from tests.support.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    JS_DIR,
+    BrowserSession,
+    dominant_frequency,
+    peer_connection_stats,
+)
+
+SCREENSHOTS_DIR = ARTIFACTS_DIR / "screenshots"
+MDNS_OFF = "--disable-features=WebRtcHideLocalIpsWithMdns"
+# The test harness's flags minus the one that turns mDNS host candidates off.
+PRIVATE_CHROMIUM_ARGS = tuple(arg for arg in CHROMIUM_ARGS if arg != MDNS_OFF)
+ASK_FOR_MEDIA = "--use-fake-ui-for-media-stream"
+UI_TIMEOUT_MS = 15_000
+MEDIA_HELPERS = JS_DIR / "media_helpers.mjs"
+
+
+def gateway_http_url(gateway: GatewayProcess) -> str:
+    return f"http://127.0.0.1:{gateway.ws_port}"
+
+
+@asynccontextmanager
+async def launch_private_browser(
+    tone_wav: Path, *, name: str, grant_media: bool = True,
+) -> AsyncIterator[BrowserSession]:
+    """Chromium with mDNS host candidates on, its microphone playing tone_wav.
+
+    grant_media=False leaves the permission prompt in: headless Chromium then denies
+    getUserMedia, as when a person clicks "Block".
+    """
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} not found: run tests/bootstrap.sh")
+    args = [*PRIVATE_CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={tone_wav}"]
+    if not grant_media:
+        args.remove(ASK_FOR_MEDIA)
+    profile = Path(tempfile.mkdtemp(prefix=f"ws2sip-webphone-{name}-"))
+    try:
+        async with async_playwright() as playwright:
+            context = await playwright.chromium.launch_persistent_context(
+                str(profile), executable_path=CHROMIUM, headless=True, args=args,
+                viewport={"width": 760, "height": 980},
+            )
+            try:
+                yield BrowserSession(name, context)
+            finally:
+                await context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+class WebPhone:
+    """One tab of the web phone. Every action clicks or types in the page."""
+
+    def __init__(self, page: Page, name: str, browser: BrowserSession) -> None:
+        self.page = page
+        self.name = name
+        self.browser = browser
+
+    @classmethod
+    async def open(cls, browser: BrowserSession, base_url: str, name: str) -> WebPhone:
+        page = await browser.context.new_page()
+        page.on("console", browser._keep_console)
+        page.on("pageerror", lambda error: browser.console.append(f"[pageerror] {error}"))
+        await page.goto(f"{base_url}/")
+        # The tests' AnalyserNode and getStats probes; the phone itself does not need them.
+        await page.add_script_tag(path=str(MEDIA_HELPERS), type="module")
+        await page.wait_for_function(
+            "window.ws2sipMedia !== undefined && document.getElementById('server').value !== ''",
+            timeout=UI_TIMEOUT_MS,
+        )
+        return cls(page, name, browser)
+
+    # --- actions -----------------------------------------------------------------------------
+    async def sign_in(self, user: str, password: str) -> None:
+        await self.page.fill("#user", user)
+        await self.page.fill("#password", password)
+        await self.page.click("#sign-in")
+
+    async def sign_in_and_wait(self, user: str, password: str) -> None:
+        await self.sign_in(user, password)
+        await self.wait_registered()
+
+    async def call(self, target: str, *, video: bool = False) -> None:
+        await self.page.fill("#target", target)
+        await self.page.set_checked("#with-video", video)
+        await self.page.click("#call")
+
+    async def answer(self, *, video: bool = False) -> None:
+        await self.page.set_checked("#with-video", video)
+        await self.page.click("#answer")
+
+    async def hang_up(self) -> None:
+        await self.page.click("#hangup")
+
+    async def press_keys(self, digits: str) -> None:
+        for digit in digits:
+            await self.page.click(f"#keypad button[data-digit='{digit}']")
+
+    # --- observations ------------------------------------------------------------------------
+    async def wait_registered(self) -> None:
+        await self.page.wait_for_selector(
+            "#registration[data-state='registered']", timeout=UI_TIMEOUT_MS
+        )
+
+    async def wait_call_state(self, state: str, timeout_ms: int = UI_TIMEOUT_MS) -> str:
+        """Waits for the call state (idle|calling|ringing|incoming|active|held); its text."""
+        await self.page.wait_for_selector(
+            f"#call-status[data-state='{state}']", timeout=timeout_ms
+        )
+        return await self.page.inner_text("#call-status")
+
+    async def wait_error(self) -> str:
+        await self.page.wait_for_selector("#error:not([hidden])", timeout=UI_TIMEOUT_MS)
+        return await self.page.inner_text("#error")
+
+    async def registration_text(self) -> str:
+        return await self.page.inner_text("#registration")
+
+    async def heard_frequency(self, listen_ms: int = 1500) -> float:
+        """What the AnalyserNode finds on the call's remote stream."""
+        return await dominant_frequency(self.page, "window.ws2sipPhone.remoteStream", listen_ms)
+
+    async def stats(self) -> dict[str, Any]:
+        return await peer_connection_stats(self.page, "window.ws2sipPhone.peerConnection")
+
+    async def wait_quality_line(self) -> dict[str, str]:
+        """The quality line once it reports received packets: its text and data values."""
+        await self.page.wait_for_function(
+            "Number(document.getElementById('quality').dataset.packetsReceived) > 0",
+            timeout=UI_TIMEOUT_MS,
+        )
+        return await self.page.evaluate("""() => {
+          const line = document.getElementById('quality');
+          return { text: line.textContent, ...line.dataset };
+        }""")
+
+    async def screenshot(self, label: str) -> Path:
+        SCREENSHOTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS_DIR / f"{label}.png"
+        await self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def console(self) -> str:
+        return "\n".join(self.browser.console[-60:])
