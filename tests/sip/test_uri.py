@@ -170,7 +170,7 @@ header_component = st.lists(
 
 
 @st.composite
-def sip_uris(draw: st.DrawFn) -> str:
+def sip_uris(draw: st.DrawFn, *, with_headers: bool = True) -> str:
     text = draw(st.sampled_from(["sip:", "sips:"]))
     user = draw(st.none() | user_parts)
     if user is not None:
@@ -186,7 +186,7 @@ def sip_uris(draw: st.DrawFn) -> str:
     params = draw(st.dictionaries(param_names, st.none() | param_chars, max_size=4))
     for name, value in params.items():
         text += f";{name}" if value is None else f";{name}={value}"
-    headers = draw(st.none() | header_component)
+    headers = draw(st.none() | header_component) if with_headers else None
     if headers is not None:
         text += "?" + headers
     return text
