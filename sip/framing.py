@@ -41,17 +41,11 @@ class StreamFramer:
                     del buffer[:4]
                     yield KEEPALIVE_PING
                     continue
-                if buffer.startswith(PONG) and len(buffer) > 2 and buffer[2:3] != b"\r":
-                    del buffer[:2]
-                    continue
-                if buffer == PONG or buffer in (b"\r", b"\r\n\r"):
-                    if buffer == PONG:
-                        del buffer[:2]
+                if len(buffer) < len(PING) and PING.startswith(buffer):
+                    # A ping split across segments, or a lone pong: only more data can tell.
                     return
-                if buffer[:1] == b"\n":
-                    del buffer[:1]
-                    continue
-                del buffer[:2]
+                # A pong (or stray line end) before the next message; drop it, never more.
+                del buffer[: 2 if buffer.startswith(PONG) else 1]
                 continue
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
