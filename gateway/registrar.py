@@ -26,6 +26,7 @@ from .location import (
 log = logging.getLogger("ws2sip.registrar")
 
 SUPPORTED_EXTENSIONS = frozenset(("path", "outbound"))
+STORE_RETRY_AFTER = 5  # seconds, in the 503 sent when the user or location store fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,13 @@ class Registrar:
             response = request.response(error.status, error.reason, to_tag=_tag(request))
             for name, value in error.headers:
                 response.add(name, value)
+            return response
+        except Exception:
+            # A failing user or location store (Redis down, connection pool exhausted) must
+            # still answer: without a final response the client retransmits into the same failure.
+            log.exception("REGISTER %s from %s failed", request.call_id, flow.remote)
+            response = request.response(503, to_tag=_tag(request))
+            response.add("Retry-After", str(STORE_RETRY_AFTER))
             return response
 
     async def _register(self, request: Request, flow: Flow) -> Response:
