@@ -27,6 +27,10 @@ class StreamFramer:
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._buffer = bytearray()
         self._limits = limits
+        # Progress on the message at the head of the buffer, so that data trickling in a few
+        # octets at a time is scanned once rather than from the start on every feed.
+        self._scanned = 0
+        self._expected_total: int | None = None
 
     def feed(self, data: bytes) -> Iterator[bytes | KeepAlivePing]:
         """Yield complete messages (bytes) and pings; keep partial data for the next feed.
@@ -47,19 +51,24 @@ class StreamFramer:
                 # A pong (or stray line end) before the next message; drop it, never more.
                 del buffer[: 2 if buffer.startswith(PONG) else 1]
                 continue
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > self._limits.max_message_size:
-                    raise SipError(513, "Message Too Large: no end of headers")
-                return
-            length = _content_length(bytes(buffer[:end]))
-            total = end + 4 + length
-            if total > self._limits.max_message_size:
-                raise SipError(513, "Message Too Large")
+            total = self._expected_total
+            if total is None:
+                end = buffer.find(b"\r\n\r\n", max(0, self._scanned - 3))
+                if end < 0:
+                    if len(buffer) > self._limits.max_message_size:
+                        raise SipError(513, "Message Too Large: no end of headers")
+                    self._scanned = len(buffer)
+                    return
+                total = end + 4 + _content_length(bytes(buffer[:end]))
+                if total > self._limits.max_message_size:
+                    raise SipError(513, "Message Too Large")
+                self._expected_total = total
             if len(buffer) < total:
                 return
             message = bytes(buffer[:total])
             del buffer[:total]
+            self._scanned = 0
+            self._expected_total = None
             yield message
 
     @property
