@@ -406,8 +406,6 @@ class Proxy:
     ) -> None:
         request = forwarding.request
         server = forwarding.server
-        if request.method == "INVITE":
-            server.respond(request.response(100))
         self._forwardings[server] = forwarding
         server.on_terminated = lambda: self._forwardings.pop(server, None)
         incoming = server.flow
@@ -493,6 +491,8 @@ class Proxy:
             branch.final = response
         upstream = response.copy()
         upstream.remove_first_value("via")
+        if not upstream.vias:
+            return  # §16.7 step 3: a response to a request we originated (our CANCEL)
         if status < 300:
             self._spawn(self._forward_response(forwarding, branch, upstream))
             if 200 <= status < 300 and forwarding.request.method == "INVITE":

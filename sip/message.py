@@ -115,6 +115,14 @@ class Message:
                 return values[0].strip()
         return None
 
+    def replace_top_via(self, via: Via) -> None:
+        """Rewrite the top-most Via value (received/rport stamping) keeping the parsed list."""
+        parsed = self._cache.get("via")
+        self.remove_first_value("via")
+        self.prepend("Via", str(via))
+        if parsed is not None:
+            self._cache["via"] = [via, *parsed[1:]]
+
     def header_rows(self) -> list[tuple[str, str]]:
         return [(name, value) for _, name, value in self._rows]
 
@@ -298,6 +306,7 @@ class Request(Message):
 
     def copy(self) -> Request:
         clone = Request(self.method, self.uri, list(self._rows), self.body)
+        clone._cache = dict(self._cache)  # parsed values stay valid: mutators drop their key
         return clone
 
     def response(
@@ -335,7 +344,9 @@ class Response(Message):
         return f"{SIP_VERSION} {self.status} {self.reason}"
 
     def copy(self) -> Response:
-        return Response(self.status, self.reason, list(self._rows), self.body)
+        clone = Response(self.status, self.reason, list(self._rows), self.body)
+        clone._cache = dict(self._cache)  # parsed values stay valid: mutators drop their key
+        return clone
 
 
 def _key(name: str) -> str:

@@ -19,7 +19,7 @@ from .errors import SipError
 from .flow import Address, Flow, Target, format_address
 from .framing import PING, PONG
 from .headers import COMPACT_FORMS, Via
-from .message import DEFAULT_LIMITS, Limits, Message, Request, Response, parse_message
+from .message import DEFAULT_LIMITS, Limits, Request, Response, parse_message
 from .stream import StreamFlow
 from .udp import UdpEndpoint, UdpFlow
 
@@ -210,7 +210,7 @@ class TransportLayer:
         via.params["received"] = source_host
         if wants_rport:
             via.params["rport"] = str(source_port)
-        _replace_top_via(request, via)
+        request.replace_top_via(via)
 
     def _is_our_sent_by(self, via: Via) -> bool:
         port = via.port or DEFAULT_PORTS.get(via.transport.lower(), 5060)
@@ -361,11 +361,6 @@ class TransportLayer:
         self._listening.clear()
         # Let connection_lost callbacks run so on_flow_closed sees every flow go.
         await asyncio.sleep(0)
-
-
-def _replace_top_via(message: Message, via: Via) -> None:
-    message.remove_first_value("via")
-    message.prepend("Via", str(via))
 
 
 def _response_destination(via: Via) -> Address:
