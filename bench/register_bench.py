@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import aiohttp  # noqa: E402
 
-from gateway.users import RedisUserStore  # noqa: E402
+from gateway.users import FileUserStore, RedisUserStore, UserStore  # noqa: E402
 from sip.digest import build_authorization, parse_challenge  # noqa: E402
 
 DOMAIN = "bench.test"
@@ -209,8 +209,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
         process.wait()
 
 
-async def create_users(redis_url: str, count: int) -> None:
-    store = RedisUserStore(redis_url)
+async def create_users(store: UserStore, count: int) -> None:
     try:
         existing = {record.username for record in await store.list(DOMAIN)}
         gate = asyncio.Semaphore(100)
@@ -225,12 +224,13 @@ async def create_users(redis_url: str, count: int) -> None:
 
 
 @contextmanager
-def gateway(redis_url: str, log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def gateway(store: list[str], log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """The gateway with `store` flags: ["--redis", URL] or ["--users-file", PATH] (memory)."""
     port = free_port()
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", "--domain", DOMAIN, "--ws", f"127.0.0.1:{port}",
-         "--redis", redis_url, "--no-demo-users", "--log-level", "warning",
+         *store, "--no-demo-users", "--log-level", "warning",
          "--public-address", "127.0.0.1", "--ws-idle-timeout", "3700"],
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=raise_open_file_limit,
     )
@@ -301,9 +301,9 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
-def measure_throughput(redis_url: str, workdir: Path, clients: int, registrations: int,
-                       time_limit: float) -> float:
-    with gateway(redis_url, workdir / "gateway-throughput.log") as (process, url):
+def measure_throughput(store: list[str], label: str, workdir: Path, clients: int,
+                       registrations: int, time_limit: float) -> float:
+    with gateway(store, workdir / f"gateway-throughput-{label}.log") as (process, url):
         load = ClientProcess(url, clients, registrations, time_limit)
         load.expect("connected")
         cpu_before, wall_before = cpu_seconds(process.pid), time.perf_counter()
@@ -314,7 +314,7 @@ def measure_throughput(redis_url: str, workdir: Path, clients: int, registration
         load.finish()
     count = len(latencies)
     cpu_us = cpu / count * 1e6
-    print(f"REGISTER+digest over WebSocket, Redis location, {clients} concurrent clients:")
+    print(f"REGISTER+digest over WebSocket, {label} location, {clients} concurrent clients:")
     print(f"  {count} registrations in {wall:.2f} s = {count / wall:,.0f} registrations/s")
     print(f"  latency (REGISTER -> 401 -> REGISTER -> 200): p50 "
           f"{percentile(latencies, 0.50) * 1e3:.2f} ms, p99 {percentile(latencies, 0.99) * 1e3:.2f}"
@@ -326,8 +326,8 @@ def measure_throughput(redis_url: str, workdir: Path, clients: int, registration
     return cpu_us
 
 
-def measure_idle_memory(redis_url: str, workdir: Path, connections: int) -> float:
-    with gateway(redis_url, workdir / f"gateway-idle-{connections}.log") as (process, url):
+def measure_idle_memory(store: list[str], workdir: Path, connections: int) -> float:
+    with gateway(store, workdir / f"gateway-idle-{connections}.log") as (process, url):
         warmup = ClientProcess(url, 1, 0, 0)  # one registration loads every code path
         warmup.expect("connected")
         warmup.tell("go")
@@ -355,12 +355,19 @@ def parent_main(args: argparse.Namespace) -> None:
     raise_open_file_limit()
     # Kept when a run fails: the gateway logs in it say why.
     workdir = Path(tempfile.mkdtemp(prefix="register-bench-"))
+    users_file = workdir / "users.json"
+    asyncio.run(create_users(FileUserStore(users_file), args.clients))
     with redis_server(workdir) as redis_url:
-        asyncio.run(create_users(redis_url, max([args.clients, *args.idle])))
-        measure_throughput(redis_url, workdir, args.clients, args.registrations,
+        redis_store = ["--redis", redis_url]
+        asyncio.run(create_users(RedisUserStore(redis_url), max([args.clients, *args.idle])))
+        measure_throughput(redis_store, "Redis", workdir, args.clients, args.registrations,
                            args.time_limit)
+        # The same load on the in-process location and a users file: the difference is
+        # what the Redis round trips cost the gateway.
+        measure_throughput(["--users-file", str(users_file)], "in-memory", workdir,
+                           args.clients, args.registrations, args.time_limit)
         for connections in args.idle:
-            measure_idle_memory(redis_url, workdir, connections)
+            measure_idle_memory(redis_store, workdir, connections)
     shutil.rmtree(workdir)
 
 
