@@ -67,4 +67,15 @@ fi
 say "building the JsSIP / SIP.js browser bundles"
 (cd "$js_dir" && npm run --silent build)
 
+# --- The web phone the gateway serves (JsSIP bundled by its postinstall) ----------------------
+phone_dir="$repo_root/gateway/webphone"
+if [[ -f "$phone_dir/node_modules/.package-lock.json" &&
+      "$phone_dir/node_modules/.package-lock.json" -nt "$phone_dir/package-lock.json" ]]; then
+    say "gateway/webphone/node_modules is up to date; rebuilding the bundle"
+    (cd "$phone_dir" && npm run --silent build)
+else
+    say "npm ci in gateway/webphone (builds the phone bundle)"
+    (cd "$phone_dir" && npm ci --no-audit --no-fund)
+fi
+
 say "done"
