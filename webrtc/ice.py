@@ -3,7 +3,8 @@
 aioice does the checks, prflx learning, role conflicts and consent freshness. It is subclassed
 for three reasons: its sockets must come from the gateway's port range on the configured
 host (aioice would bind every interface on a random port), datagrams must reach the relay
-synchronously (its queue + coroutine per packet costs too much per packet), and connect()
+synchronously (its queue + coroutine per packet costs too much per packet, see
+_MediaFirstProtocol), and connect()
 must wait for a first remote candidate or check (aioice fails at once on an empty check list,
 which is the normal state while a browser's only candidate is an unresolvable mDNS name).
 """
@@ -30,6 +31,18 @@ COMPONENT = 1  # rtcp-mux: one component carries RTP, RTCP and DTLS
 PEER_WAIT_SECONDS = 30.0
 
 
+class _MediaFirstProtocol(StunProtocol):
+    """RFC 7983 demultiplexing by first byte before aioice sees a datagram: only STUN (0-3)
+    goes through aioice's parser; RTP/RTCP (128-191) and DTLS (20-63) go straight to the
+    relay, which keeps a failed STUN parse and its exception off the per-packet path."""
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        if isinstance(data, bytes) and data and data[0] > 3:
+            self.receiver.data_received(data, COMPONENT)
+            return
+        super().datagram_received(data, addr)
+
+
 class IceConnection(aioice.Connection):
     def __init__(
         self, *, pool: PortPool, public_host: str, ice_controlling: bool,
@@ -54,7 +67,7 @@ class IceConnection(aioice.Connection):
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
-        transport = await self._pool.bind_single(lambda: StunProtocol(self))
+        transport = await self._pool.bind_single(lambda: _MediaFirstProtocol(self))
         protocol = transport.get_protocol()
         assert isinstance(protocol, StunProtocol)
         self._bound_port = transport.get_extra_info("sockname")[1]
