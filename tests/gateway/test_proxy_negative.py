@@ -10,8 +10,9 @@ from pathlib import Path
 from sip.digest import build_authorization, select_challenge
 from sip.message import Response
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
-from tests.interop.test_proxy_sipp import free_media_port, register_then_serve
+from tests.interop.test_proxy_sipp import register_then_serve
 from tests.sip.core_peer import RawUdpPeer
+from tests.support.ports import free_udp_ports
 from tests.support.sipp import free_port, run_sipp
 
 DOMAIN = "example.test"
@@ -176,7 +177,7 @@ async def test_unknown_user_is_404_and_unregistered_user_is_480(
                 "register_uac.xml", remote=f"127.0.0.1:{gateway.udp_port}", port=port,
                 service="carol", auth=("carol", gateway.users["carol"]),
                 keys={"domain": DOMAIN, "expires": expires}, timeout=10,
-                media_port=free_media_port(),
+                media_port=free_udp_ports(4),
             )
             registered.assert_success()
         gone = await uac.send_authenticated("INVITE", f"sip:carol@{DOMAIN}", user="alice",

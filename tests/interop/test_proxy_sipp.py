@@ -5,34 +5,14 @@ from __future__ import annotations
 
 import re
 import secrets
-import socket
 
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
+from tests.support.ports import free_udp_ports
 from tests.support.sipp import Sipp, SippResult, free_port, run_sipp
 
 DOMAIN = "example.test"
 
 
-def free_media_port() -> int:
-    """An even loopback UDP port with the next three free as well: SIPp binds audio RTP/RTCP
-    and video RTP/RTCP on -mp .. -mp+3 and dies if any is taken."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1] & ~1
-        sockets: list[socket.socket] = []
-        try:
-            for offset in range(4):
-                held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(held)
-                held.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for held in sockets:
-                held.close()
-    raise RuntimeError("no four consecutive free UDP ports on 127.0.0.1 after 50 tries")
 
 
 async def proxy_gateway(factory: GatewayFactory, *extra_args: str) -> GatewayProcess:
@@ -51,11 +31,11 @@ async def register_then_serve(
     registered = await run_sipp(
         "register_uac.xml", remote=f"127.0.0.1:{gateway.udp_port}", port=port, service=user,
         auth=(user, gateway.users[user]), keys={"domain": DOMAIN, "expires": "300"},
-        timeout=10, name=f"register-{name or user}", media_port=free_media_port(),
+        timeout=10, name=f"register-{name or user}", media_port=free_udp_ports(4),
     )
     registered.assert_success()
     return await Sipp.start(scenario, port=port, timeout=timeout, name=name or f"uas-{user}",
-                            media_port=free_media_port())
+                            media_port=free_udp_ports(4))
 
 
 async def call(gateway: GatewayProcess, scenario: str, callee: str, *, caller: str = "alice",
@@ -63,7 +43,7 @@ async def call(gateway: GatewayProcess, scenario: str, callee: str, *, caller: s
     return await run_sipp(
         scenario, remote=f"127.0.0.1:{gateway.udp_port}", service=callee,
         auth=(caller, gateway.users[caller]), keys={"domain": DOMAIN}, timeout=timeout,
-        name=f"uac-{caller}", media_port=free_media_port(), **options,
+        name=f"uac-{caller}", media_port=free_udp_ports(4), **options,
     )
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from tests.fixtures.gateway import GatewayFactory
 from tests.interop.test_proxy_sipp import (
     DOMAIN,
-    free_media_port,
     messages,
     received_requests,
     register_then_serve,
 )
+from tests.support.ports import free_udp_ports
 from tests.support.sipp import Sipp, free_port, run_sipp
 
 PBX_ADDRESS = "127.0.0.2"  # another loopback address, so that only the PBX is trusted
@@ -40,7 +40,7 @@ async def test_inbound_call_from_trusted_pbx_reaches_a_registered_user(
     pbx = await run_sipp(
         "uac_call.xml", remote=f"127.0.0.1:{gateway.udp_port}", service="bob",
         keys={"domain": DOMAIN, "caller": "0612345678"}, call_duration_ms=300, timeout=15,
-        media_port=free_media_port(), extra_args=["-i", PBX_ADDRESS], name="pbx-inbound",
+        media_port=free_udp_ports(4), extra_args=["-i", PBX_ADDRESS], name="pbx-inbound",
     )
     pbx.assert_success()
     answered = await callee.wait()
@@ -60,7 +60,7 @@ async def test_untrusted_caller_cannot_use_the_trunk_identity(
     stranger = await run_sipp(
         "uac_call.xml", remote=f"127.0.0.1:{gateway.udp_port}", service="bob",
         keys={"domain": DOMAIN, "caller": "0612345678"}, timeout=10,
-        media_port=free_media_port(), name="untrusted-inbound",
+        media_port=free_udp_ports(4), name="untrusted-inbound",
     )
     assert stranger.failed_calls == 1, stranger.describe()
     assert "SIP/2.0 407" in messages(stranger)
@@ -72,14 +72,14 @@ async def test_user_dials_a_number_and_reaches_the_pbx_with_prefix_stripped(
     pbx_port = free_port("udp")
     config = trunk_config(tmp_path / "trunk.toml", pbx_port)
     pbx = await Sipp.start("uas_answer.xml", port=pbx_port, timeout=15,
-                           media_port=free_media_port(), extra_args=["-i", PBX_ADDRESS],
+                           media_port=free_udp_ports(4), extra_args=["-i", PBX_ADDRESS],
                            name="pbx-outbound")
     gateway = await gateway_factory(users={"alice": "alice-secret"}, domain=DOMAIN,
                                     transports=("udp",), extra_args=["--config", config])
     caller = await run_sipp(
         "uac_call.xml", remote=f"127.0.0.1:{gateway.udp_port}", service="90155512345",
         auth=("alice", "alice-secret"), keys={"domain": DOMAIN}, call_duration_ms=300,
-        timeout=15, media_port=free_media_port(), name="alice-outbound",
+        timeout=15, media_port=free_udp_ports(4), name="alice-outbound",
     )
     caller.assert_success()
     answered = await pbx.wait()

@@ -20,11 +20,11 @@ from sip.message import Request, Response, parse_message
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.interop.test_proxy_sipp import (
     DOMAIN,
-    free_media_port,
     messages,
     received_requests,
     register_then_serve,
 )
+from tests.support.ports import free_udp_ports
 from tests.support.sipp import run_sipp
 
 WAIT = 10.0
@@ -323,7 +323,7 @@ async def test_udp_phone_calls_a_websocket_client_which_hangs_up(
         caller = asyncio.create_task(run_sipp(
             "proxy_uac_callee_hangs_up.xml", remote=f"127.0.0.1:{gateway.udp_port}",
             service="bob", auth=("alice", gateway.users["alice"]), keys={"domain": DOMAIN},
-            timeout=15, media_port=free_media_port(), name="uac-to-ws",
+            timeout=15, media_port=free_udp_ports(4), name="uac-to-ws",
         ))
         invite, dialog = await bob.answer(browser_sdp("active"))
         assert invite.uri == f"sip:bob@{bob.host};transport=ws"
@@ -352,7 +352,7 @@ async def test_call_between_users_on_two_nodes_sharing_redis(
         caller = asyncio.create_task(run_sipp(
             "uac_call.xml", remote=f"127.0.0.1:{node_a.udp_port}", service="bob",
             auth=("alice", users["alice"]), keys={"domain": DOMAIN}, call_duration_ms=300,
-            timeout=15, media_port=free_media_port(), name="alice-on-node-a",
+            timeout=15, media_port=free_udp_ports(4), name="alice-on-node-a",
         ))
         invite, _ = await bob.answer(browser_sdp("active"))
         bye = await bob.take_bye()

@@ -20,31 +20,16 @@ Events (wait_for(name, timeout, **fields_to_match)):
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from tests.support.pjsua_control import ARTIFACTS_DIR, AgentError, AgentProcess
+from tests.support.ports import free_udp_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def free_udp_port_pair() -> int:
-    """An even loopback UDP port whose successor is free too, as RTP + RTCP need."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp:
-            rtp.bind(("127.0.0.1", 0))
-            port = rtp.getsockname()[1]
-            if port % 2 or port >= 65535:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtcp:
-                try:
-                    rtcp.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free even UDP port pair on 127.0.0.1 after 50 tries")
 
 
 class PjsuaPhone:
@@ -67,7 +52,7 @@ class PjsuaPhone:
         """
         argv = [
             sys.executable, "-m", "tests.support.pjsua_agent", "--name", name,
-            "--rtp-port", str(rtp_port or free_udp_port_pair()), "--sip-port", str(sip_port),
+            "--rtp-port", str(rtp_port or free_udp_ports(2)), "--sip-port", str(sip_port),
             "--transport", transport,
             "--pjsip-log", str(ARTIFACTS_DIR / f"pjsua-{name}.pjsip.log"),
         ]

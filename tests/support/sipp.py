@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.pjsua_control import ARTIFACTS_DIR, log_tail
-from tests.support.pjsua_phone import free_udp_port_pair
+from tests.support.ports import free_udp_ports
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "sipp"
 TRANSPORT_FLAGS = {"udp": "u1", "tcp": "t1"}
@@ -114,7 +114,7 @@ class Sipp:
         argv = [
             executable, *([remote] if remote else []), "-sf", str(path),
             "-i", "127.0.0.1", "-p", str(port), "-t", TRANSPORT_FLAGS[transport],
-            "-mi", "127.0.0.1", "-mp", str(media_port or free_udp_port_pair()),
+            "-mi", "127.0.0.1", "-mp", str(media_port or free_udp_ports(4)),
             "-m", str(calls), "-timeout", f"{timeout}s", "-timeout_error", "-nostdin",
             "-trace_stat", "-stf", str(files["stats.csv"]),
             "-trace_err", "-error_file", str(files["errors.log"]),
