@@ -407,7 +407,10 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
             if not rows:
                 raise SipError(400, "Header continuation without a header")
             key, name, value = rows[-1]
-            rows[-1] = (key, name, f"{value} {line.strip()}")
+            # SIP's LWS is SP and HTAB only: str.strip() would also eat NEL, NBSP, U+001C...
+            continued = line.strip(" \t")
+            if continued:
+                rows[-1] = (key, name, f"{value} {continued}" if value else continued)
             continue
         if len(line) > limits.max_header_length:
             raise SipError(513, "Header line too long")
@@ -418,7 +421,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
         if not name or " " in name:
             raise SipError(400, f"Malformed header name {name[:40]!r}")
         key, display = _row_key(name)
-        rows.append((key, display, value.strip()))
+        rows.append((key, display, value.strip(" \t")))
     message.body = _frame_body(message, body)
     return message
 
