@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Sender = Callable[[bytes], object]
+_MAX_TRACKED_SSRCS = 32  # a stream has one or two; more means someone sprays junk at the port
 
 
 @dataclass
@@ -75,7 +76,9 @@ class Forwarder:
         ssrc = int.from_bytes(packet[8:12], "big")
         seq = packet[2] << 8 | packet[3]
         expected = self._expected_seq.get(ssrc)
-        if expected is not None and seq != expected:
+        if expected is None and len(self._expected_seq) >= _MAX_TRACKED_SSRCS:
+            self._expected_seq.clear()
+        elif expected is not None and seq != expected:
             gap = (seq - expected) & 0xFFFF
             if gap < 1000:  # larger jumps are reordering or a restarted sender
                 self.stats.lost += gap

@@ -20,6 +20,10 @@ from .codecs import (
 from .errors import MediaError
 
 _TRANSCODE_TARGETS = {"opus": OPUS, "pcmu": PCMU, "pcma": PCMA}
+# Feedback the far end of a relayed stream can honour through RTCP translation. Bandwidth
+# estimation feedback (transport-cc, goog-remb) would have to come from the gateway itself,
+# which does not generate it, so it is not negotiated.
+RELAYABLE_FEEDBACK = frozenset({"nack", "nack pli", "ccm fir"})
 
 
 def relayable(kind: str, codecs: list[Codec]) -> list[Codec]:
@@ -31,7 +35,8 @@ def offer_codecs(kind: str, offered: list[Codec], *, for_webrtc: bool) -> list[C
     """The codecs to offer the other leg: the offerer's relayable ones in its order and with
     its payload types, then codecs the gateway could transcode to, then telephone-events for
     each clock rate in use. RTCP feedback is kept only towards the WebRTC leg."""
-    chosen = [c if for_webrtc else _without_feedback(c) for c in relayable(kind, offered)]
+    chosen = [webrtc_feedback(c) if for_webrtc else _without_feedback(c)
+              for c in relayable(kind, offered)]
     if kind != "audio":
         return chosen
     names = {c.name.lower() for c in chosen}
@@ -86,6 +91,13 @@ def agree(kind: str, offered: list[Codec], answered: list[Codec]) -> Agreement:
         offerer_codec=offer_codec, answerer_codec=answer_codec,
         offerer_events=offer_events, answerer_events=answer_events if offer_events else None,
     )
+
+
+def webrtc_feedback(codec: Codec) -> Codec:
+    """The codec with only the RTCP feedback the relay can honour."""
+    kept = tuple(f for f in codec.rtcp_feedback if f in RELAYABLE_FEEDBACK)
+    return Codec(codec.payload_type, codec.name, codec.clock_rate, codec.channels, codec.fmtp,
+                 kept)
 
 
 def _without_feedback(codec: Codec) -> Codec:

@@ -11,7 +11,7 @@ from .codecs import GATEWAY_AUDIO, TRANSCODABLE, Codec, events_for_clock
 from .dtls import DtlsCertificate, DtlsRole
 from .errors import MediaError
 from .forwarding import DirectionStats, Forwarder, Route
-from .negotiation import Agreement, agree, offer_codecs, relayable
+from .negotiation import Agreement, agree, offer_codecs, relayable, webrtc_feedback
 from .plain import PlainLeg
 from .ports import PortPool
 from .sdp import (
@@ -265,6 +265,8 @@ class MediaSession:
             self._directions[(offerer, kind)] = pending.directions[kind]
             self._directions[(answerer, kind)] = answer.direction
             codec, events = stream.codec(offerer)
+            if offerer == "webrtc":
+                codec = webrtc_feedback(codec)
             sections.append(MediaSection(
                 kind=kind, port=self._local_port(offerer, stream),
                 codecs=[codec] + ([events] if events else []), direction=answer.direction,
@@ -367,7 +369,8 @@ class MediaSession:
             raise MediaError(reason="WebRTC SDP without DTLS fingerprint")
         leg = await self._webrtc_leg(ice_controlling=not is_offer)
         if leg.needs_ice_restart(media):
-            await leg.restart_ice()
+            # The side whose offer restarts ICE controls the new generation.
+            await leg.restart_ice(ice_controlling=not is_offer)
         leg.start(media, leg.dtls_role or _dtls_role(media.setup))
 
     async def _webrtc_leg(self, *, ice_controlling: bool) -> WebRtcLeg:

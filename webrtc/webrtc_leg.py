@@ -55,9 +55,10 @@ class WebRtcLeg:
             self.ice_controlling = ice_controlling
             self._ice = await self._new_ice()
 
-    async def restart_ice(self) -> None:
+    async def restart_ice(self, *, ice_controlling: bool) -> None:
         """The peer sent new ICE credentials: a new generation with new credentials and port;
         the old one keeps carrying media until the new one is nominated."""
+        self.ice_controlling = ice_controlling
         await self._retire(self._old_ice)
         self._old_ice = self._ice
         self._ice = await self._new_ice()

@@ -24,8 +24,8 @@ FRAME = 960
 
 
 @contextmanager
-def loopback_only() -> Iterator[None]:
-    with mock.patch.object(aioice.ice, "get_host_addresses", lambda **_: ["127.0.0.1"]):
+def loopback_only(host: str = "127.0.0.1") -> Iterator[None]:
+    with mock.patch.object(aioice.ice, "get_host_addresses", lambda **_: [host]):
         yield
 
 
@@ -58,7 +58,9 @@ class ToneTrack(MediaStreamTrack):
 
 
 class BrowserPeer:
-    def __init__(self, frequency: float = 440.0, codecs: list[str] | None = None) -> None:
+    def __init__(self, frequency: float = 440.0, codecs: list[str] | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.host = host
         self.pc = RTCPeerConnection()
         self.track = ToneTrack(frequency)
         self.transceiver = self.pc.addTransceiver(self.track, direction="sendrecv")
@@ -94,7 +96,7 @@ class BrowserPeer:
         self.samples.clear()
 
     async def offer(self) -> str:
-        with loopback_only():
+        with loopback_only(self.host):
             await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp
 
@@ -102,7 +104,7 @@ class BrowserPeer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
     async def answer(self, offer_sdp: str) -> str:
-        with loopback_only():
+        with loopback_only(self.host):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp

@@ -57,6 +57,13 @@ class RtpPeer:
             lambda: _Protocol(self), local_addr=(self.host, 0))
         return self
 
+    async def start_rtcp(self) -> int:
+        """A separate RTCP socket (announced with a=rtcp:); returns its port."""
+        loop = asyncio.get_running_loop()
+        self.rtcp_transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(self.host, 0))
+        return int(self.rtcp_transport.get_extra_info("sockname")[1])
+
     @property
     def port(self) -> int:
         assert self.transport is not None
@@ -122,5 +129,6 @@ class RtpPeer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.transport is not None:
-            self.transport.close()
+        for transport in (self.transport, self.rtcp_transport):
+            if transport is not None:
+                transport.close()

@@ -84,8 +84,10 @@ CHROME_VIDEO_ONLY_OFFER = _join([
 
 
 def asterisk_sdp(port: int, payloads: str = "0 8 101", direction: str = "sendrecv",
-                 host: str = "127.0.0.1", session_version: int = 1) -> str:
+                 host: str = "127.0.0.1", session_version: int = 1,
+                 rtcp_port: int | None = None) -> str:
     """An SDP body as Asterisk's chan_pjsip emits it (offer or answer)."""
+    family = "IP6" if ":" in host else "IP4"
     rtpmaps = {
         "0": "a=rtpmap:0 PCMU/8000",
         "8": "a=rtpmap:8 PCMA/8000",
@@ -95,9 +97,9 @@ def asterisk_sdp(port: int, payloads: str = "0 8 101", direction: str = "sendrec
     }
     lines = [
         "v=0",
-        f"o=- 1719234 {session_version} IN IP4 {host}",
+        f"o=- 1719234 {session_version} IN {family} {host}",
         "s=Asterisk",
-        f"c=IN IP4 {host}",
+        f"c=IN {family} {host}",
         "t=0 0",
         f"m=audio {port} RTP/AVP {payloads}",
     ]
@@ -105,6 +107,8 @@ def asterisk_sdp(port: int, payloads: str = "0 8 101", direction: str = "sendrec
         lines.append(rtpmaps[pt])
         if pt == "101":
             lines.append("a=fmtp:101 0-16")
+    if rtcp_port is not None:
+        lines.append(f"a=rtcp:{rtcp_port}")
     lines += ["a=ptime:20", "a=maxptime:150", f"a={direction}"]
     return _join(lines)
 

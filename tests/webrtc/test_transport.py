@@ -1,0 +1,153 @@
+"""Transport behaviour: SRTCP <-> RTCP translation, symmetric latching, IPv6, ICE consent."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+from aioice import stun
+
+from tests.support.audio import assert_hears
+from tests.webrtc.browser_peer import BrowserPeer
+from tests.webrtc.rtp_peer import RtpPeer
+from tests.webrtc.sdp_samples import asterisk_sdp
+from tests.webrtc.test_media_relay import BROWSER_TONE, PHONE_TONE, target_of, wait_for
+from webrtc import MediaRelay
+from webrtc.sdp import parse
+
+
+async def connect(session, browser: BrowserPeer, phone: RtpPeer, **sdp_options) -> str:  # noqa: ANN001, ANN003
+    plain_offer = await session.process_offer(await browser.offer(), "webrtc")
+    phone.target = target_of(plain_offer)
+    answer = await session.process_answer(
+        asterisk_sdp(phone.port, "0", host=phone.host, **sdp_options), "plain")
+    await browser.accept_answer(answer)
+    await wait_for(lambda: session.stats()["webrtc_to_plain_packets"] > 0)
+    return answer
+
+
+async def test_rtcp_is_translated_both_ways(
+    relay: MediaRelay, browser: BrowserPeer, phone: RtpPeer
+) -> None:
+    rtcp_port = await phone.start_rtcp()
+    session = relay.create_session("rtcp")
+    await connect(session, browser, phone, rtcp_port=rtcp_port)
+    browser_rtcp: list[bytes] = []
+    dtls = browser.transceiver.receiver.transport
+    original = dtls._handle_rtcp_data
+
+    async def capture(data: bytes) -> None:
+        browser_rtcp.append(data)
+        await original(data)
+
+    dtls._handle_rtcp_data = capture
+    await phone.play_tone(PHONE_TONE, 0.5)
+    # aiortc sends sender/receiver reports every second or so: they reach the phone in clear.
+    await wait_for(lambda: any(p[1] in (200, 201) for p in phone.rtcp_packets))
+    browser_ssrc = phone.packets[-1].ssrc
+    report = struct.pack("!BBHI", 0x81, 201, 7, phone.ssrc) + struct.pack(
+        "!IIIIII", browser_ssrc, 0, phone.packets[-1].sequence, 0, 0, 0)
+    assert phone.target is not None
+    phone.rtcp_transport.sendto(report, (phone.target[0], phone.target[1] + 1))  # type: ignore[union-attr]
+    await wait_for(lambda: report in browser_rtcp)
+
+
+async def test_symmetric_latching_follows_where_packets_come_from(
+    relay: MediaRelay, browser: BrowserPeer, phone: RtpPeer
+) -> None:
+    decoy = await RtpPeer().start()  # the address in the SDP; the phone sends from elsewhere
+    try:
+        session = relay.create_session("latching")
+        plain_offer = await session.process_offer(await browser.offer(), "webrtc")
+        phone.target = target_of(plain_offer)
+        await browser.accept_answer(
+            await session.process_answer(asterisk_sdp(decoy.port, "0"), "plain"))
+        await wait_for(lambda: len(decoy.packets) > 5)  # before latching: the SDP address
+        await phone.play_tone(PHONE_TONE, 1.5)
+        assert len(phone.packets) > 40  # after the first packet: where it came from
+        assert_hears(phone.heard(0), 8000, BROWSER_TONE)
+        assert_hears(browser.heard(), browser.rate, PHONE_TONE)
+    finally:
+        await decoy.close()
+
+
+@pytest.fixture
+async def relay6() -> AsyncIterator[MediaRelay]:
+    base = random.randrange(30000, 60000, 2)
+    media_relay = MediaRelay(bind_host="::1", port_min=base, port_max=base + 400)
+    yield media_relay
+    await media_relay.close()
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
+async def test_ipv6_call(relay6: MediaRelay) -> None:
+    browser = BrowserPeer(frequency=BROWSER_TONE, host="::1")
+    phone = await RtpPeer(host="::1").start()
+    try:
+        session = relay6.create_session("v6")
+        answer = await connect(session, browser, phone)
+        assert "c=IN IP6 ::1" in answer and " ::1 " in answer
+        await phone.play_tone(PHONE_TONE, 1.5)
+        assert_hears(phone.heard(0), 8000, BROWSER_TONE)
+        assert_hears(browser.heard(), browser.rate, PHONE_TONE)
+    finally:
+        await browser.close()
+        await phone.close()
+
+
+async def response_to(
+    loop: asyncio.AbstractEventLoop, checker: socket.socket, request: stun.Message
+) -> stun.Message:
+    """Skips the gateway's own (triggered) checks towards the checker's address."""
+    while True:
+        message = stun.parse_message(await loop.sock_recv(checker, 2048))
+        if message.transaction_id == request.transaction_id:
+            return message
+
+
+async def test_gateway_answers_consent_checks_during_the_call(
+    relay: MediaRelay, browser: BrowserPeer, phone: RtpPeer
+) -> None:
+    """RFC 7675: browsers stop sending after ~30 s without answers to their consent checks.
+    A check signed like the browser's gets a success response while media flows."""
+    session = relay.create_session("consent")
+    answer = parse(await connect(session, browser, phone)).first("audio")
+    assert answer is not None and answer.ice_pwd is not None
+    browser_ufrag = parse(browser.pc.localDescription.sdp).first("audio").ice_ufrag  # type: ignore[union-attr]
+    request = stun.Message(message_method=stun.Method.BINDING,
+                           message_class=stun.Class.REQUEST)
+    request.attributes["USERNAME"] = f"{answer.ice_ufrag}:{browser_ufrag}"
+    request.attributes["PRIORITY"] = 1853817087
+    request.attributes["ICE-CONTROLLING"] = 1
+    request.add_message_integrity(answer.ice_pwd.encode())
+    request.add_fingerprint()
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as checker:
+        checker.bind(("127.0.0.1", 0))
+        checker.setblocking(False)
+        for _ in range(3):
+            await phone.play_tone(PHONE_TONE, 0.2)
+            await loop.sock_sendto(checker, bytes(request), (answer.address, answer.port))
+            response = await asyncio.wait_for(response_to(loop, checker, request), 5)
+            assert response.message_class == stun.Class.RESPONSE
+            assert response.transaction_id == request.transaction_id
+            assert response.attributes["XOR-MAPPED-ADDRESS"] == checker.getsockname()
+            request.transaction_id = stun.random_transaction_id()
+            request.attributes.pop("MESSAGE-INTEGRITY")
+            request.attributes.pop("FINGERPRINT")
+            request.add_message_integrity(answer.ice_pwd.encode())
+            request.add_fingerprint()
+    assert session.stats()["plain_to_webrtc_packets"] > 20
