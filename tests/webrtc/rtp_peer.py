@@ -50,6 +50,7 @@ class RtpPeer:
         self._sequence = secrets.randbits(16)
         self._timestamp = secrets.randbits(32)
         self._tasks: list[asyncio.Task[None]] = []
+        self.echo = False  # send every received RTP packet back to `target`
 
     async def start(self) -> RtpPeer:
         loop = asyncio.get_running_loop()
@@ -74,6 +75,8 @@ class RtpPeer:
         if len(data) >= 2 and 192 <= data[1] <= 223:
             self.rtcp_packets.append(data)
             return
+        if self.echo and self.transport is not None and self.target is not None:
+            self.transport.sendto(data, self.target)
         first, second, sequence, timestamp, ssrc = struct.unpack_from("!BBHII", data)
         header = 12 + 4 * (first & 0x0F)
         self.packets.append(ReceivedPacket(

@@ -151,3 +151,33 @@ async def test_gateway_answers_consent_checks_during_the_call(
             request.add_message_integrity(answer.ice_pwd.encode())
             request.add_fingerprint()
     assert session.stats()["plain_to_webrtc_packets"] > 20
+
+
+async def test_browser_reoffer_with_new_ice_and_dtls_restarts_both_and_media_resumes(
+    relay: MediaRelay, phone: RtpPeer
+) -> None:
+    """A re-INVITE from a fresh peer connection (new ufrag/pwd and fingerprint, as after a
+    browser transport reset): new ICE generation, new DTLS association, same plain port."""
+    first = BrowserPeer(frequency=BROWSER_TONE)
+    second = BrowserPeer(frequency=600.0)
+    try:
+        session = relay.create_session("restart")
+        await connect(session, first, phone)
+        ports_before = set(session.open_ports)
+        reoffer = await session.process_offer(await second.offer(), "webrtc")
+        assert target_of(reoffer)[1] == phone.target[1]  # type: ignore[index]
+        answer = await session.process_answer(asterisk_sdp(phone.port, "0"), "plain")
+        await second.accept_answer(answer)
+        await first.close()
+        phone.packets.clear()
+        await wait_for(lambda: len(phone.packets) > 60)
+        await phone.play_tone(PHONE_TONE, 1.5)
+        assert_hears(phone.heard(0), 8000, 600.0)
+        assert_hears(second.heard(), second.rate, PHONE_TONE)
+        # The old ICE generation's port is released once the new one is nominated.
+        assert len(set(session.open_ports)) == len(ports_before)
+        assert set(session.open_ports) != ports_before
+        assert relay.open_ports == frozenset(session.open_ports) | {phone.target[1] + 1}  # type: ignore[index]
+    finally:
+        await first.close()
+        await second.close()
