@@ -97,6 +97,16 @@ def test_header_folding_is_unfolded() -> None:
     assert message.get("Subject") == "I know you're there, pick up the phone and talk to me!"
 
 
+def test_header_values_keep_characters_that_are_not_sip_whitespace() -> None:
+    message = parse_message(
+        "OPTIONS sip:b@example.com SIP/2.0\r\nSubject: \u00a0hi\x1c\r\nX-A: 0\r\n \x85\r\n"
+        "X-B: 1\r\n \t\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    assert message.get("Subject") == "\u00a0hi\x1c"
+    assert message.get("X-A") == "0 \x85"
+    assert message.get("X-B") == "1"
+
+
 def test_bare_lf_messages_are_tolerated() -> None:
     message = parse_message(
         b"OPTIONS sip:b@example.com SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\n"
@@ -185,6 +195,11 @@ def test_copy_does_not_share_header_rows() -> None:
         (b"OPTIONS sip:a@b SIP/2.0\r\n: empty name\r\n\r\n", 400, "header name"),
         (b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: x\r\n\r\n", 400, "Content-Length"),
         (b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 10\r\n\r\nshort", 400, "Content-Length"),
+        (b"OPTIONS sip:a@b SIP/2.0\r\nl: " + b"1" * 5000 + b"\r\n\r\n", 400, "Content-Length"),
+        ("OPTIONS sip:a@b SIP/2.0\r\nContent-Length: \u00b2\r\n\r\n".encode(), 400, "Content"),
+        ("SIP/2.0 \u00b2\u00b2\u00b2 OK\r\n\r\n".encode(), 400, "status code"),
+        (b"OPTIONS sip:a@b SIP/2.0\r\nFo\x00o: 1\r\n\r\n", 400, "header name"),
+        (b"OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\nl: 0\r\n\r\n", 400, "more than one"),
     ],
 )
 def test_malformed_messages(wire: bytes, status: int, reason_words: str) -> None:
@@ -219,10 +234,19 @@ def test_size_limits_are_configurable() -> None:
         (b"CSeq: 1", "cseq", 400),
         (b"From: <sip:a@b", "from_", 400),
         (b"Via: SIP/2.0/UDP", "vias", 400),
+        ("Via: SIP/2.0/UDP h:\u00b2".encode(), "vias", 400),
+        ("CSeq: \u00b2 INVITE".encode(), "cseq", 400),
+        (b"CSeq: " + b"9" * 5000 + b" INVITE", "cseq", 400),
+        (b"Expires: " + b"9" * 5000, "expires", None),
+        (b"Max-Forwards: 0070", "max_forwards", None),
     ],
 )
-def test_malformed_structured_headers(header: bytes, accessor: str, status: int) -> None:
+def test_structured_header_values(header: bytes, accessor: str, status: int | None) -> None:
+    """status None: accepted (Expires saturates at 2**32-1, Max-Forwards ignores leading zeros)."""
     message = parse_message(b"OPTIONS sip:a@b SIP/2.0\r\n" + header + b"\r\n\r\n")
+    if status is None:
+        assert getattr(message, accessor) in (2**32 - 1, 70)
+        return
     with pytest.raises(SipError) as caught:
         getattr(message, accessor)
     assert caught.value.status == status
