@@ -379,3 +379,25 @@ def test_inv2543_rfc2543_syntax_is_accepted() -> None:
     assert message.name_addrs("Record-Route")[0].uri.params["maddr"] == "ss1.example.com"
     # No Content-Length on a datagram: the body is the rest of the packet.
     assert message.body == generate.INV2543_BODY.replace("\n", "\r\n").encode()
+
+
+VALID = [
+    "wsinv", "intmeth", "esc01", "escnull", "esc02", "lwsdisp", "longreq", "dblreq", "semiuri",
+    "transports", "mpart01", "unreason", "noreason", "badbranch", "bcast", "zeromf", "cparam01",
+    "cparam02", "regescrt", "sdp01", "inv2543", "bext01", "invut", "regaut01", "baddate",
+]
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_valid_messages_survive_serialisation(name: str) -> None:
+    first = parse_valid(name)
+    second = parse_message(first.to_bytes())
+    second.validate()
+    assert second.header_rows()[:-1] == [
+        row for row in first.header_rows() if row[0] != "Content-Length"
+    ]
+    assert second.body == first.body
+    assert (second.vias, second.from_, second.to, second.cseq, second.contacts) == (
+        first.vias, first.from_, first.to, first.cseq, first.contacts
+    )
+    assert second.to_bytes() == first.to_bytes()
