@@ -499,6 +499,8 @@ class Proxy:
                 self._answered(forwarding, branch)
             elif status >= 200:
                 forwarding.answered = True
+                if forwarding.request.method == "BYE" and forwarding.dialog is not None:
+                    self.dialogs.release(forwarding.dialog.call_id)
             return
         if status >= 600:
             self._cancel_branches(forwarding, except_branch=branch)

@@ -89,15 +89,16 @@ async def test_browser_calls_phone_and_both_hear(
         assert gateway_udp_sockets(gateway) > sockets_before
         await phone.hangup()
         await asyncio.wait_for(browser.byes.get(), 10)
+        # The browser's WebSocket stays open: only the BYE may free the media ports.
+        for _ in range(20):
+            if gateway_udp_sockets(gateway) == sockets_before:
+                break
+            await asyncio.sleep(0.25)
+        assert gateway_udp_sockets(gateway) == sockets_before, "media ports left open after BYE"
     finally:
         await peer.close()
         await browser.close()
         await phone.stop()
-    for _ in range(20):
-        if gateway_udp_sockets(gateway) == sockets_before:
-            break
-        await asyncio.sleep(0.25)
-    assert gateway_udp_sockets(gateway) == sockets_before, "media ports left open after BYE"
 
 
 @pytest.mark.parametrize("late_offer", [False, True], ids=["early-offer", "late-offer"])
