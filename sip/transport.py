@@ -19,7 +19,7 @@ from .errors import SipError
 from .flow import Address, Flow, Target, format_address
 from .framing import PING, PONG
 from .headers import COMPACT_FORMS, Via
-from .message import DEFAULT_LIMITS, Limits, Request, Response, parse_message
+from .message import DEFAULT_LIMITS, Limits, Message, Request, Response, parse_message
 from .stream import StreamFlow
 from .udp import UdpEndpoint, UdpFlow
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from .resolver import Resolver
 
 log = logging.getLogger(__name__)
+# Every SIP message in and out at DEBUG: what an operator reads to follow a call.
+wire_log = logging.getLogger("ws2sip.sip.wire")
 
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 CONNECT_TIMEOUT = 5.0
@@ -185,6 +187,9 @@ class TransportLayer:
             # must not take the transport down with it.
             log.exception("%s: parser failure on %r", flow.id, data[:200])
             return
+        if wire_log.isEnabledFor(logging.DEBUG):
+            wire_log.debug("%s <- %s %s:%d\n%s", flow.id, flow.transport, *flow.remote,
+                           data.decode("utf-8", "replace"))
         if isinstance(message, Request):
             try:
                 self._stamp_received(message, flow)
@@ -225,7 +230,7 @@ class TransportLayer:
             return
         log.info("%s: answering malformed request with %d %s", flow.id, error.status, error.reason)
         # Straight back to the source: the Via was not stamped, and RFC 3581 would say the same.
-        flow.send(response.to_bytes())
+        _emit(flow, response)
 
     # --- sending -----------------------------------------------------------------------------
     async def send_request(self, request: Request, target: Target | Flow) -> Flow:
@@ -234,7 +239,7 @@ class TransportLayer:
             return flow
         assert not isinstance(target, Flow)
         flow = await self._connect(target.transport.lower(), target.host, target.port)
-        flow.send(request.to_bytes())
+        _emit(flow, request)
         return flow
 
     def send_request_if_connected(self, request: Request, target: Target | Flow) -> Flow | None:
@@ -243,19 +248,19 @@ class TransportLayer:
         if isinstance(target, Flow):
             if target.closed:
                 raise SipError(503, f"Flow {target.id} is closed")
-            target.send(request.to_bytes())
+            _emit(target, request)
             return target
         transport = target.transport.lower()
         if transport == "udp":
             flow = self._udp_endpoint(target.host).flow_to((target.host, target.port))
-            flow.send(request.to_bytes())
+            _emit(flow, request)
             return flow
         if transport not in ("tcp", "tls"):
             raise SipError(503, f"Cannot open a {transport} connection to {target.host}")
         connection = self._connections.get((transport, target.host, target.port))
         if connection is None or connection.closed:
             return None
-        connection.send(request.to_bytes())
+        _emit(connection, request)
         return connection
 
     def _udp_endpoint(self, host: str) -> UdpEndpoint:
@@ -310,7 +315,7 @@ class TransportLayer:
         """§18.2.2 with RFC 3581: reliable → the request's flow (or a new connection to
         received/rport), UDP → received/rport from our listening socket."""
         if flow is not None and flow.reliable and not flow.closed:
-            flow.send(response.to_bytes())
+            _emit(flow, response)
             return
         via = response.top_via
         transport = via.transport.lower()
@@ -319,7 +324,11 @@ class TransportLayer:
             if isinstance(flow, UdpFlow):
                 flow.send_from_same_socket(response.to_bytes(), destination)
             else:
-                self._udp_endpoint(destination[0]).send_to(response.to_bytes(), destination)
+                data = response.to_bytes()
+                if wire_log.isEnabledFor(logging.DEBUG):
+                    wire_log.debug("udp -> %s:%d\n%s", *destination,
+                                   data.decode("utf-8", "replace"))
+                self._udp_endpoint(destination[0]).send_to(data, destination)
             return
         if transport not in ("tcp", "tls"):
             log.info("flow %s gone: cannot reach %s %s for %d response",
@@ -342,7 +351,7 @@ class TransportLayer:
         except SipError as error:
             log.info("cannot deliver %d response: %s", response.status, error)
             return
-        flow.send(response.to_bytes())
+        _emit(flow, response)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -404,3 +413,11 @@ def _error_response(data: bytes, error: SipError) -> Response | None:
     for name, value in error.headers:
         response.add(name, value)
     return response
+
+
+def _emit(flow: Flow, message: Message) -> None:
+    data = message.to_bytes()
+    if wire_log.isEnabledFor(logging.DEBUG):
+        wire_log.debug("%s -> %s %s:%d\n%s", flow.id, flow.transport, *flow.remote,
+                       data.decode("utf-8", "replace"))
+    flow.send(data)
