@@ -65,7 +65,7 @@ class Message:
     def add(self, name: str, value: str) -> None:
         key = _key(name)
         self._rows.append((key, CANONICAL_NAMES.get(key, name), value))
-        self._cache.pop(key, None)
+        self._forget(key)
 
     def prepend(self, name: str, value: str) -> None:
         """Insert above the first header of that name (or at the top): Via, Record-Route."""
@@ -77,7 +77,7 @@ class Message:
                 break
         else:
             self._rows.insert(0, row)
-        self._cache.pop(key, None)
+        self._forget(key)
 
     def set(self, name: str, value: str) -> None:
         """Replace every header of that name by one, keeping the position of the first."""
@@ -94,12 +94,12 @@ class Message:
         if not placed:
             new_rows.append((key, CANONICAL_NAMES.get(key, name), value))
         self._rows = new_rows
-        self._cache.pop(key, None)
+        self._forget(key)
 
     def remove(self, name: str) -> None:
         key = _key(name)
         self._rows = [row for row in self._rows if row[0] != key]
-        self._cache.pop(key, None)
+        self._forget(key)
 
     def remove_first_value(self, name: str) -> str | None:
         """Pop the top-most value of a list header (Via, Route), splitting a comma-joined row."""
@@ -111,7 +111,7 @@ class Message:
                     self._rows[index] = (row_key, row_name, ", ".join(values[1:]))
                 else:
                     del self._rows[index]
-                self._cache.pop(key, None)
+                self._forget(key)
                 return values[0].strip()
         return None
 
@@ -122,9 +122,15 @@ class Message:
         self.prepend("Via", str(via))
         if parsed is not None:
             self._cache["via"] = [via, *parsed[1:]]
+        self._cache[_TOP_VIA] = via
 
     def header_rows(self) -> list[tuple[str, str]]:
         return [(name, value) for _, name, value in self._rows]
+
+    def _forget(self, key: str) -> None:
+        self._cache.pop(key, None)
+        if key == "via":
+            self._cache.pop(_TOP_VIA, None)
 
     # --- structured accessors ----------------------------------------------------------------
     def _cached(self, key: str, build: Any) -> Any:
@@ -140,10 +146,25 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        vias = self.vias
-        if not vias:
-            raise SipError(400, "Missing Via header")
-        return vias[0]
+        """The top-most Via, parsed alone: most messages are routed by it without the rest."""
+        cache = self._cache
+        vias = cache.get("via")
+        if vias is not None:
+            if not vias:
+                raise SipError(400, "Missing Via header")
+            return vias[0]
+        top = cache.get(_TOP_VIA)
+        if top is None:
+            value = self.get("via")
+            if value is None:
+                raise SipError(400, "Missing Via header")
+            if "," in value:
+                parts = split_top_level(value)
+                if not parts:
+                    raise SipError(400, "Empty Via header")
+                value = parts[0]
+            top = cache[_TOP_VIA] = Via.parse(value)
+        return top
 
     @property
     def call_id(self) -> str:
@@ -316,11 +337,25 @@ class Request(Message):
         rows = [row for row in self._rows if row[0] in _RESPONSE_COPIED]
         if to_tag is not None and status > 100:
             for index, (key, name, value) in enumerate(rows):
-                if key == "to" and "tag=" not in value.lower():
+                if key == "to" and not _has_tag(value):
                     rows[index] = (key, name, f"{value};tag={to_tag}")
         if status != 100:
             rows = [row for row in rows if row[0] != "timestamp"]
         return Response(status, reason or reason_phrase(status), rows)
+
+
+def _has_tag(to_value: str) -> bool:
+    """Whether a To header value carries a tag parameter.
+
+    A substring test is not enough: "tag" may sit in a display name or a URI parameter, and
+    LWS may surround the "=" (RFC 4475 wsinv), so the rare values mentioning it are parsed.
+    """
+    if "tag" not in to_value.lower():
+        return False
+    try:
+        return NameAddr.parse(to_value, "To").tag is not None
+    except SipError:
+        return True  # unparseable: leave it as it is rather than append to garbage
 
 
 _RESPONSE_COPIED = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))
@@ -349,10 +384,21 @@ class Response(Message):
         return clone
 
 
+_TOP_VIA = "via#top"  # cache key of the top Via parsed on its own
+_KEYS: dict[str, str] = {}
+
+
 def _key(name: str) -> str:
-    lowered = name.lower()
-    canonical = CANONICAL_NAMES.get(lowered)
-    return canonical.lower() if canonical is not None else lowered
+    """Lookup key of a header name as code spells it ("Via", "call-id", "i"); memoised."""
+    try:
+        return _KEYS[name]
+    except KeyError:
+        lowered = name.lower()
+        canonical = CANONICAL_NAMES.get(lowered)
+        key = canonical.lower() if canonical is not None else lowered
+        if len(_KEYS) < 4096:
+            _KEYS[name] = key
+        return key
 
 
 _KEY_CACHE: dict[str, tuple[str, str]] = {}
