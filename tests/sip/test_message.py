@@ -154,6 +154,29 @@ def test_request_response_copies_the_rfc3261_headers() -> None:
     assert busy.reason == "Busy Here Now"
 
 
+@pytest.mark.parametrize(
+    ("to", "tag"),
+    [
+        ("<sip:bob@example.com>", "new"),
+        ("sip:bob@example.com", "new"),
+        ('"Tag=Me" <sip:bob@example.com>', "new"),
+        ("<sip:bob@example.com;tag=uri-param>", "new"),
+        ("sip:bob@example.com ;   tag    = old", "old"),
+        ("<sip:bob@example.com>;TAG=old", "old"),
+    ],
+)
+def test_response_to_tag_is_added_only_when_the_to_has_none(to: str, tag: str) -> None:
+    request = parse_message(
+        f"BYE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n"
+        f"From: <sip:a@example.com>;tag=f\r\nTo: {to}\r\nCall-ID: c\r\nCSeq: 2 BYE\r\n"
+        f"Content-Length: 0\r\n\r\n".encode()
+    )
+    assert isinstance(request, Request)
+    response = parse_message(request.response(200, to_tag="new").to_bytes())
+    assert response.to.tag == tag
+    assert response.to.uri == request.to.uri
+
+
 def test_editing_headers() -> None:
     message = parse_message(REGISTER)
     message.prepend("Via", "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKp")
