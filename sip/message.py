@@ -487,7 +487,7 @@ def _parse_start_line(line: str) -> Request | Response:
     method, uri, version = parts
     if version.upper() != SIP_VERSION:
         raise SipError(505, "Version Not Supported")
-    if not method.isalpha() and not all(c.isalnum() or c in "-.!%*_+`'~" for c in method):
+    if not (method.isascii() and method.isalpha()) and not is_token(method):
         raise SipError(400, f"Malformed method {method[:20]!r}")
     return Request(method, uri)
 
