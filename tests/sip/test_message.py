@@ -213,6 +213,8 @@ def test_copy_does_not_share_header_rows() -> None:
         (b"SIP/2.0 20 OK\r\n\r\n", 400, "status code"),
         (b"SIP/2.0 700 OK\r\n\r\n", 400, "status code"),
         (b"IN<VITE sip:a@b SIP/2.0\r\n\r\n", 400, "method"),
+        ("INV\u00cdTE sip:a@b SIP/2.0\r\n\r\n".encode(), 400, "method"),
+        ("INVITE\u00b2 sip:a@b SIP/2.0\r\n\r\n".encode(), 400, "method"),
         (b"OPTIONS sip:a@b SIP/2.0\r\n continuation first\r\n\r\n", 400, "continuation"),
         (b"OPTIONS sip:a@b SIP/2.0\r\nNo colon here\r\n\r\n", 400, "header"),
         (b"OPTIONS sip:a@b SIP/2.0\r\n: empty name\r\n\r\n", 400, "header name"),
