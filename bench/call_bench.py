@@ -27,8 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fixtures.gateway import GatewayProcess, start_gateway  # noqa: E402
-from tests.interop.test_proxy_sipp import DOMAIN, free_media_port  # noqa: E402
+from tests.interop.test_proxy_sipp import DOMAIN  # noqa: E402
 from tests.interop.test_proxy_websocket import WsSipClient, browser_sdp  # noqa: E402
+from tests.support.ports import free_udp_ports  # noqa: E402
 from tests.support.sipp import ARTIFACTS_DIR, Sipp, free_port, run_sipp  # noqa: E402
 
 TIME_LIMIT = 60.0  # seconds per measured run, whatever --calls says
@@ -87,7 +88,7 @@ async def sipp_calls(remote: str, calls: int, rate: float, auth: tuple[str, str]
                      callee_port: int | None = None) -> tuple[int, int, list[float], float]:
     uac = await Sipp.start(
         "uac_call.xml", remote=remote, service="bob", auth=auth, calls=calls, rate=rate,
-        keys={"domain": DOMAIN}, timeout=TIME_LIMIT, media_port=free_media_port(),
+        keys={"domain": DOMAIN}, timeout=TIME_LIMIT, media_port=free_udp_ports(4),
         extra_args=["-trace_rtt", "-rtt_freq", "1", "-l", str(max(10, int(rate)))],
         name="bench-uac",
     )
@@ -104,11 +105,11 @@ async def udp_run(gateway: GatewayProcess, calls: int, rate: float) -> Figures:
     registered = await run_sipp(
         "register_uac.xml", remote=f"127.0.0.1:{gateway.udp_port}", port=port, service="bob",
         auth=("bob", gateway.users["bob"]), keys={"domain": DOMAIN, "expires": "3600"},
-        timeout=10, media_port=free_media_port(), name="bench-register",
+        timeout=10, media_port=free_udp_ports(4), name="bench-register",
     )
     registered.assert_success()
     uas = await Sipp.start("uas_answer.xml", port=port, calls=calls, timeout=TIME_LIMIT + 5,
-                           media_port=free_media_port(), name="bench-uas")
+                           media_port=free_udp_ports(4), name="bench-uas")
     cpu_before = cpu_seconds(gateway.process.pid)
     ok, failed, setup, wall = await sipp_calls(
         f"127.0.0.1:{gateway.udp_port}", calls, rate, ("alice", gateway.users["alice"]))
@@ -119,7 +120,7 @@ async def udp_run(gateway: GatewayProcess, calls: int, rate: float) -> Figures:
 
 async def direct_run(calls: int, rate: float) -> list[float]:
     uas = await Sipp.start("uas_answer.xml", calls=calls, timeout=TIME_LIMIT + 5,
-                           media_port=free_media_port(), name="bench-direct-uas")
+                           media_port=free_udp_ports(4), name="bench-direct-uas")
     _, _, setup, _ = await sipp_calls(f"127.0.0.1:{uas.port}", calls, rate, None)
     await uas.stop()
     return setup
