@@ -56,6 +56,16 @@ def test_quoted_parameter_value_with_separators() -> None:
     assert str(value) == text
 
 
+def test_escaped_quotes_inside_quoted_parameter_values() -> None:
+    value = NameAddr.parse('"A \\"B\\"" <sip:a@example.com>;p="x\\";y";q=1')
+    assert value.display == 'A "B"'
+    assert value.params == {"p": 'x";y', "q": "1"}
+    assert NameAddr.parse(str(value)).params == value.params
+    with pytest.raises(SipError) as caught:
+        NameAddr.parse('<sip:a@example.com>;p="x\\";y')
+    assert caught.value.status == 400
+
+
 def test_uri_setter_reserialises() -> None:
     value = NameAddr.parse('"A" <sip:a@example.com>;tag=1')
     uri = value.uri

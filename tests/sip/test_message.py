@@ -89,6 +89,19 @@ def test_comma_separated_and_repeated_list_headers() -> None:
     assert message.top_via.host == "b.example.com"
 
 
+def test_top_via_of_a_comma_joined_row_without_parsing_the_rest() -> None:
+    message = parse_message(
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a.example.com;branch=z9hG4bK1, garbage\r\n\r\n"
+    )
+    assert message.top_via.host == "a.example.com"
+    with pytest.raises(SipError):
+        message.vias  # noqa: B018 - the whole list is still checked when asked for
+    empty = parse_message(b"SIP/2.0 200 OK\r\nVia: ,\r\n\r\n")
+    with pytest.raises(SipError) as caught:
+        empty.top_via  # noqa: B018
+    assert caught.value.status == 400
+
+
 def test_header_folding_is_unfolded() -> None:
     message = parse_message(
         b"OPTIONS sip:b@example.com SIP/2.0\r\nSubject: I know you're there,\r\n"
