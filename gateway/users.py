@@ -25,6 +25,10 @@ _FILE_FORMAT_VERSION = 1
 # without a syscall on the hot path.
 _FILE_CHECK_INTERVAL = 1.0
 _MAX_TRANSACTION_ATTEMPTS = 16
+# Requests beyond this many Redis connections wait for a free one (BlockingConnectionPool)
+# instead of failing, so a burst of authenticated requests queues rather than gets 503s.
+_REDIS_POOL_SIZE = 16
+_REDIS_POOL_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +206,14 @@ class RedisUserStore(UserStore):
     """
 
     def __init__(self, url: str, *, key_prefix: str = "ws2sip") -> None:
-        self._redis = aioredis.from_url(url, decode_responses=True)
+        self._redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=_REDIS_POOL_SIZE,
+                timeout=_REDIS_POOL_WAIT_SECONDS,
+                decode_responses=True,
+            )
+        )
         self._prefix = key_prefix
         self._domains_key = f"{key_prefix}:user-domains"
 

@@ -44,6 +44,10 @@ from .model import Binding, NodeInfo, RegisterChange, apply_register, by_prefere
 # instant; this bound turns a pathological livelock into an error instead of a hang.
 _MAX_ATTEMPTS = 64
 _SCAN_BATCH = 500
+# Connections to Redis: requests beyond this wait for a free one (BlockingConnectionPool) rather
+# than fail, so a burst of REGISTERs queues instead of getting 503s; the timeout bounds the wait.
+POOL_SIZE = 32
+POOL_WAIT_SECONDS = 10.0
 
 
 class LocationContention(RuntimeError):
@@ -52,7 +56,11 @@ class LocationContention(RuntimeError):
 
 class RedisLocationService(LocationService):
     def __init__(self, url: str, *, key_prefix: str = "ws2sip") -> None:
-        self._redis = aioredis.from_url(url, decode_responses=True)
+        self._redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=POOL_SIZE, timeout=POOL_WAIT_SECONDS, decode_responses=True
+            )
+        )
         self._prefix = key_prefix
         self._nodes_key = f"{key_prefix}:nodes"
 

@@ -293,12 +293,6 @@ async def test_every_register_of_a_burst_gets_a_final_response(
     assert backend_gateway.returncode is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/location/redis_store.py and gateway/users.py use redis-py 8's default "
-    "ConnectionPool, which raises MaxConnectionsError past 100 requests in flight instead of "
-    "waiting (BlockingConnectionPool would wait): part of a burst gets 503",
-)
 @pytest.mark.parametrize("backend_gateway", ["redis"], indirect=True)
 async def test_a_burst_beyond_the_redis_pool_size_all_registers(
     backend_gateway: GatewayProcess,
