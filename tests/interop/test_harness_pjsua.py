@@ -120,3 +120,27 @@ async def test_phones_call_each_other_over_tcp() -> None:
     finally:
         await alice.stop()
         await bob.stop()
+
+
+CALLS_IN_A_ROW = 6  # pjsua keeps 4 call slots: calls 5 and 6 reuse the ids of calls 1 and 2
+
+
+async def test_six_calls_in_a_row_each_stay_up_until_hung_up(
+    phones: tuple[PjsuaPhone, PjsuaPhone],
+) -> None:
+    alice, bob = phones
+    for round_number in range(1, CALLS_IN_A_ROW + 1):
+        call = await alice.call(bob.uri())
+        incoming = await bob.wait_for("incoming_call")
+        await bob.answer(200, call=incoming["call"])
+        await alice.wait_for("call_state", call=call, state="CONFIRMED")
+        await bob.wait_for("call_state", call=incoming["call"], state="CONFIRMED")
+        # Both sides still see exactly this one call up: nothing ended it behind the test's back.
+        for phone in (alice, bob):
+            assert [(c["state"], c["code"]) for c in await phone.calls()] == [
+                ("CONFIRMED", 200)
+            ], f"call {round_number} on {phone.name}"
+        await alice.hangup(call=call)
+        ended = await bob.wait_for("call_state", call=incoming["call"], state="DISCONNECTED")
+        assert ended["code"] == 200, f"call {round_number}: {ended}"
+        await alice.wait_for("call_state", call=call, state="DISCONNECTED")

@@ -62,7 +62,12 @@ class Phone:
         self.options = options
         self.emit = emit
         self.auto_answer: int | None = options.auto_answer
+        # Live calls by pjsua call id. pjsua reuses an id once its call has ended (4 slots by
+        # default), and a pj.Call wrapper's destructor clears its id's user data and hangs up
+        # whatever call then holds that id: ended wrappers must never be dropped while their
+        # id is taken by a new call, so they wait in `ended` until release_ended_calls().
         self.calls: dict[int, PhoneCall] = {}
+        self.ended: list[PhoneCall] = []
         self.tone_player: pj.AudioMediaPlayer | None = None
         self.recorder: pj.AudioMediaRecorder | None = None
         self.recording_path = Path()
@@ -143,7 +148,8 @@ class Phone:
             header.hValue = value
             parameters.txOption.headers.append(header)
         call.makeCall(uri, parameters)
-        self.calls[call.getId()] = call
+        if call not in self.ended:  # a call that failed at once is already retired
+            self.calls[call.getId()] = call
         return {"call": call.getId()}
 
     def cmd_answer(self, code: int = 200, call: int | None = None) -> dict[str, Any]:
@@ -224,6 +230,17 @@ class Phone:
             raise CommandError(f"no call {call_id}; calls: {sorted(self.calls)}")
         return self.calls[call_id]
 
+    def retire(self, call: PhoneCall) -> None:
+        """Move a disconnected call out of the live calls; freed later by release_ended_calls."""
+        if self.calls.get(call.getId()) is call:
+            del self.calls[call.getId()]
+        self.ended.append(call)
+
+    def release_ended_calls(self) -> None:
+        """Free ended call wrappers whose id no live call holds (outside pjsua callbacks, when
+        pjsua has reset their call slot), so that their destructors touch nothing."""
+        self.ended = [call for call in self.ended if call.getId() in self.calls]
+
     def rewire(self, change: Callable[[], None]) -> None:
         """Swap the tone player or recorder with every call's audio disconnected meanwhile."""
         for call in self.calls.values():
@@ -254,6 +271,7 @@ class Phone:
         self.stop_recording()
         self.stop_tone()
         self.calls.clear()
+        self.ended.clear()
         self.endpoint.libDestroy()
         shutil.rmtree(self.tone_dir, ignore_errors=True)
 
@@ -305,6 +323,7 @@ class PhoneCall(pj.Call):
         if state == "DISCONNECTED":
             self.disconnect_media()
             self.audio = None
+            self.phone.retire(self)
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
         info = self.getInfo()
@@ -362,6 +381,7 @@ def serve(phone: Phone, emit: Callable[[dict[str, Any]], None]) -> None:
                 if line.strip() and handle(phone, json.loads(line), emit):
                     return
         phone.endpoint.libHandleEvents(POLL_MS)
+        phone.release_ended_calls()
 
 
 def handle(phone: Phone, request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> bool:
