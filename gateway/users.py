@@ -29,6 +29,11 @@ _MAX_TRANSACTION_ATTEMPTS = 16
 # instead of failing, so a burst of authenticated requests queues rather than gets 503s.
 _REDIS_POOL_SIZE = 16
 _REDIS_POOL_WAIT_SECONDS = 10.0
+# Digest auth looks a user up on every authenticated request; a Redis round trip for each cost
+# the gateway about 100 µs of CPU. Records are kept this long in each gateway process, so a
+# password change or deletion made elsewhere (the CLI, another node) takes effect within it.
+USER_CACHE_SECONDS = 5.0
+_USER_CACHE_ENTRIES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +208,16 @@ class RedisUserStore(UserStore):
     ``ws2sip:user:{<domain>}:<username>``  HASH ha1_md5, ha1_sha256
     ``ws2sip:users:{<domain>}``  SET of usernames, for listing
     ``ws2sip:user-domains``  SET of domains that ever had a user, for listing all
+
+    `get` answers from an in-process cache for `cache_seconds` (USER_CACHE_SECONDS by default):
+    changes made through another store instance (`ws2sip user passwd` / `del`, another gateway
+    node) reach this one within that time; this instance's own changes at once. Unknown users
+    are not cached, so a user added elsewhere can register straight away.
     """
 
-    def __init__(self, url: str, *, key_prefix: str = "ws2sip") -> None:
+    def __init__(
+        self, url: str, *, key_prefix: str = "ws2sip", cache_seconds: float = USER_CACHE_SECONDS
+    ) -> None:
         self._redis = aioredis.Redis.from_pool(
             aioredis.BlockingConnectionPool.from_url(
                 url,
@@ -216,11 +228,25 @@ class RedisUserStore(UserStore):
         )
         self._prefix = key_prefix
         self._domains_key = f"{key_prefix}:user-domains"
+        self._cache_seconds = cache_seconds
+        # (username, domain) → (record, monotonic time it stops being trusted); insertion order
+        # is fetch order, so the first entry is the one to evict when the cache is full.
+        self._cache: dict[tuple[str, str], tuple[UserRecord, float]] = {}
 
     async def get(self, username: str, domain: str) -> UserRecord | None:
         domain = domain.lower()
+        identity = (username, domain)
+        cached = self._cache.get(identity)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         fields = await self._redis.hgetall(self._user_key(username, domain))
-        return _record_from_hash(username, domain, fields)
+        record = _record_from_hash(username, domain, fields)
+        self._cache.pop(identity, None)
+        if record is not None and self._cache_seconds > 0:
+            if len(self._cache) >= _USER_CACHE_ENTRIES:
+                del self._cache[next(iter(self._cache))]
+            self._cache[identity] = (record, time.monotonic() + self._cache_seconds)
+        return record
 
     async def add(self, username: str, domain: str, password: str) -> UserRecord:
         record = make_record(username, domain, password)
@@ -234,6 +260,7 @@ class RedisUserStore(UserStore):
 
     async def delete(self, username: str, domain: str) -> bool:
         domain = domain.lower()
+        self._cache.pop((username, domain), None)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._user_key(username, domain))
             pipe.srem(self._members_key(domain), username)
@@ -259,10 +286,12 @@ class RedisUserStore(UserStore):
         return records
 
     async def close(self) -> None:
+        self._cache.clear()
         await self._redis.aclose()
 
     async def _write_checked(self, record: UserRecord, *, must_exist: bool) -> None:
         key = self._user_key(record.username, record.domain)
+        self._cache.pop((record.username, record.domain), None)
         for _ in range(_MAX_TRANSACTION_ATTEMPTS):
             async with self._redis.pipeline(transaction=True) as pipe:
                 await pipe.watch(key)

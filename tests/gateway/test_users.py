@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import stat
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.users import (
     FileUserStore,
@@ -163,3 +165,67 @@ async def test_redis_users_survive_restart(redis_url: str) -> None:
         assert await after.get("alice", "example.com") == added
     finally:
         await after.close()
+
+
+async def _hgetall_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+async def test_redis_get_is_answered_from_the_cache(redis_url: str) -> None:
+    store = RedisUserStore(redis_url, cache_seconds=60)
+    client = aioredis.from_url(redis_url)
+    try:
+        added = await store.add("alice", "example.com", "pw")
+        await client.config_resetstat()
+        for _ in range(5):
+            assert await store.get("alice", "Example.com") == added
+        assert await _hgetall_calls(client) == 1
+        # unknown users are not cached: each lookup asks Redis again
+        assert await store.get("nobody", "example.com") is None
+        assert await store.get("nobody", "example.com") is None
+        assert await _hgetall_calls(client) == 3
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_redis_cache_sees_own_changes_at_once(redis_url: str) -> None:
+    store = RedisUserStore(redis_url, cache_seconds=60)
+    try:
+        await store.add("alice", "example.com", "old")
+        assert await store.get("alice", "example.com") is not None
+        changed = await store.set_password("alice", "example.com", "new")
+        assert await store.get("alice", "example.com") == changed
+        await store.delete("alice", "example.com")
+        assert await store.get("alice", "example.com") is None
+    finally:
+        await store.close()
+
+
+async def test_redis_cache_takes_other_writers_changes_after_its_lifetime(
+    redis_url: str,
+) -> None:
+    gateway_view = RedisUserStore(redis_url, cache_seconds=60)
+    short_lived = RedisUserStore(redis_url, cache_seconds=0.05)
+    cli = RedisUserStore(redis_url)
+    try:
+        old = await cli.add("alice", "example.com", "old")
+        assert await gateway_view.get("alice", "example.com") == old
+        assert await short_lived.get("alice", "example.com") == old
+        new = await cli.set_password("alice", "example.com", "new")
+        # within its lifetime the cached record is what the gateway authenticates against
+        assert await gateway_view.get("alice", "example.com") == old
+        for _ in range(200):  # bounded: a cache that never expires fails here, it does not hang
+            if await short_lived.get("alice", "example.com") == new:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the cached record outlived its lifetime")
+        # a user added by another writer is found at once: misses are not cached
+        assert await gateway_view.get("bob", "example.com") is None
+        bob = await cli.add("bob", "example.com", "pw")
+        assert await gateway_view.get("bob", "example.com") == bob
+    finally:
+        for store in (gateway_view, short_lived, cli):
+            await store.close()
