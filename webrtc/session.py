@@ -14,6 +14,7 @@ from .forwarding import DirectionStats, Forwarder, Route
 from .negotiation import Agreement, agree, offer_codecs, relayable, webrtc_feedback
 from .plain import PlainLeg
 from .ports import PortPool
+from .rtcp import without_bye
 from .sdp import (
     MediaDescription,
     MediaSection,
@@ -147,6 +148,7 @@ class MediaSession:
         if self._closed:
             return
         self._closed = True
+        logger.info("media %s closed: %s", self.session_id, self.stats())
         for stream in self._streams.values():
             stream.plain.close()
         self._streams.clear()
@@ -275,6 +277,15 @@ class MediaSession:
                 msid=self._msid(kind),
             ))
         self._rewire()
+        for stream in self._streams.values():
+            if stream.agreement is not None:
+                logger.info(
+                    "media %s %s: webrtc %s / plain %s (%s), webrtc %s, plain %s",
+                    self.session_id, stream.kind, stream.codec("webrtc")[0].name,
+                    stream.codec("plain")[0].name,
+                    "transcoding" if stream.agreement.transcoding else "relay",
+                    self._directions.get(("webrtc", stream.kind)),
+                    self._directions.get(("plain", stream.kind)))
         if not pending.answer_to_offerer:
             return ""
         return self._write(offerer, sections, offering=False)
@@ -329,16 +340,18 @@ class MediaSession:
 
     def _rtcp_to_webrtc(self, stream: _Stream) -> Callable[[bytes], None]:
         def forward(packet: bytes) -> None:
-            if self._webrtc is not None and not stream.transcoders:
-                self._webrtc.send_rtcp(packet)
+            kept = without_bye(packet)
+            if self._webrtc is not None and kept is not None and not stream.transcoders:
+                self._webrtc.send_rtcp(kept)
         return forward
 
     def _rtcp_to_plain(self, packet: bytes) -> None:
         # Reports from the browser go to the plain stream whose media they describe;
         # transcoded streams end RTCP at the gateway (the SSRCs would not match).
         stream = self._stream_for_report(packet)
-        if stream is not None and not stream.transcoders:
-            stream.plain.send_rtcp(packet)
+        kept = without_bye(packet)
+        if stream is not None and kept is not None and not stream.transcoders:
+            stream.plain.send_rtcp(kept)
 
     def _stream_for_report(self, packet: bytes) -> _Stream | None:
         if len(self._streams) == 1:

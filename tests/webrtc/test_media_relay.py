@@ -216,3 +216,34 @@ async def test_concurrent_sessions_are_isolated_and_free_all_ports(
             await browser_peer.close()
         for phone_peer in phones:
             await phone_peer.close()
+
+
+async def test_browser_initiated_hold_and_resume_by_reoffer(
+    relay: MediaRelay, browser: BrowserPeer, phone: RtpPeer
+) -> None:
+    """Re-INVITEs from the browser side reuse its original offer (same ICE and DTLS), first
+    sendonly, then sendrecv: media flows both ways again after the resume."""
+    session = relay.create_session("browser-hold")
+    offer = await browser.offer()
+    plain_offer = await session.process_offer(offer, "webrtc")
+    phone.target = target_of(plain_offer)
+    await browser.accept_answer(
+        await session.process_answer(asterisk_sdp(phone.port, "0"), "plain"))
+    await wait_for(lambda: session.stats()["webrtc_to_plain_packets"] > 0)
+
+    hold = await session.process_offer(offer.replace("a=sendrecv", "a=sendonly"), "webrtc")
+    assert "a=sendonly" in hold
+    held = await session.process_answer(
+        asterisk_sdp(phone.port, "0", direction="recvonly", session_version=2), "plain")
+    assert "a=recvonly" in held
+    resume = await session.process_offer(offer, "webrtc")
+    assert "a=sendrecv" in resume
+    resumed = await session.process_answer(
+        asterisk_sdp(phone.port, "0", session_version=3), "plain")
+    assert "a=sendrecv" in resumed
+
+    phone.packets.clear()
+    browser.clear()
+    await phone.play_tone(PHONE_TONE, 2.0)
+    assert_hears(phone.heard(0), 8000, BROWSER_TONE)
+    assert_hears(browser.heard(), browser.rate, PHONE_TONE)

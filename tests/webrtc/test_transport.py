@@ -181,3 +181,23 @@ async def test_browser_reoffer_with_new_ice_and_dtls_restarts_both_and_media_res
     finally:
         await first.close()
         await second.close()
+
+
+async def test_phone_rtcp_bye_during_stream_restart_does_not_silence_the_browser(
+    relay: MediaRelay, browser: BrowserPeer, phone: RtpPeer
+) -> None:
+    """pjsua sends RTCP BYE when a re-INVITE rebuilds its stream, then goes on with the same
+    SSRC; the anchor keeps the BYE from the browser, which would stop decoding for good."""
+    rtcp_port = await phone.start_rtcp()
+    session = relay.create_session("bye")
+    await connect(session, browser, phone, rtcp_port=rtcp_port)
+    await phone.play_tone(PHONE_TONE, 0.5)
+    sender_report = struct.pack("!BBHIIIIII", 0x80, 200, 6, phone.ssrc, 0, 0, 0, 25, 4000)
+    sdes = struct.pack("!BBHI", 0x81, 202, 3, phone.ssrc) + bytes([1, 2]) + b"ph" + bytes(4)
+    bye = struct.pack("!BBHI", 0x81, 203, 1, phone.ssrc)
+    assert phone.target is not None and phone.rtcp_transport is not None
+    phone.rtcp_transport.sendto(sender_report + sdes + bye, (phone.target[0], phone.target[1] + 1))
+    await asyncio.sleep(0.2)
+    browser.clear()
+    await phone.play_tone(PHONE_TONE, 1.5)
+    assert_hears(browser.heard(), browser.rate, PHONE_TONE)
