@@ -384,7 +384,10 @@ class MediaSession:
         if leg.needs_ice_restart(media):
             # The side whose offer restarts ICE controls the new generation.
             await leg.restart_ice(ice_controlling=not is_offer)
-        leg.start(media, leg.dtls_role or _dtls_role(media.setup))
+        # An existing association keeps its role; a new one takes the role a=setup leaves.
+        role = _dtls_role(media.setup) if leg.needs_new_dtls(media) else leg.dtls_role
+        assert role is not None
+        leg.start(media, role)
 
     async def _webrtc_leg(self, *, ice_controlling: bool) -> WebRtcLeg:
         if self._webrtc is None:

@@ -90,6 +90,10 @@ class WebRtcLeg:
         assert self._ice is not None and self._ice.bound_port is not None
         return self._ice.bound_port
 
+    def needs_new_dtls(self, media: MediaDescription) -> bool:
+        """No association yet, or the peer's certificate changed (RFC 8842 section 5)."""
+        return self._dtls is None or media.fingerprints != self._remote_fingerprints
+
     def needs_ice_restart(self, media: MediaDescription) -> bool:
         return self._remote_ufrag is not None and media.ice_ufrag != self._remote_ufrag
 
@@ -108,7 +112,7 @@ class WebRtcLeg:
             self._remote_ufrag = media.ice_ufrag
             self._ice.add_sdp_candidates(media.candidates)
             self._ice_task = asyncio.create_task(self._connect(self._ice))
-        if self._dtls is None or media.fingerprints != self._remote_fingerprints:
+        if self.needs_new_dtls(media):
             self._start_dtls(media.fingerprints, dtls_role)
 
     def _start_dtls(self, fingerprints: list[Fingerprint], role: DtlsRole) -> None:

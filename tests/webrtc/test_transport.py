@@ -201,3 +201,49 @@ async def test_phone_rtcp_bye_during_stream_restart_does_not_silence_the_browser
     browser.clear()
     await phone.play_tone(PHONE_TONE, 1.5)
     assert_hears(browser.heard(), browser.rate, PHONE_TONE)
+
+
+async def test_dtls_peer_whose_certificate_does_not_match_the_sdp_fingerprint_is_refused(
+    relay: MediaRelay, browser: BrowserPeer, phone: RtpPeer
+) -> None:
+    offer = await browser.offer()
+    real = parse(offer).first("audio").fingerprints[0].value  # type: ignore[union-attr]
+    forged = ":".join(reversed(real.split(":")))
+    session = relay.create_session("forged")
+    phone_offer = await session.process_offer(offer.replace(real, forged), "webrtc")
+    phone.target = target_of(phone_offer)
+    await browser.accept_answer(
+        await session.process_answer(asterisk_sdp(phone.port, "0"), "plain"))
+    await wait_for(lambda: session.failure is not None)
+    assert "fingerprint mismatch" in session.failure  # type: ignore[operator]
+    await phone.play_tone(PHONE_TONE, 0.5)
+    stats = session.stats()
+    assert stats["webrtc_to_plain_packets"] == 0 and stats["plain_to_webrtc_packets"] == 0
+    assert not phone.packets
+
+
+async def test_new_browser_after_a_phone_offer_gets_a_fresh_active_dtls_role(
+    relay: MediaRelay, phone: RtpPeer
+) -> None:
+    """The call began with the phone's offer (gateway DTLS server); a re-offer from a new
+    peer connection is a new association, answered active like any browser offer."""
+    first = BrowserPeer(frequency=BROWSER_TONE)
+    second = BrowserPeer(frequency=600.0)
+    try:
+        session = relay.create_session("new-association")
+        webrtc_offer = await session.process_offer(asterisk_sdp(phone.port, "0"), "plain")
+        phone.target = target_of(await session.process_answer(
+            await first.answer(webrtc_offer), "webrtc"))
+        await wait_for(lambda: session.stats()["webrtc_to_plain_packets"] > 0)
+        await session.process_offer(await second.offer(), "webrtc")
+        answer = await session.process_answer(asterisk_sdp(phone.port, "0"), "plain")
+        assert "a=setup:active" in answer
+        await second.accept_answer(answer)
+        await first.close()
+        phone.packets.clear()
+        await phone.play_tone(PHONE_TONE, 1.5)
+        assert_hears(phone.heard(0), 8000, 600.0)
+        assert_hears(second.heard(), second.rate, PHONE_TONE)
+    finally:
+        await first.close()
+        await second.close()
