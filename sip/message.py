@@ -3,6 +3,9 @@
 Parsing only splits the start line and header lines; structured values (Via, name-addrs, CSeq…)
 are parsed on first access and cached, because a proxy reads a handful of headers and forwards
 the rest untouched.
+
+Parsed values are read-only views: change a header through set/add/prepend/remove or
+replace_top_via (copies share the parsed values until one of them changes that header).
 """
 
 from __future__ import annotations
