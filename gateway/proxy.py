@@ -182,12 +182,15 @@ class Proxy:
         await self._route_initial(request, server)
 
     def _check_loop(self, request: Request) -> None:
-        own = loop_hash(request)
+        marker = "." + loop_hash(request)
+        # Only a raw Via value carrying our loop marker is worth parsing (most carry none).
+        if not any(marker in value for value in request.get_all("via")):
+            return
         # Every Via, the top one included: a request we sent straight back to ourselves (a
         # trunk whose address is ours) carries our Via on top.
         for via in request.vias:
             branch = via.branch or ""
-            if branch.endswith("." + own) and self._is_our_via(via.host, via.port):
+            if branch.endswith(marker) and self._is_our_via(via.host, via.port):
                 raise SipError(482, "Loop Detected")
 
     def _is_our_via(self, host: str, port: int | None) -> bool:
