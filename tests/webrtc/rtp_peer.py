@@ -5,15 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import audioop  # deprecated, still in 3.11; G.711 µ-law in one call
+import fractions
 import secrets
 import struct
 from dataclasses import dataclass
 
 import numpy as np
+from aiortc.codecs import get_decoder, get_encoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from av import AudioFrame
 
 from tests.support.audio import sine_pcm
 
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+
+
+def _parameters(codec: str, payload_type: int) -> RTCRtpCodecParameters:
+    if codec == "opus":
+        return RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2,
+                                     payloadType=payload_type)
+    return RTCRtpCodecParameters(mimeType=f"audio/{codec}", clockRate=8000, channels=1,
+                                 payloadType=payload_type)
 
 
 @dataclass
@@ -104,6 +117,41 @@ class RtpPeer:
             self.send_packet(payload_type, encode(chunk, 2), marker=index == 0)
             self._timestamp = (self._timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
             await asyncio.sleep(max(0.0, start + (index + 1) * 0.02 - loop.time()))
+
+    async def play_encoded_tone(self, frequency: float, seconds: float, codec: str,
+                                payload_type: int) -> None:
+        """A tone encoded with aiortc's encoder for `codec` ("opus", "G722"), paced at 20 ms."""
+        encoder = get_encoder(_parameters(codec, payload_type))
+        rate, step = (48000, 960) if codec == "opus" else (16000, 320)
+        clock_step = 960 if codec == "opus" else 160
+        pcm = np.frombuffer(sine_pcm(frequency, seconds, rate), dtype="<i2")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for index in range(len(pcm) // step):
+            frame = AudioFrame.from_ndarray(pcm[index * step:(index + 1) * step].reshape(1, -1),
+                                            format="s16", layout="mono")
+            frame.sample_rate = rate
+            frame.pts = index * step
+            frame.time_base = fractions.Fraction(1, rate)
+            for payload in encoder.encode(frame)[0]:
+                self.send_packet(payload_type, payload, marker=index == 0)
+                self._timestamp = (self._timestamp + clock_step) & 0xFFFFFFFF
+            await asyncio.sleep(max(0.0, start + (index + 1) * 0.02 - loop.time()))
+
+    def heard_decoded(self, codec: str, payload_type: int) -> tuple[np.ndarray, int]:
+        """Received packets of `payload_type` decoded with aiortc's decoder: samples, rate."""
+        decoder = get_decoder(_parameters(codec, payload_type))
+        chunks = []
+        rate = 8000
+        for packet in self.packets:
+            if packet.payload_type != payload_type:
+                continue
+            for frame in decoder.decode(JitterFrame(packet.payload, packet.timestamp)):
+                channels = len(frame.layout.channels)
+                chunks.append(frame.to_ndarray().reshape(-1, channels).mean(axis=1))
+                rate = frame.sample_rate
+        samples = np.concatenate(chunks) if chunks else np.zeros(0)
+        return samples[int(0.2 * rate):], rate
 
     def play_in_background(self, frequency: float, seconds: float, payload_type: int = 0) -> None:
         self._tasks.append(asyncio.create_task(self.play_tone(frequency, seconds, payload_type)))

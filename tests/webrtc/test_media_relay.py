@@ -247,3 +247,28 @@ async def test_browser_initiated_hold_and_resume_by_reoffer(
     await phone.play_tone(PHONE_TONE, 2.0)
     assert_hears(phone.heard(0), 8000, BROWSER_TONE)
     assert_hears(browser.heard(), browser.rate, PHONE_TONE)
+
+
+@pytest.mark.parametrize("codec", ["opus", "G722"])
+async def test_wideband_codec_common_to_both_sides_is_relayed_undecoded(
+    relay: MediaRelay, browser: BrowserPeer, phone: RtpPeer, codec: str
+) -> None:
+    session = relay.create_session(f"relay-{codec}")
+    plain_offer = await session.process_offer(await browser.offer(), "webrtc")
+    media = parse(plain_offer).first("audio")
+    assert media is not None
+    offered = next(c for c in media.codecs if c.name.lower() == codec.lower())
+    phone.target = target_of(plain_offer)
+    rtpmap = f"{offered.name}/{offered.clock_rate}" + ("/2" if offered.channels == 2 else "")
+    answer_sdp = asterisk_sdp(phone.port, "0").replace(
+        "RTP/AVP 0", f"RTP/AVP {offered.payload_type}").replace(
+        "a=rtpmap:0 PCMU/8000", f"a=rtpmap:{offered.payload_type} {rtpmap}")
+    await browser.accept_answer(await session.process_answer(answer_sdp, "plain"))
+    await wait_for(lambda: session.stats()["webrtc_to_plain_packets"] > 0)
+
+    await phone.play_encoded_tone(PHONE_TONE, 2.0, codec, offered.payload_type)
+
+    samples, rate = phone.heard_decoded(codec, offered.payload_type)
+    assert_hears(samples, rate, BROWSER_TONE)
+    assert_hears(browser.heard(), browser.rate, PHONE_TONE)
+    assert session.stats()["transcoded_frames"] == 0
