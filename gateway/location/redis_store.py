@@ -4,10 +4,16 @@ Key schema (`ws2sip` is the configurable key prefix; `{...}` is a Redis Cluster 
 every multi-key operation below touches a single slot):
 
 ``ws2sip:loc:{<aor>}``  HASH
-    binding key (`Binding.key`) → binding as compact JSON (see codec.py). PEXPIREAT is the
-    latest binding expiry, so the key vanishes with its last binding; earlier-expiring entries
-    are dropped on every read and write (Redis 7.0 has no per-field HEXPIRE).
-    Written only inside WATCH/MULTI/EXEC around `apply_register`, retried on WatchError.
+    binding key (`Binding.key`) → binding as compact JSON (see codec.py), plus the field
+    ``~version`` (binding keys start with "contact " or "instance ", so it cannot collide): a
+    token unique to each write. PEXPIREAT is the latest binding expiry, so the key, version
+    included, vanishes with its last binding; earlier-expiring entries are dropped on every
+    read and write (Redis 7.0 has no per-field HEXPIRE).
+    Written only by the compare-and-set script `_CAS_SCRIPT`: `apply_register` runs here on the
+    bindings of a known version, and the script replaces the whole hash only if that version is
+    still the stored one; otherwise it answers the current version and bindings and the change
+    is recomputed on them. Tokens are never reused, so a key that expired and was re-created
+    meanwhile cannot pass for the version this node saw (no ABA).
 ``ws2sip:node:{<node_id>}``  STRING
     the node's heartbeat: NodeInfo as JSON, PX = heartbeat ttl.
 ``ws2sip:node:{<node_id>}:flows``  ZSET
@@ -28,17 +34,29 @@ so whoever uses it re-checks node and connection on the binding itself.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import random
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
+from redis.exceptions import NoScriptError, ResponseError
 
+from .aor_cache import AorCache
 from .base import LocationService
 from .codec import decode_binding, decode_node, encode_binding, encode_node
-from .model import Binding, NodeInfo, RegisterChange, apply_register, by_preference
+from .model import (
+    Binding,
+    NodeInfo,
+    OutOfOrderRegister,
+    RegisterChange,
+    apply_register,
+    by_preference,
+)
 
 # Optimistic transactions on one AoR only collide when its own devices register at the same
 # instant; this bound turns a pathological livelock into an error instead of a hang.
@@ -48,6 +66,34 @@ _SCAN_BATCH = 500
 # than fail, so a burst of REGISTERs queues instead of getting 503s; the timeout bounds the wait.
 POOL_SIZE = 32
 POOL_WAIT_SECONDS = 10.0
+# AoRs whose last written state this node remembers (a refresh then needs no read): a few
+# hundred bytes each, so the default bounds the cache to some tens of MB.
+AOR_CACHE_ENTRIES = 100_000
+_VERSION_FIELD = "~version"
+# Called with no ARGV: a read. Else ARGV = expected version ('' for none), new version,
+# PEXPIREAT in unix ms, then binding key/JSON pairs (none: the AoR is emptied).
+# Answers 1 when written, else {current version, current binding JSONs}.
+_CAS_SCRIPT = """
+local stored = redis.call('HGET', KEYS[1], ARGV_VERSION_FIELD)
+if not stored then
+  stored = redis.call('EXISTS', KEYS[1]) == 1 and '~unversioned' or ''
+end
+if #ARGV == 0 or stored ~= ARGV[1] then
+  local fields = redis.call('HGETALL', KEYS[1])
+  local bindings = {}
+  for i = 1, #fields, 2 do
+    if fields[i] ~= ARGV_VERSION_FIELD then bindings[#bindings + 1] = fields[i + 1] end
+  end
+  return {stored, bindings}
+end
+redis.call('DEL', KEYS[1])
+if #ARGV > 3 then
+  redis.call('HSET', KEYS[1], ARGV_VERSION_FIELD, ARGV[2], unpack(ARGV, 4))
+  redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+end
+return 1
+""".replace("ARGV_VERSION_FIELD", repr(_VERSION_FIELD))
+_CAS_SHA = hashlib.sha1(_CAS_SCRIPT.encode()).hexdigest()
 
 
 class LocationContention(RuntimeError):
@@ -55,7 +101,9 @@ class LocationContention(RuntimeError):
 
 
 class RedisLocationService(LocationService):
-    def __init__(self, url: str, *, key_prefix: str = "ws2sip") -> None:
+    def __init__(
+        self, url: str, *, key_prefix: str = "ws2sip", aor_cache_entries: int = AOR_CACHE_ENTRIES
+    ) -> None:
         self._redis = aioredis.Redis.from_pool(
             aioredis.BlockingConnectionPool.from_url(
                 url, max_connections=POOL_SIZE, timeout=POOL_WAIT_SECONDS, decode_responses=True
@@ -63,6 +111,11 @@ class RedisLocationService(LocationService):
         )
         self._prefix = key_prefix
         self._nodes_key = f"{key_prefix}:nodes"
+        self._aor_cache = AorCache(aor_cache_entries)
+        # Version tokens: a random prefix per instance and a counter, unique across the cluster
+        # without a round trip.
+        self._version_prefix = secrets.token_hex(8)
+        self._version_counter = itertools.count()
 
     async def register(self, change: RegisterChange) -> list[Binding]:
         updated = await self._transact(
@@ -75,8 +128,11 @@ class RedisLocationService(LocationService):
 
     async def lookup(self, aor: str) -> list[Binding]:
         now = time.time()
-        stored = await self._redis.hvals(self._aor_key(aor))
-        return by_preference([b for b in map(decode_binding, stored) if b.expires_at > now])
+        stored = await self._redis.hgetall(self._aor_key(aor))
+        stored.pop(_VERSION_FIELD, None)
+        return by_preference(
+            [b for b in map(decode_binding, stored.values()) if b.expires_at > now]
+        )
 
     async def remove_connection(self, node_id: str, connection_id: str) -> list[Binding]:
         flow_key = self._flow_key(node_id, connection_id)
@@ -142,6 +198,7 @@ class RedisLocationService(LocationService):
         return live
 
     async def close(self) -> None:
+        self._aor_cache.clear()
         await self._redis.aclose()
 
     async def _transact(
@@ -151,51 +208,76 @@ class RedisLocationService(LocationService):
         now: float,
         after_commit: Callable[[list[Binding]], list[tuple[object, ...]]] = lambda _: [],
     ) -> list[Binding]:
-        """Read-modify-write of one AoR under WATCH; the result of `mutate` is written as a whole.
+        """Read-modify-write of one AoR by compare-and-set; the result of `mutate` is written whole.
 
         `mutate` gets the unexpired bindings and returns the new list; returning the very same
         binding objects means "no change" and skips the write. `after_commit` gives commands
-        sent right behind EXEC, outside the transaction (the flow index: another slot).
+        sent right behind the write, outside its atomicity (the flow index: another slot).
 
-        Hand-driven rather than redis-py's Pipeline, which spends a round trip on WATCH and one on
-        each read under it: here WATCH+HVALS is one round trip and MULTI..EXEC plus the index
-        update another, which halves the CPU a REGISTER costs the gateway.
+        `mutate` first runs on this node's cached state of the AoR (or, unknown, on none, which
+        is right for a new AoR), so the common REGISTER costs one round trip: the write. A stale
+        guess makes the write fail and return the current state, and `mutate` runs again on it.
+        Only an answer computed from state just read from Redis is returned without a write
+        (a fetch) or raised (an out-of-order CSeq), since the cache may be stale.
+        Driven by hand on one pooled connection rather than through redis-py's command methods,
+        which cost several times the CPU per round trip.
         """
         key = self._aor_key(aor)
+        cached = self._aor_cache.get(aor)
+        version, stored = cached if cached is not None else ("", [])
+        fresh = False
         pool = self._redis.connection_pool
         connection = await pool.get_connection()
         try:
-            for attempt in range(_MAX_ATTEMPTS):
-                watched = await _round_trip(connection, [("WATCH", key), ("HVALS", key)])
-                stored = [decode_binding(text) for text in watched[1]]
-                updated = mutate([b for b in stored if b.expires_at > now])
+            for _ in range(_MAX_ATTEMPTS):
+                try:
+                    updated = mutate([b for b in stored if b.expires_at > now])
+                except OutOfOrderRegister:
+                    if fresh:
+                        raise
+                    version, stored, fresh = *await self._read(connection, key), True
+                    continue
                 if len(updated) == len(stored) and all(
                     new is old for new, old in zip(updated, stored, strict=True)
                 ):
-                    await _round_trip(connection, [("UNWATCH",)])
-                    return updated
-                commands: list[tuple[object, ...]] = [("MULTI",), ("DEL", key)]
+                    if fresh:
+                        return updated
+                    version, stored, fresh = *await self._read(connection, key), True
+                    continue
+                written = self._next_version()
+                arguments: list[object] = [version, written]
                 if updated:
-                    fields = [item for b in updated for item in (b.key, encode_binding(b))]
-                    latest = _unix_ms(max(b.expires_at for b in updated))
-                    commands += [("HSET", key, *fields), ("PEXPIREAT", key, latest)]
-                commands.append(("EXEC",))
-                followers = after_commit(updated)
-                replies = await _round_trip(connection, commands + followers)
-                if replies[len(commands) - 1] is not None:
+                    arguments.append(_unix_ms(max(b.expires_at for b in updated)))
+                    arguments.extend(item for b in updated for item in (b.key, encode_binding(b)))
+                else:
+                    arguments.append(0)
+                outcome = await _call_cas(connection, key, arguments, after_commit(updated))
+                if outcome == 1:
+                    self._aor_cache.put(aor, written, updated)
                     return updated
-                # EXEC answered nil: the AoR changed since WATCH. Jitter spreads the writers of a
-                # hot AoR apart so the next round has a winner instead of the same collision.
-                await asyncio.sleep(random.uniform(0, 0.0005 * attempt))
+                if fresh:
+                    # A concurrent writer won against state just read. Jitter spreads the
+                    # writers of a hot AoR apart so the next round has a winner.
+                    await asyncio.sleep(random.uniform(0, 0.0005))
+                version, stored = _decode_state(outcome)
+                fresh = True
+        except OutOfOrderRegister:
+            raise  # decided before anything was sent: the connection is clean
         except BaseException:
-            # The connection may hold a WATCH, an open MULTI or unread replies: never reuse it.
+            # The connection may hold unread replies: never reuse it.
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
         raise LocationContention(
-            f"AoR {aor} kept changing during {_MAX_ATTEMPTS} optimistic transaction attempts"
+            f"AoR {aor} kept changing during {_MAX_ATTEMPTS} compare-and-set attempts"
         )
+
+    async def _read(self, connection: Connection, key: str) -> tuple[str, list[Binding]]:
+        return _decode_state(await _call_cas(connection, key, [], []))
+
+    def _next_version(self) -> str:
+        return f"{self._version_prefix}.{next(self._version_counter)}"
 
     async def _remove_flow_bindings(
         self, aor: str, node_id: str, connection_id: str
@@ -240,10 +322,13 @@ class RedisLocationService(LocationService):
     async def _count_live(self, keys: list[str], now: float) -> int:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.hvals(key)
+                pipe.hgetall(key)
             per_key = await pipe.execute()
         return sum(
-            1 for stored in per_key for text in stored if decode_binding(text).expires_at > now
+            1
+            for stored in per_key
+            for field, text in stored.items()
+            if field != _VERSION_FIELD and decode_binding(text).expires_at > now
         )
 
     def _aor_key(self, aor: str) -> str:
@@ -259,10 +344,48 @@ class RedisLocationService(LocationService):
         return f"{self._prefix}:node:{{{node_id}}}:flow:{connection_id}"
 
 
+async def _call_cas(
+    connection: Connection,
+    key: str,
+    arguments: list[object],
+    followers: list[tuple[object, ...]],
+) -> Any:
+    """`_CAS_SCRIPT` on `key`, `followers` pipelined behind it; the script's answer.
+
+    Loads the script and calls again when Redis does not know it (first use, or after a
+    restart or SCRIPT FLUSH).
+    """
+    call = ("EVALSHA", _CAS_SHA, 1, key, *arguments)
+    try:
+        return (await _round_trip(connection, [call, *followers]))[0]
+    except NoScriptError:
+        load = ("SCRIPT", "LOAD", _CAS_SCRIPT)
+        return (await _round_trip(connection, [load, call, *followers]))[1]
+
+
 async def _round_trip(connection: Connection, commands: list[tuple[object, ...]]) -> list[Any]:
-    """Send `commands` in one write and read one reply each; a Redis error reply raises."""
+    """Send `commands` in one write and read one reply each.
+
+    Every reply is read before the first Redis error reply is raised, so the connection stays
+    usable.
+    """
     await connection.send_packed_command(connection.pack_commands(commands))
-    return [await connection.read_response() for _ in commands]
+    replies: list[Any] = []
+    error: ResponseError | None = None
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as reply_error:
+            error = error or reply_error
+            replies.append(reply_error)
+    if error is not None:
+        raise error
+    return replies
+
+
+def _decode_state(answer: list[Any]) -> tuple[str, list[Binding]]:
+    version, stored = answer
+    return version, [decode_binding(text) for text in stored]
 
 
 def _unix_ms(unix_time: float) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import pytest
@@ -23,6 +23,7 @@ from gateway.location import (
     apply_register,
     open_location_service,
 )
+from gateway.location.aor_cache import AorCache
 from gateway.location.codec import decode_binding, encode_binding
 
 ALICE = "sip:alice@example.com"
@@ -393,3 +394,145 @@ async def _wait_for(
             return
         await asyncio.sleep(pause)
     raise AssertionError(f"condition not met after {attempts} polls")
+
+
+@pytest.fixture
+async def two_nodes(redis_url: str) -> AsyncIterator[tuple[RedisLocationService, ...]]:
+    """Two gateway nodes' location services on one Redis, each with its own AoR cache."""
+    nodes = (RedisLocationService(redis_url), RedisLocationService(redis_url))
+    yield nodes
+    for node in nodes:
+        await node.close()
+
+
+async def test_stale_cached_aor_is_merged_not_overwritten(
+    two_nodes: tuple[RedisLocationService, ...],
+) -> None:
+    node_a, node_b = two_nodes
+    await node_a.register(change(contact("sip:a@10.0.0.1"), call_id="a"))
+    # node B has never seen the AoR: its write on "no bindings" fails and is redone on A's
+    await node_b.register(change(contact("sip:b@10.0.0.2"), call_id="b", node="node-b"))
+    # node A's cache lacks B's binding: its refresh must not drop it
+    refreshed = await node_a.register(change(contact("sip:a@10.0.0.1"), call_id="a", cseq=2))
+    assert sorted(b.contact for b in refreshed) == ["sip:a@10.0.0.1", "sip:b@10.0.0.2"]
+    assert sorted(b.contact for b in await node_b.lookup(ALICE)) == [
+        "sip:a@10.0.0.1",
+        "sip:b@10.0.0.2",
+    ]
+
+
+async def test_a_recreated_aor_is_not_mistaken_for_the_cached_one(
+    two_nodes: tuple[RedisLocationService, ...],
+) -> None:
+    node_a, node_b = two_nodes
+    await node_a.register(change(contact("sip:a@10.0.0.1"), call_id="a"))
+    await node_b.register(change(contact("sip:a@10.0.0.1", expires=0), call_id="a", cseq=2))
+    await node_b.register(change(contact("sip:b@10.0.0.2"), call_id="b", node="node-b"))
+    await node_b.register(change(contact("sip:c@10.0.0.3"), call_id="c", node="node-b"))
+    # as many writes as node A made, on a re-created key: A's cached version must still differ
+    bindings = await node_a.register(change(contact("sip:d@10.0.0.4"), call_id="d"))
+    assert sorted(b.contact for b in bindings) == [
+        "sip:b@10.0.0.2",
+        "sip:c@10.0.0.3",
+        "sip:d@10.0.0.4",
+    ]
+
+
+async def test_out_of_order_is_judged_on_the_stored_bindings_not_the_cache(
+    two_nodes: tuple[RedisLocationService, ...],
+) -> None:
+    node_a, node_b = two_nodes
+    await node_a.register(change(contact("sip:a@10.0.0.1"), call_id="x", cseq=5))
+    await node_b.register(change(contact("sip:a@10.0.0.1", expires=0), call_id="x", cseq=6))
+    # node A still remembers Call-ID x at CSeq 5, but no stored binding has that Call-ID now
+    (binding,) = await node_a.register(change(contact("sip:z@10.0.0.9"), call_id="x", cseq=5))
+    assert (binding.contact, binding.cseq) == ("sip:z@10.0.0.9", 5)
+    with pytest.raises(OutOfOrderRegister):
+        await node_b.register(change(contact("sip:z@10.0.0.9"), call_id="x", cseq=5))
+
+
+async def test_fetch_answers_what_is_stored_not_the_cache(
+    two_nodes: tuple[RedisLocationService, ...],
+) -> None:
+    node_a, node_b = two_nodes
+    await node_a.register(change(contact("sip:a@10.0.0.1"), call_id="a"))
+    await node_b.register(change(contact("sip:b@10.0.0.2"), call_id="b", node="node-b"))
+    fetched = await node_a.register(change(call_id="fetch"))
+    assert sorted(b.contact for b in fetched) == ["sip:a@10.0.0.1", "sip:b@10.0.0.2"]
+
+
+async def test_concurrent_registers_from_two_nodes_lose_nothing(
+    two_nodes: tuple[RedisLocationService, ...],
+) -> None:
+    devices = 60
+    await asyncio.gather(
+        *(
+            two_nodes[i % 2].register(
+                change(
+                    contact(f"sip:dev{i}@10.0.1.{i}"),
+                    call_id=f"call-{i}",
+                    node=f"node-{i % 2}",
+                    connection=f"ws-{i}",
+                )
+            )
+            for i in range(devices)
+        )
+    )
+    # and refreshes of them all, again from both nodes, with their caches now stale
+    await asyncio.gather(
+        *(
+            two_nodes[(i + 1) % 2].register(
+                change(contact(f"sip:dev{i}@10.0.1.{i}"), call_id=f"call-{i}", cseq=2)
+            )
+            for i in range(devices)
+        )
+    )
+    bindings = await two_nodes[0].lookup(ALICE)
+    assert sorted(b.contact for b in bindings) == sorted(
+        f"sip:dev{i}@10.0.1.{i}" for i in range(devices)
+    )
+    assert {b.cseq for b in bindings} == {2}
+
+
+async def test_bindings_written_before_versioning_are_kept(redis_url: str) -> None:
+    (old,) = apply_register([], change(contact("sip:old@10.0.0.1"), call_id="old"))
+    client = aioredis.from_url(redis_url)
+    location = RedisLocationService(redis_url)
+    try:
+        await client.hset("ws2sip:loc:{sip:alice@example.com}", old.key, encode_binding(old))
+        assert await location.lookup(ALICE) == [old]
+        bindings = await location.register(change(contact("sip:new@10.0.0.2"), call_id="new"))
+        assert sorted(b.contact for b in bindings) == ["sip:new@10.0.0.2", "sip:old@10.0.0.1"]
+    finally:
+        await client.aclose()
+        await location.close()
+
+
+async def test_register_after_redis_forgot_the_script(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    location = RedisLocationService(redis_url)
+    try:
+        await location.register(change(contact("sip:a@10.0.0.1")))
+        await client.script_flush()
+        bindings = await location.register(change(contact("sip:a@10.0.0.1"), cseq=2))
+        assert [b.cseq for b in bindings] == [2]
+    finally:
+        await client.aclose()
+        await location.close()
+
+
+def test_aor_cache_is_bounded_and_evicts_the_least_recently_written() -> None:
+    (binding,) = apply_register([], change(contact("sip:a@10.0.0.1")))
+    cache = AorCache(max_entries=2)
+    cache.put("one", "v1", [binding])
+    cache.put("two", "v2", [binding])
+    cache.put("one", "v3", [binding])
+    cache.put("three", "v4", [binding])
+    assert (cache.get("one"), cache.get("two"), cache.get("three")) == (
+        ("v3", [binding]),
+        None,
+        ("v4", [binding]),
+    )
+    cache.put("one", "v5", [])
+    assert cache.get("one") is None
+    assert len(cache) == 1
