@@ -5,36 +5,30 @@
         await alice.sign_in("alice", password)
         await alice.call("bob")
 
-Unlike tests/support/browser.launch_browser, Chromium keeps its WebRTC privacy defaults: host
-candidates are mDNS names (`<uuid>.local`), as in every browser people run.
+Unlike the other browser tests, Chromium keeps its WebRTC privacy defaults: host candidates are
+mDNS names (`<uuid>.local`), as in every browser people run.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page
 
 from tests.fixtures.gateway import ARTIFACTS_DIR, GatewayProcess
 from tests.support.browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     JS_DIR,
     BrowserSession,
     dominant_frequency,
+    launch_browser,
     peer_connection_stats,
 )
 
 SCREENSHOTS_DIR = ARTIFACTS_DIR / "screenshots"
-MDNS_OFF = "--disable-features=WebRtcHideLocalIpsWithMdns"
-# The test harness's flags minus the one that turns mDNS host candidates off.
-PRIVATE_CHROMIUM_ARGS = tuple(arg for arg in CHROMIUM_ARGS if arg != MDNS_OFF)
-ASK_FOR_MEDIA = "--use-fake-ui-for-media-stream"
+VIEWPORT = {"width": 760, "height": 980}
 UI_TIMEOUT_MS = 15_000
 MEDIA_HELPERS = JS_DIR / "media_helpers.mjs"
 
@@ -49,27 +43,11 @@ async def launch_private_browser(
 ) -> AsyncIterator[BrowserSession]:
     """Chromium with mDNS host candidates on, its microphone playing tone_wav.
 
-    grant_media=False leaves the permission prompt in: headless Chromium then denies
-    getUserMedia, as when a person clicks "Block".
+    grant_media=False: headless Chromium denies getUserMedia (see launch_browser).
     """
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"{CHROMIUM} not found: run tests/bootstrap.sh")
-    args = [*PRIVATE_CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={tone_wav}"]
-    if not grant_media:
-        args.remove(ASK_FOR_MEDIA)
-    profile = Path(tempfile.mkdtemp(prefix=f"ws2sip-webphone-{name}-"))
-    try:
-        async with async_playwright() as playwright:
-            context = await playwright.chromium.launch_persistent_context(
-                str(profile), executable_path=CHROMIUM, headless=True, args=args,
-                viewport={"width": 760, "height": 980},
-            )
-            try:
-                yield BrowserSession(name, context)
-            finally:
-                await context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    async with launch_browser(tone_wav, name=name, mdns_host_candidates=True,
+                              grant_media=grant_media, viewport=VIEWPORT) as browser:
+        yield browser
 
 
 class WebPhone:

@@ -32,7 +32,6 @@ SERVED_SUFFIXES = (".html", ".mjs")
 LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
 PAGE_READY = "window.ws2sipMedia !== undefined"
 CHROMIUM_ARGS = (
-    "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
     "--allow-loopback-in-peer-connection",
     "--autoplay-policy=no-user-gesture-required",
@@ -43,9 +42,10 @@ CHROMIUM_ARGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    # Host candidates as plain loopback addresses, not mDNS names nobody here can resolve.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
 )
+# Host candidates as plain loopback addresses, not mDNS names nobody here can resolve.
+MDNS_HOST_CANDIDATES_OFF = "--disable-features=WebRtcHideLocalIpsWithMdns"
+GRANT_MEDIA = "--use-fake-ui-for-media-stream"
 
 
 def write_browser_tone(path: Path, frequency: float) -> Path:
@@ -122,21 +122,32 @@ class BrowserSession:
 
 
 @asynccontextmanager
-async def launch_browser(tone_wav: Path, *, name: str = "browser",
-                         extra_args: tuple[str, ...] = ()) -> AsyncIterator[BrowserSession]:
-    """Chromium whose microphone plays tone_wav, in a temporary profile removed afterwards."""
+async def launch_browser(
+    tone_wav: Path, *, name: str = "browser", extra_args: tuple[str, ...] = (),
+    mdns_host_candidates: bool = False, grant_media: bool = True,
+    viewport: dict[str, int] | None = None,
+) -> AsyncIterator[BrowserSession]:
+    """Chromium whose microphone plays tone_wav, in a temporary profile removed afterwards.
+
+    mdns_host_candidates=True keeps Chromium's WebRTC privacy default (host candidates as
+    `<uuid>.local` names, as in every browser people run); by default they are plain addresses.
+    grant_media=False leaves the permission prompt in: headless Chromium then denies
+    getUserMedia, as when a person clicks "Block".
+    """
     if not Path(CHROMIUM).exists():
         raise RuntimeError(f"{CHROMIUM} not found: install the Debian package chromium "
                            "(tests/bootstrap.sh)")
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={tone_wav}", *extra_args]
+    if not mdns_host_candidates:
+        args.append(MDNS_HOST_CANDIDATES_OFF)
+    if grant_media:
+        args.append(GRANT_MEDIA)
     profile = Path(tempfile.mkdtemp(prefix=f"ws2sip-chromium-{name}-"))
     try:
         async with async_playwright() as playwright:
             context = await playwright.chromium.launch_persistent_context(
-                str(profile),
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={tone_wav}",
-                      *extra_args],
+                str(profile), executable_path=CHROMIUM, headless=True, args=args,
+                viewport=viewport,
             )
             try:
                 yield BrowserSession(name, context)
