@@ -25,6 +25,7 @@ from gateway.location import (
 )
 from gateway.location.aor_cache import AorCache
 from gateway.location.codec import decode_binding, encode_binding
+from gateway.location.keyed_lock import KeyedLock
 
 ALICE = "sip:alice@example.com"
 BOB = "sip:bob@example.com"
@@ -536,3 +537,21 @@ def test_aor_cache_is_bounded_and_evicts_the_least_recently_written() -> None:
     cache.put("one", "v5", [])
     assert cache.get("one") is None
     assert len(cache) == 1
+
+
+async def test_keyed_lock_serialises_one_key_and_forgets_idle_keys() -> None:
+    turns = KeyedLock()
+    inside: list[str] = []
+    overlaps: list[tuple[str, ...]] = []
+
+    async def hold(key: str) -> None:
+        async with turns.hold(key):
+            inside.append(key)
+            overlaps.append(tuple(inside))
+            await asyncio.sleep(0.001)
+            inside.remove(key)
+
+    await asyncio.gather(*(hold("a") for _ in range(5)), hold("b"))
+    assert all(overlap.count("a") <= 1 for overlap in overlaps)
+    assert any(set(overlap) == {"a", "b"} for overlap in overlaps)  # other keys do not wait
+    assert len(turns) == 0
