@@ -42,9 +42,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
-from redis.exceptions import NoScriptError, ResponseError
 
 from .aor_cache import AorCache
 from .base import LocationService
@@ -58,15 +57,18 @@ from .model import (
     apply_register,
     by_preference,
 )
+from .resp_pipe import Command, RespPipe
 
 # Optimistic transactions on one AoR only collide when its own devices register at the same
 # instant; this bound turns a pathological livelock into an error instead of a hang.
 _MAX_ATTEMPTS = 64
 _SCAN_BATCH = 500
-# Connections to Redis: requests beyond this wait for a free one (BlockingConnectionPool) rather
-# than fail, so a burst of REGISTERs queues instead of getting 503s; the timeout bounds the wait.
-POOL_SIZE = 32
+# Connections to Redis for everything but register/lookup: requests beyond this wait for a free
+# one (BlockingConnectionPool) rather than fail; the timeout bounds the wait.
+POOL_SIZE = 8
 POOL_WAIT_SECONDS = 10.0
+# Bound on one pipelined request of the hot path (register, lookup, remove_connection).
+REQUEST_TIMEOUT_SECONDS = 10.0
 # AoRs whose last written state this node remembers (a refresh then needs no read): a few
 # hundred bytes each, so the default bounds the cache to some tens of MB.
 AOR_CACHE_ENTRIES = 100_000
@@ -110,6 +112,7 @@ class RedisLocationService(LocationService):
                 url, max_connections=POOL_SIZE, timeout=POOL_WAIT_SECONDS, decode_responses=True
             )
         )
+        self._pipe = RespPipe(url, timeout=REQUEST_TIMEOUT_SECONDS)
         self._prefix = key_prefix
         self._nodes_key = f"{key_prefix}:nodes"
         self._aor_cache = AorCache(aor_cache_entries)
@@ -131,12 +134,9 @@ class RedisLocationService(LocationService):
         return by_preference(updated)
 
     async def lookup(self, aor: str) -> list[Binding]:
+        _, stored = await self._read(self._aor_key(aor))
         now = time.time()
-        stored = await self._redis.hgetall(self._aor_key(aor))
-        stored.pop(_VERSION_FIELD, None)
-        return by_preference(
-            [b for b in map(decode_binding, stored.values()) if b.expires_at > now]
-        )
+        return by_preference([b for b in stored if b.expires_at > now])
 
     async def remove_connection(self, node_id: str, connection_id: str) -> list[Binding]:
         flow_key = self._flow_key(node_id, connection_id)
@@ -203,6 +203,7 @@ class RedisLocationService(LocationService):
 
     async def close(self) -> None:
         self._aor_cache.clear()
+        await self._pipe.close()
         await self._redis.aclose()
 
     async def _transact(
@@ -210,7 +211,7 @@ class RedisLocationService(LocationService):
         aor: str,
         mutate: Callable[[list[Binding]], list[Binding]],
         now: float,
-        after_commit: Callable[[list[Binding]], list[tuple[object, ...]]] = lambda _: [],
+        after_commit: Callable[[list[Binding]], list[Command]] = lambda _: [],
     ) -> list[Binding]:
         """Read-modify-write of one AoR by compare-and-set; the result of `mutate` is written whole.
 
@@ -223,8 +224,8 @@ class RedisLocationService(LocationService):
         guess makes the write fail and return the current state, and `mutate` runs again on it.
         Only an answer computed from state just read from Redis is returned without a write
         (a fetch) or raised (an out-of-order CSeq), since the cache may be stale.
-        Driven by hand on one pooled connection rather than through redis-py's command methods,
-        which cost several times the CPU per round trip.
+        Sent through RespPipe rather than redis-py, which costs several times the CPU per round
+        trip (see resp_pipe.py).
         """
         async with self._aor_turns.hold(aor):
             return await self._compare_and_set(aor, mutate, now, after_commit)
@@ -234,63 +235,69 @@ class RedisLocationService(LocationService):
         aor: str,
         mutate: Callable[[list[Binding]], list[Binding]],
         now: float,
-        after_commit: Callable[[list[Binding]], list[tuple[object, ...]]],
+        after_commit: Callable[[list[Binding]], list[Command]],
     ) -> list[Binding]:
         key = self._aor_key(aor)
         cached = self._aor_cache.get(aor)
         version, stored = cached if cached is not None else ("", [])
         fresh = False
         collisions = 0
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()
-        try:
-            for _ in range(_MAX_ATTEMPTS):
-                try:
-                    updated = mutate([b for b in stored if b.expires_at > now])
-                except OutOfOrderRegister:
-                    if fresh:
-                        raise
-                    version, stored, fresh = *await self._read(connection, key), True
-                    continue
-                if len(updated) == len(stored) and all(
-                    new is old for new, old in zip(updated, stored, strict=True)
-                ):
-                    if fresh:
-                        return updated
-                    version, stored, fresh = *await self._read(connection, key), True
-                    continue
-                written = self._next_version()
-                arguments: list[object] = [version, written]
-                if updated:
-                    arguments.append(_unix_ms(max(b.expires_at for b in updated)))
-                    arguments.extend(item for b in updated for item in (b.key, encode_binding(b)))
-                else:
-                    arguments.append(0)
-                outcome = await _call_cas(connection, key, arguments, after_commit(updated))
-                if outcome == 1:
-                    self._aor_cache.put(aor, written, updated)
-                    return updated
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                updated = mutate([b for b in stored if b.expires_at > now])
+            except OutOfOrderRegister:
                 if fresh:
-                    # Another node's writer won against state just read. Growing jitter spreads
-                    # the nodes writing a hot AoR apart so the next round has a winner.
-                    collisions += 1
-                    await asyncio.sleep(random.uniform(0, 0.0005 * collisions))
-                version, stored = _decode_state(outcome)
-                fresh = True
-        except OutOfOrderRegister:
-            raise  # decided before anything was sent: the connection is clean
-        except BaseException:
-            # The connection may hold unread replies: never reuse it.
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+                    raise
+                version, stored, fresh = *await self._read(key), True
+                continue
+            if len(updated) == len(stored) and all(
+                new is old for new, old in zip(updated, stored, strict=True)
+            ):
+                if fresh:
+                    return updated
+                version, stored, fresh = *await self._read(key), True
+                continue
+            written = self._next_version()
+            arguments: list[str | int] = [version, written]
+            if updated:
+                arguments.append(_unix_ms(max(b.expires_at for b in updated)))
+                arguments.extend(item for b in updated for item in (b.key, encode_binding(b)))
+            else:
+                arguments.append(0)
+            outcome = await self._call_cas(key, arguments, after_commit(updated))
+            if outcome == 1:
+                self._aor_cache.put(aor, written, updated)
+                return updated
+            if fresh:
+                # Another node's writer won against state just read. Growing jitter spreads
+                # the nodes writing a hot AoR apart so the next round has a winner.
+                collisions += 1
+                await asyncio.sleep(random.uniform(0, 0.0005 * collisions))
+            version, stored = _decode_state(outcome)
+            fresh = True
         raise LocationContention(
             f"AoR {aor} kept changing during {_MAX_ATTEMPTS} compare-and-set attempts"
         )
 
-    async def _read(self, connection: Connection, key: str) -> tuple[str, list[Binding]]:
-        return _decode_state(await _call_cas(connection, key, [], []))
+    async def _read(self, key: str) -> tuple[str, list[Binding]]:
+        return _decode_state(await self._call_cas(key, [], []))
+
+    async def _call_cas(
+        self, key: str, arguments: list[str | int], followers: list[Command]
+    ) -> Any:
+        """`_CAS_SCRIPT` on `key`, `followers` pipelined behind it; the script's answer.
+
+        Loads the script and calls again when Redis does not know it (first use, or after a
+        restart or SCRIPT FLUSH).
+        """
+        call: Command = ("EVALSHA", _CAS_SHA, 1, key, *arguments)
+        replies = await self._pipe.execute([call, *followers])
+        if isinstance(replies[0], hiredis.ReplyError) and str(replies[0]).startswith("NOSCRIPT"):
+            replies = (await self._pipe.execute([("SCRIPT", "LOAD", _CAS_SCRIPT), call]))[1:]
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise RuntimeError(f"Redis refused a location write on {key}: {reply}")
+        return replies[0]
 
     def _next_version(self) -> str:
         return f"{self._version_prefix}.{next(self._version_counter)}"
@@ -314,9 +321,7 @@ class RedisLocationService(LocationService):
         await self._transact(aor, drop_flow, time.time())
         return removed
 
-    def _flow_index_commands(
-        self, change: RegisterChange, written: list[Binding]
-    ) -> list[tuple[object, ...]]:
+    def _flow_index_commands(self, change: RegisterChange, written: list[Binding]) -> list[Command]:
         on_this_flow = [
             b.expires_at
             for b in written
@@ -358,45 +363,6 @@ class RedisLocationService(LocationService):
 
     def _flow_key(self, node_id: str, connection_id: str) -> str:
         return f"{self._prefix}:node:{{{node_id}}}:flow:{connection_id}"
-
-
-async def _call_cas(
-    connection: Connection,
-    key: str,
-    arguments: list[object],
-    followers: list[tuple[object, ...]],
-) -> Any:
-    """`_CAS_SCRIPT` on `key`, `followers` pipelined behind it; the script's answer.
-
-    Loads the script and calls again when Redis does not know it (first use, or after a
-    restart or SCRIPT FLUSH).
-    """
-    call = ("EVALSHA", _CAS_SHA, 1, key, *arguments)
-    try:
-        return (await _round_trip(connection, [call, *followers]))[0]
-    except NoScriptError:
-        load = ("SCRIPT", "LOAD", _CAS_SCRIPT)
-        return (await _round_trip(connection, [load, call, *followers]))[1]
-
-
-async def _round_trip(connection: Connection, commands: list[tuple[object, ...]]) -> list[Any]:
-    """Send `commands` in one write and read one reply each.
-
-    Every reply is read before the first Redis error reply is raised, so the connection stays
-    usable.
-    """
-    await connection.send_packed_command(connection.pack_commands(commands))
-    replies: list[Any] = []
-    error: ResponseError | None = None
-    for _ in commands:
-        try:
-            replies.append(await connection.read_response())
-        except ResponseError as reply_error:
-            error = error or reply_error
-            replies.append(reply_error)
-    if error is not None:
-        raise error
-    return replies
 
 
 def _decode_state(answer: list[Any]) -> tuple[str, list[Binding]]:

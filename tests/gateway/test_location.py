@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from gateway.location import (
@@ -26,6 +27,8 @@ from gateway.location import (
 from gateway.location.aor_cache import AorCache
 from gateway.location.codec import decode_binding, encode_binding
 from gateway.location.keyed_lock import KeyedLock
+from gateway.location.resp_pipe import RespPipe, RespPipeError
+from tests.fixtures.redis_server import RedisServer
 
 ALICE = "sip:alice@example.com"
 BOB = "sip:bob@example.com"
@@ -555,3 +558,45 @@ async def test_keyed_lock_serialises_one_key_and_forgets_idle_keys() -> None:
     assert all(overlap.count("a") <= 1 for overlap in overlaps)
     assert any(set(overlap) == {"a", "b"} for overlap in overlaps)  # other keys do not wait
     assert len(turns) == 0
+
+
+async def test_resp_pipe_answers_concurrent_callers_in_order_and_selects_the_db(
+    redis_server: RedisServer,
+) -> None:
+    url = redis_server.url(db=3)
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    pipe = RespPipe(url, timeout=5)
+    try:
+        replies = await asyncio.gather(
+            *(pipe.execute([("SET", f"k{i}", i), ("GET", f"k{i}")]) for i in range(200))
+        )
+        assert replies == [["OK", str(i)] for i in range(200)]
+        (error,) = await pipe.execute([("HGET", "k1", "field")])
+        assert "WRONGTYPE" in str(error)
+        with redis.Redis.from_url(url) as client:
+            assert client.get("k199") == b"199"
+        with redis.Redis.from_url(redis_server.url(db=0)) as client:
+            assert client.get("k199") is None
+    finally:
+        await pipe.close()
+
+
+async def test_location_reconnects_after_redis_dropped_the_connection(redis_url: str) -> None:
+    location = RedisLocationService(redis_url)
+    try:
+        await location.register(change(contact("sip:a@10.0.0.1")))
+        with redis.Redis.from_url(redis_url) as client:
+            killed = client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        for _ in range(100):  # bounded: the loss is noticed asynchronously
+            try:
+                bindings = await location.register(change(contact("sip:a@10.0.0.1"), cseq=2))
+                break
+            except RespPipeError:
+                await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the location service never reconnected")
+        assert [b.cseq for b in bindings] == [2]
+    finally:
+        await location.close()
