@@ -46,8 +46,8 @@ from sip.digest import build_authorization, parse_challenge  # noqa: E402
 DOMAIN = "bench.test"
 PASSWORD = "bench-password"
 READY_TIMEOUT = 30.0
-# Connections registering at once while building the idle population: the gateway's Redis
-# clients (redis-py 8 pools) fail outright past 100 requests in flight instead of waiting.
+# Connections registering at once while building the idle population: bounds the client
+# process's own load, so the population builds at a steady pace.
 CONNECT_CONCURRENCY = 50
 SETTLE_SECONDS = 2.0  # let the gateway finish the bookkeeping of the last registrations
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
