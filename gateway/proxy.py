@@ -7,6 +7,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from sip.digest import build_authorization, select_challenge
 from sip.errors import SipError
 from sip.flow import Flow
 from sip.message import Request, Response
@@ -57,6 +58,7 @@ class Branch:
     provisional: bool = False
     final: Response | None = None
     cancel_wanted: bool = False
+    authenticated: bool = False  # already answered a trunk's digest challenge
 
 
 @dataclass(eq=False, slots=True)
@@ -71,6 +73,7 @@ class Forwarding:
     dialog: Dialog | None = None
     sender_kind: str = "plain"  # media kind of whoever sent the request
     exchange: Exchange | None = None  # the offer/answer crossing the media anchor, if any
+    cseq_offset: int = 0  # added toward a trunk that made us authenticate the dialog's INVITE
     # Responses wait for SDP rewriting; the lock keeps them in arrival order (183 before 200).
     response_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -219,6 +222,7 @@ class Proxy:
             self.dialogs.extend(dialog, EARLY_DIALOG_LIFETIME)
         forwarding = Forwarding(request, server, dialog=dialog)
         forwarding.sender_kind, destination.kind = _kinds_in_dialog(dialog, request)
+        forwarding.cseq_offset = _cseq_offset(dialog, request)
         await self._forward(forwarding, [destination], record_route=False)
 
     async def _next_hop(self, request: Request, flow_ref: FlowRef | None) -> Destination:
@@ -420,7 +424,8 @@ class Proxy:
         anchored_offer = await self._media_offer(forwarding, destinations)
         for destination in destinations:
             branch_request = self._branch_request(
-                request, destination, incoming, record_route=record_route
+                request, destination, incoming, record_route=record_route,
+                cseq_offset=forwarding.cseq_offset,
             )
             if anchored_offer is not None and destination.kind != forwarding.sender_kind:
                 branch_request.set_body(anchored_offer, "application/sdp")
@@ -436,10 +441,12 @@ class Proxy:
 
     def _branch_request(
         self, request: Request, destination: Destination, incoming: Flow | None, *,
-        record_route: bool,
+        record_route: bool, cseq_offset: int = 0,
     ) -> Request:
         out = request.copy()
         out.uri = destination.ruri
+        if cseq_offset:
+            out.set("CSeq", f"{request.cseq.number + cseq_offset} {request.cseq.method}")
         max_forwards = request.max_forwards
         out.set("Max-Forwards", str(MAX_FORWARDS if max_forwards is None else max_forwards - 1))
         if record_route and incoming is not None and request.method in DIALOG_METHODS:
@@ -490,12 +497,16 @@ class Proxy:
                 return
         elif branch.final is not None and status < 300:
             pass  # a 2xx retransmission through the transaction: forward again
+        elif status in (401, 407) and self._answer_trunk_challenge(forwarding, branch, response):
+            return
         elif branch.final is None:
             branch.final = response
         upstream = response.copy()
         upstream.remove_first_value("via")
         if not upstream.vias:
             return  # §16.7 step 3: a response to a request we originated (our CANCEL)
+        if upstream.cseq.number != forwarding.request.cseq.number:
+            upstream.set("CSeq", str(forwarding.request.cseq))  # undo a trunk-auth offset
         if status < 300:
             self._spawn(self._forward_response(forwarding, branch, upstream))
             if 200 <= status < 300 and forwarding.request.method == "INVITE":
@@ -567,6 +578,43 @@ class Proxy:
             self.dialogs.release(forwarding.dialog.call_id)
         if forwarding.request.method == "BYE" and forwarding.dialog is not None:
             self.dialogs.release(forwarding.dialog.call_id)
+
+    def _answer_trunk_challenge(
+        self, forwarding: Forwarding, branch: Branch, challenge: Response
+    ) -> bool:
+        """A trunk with credentials challenged the gateway: resend with digest (once). The new
+        transaction needs a higher CSeq (RFC 3261 §22.2), so the caller's side of the dialog is
+        shifted by one toward the trunk from then on (Kamailio's uac_auth does the same)."""
+        trunk = branch.destination.trunk
+        if trunk is None or not trunk.username or branch.authenticated or forwarding.answered:
+            return False
+        header = "Proxy-Authenticate" if challenge.status == 407 else "WWW-Authenticate"
+        try:
+            chosen = select_challenge(challenge.get_all(header))
+        except SipError as error:
+            log.warning("trunk %s sent an unusable challenge: %s", trunk.name, error.reason)
+            return False
+        retry = branch.request.copy()
+        retry.remove_first_value("via")
+        retry.prepend("Via", self._via(branch.destination,
+                                        f"{self._transactions.new_branch()}."
+                                        f"{loop_hash(forwarding.request)}"))
+        cseq = branch.request.cseq
+        retry.set("CSeq", f"{cseq.number + 1} {cseq.method}")
+        retry.add(
+            "Proxy-Authorization" if challenge.status == 407 else "Authorization",
+            build_authorization(chosen, method=retry.method, uri=retry.uri,
+                                username=trunk.username, password=trunk.password),
+        )
+        if forwarding.dialog is not None and forwarding.request.to.tag is None:
+            forwarding.dialog.extra["trunk_cseq_offset"] = (
+                cseq.number + 1 - forwarding.request.cseq.number
+            )
+        branch.request = retry
+        branch.authenticated = True
+        branch.provisional = False
+        self._start_branch(forwarding, branch)
+        return True
 
     def _merge_challenges(self, forwarding: Forwarding, upstream: Response) -> None:
         if upstream.status not in (401, 407):
@@ -656,7 +704,8 @@ class Proxy:
                 log.debug("ACK for unknown dialog %s dropped", ack.call_id)
                 return
             destination = await self._next_hop(ack, flow_ref)
-            out = self._branch_request(ack, destination, None, record_route=False)
+            out = self._branch_request(ack, destination, None, record_route=False,
+                                       cseq_offset=_cseq_offset(dialog, ack))
             if dialog.media is not None and self._media is not None:
                 sender, _ = _kinds_in_dialog(dialog, ack)
                 await self._media.ack(dialog, out, sender)
@@ -761,3 +810,10 @@ def _kinds_in_dialog(dialog: Dialog, request: Request) -> tuple[str, str]:
     if request.from_.tag == dialog.extra.get("caller_tag"):
         return dialog.caller_kind, dialog.callee_kind
     return dialog.callee_kind, dialog.caller_kind
+
+
+def _cseq_offset(dialog: Dialog, request: Request) -> int:
+    """The CSeq shift for the caller's requests toward a trunk that made us authenticate."""
+    if request.from_.tag == dialog.extra.get("caller_tag"):
+        return int(dialog.extra.get("trunk_cseq_offset", 0))
+    return 0
