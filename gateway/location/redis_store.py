@@ -26,7 +26,7 @@ every multi-key operation below touches a single slot):
     heartbeat key is dead and `purge_dead_nodes` drops its bindings.
 
 The flow index is a hint: it may name AoRs whose binding has since moved or been removed
-(its writes follow the AoR transaction's EXEC outside the transaction, as it lives in another
+(its writes are pipelined right behind the AoR's compare-and-set, outside it, as it lives in another
 slot; a Redis Cluster client would send them to that slot's node),
 so whoever uses it re-checks node and connection on the binding itself.
 """
