@@ -27,10 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fixtures.gateway import GatewayProcess, start_gateway  # noqa: E402
-from tests.interop.test_proxy_sipp import DOMAIN  # noqa: E402
-from tests.interop.test_proxy_websocket import WsSipClient, browser_sdp  # noqa: E402
 from tests.support.ports import free_udp_ports  # noqa: E402
 from tests.support.sipp import ARTIFACTS_DIR, Sipp, free_port, run_sipp  # noqa: E402
+from tests.support.ws_sip import DEFAULT_DOMAIN as DOMAIN  # noqa: E402
+from tests.support.ws_sip import WsSipUa as WsSipClient  # noqa: E402
+from tests.support.ws_sip import browser_sdp  # noqa: E402
 
 TIME_LIMIT = 60.0  # seconds per measured run, whatever --calls says
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

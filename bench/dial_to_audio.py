@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from tests.browser.webphone import (  # noqa: E402 - needs the repository on sys.path
     WebPhone,
-    gateway_http_url,
     launch_private_browser,
 )
 from tests.fixtures.gateway import GatewayProcess, start_gateway  # noqa: E402
 from tests.support.browser import write_browser_tone  # noqa: E402
+from tests.support.healthz import gateway_http_url  # noqa: E402
 from tests.support.pjsua_phone import PjsuaPhone  # noqa: E402
 
 PHONE_TONE = 1000.0

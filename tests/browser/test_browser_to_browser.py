@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.webphone import WebPhone, gateway_http_url, launch_private_browser
+from tests.browser.webphone import WebPhone, launch_private_browser
 from tests.fixtures.gateway import GatewayProcess
 from tests.support.browser import write_browser_tone
+from tests.support.healthz import gateway_http_url
 
 ALICE_TONE = 440.0
 BOB_TONE = 1000.0

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.webphone import WebPhone, gateway_http_url, launch_private_browser
+from tests.browser.webphone import WebPhone, launch_private_browser
 from tests.fixtures.gateway import GatewayProcess
 from tests.support.audio import assert_hears, dominant_frequency, read_wav_pcm
 from tests.support.browser import BrowserSession, write_browser_tone
+from tests.support.healthz import gateway_http_url
 from tests.support.pjsua_phone import PjsuaPhone
 
 BROWSER_TONE = 440.0

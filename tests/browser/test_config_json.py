@@ -13,8 +13,8 @@ import time
 import aiohttp
 import pytest
 
-from tests.browser.webphone import gateway_http_url
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess, GatewayStartError
+from tests.support.healthz import gateway_http_url
 
 TURN_SECRET = "coturn-static-auth-secret"
 TURN_TTL = 600

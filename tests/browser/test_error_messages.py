@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.webphone import WebPhone, gateway_http_url, launch_private_browser
+from tests.browser.webphone import WebPhone, launch_private_browser
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.support.browser import BrowserSession, write_browser_tone
+from tests.support.healthz import gateway_http_url
 
 USERS = ("alice", "bob", "carol")
 

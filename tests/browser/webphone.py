@@ -18,7 +18,7 @@ from typing import Any
 
 from playwright.async_api import Page
 
-from tests.fixtures.gateway import ARTIFACTS_DIR, GatewayProcess
+from tests.fixtures.gateway import ARTIFACTS_DIR
 from tests.support.browser import (
     JS_DIR,
     BrowserSession,
@@ -31,10 +31,6 @@ SCREENSHOTS_DIR = ARTIFACTS_DIR / "screenshots"
 VIEWPORT = {"width": 760, "height": 980}
 UI_TIMEOUT_MS = 15_000
 MEDIA_HELPERS = JS_DIR / "media_helpers.mjs"
-
-
-def gateway_http_url(gateway: GatewayProcess) -> str:
-    return f"http://127.0.0.1:{gateway.ws_port}"
 
 
 @asynccontextmanager

@@ -19,7 +19,7 @@ from gateway.config import Config
 from gateway.users import FileUserStore, RedisUserStore, UserStore
 from sip.digest import compute_ha1
 from tests.fixtures.gateway import REPO_ROOT, GatewayProcess
-from tests.gateway.test_websocket_edge import SipWebSocket
+from tests.support.ws_sip import WsSipUa
 
 DOMAIN = "example.test"
 COMMAND_TIMEOUT = 30.0
@@ -195,7 +195,7 @@ async def test_first_start_creates_alice_and_bob_with_passwords_printed_once(
         created = dict(DEMO_LINE.findall(gateway.log_text()))
         assert set(created) == {"alice", "bob"}
         assert created["alice"] != created["bob"]
-        client = await SipWebSocket.connect(gateway.ws_url, DOMAIN)
+        client = await WsSipUa.connect(gateway.ws_url, domain=DOMAIN)
         try:
             assert (await client.register("alice", created["alice"])).status == 200
             assert (await client.register("bob", created["bob"])).status == 200

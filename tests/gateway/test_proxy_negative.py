@@ -10,10 +10,9 @@ from pathlib import Path
 from sip.digest import build_authorization, select_challenge
 from sip.message import Response
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
-from tests.interop.test_proxy_sipp import register_then_serve
 from tests.sip.core_peer import RawUdpPeer
 from tests.support.ports import free_udp_ports
-from tests.support.sipp import free_port, run_sipp
+from tests.support.sipp import free_port, register_then_serve, run_sipp
 
 DOMAIN = "example.test"
 SILENCE = 1.0  # seconds a peer that must hear nothing is watched

@@ -1,8 +1,8 @@
 """The WebSocket edge of the real gateway (RFC 7118 on aiohttp), seen from raw clients.
 
-`SipWebSocket` is a bare SIP-over-WebSocket client on aiohttp, also used by the registrar tests:
-it writes requests by hand, so tests send exactly what they mean to (wrong AoRs, stale CSeqs, odd
-Contacts) and read the gateway's responses parsed by sip.message.
+The clients (tests/support/ws_sip.py) write requests by hand, so tests send exactly what they mean
+to (wrong AoRs, stale CSeqs, odd Contacts, garbage frames) and read the gateway's responses parsed
+by sip.message. The fixtures here are shared with the registrar tests.
 """
 
 from __future__ import annotations
@@ -10,149 +10,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
 
-from sip.digest import build_authorization, select_challenge
-from sip.message import Request, Response, parse_message
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
+from tests.support.healthz import bindings_count, gateway_http_url, wait_for_bindings
+from tests.support.ws_sip import WsSipUa
 
 RESPONSE_TIMEOUT = 10.0
-
-
-def ws_contact(instance: str | None = None, reg_id: int | None = None) -> str:
-    """A Contact as JsSIP writes it: a random user at a .invalid host, transport=ws."""
-    value = f"<sip:{secrets.token_hex(4)}@{secrets.token_hex(6)}.invalid;transport=ws>"
-    if instance is not None:
-        value += f';+sip.instance="<urn:uuid:{instance}>"'
-    if reg_id is not None:
-        value += f";reg-id={reg_id}"
-    return value
-
-
-@dataclass
-class SipWebSocket:
-    """One WebSocket connection speaking SIP; responses are matched in arrival order."""
-
-    session: aiohttp.ClientSession
-    ws: aiohttp.ClientWebSocketResponse
-    domain: str
-    via_host: str = field(default_factory=lambda: f"{secrets.token_hex(6)}.invalid")
-    received_requests: list[Request] = field(default_factory=list)
-
-    @classmethod
-    async def connect(cls, url: str, domain: str, **ws_options: object) -> SipWebSocket:
-        session = aiohttp.ClientSession()
-        try:
-            ws = await session.ws_connect(url, protocols=("sip",), **ws_options)  # type: ignore[arg-type]
-        except BaseException:
-            await session.close()
-            raise
-        return cls(session, ws, domain)
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self.session.close()
-
-    async def send_text(self, text: str) -> None:
-        await self.ws.send_str(text)
-
-    async def receive_text(self, timeout: float = RESPONSE_TIMEOUT) -> str:
-        message = await self.ws.receive(timeout=timeout)
-        if message.type is not aiohttp.WSMsgType.TEXT:
-            raise AssertionError(f"expected a text frame, got {message.type.name} {message.data}")
-        return message.data
-
-    async def response(self, timeout: float = RESPONSE_TIMEOUT) -> Response:
-        """The next final response; requests the gateway sends meanwhile are kept aside."""
-        while True:
-            message = parse_message((await self.receive_text(timeout)).encode())
-            if isinstance(message, Request):
-                self.received_requests.append(message)
-            elif message.status >= 200:
-                return message
-
-    def request_text(
-        self, method: str, uri: str, *, from_user: str, to_user: str | None, call_id: str,
-        cseq: int, headers: Sequence[tuple[str, str]] = (), body: str = "",
-    ) -> str:
-        to_uri = f"sip:{to_user}@{self.domain}" if to_user else uri
-        lines = [
-            f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/WS {self.via_host};branch=z9hG4bK{secrets.token_hex(8)}",
-            "Max-Forwards: 70",
-            f"From: <sip:{from_user}@{self.domain}>;tag={secrets.token_hex(4)}",
-            f"To: <{to_uri}>",
-            f"Call-ID: {call_id}",
-            f"CSeq: {cseq} {method}",
-            *(f"{name}: {value}" for name, value in headers),
-            f"Content-Length: {len(body.encode())}",
-            "",
-            body,
-        ]
-        return "\r\n".join(lines)
-
-    async def register(
-        self, user: str, password: str, *, contacts: Sequence[str] | None = None,
-        expires: int | None = 300, aor_user: str | None = None, call_id: str | None = None,
-        cseq: int = 1, headers: Sequence[tuple[str, str]] = (),
-    ) -> Response:
-        """REGISTER, answer a 401 with digest and return the final response.
-
-        `contacts` None sends one fresh ws Contact; an empty list sends none (a fetch).
-        """
-        call_id = call_id or secrets.token_hex(8)
-        contact_rows = [("Contact", c) for c in (ws_contact(),) if contacts is None] + [
-            ("Contact", c) for c in contacts or ()
-        ]
-        base = [*contact_rows, *headers]
-        if expires is not None:
-            base.append(("Expires", str(expires)))
-        register_uri = f"sip:{self.domain}"
-        text = self.request_text("REGISTER", register_uri, from_user=user,
-                                 to_user=aor_user or user, call_id=call_id, cseq=cseq,
-                                 headers=base)
-        await self.send_text(text)
-        response = await self.response()
-        if response.status != 401:
-            return response
-        challenge = select_challenge(response.get_all("www-authenticate"))
-        authorization = build_authorization(challenge, method="REGISTER", uri=register_uri,
-                                            username=user, password=password)
-        await self.send_text(self.request_text(
-            "REGISTER", register_uri, from_user=user, to_user=aor_user or user, call_id=call_id,
-            cseq=cseq + 1, headers=[*base, ("Authorization", authorization)],
-        ))
-        return await self.response()
-
-
-async def bindings_count(http_base: str) -> int:
-    """The gateway's own count of live bindings (GET /healthz)."""
-    async with aiohttp.ClientSession() as session, session.get(f"{http_base}/healthz") as reply:
-        return (await reply.json())["bindings"]
-
-
-async def wait_for_bindings(http_base: str, expected: int, timeout: float = 10.0) -> int:
-    """Poll /healthz until it reports `expected` (work after a close is asynchronous)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    count = await bindings_count(http_base)
-    while count != expected and loop.time() < deadline:
-        await asyncio.sleep(0.1)
-        count = await bindings_count(http_base)
-    return count
 
 
 # --- the gateways under test ---------------------------------------------------------------------
 DOMAIN = "example.test"
 BACKENDS = ("memory", "redis")
-
-
-def http_base(gateway: GatewayProcess) -> str:
-    return f"http://127.0.0.1:{gateway.ws_port}"
 
 
 async def start_backend_gateway(
@@ -180,13 +53,13 @@ async def ws_gateway(gateway_factory: GatewayFactory) -> GatewayProcess:
 
 
 @pytest.fixture
-async def client_factory() -> AsyncIterator[Callable[..., Awaitable[SipWebSocket]]]:
-    clients: list[SipWebSocket] = []
+async def client_factory() -> AsyncIterator[Callable[..., Awaitable[WsSipUa]]]:
+    clients: list[WsSipUa] = []
 
     async def connect(gateway: GatewayProcess, path: str = "/ws", **options: object
-                      ) -> SipWebSocket:
-        client = await SipWebSocket.connect(f"ws://127.0.0.1:{gateway.ws_port}{path}", DOMAIN,
-                                            **options)
+                      ) -> WsSipUa:
+        client = await WsSipUa.connect(f"ws://127.0.0.1:{gateway.ws_port}{path}",
+                                       domain=DOMAIN, **options)
         clients.append(client)
         return client
 
@@ -195,7 +68,7 @@ async def client_factory() -> AsyncIterator[Callable[..., Awaitable[SipWebSocket
         await client.close()
 
 
-ClientFactory = Callable[..., Awaitable[SipWebSocket]]
+ClientFactory = Callable[..., Awaitable[WsSipUa]]
 
 
 # --- raw HTTP handshakes -------------------------------------------------------------------------
@@ -285,7 +158,8 @@ async def test_root_path_serves_sip_websocket_and_a_page(
     client = await client_factory(backend_gateway, "/")
     ok = await client.register("alice", backend_gateway.users["alice"])
     assert ok.status == 200
-    async with aiohttp.ClientSession() as session, session.get(http_base(backend_gateway)) as page:
+    page_url = gateway_http_url(backend_gateway)
+    async with aiohttp.ClientSession() as session, session.get(page_url) as page:
         assert page.status == 200
         assert "SIP over WebSocket at /ws" in await page.text()
 
@@ -311,7 +185,7 @@ async def test_frame_over_max_message_size_closes_with_1009(
     await client.send_text(client.request_text("OPTIONS", f"sip:{DOMAIN}", from_user="alice",
                                                to_user=None, call_id="big", cseq=1,
                                                headers=padding))
-    closing = await client.ws.receive(timeout=RESPONSE_TIMEOUT)
+    closing = await client.receive_frame(timeout=RESPONSE_TIMEOUT)
     assert closing.type is aiohttp.WSMsgType.CLOSE
     assert closing.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
     # A message under the limit on a new connection still works.
@@ -374,7 +248,7 @@ async def test_options_to_the_gateway_is_200_with_allow(
 async def test_closing_a_websocket_drops_its_bindings_only(
     backend_gateway: GatewayProcess, client_factory: ClientFactory,
 ) -> None:
-    base = http_base(backend_gateway)
+    base = gateway_http_url(backend_gateway)
     leaving = await client_factory(backend_gateway)
     staying = await client_factory(backend_gateway)
     assert (await leaving.register("alice", backend_gateway.users["alice"])).status == 200

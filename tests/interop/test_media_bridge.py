@@ -16,7 +16,7 @@ import pytest
 from tests.fixtures.gateway import GatewayProcess
 from tests.support.audio import assert_hears, read_wav_pcm
 from tests.support.pjsua_phone import PjsuaPhone
-from tests.support.ws_sip_ua import WsSipUa
+from tests.support.ws_sip import WsSipUa
 from tests.webrtc.browser_peer import BrowserPeer
 
 BROWSER_TONE = 440.0
@@ -48,8 +48,8 @@ def gateway_udp_sockets(gateway: GatewayProcess) -> int:
 async def registered_pair(
     gateway: GatewayProcess, tmp_path: Path, *, phone_codecs: list[str] | None = None
 ) -> tuple[WsSipUa, PjsuaPhone]:
-    browser = WsSipUa(gateway.ws_url, "alice", gateway.users["alice"], gateway.domain)
-    await browser.connect()
+    browser = await WsSipUa.connect(gateway.ws_url, "alice", gateway.users["alice"],
+                                    domain=gateway.domain)
     assert (await browser.register()).status == 200
     phone = await PjsuaPhone.start("bridge-bob")
     if phone_codecs:
@@ -88,7 +88,7 @@ async def test_browser_calls_phone_and_both_hear(
         await assert_both_hear(peer, phone, tmp_path)
         assert gateway_udp_sockets(gateway) > sockets_before
         await phone.hangup()
-        await asyncio.wait_for(browser.byes.get(), 10)
+        await browser.take_bye()
         # The browser's WebSocket stays open: only the BYE may free the media ports.
         for _ in range(20):
             if gateway_udp_sockets(gateway) == sockets_before:
@@ -109,18 +109,18 @@ async def test_phone_calls_browser_and_both_hear(
     peer = BrowserPeer(BROWSER_TONE)
     try:
         await phone.call(f"sip:alice@{gateway.domain}", late_offer=late_offer)
-        invite = await asyncio.wait_for(browser.invites.get(), 10)
+        invite = await browser.next_request("INVITE")
         if late_offer:
-            dialog = await browser.answer(invite, await peer.offer())
+            _, dialog = await browser.answer(await peer.offer(), invite)
             ack = await _wait_for_ack(browser, invite.call_id)
             await peer.accept_answer(ack.body.decode())
         else:
             offer = invite.body.decode()
             assert "UDP/TLS/RTP/SAVPF" in offer and "a=fingerprint" in offer
-            dialog = await browser.answer(invite, await peer.answer(offer))
+            _, dialog = await browser.answer(await peer.answer(offer), invite)
         await phone.wait_for("call_state", 10, state="CONFIRMED")
         await assert_both_hear(peer, phone, tmp_path)
-        response = await browser.bye(dialog)
+        response = await browser.hang_up(dialog)
         assert response.status == 200
         await phone.wait_for("call_state", 10, state="DISCONNECTED")
     finally:
@@ -143,7 +143,7 @@ async def test_opus_only_browser_and_pcmu_only_phone_are_transcoded(
         assert "opus" in dialog.remote_sdp.lower()
         await peer.accept_answer(dialog.remote_sdp)
         await assert_both_hear(peer, phone, tmp_path)
-        await browser.bye(dialog)
+        await browser.hang_up(dialog)
     finally:
         await peer.close()
         await browser.close()
@@ -172,7 +172,7 @@ async def test_hold_and_resume_through_reinvite(
         assert resumed.status == 200
         assert "a=sendrecv" in resumed.body.decode()
         await assert_both_hear(peer, phone, tmp_path)
-        await browser.bye(dialog)
+        await browser.hang_up(dialog)
     finally:
         await peer.close()
         await browser.close()

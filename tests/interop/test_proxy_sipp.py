@@ -8,34 +8,21 @@ import secrets
 
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.support.ports import free_udp_ports
-from tests.support.sipp import Sipp, SippResult, free_port, run_sipp
+from tests.support.sipp import (
+    SippResult,
+    messages,
+    received_requests,
+    register_then_serve,
+    run_sipp,
+)
 
 DOMAIN = "example.test"
-
-
 
 
 async def proxy_gateway(factory: GatewayFactory, *extra_args: str) -> GatewayProcess:
     users = {name: secrets.token_urlsafe(9) for name in ("alice", "bob", "carol")}
     return await factory(users=users, domain=DOMAIN, transports=("udp",),
                          extra_args=list(extra_args))
-
-
-async def register_then_serve(
-    gateway: GatewayProcess, user: str, scenario: str, *, timeout: float = 20.0,
-    name: str | None = None,
-) -> Sipp:
-    """A SIPp callee registered as `user`: SIPp REGISTERs from a port, then the UAS scenario
-    listens on that same port (the binding's received address)."""
-    port = free_port("udp")
-    registered = await run_sipp(
-        "register_uac.xml", remote=f"127.0.0.1:{gateway.udp_port}", port=port, service=user,
-        auth=(user, gateway.users[user]), keys={"domain": DOMAIN, "expires": "300"},
-        timeout=10, name=f"register-{name or user}", media_port=free_udp_ports(4),
-    )
-    registered.assert_success()
-    return await Sipp.start(scenario, port=port, timeout=timeout, name=name or f"uas-{user}",
-                            media_port=free_udp_ports(4))
 
 
 async def call(gateway: GatewayProcess, scenario: str, callee: str, *, caller: str = "alice",
@@ -45,17 +32,6 @@ async def call(gateway: GatewayProcess, scenario: str, callee: str, *, caller: s
         auth=(caller, gateway.users[caller]), keys={"domain": DOMAIN}, timeout=timeout,
         name=f"uac-{caller}", media_port=free_udp_ports(4), **options,
     )
-
-
-def messages(result: SippResult) -> str:
-    return result.message_log_path.read_text(errors="replace")
-
-
-def received_requests(result: SippResult, method: str) -> list[str]:
-    """The requests of `method` SIPp received (its message log marks them 'received')."""
-    blocks = re.split(r"\n(?=-{10,} )", messages(result))
-    return [block for block in blocks
-            if "message received" in block and re.search(rf"^{method} sip:", block, re.M)]
 
 
 async def test_caller_reaches_registered_callee_and_hangs_up(

@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.fixtures.gateway import GatewayFactory
-from tests.interop.test_proxy_sipp import (
-    DOMAIN,
+from tests.interop.test_proxy_sipp import DOMAIN
+from tests.support.ports import free_udp_ports
+from tests.support.sipp import (
+    Sipp,
+    free_port,
     messages,
     received_requests,
     register_then_serve,
+    run_sipp,
 )
-from tests.support.ports import free_udp_ports
-from tests.support.sipp import Sipp, free_port, run_sipp
 
 PBX_ADDRESS = "127.0.0.2"  # another loopback address, so that only the PBX is trusted
 

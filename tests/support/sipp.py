@@ -27,15 +27,21 @@ import contextlib
 import csv
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from tests.support import ports
 from tests.support.pjsua_control import ARTIFACTS_DIR, log_tail
 from tests.support.ports import free_udp_ports
+
+if TYPE_CHECKING:
+    from tests.fixtures.gateway import GatewayProcess
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "sipp"
 TRANSPORT_FLAGS = {"udp": "u1", "tcp": "t1"}
@@ -49,10 +55,8 @@ _run_numbers = itertools.count(1)
 
 
 def free_port(transport: str) -> int:
-    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free loopback port for a SIPp transport ("udp" or "tcp")."""
+    return ports.free_port(socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)
 
 
 @dataclass
@@ -189,3 +193,33 @@ async def run_sipp(scenario: str, **options: object) -> SippResult:
     """Start sipp (see Sipp.start for the options) and wait for its result."""
     sipp = await Sipp.start(scenario, **options)  # type: ignore[arg-type]
     return await sipp.wait()
+
+
+def messages(result: SippResult) -> str:
+    """Everything SIPp sent and received (its -trace_msg log)."""
+    return result.message_log_path.read_text(errors="replace")
+
+
+def received_requests(result: SippResult, method: str) -> list[str]:
+    """The requests of `method` SIPp received (its message log marks them 'received')."""
+    blocks = re.split(r"\n(?=-{10,} )", messages(result))
+    return [block for block in blocks
+            if "message received" in block and re.search(rf"^{method} sip:", block, re.M)]
+
+
+async def register_then_serve(
+    gateway: GatewayProcess, user: str, scenario: str, *, timeout: float = 20.0,
+    name: str | None = None,
+) -> Sipp:
+    """A SIPp callee registered with the gateway as `user` (of gateway.domain): SIPp REGISTERs
+    from a port, then the UAS scenario listens on that same port (the binding's received
+    address)."""
+    port = free_port("udp")
+    registered = await run_sipp(
+        "register_uac.xml", remote=f"127.0.0.1:{gateway.udp_port}", port=port, service=user,
+        auth=(user, gateway.users[user]), keys={"domain": gateway.domain, "expires": "300"},
+        timeout=10, name=f"register-{name or user}", media_port=free_udp_ports(4),
+    )
+    registered.assert_success()
+    return await Sipp.start(scenario, port=port, timeout=timeout, name=name or f"uas-{user}",
+                            media_port=free_udp_ports(4))
