@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import cProfile
 import multiprocessing
+import os
 import random
 import resource
 import statistics
@@ -121,17 +122,18 @@ async def _generate(pipe: Connection, calls: int, seconds: float) -> None:
     await asyncio.sleep(0.3)  # let the last packets arrive
     pipe.send("stop")
     phone_latencies = [v for _, p in phones for v in p.latencies]
+    await asyncio.wait_for(asyncio.gather(*(pc.close() for pc in pcs)), 30)
     pipe.send({
         "sent_browser_to_phone": sent[0], "sent_phone_to_browser": sent[1],
         "received_at_phones": sum(p.received for _, p in phones),
         "received_at_browsers": browser_received[0],
         "latency_to_phone": phone_latencies, "latency_to_browser": browser_latencies,
     })
-    for pc in pcs:
-        await pc.close()
 
 
-def _generator_main(pipe: Connection, calls: int, seconds: float) -> None:
+def _generator_main(pipe: Connection, calls: int, seconds: float, cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     asyncio.run(_generate(pipe, calls, seconds))
 
 
@@ -143,16 +145,26 @@ async def _wait_message(pipe: Connection) -> Any:
     return pipe.recv()
 
 
-async def _relay(calls: int, seconds: float, profile: str | None = None) -> dict[str, Any]:
+def _split_cpus() -> tuple[int, int] | None:
+    """One CPU for the relay, another for the load, when there are two to give."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+
+
+async def _relay(calls: int, seconds: float, profile: str | None = None,
+                 pin: bool = True) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from webrtc import MediaRelay
     from webrtc.sdp import parse
 
     base = random.randrange(30000, 50000, 2)
     relay = MediaRelay(bind_host="127.0.0.1", port_min=base, port_max=base + 8 * calls + 100)
+    cpus = _split_cpus() if pin else None
+    if cpus is not None:
+        os.sched_setaffinity(0, {cpus[0]})
     parent, child = multiprocessing.get_context("spawn").Pipe()
     worker = multiprocessing.get_context("spawn").Process(
-        target=_generator_main, args=(child, calls, seconds), daemon=True)
+        target=_generator_main, args=(child, calls, seconds, cpus and cpus[1]), daemon=True)
     worker.start()
     try:
         offers = await _wait_message(parent)
@@ -208,6 +220,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
                         help="event loop of the relay process")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let relay and load share CPUs (default: one CPU each)")
     parser.add_argument("--profile", metavar="FILE",
                         help="write a cProfile of the relay process during the load")
     args = parser.parse_args()
@@ -216,13 +230,14 @@ def main() -> None:
     if args.loop == "uvloop":
         import uvloop
 
-        report = uvloop.run(_relay(calls, seconds, args.profile))
+        report = uvloop.run(_relay(calls, seconds, args.profile, not args.no_pin))
     else:
-        report = asyncio.run(_relay(calls, seconds, args.profile))
+        report = asyncio.run(_relay(calls, seconds, args.profile, not args.no_pin))
     relayed = report["relayed"]
     to_phone_loss = 1 - report["received_at_phones"] / report["sent_browser_to_phone"]
     to_browser_loss = 1 - report["received_at_browsers"] / report["sent_phone_to_browser"]
-    print(f"event loop: {args.loop}, calls: {calls}, duration: {report['wall_seconds']:.1f} s, "
+    print(f"event loop: {args.loop}, CPUs {'shared' if args.no_pin else 'pinned apart'}, "
+          f"calls: {calls}, duration: {report['wall_seconds']:.1f} s, "
           f"packets relayed: {relayed} ({relayed / report['wall_seconds']:.0f}/s)")
     per_packet = 1e6 / max(relayed, 1)
     user, system = report["user_seconds"], report["system_seconds"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from .dtls import DtlsCertificate
 from .ports import PortPool
 from .session import MediaSession, RelayContext
@@ -16,6 +18,8 @@ class MediaRelay:
         self, *, bind_host: str = "127.0.0.1", public_host: str | None = None,
         port_min: int = 20000, port_max: int = 40000, stun_servers: list[str] | None = None,
     ) -> None:
+        if public_host is None and ipaddress.ip_address(bind_host).is_unspecified:
+            raise ValueError(f"bind_host {bind_host} needs a public_host to put into SDP")
         self._pool = PortPool(bind_host, port_min, port_max)
         self._certificate = DtlsCertificate()
         self._sessions: dict[str, MediaSession] = {}

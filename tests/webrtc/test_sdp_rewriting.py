@@ -231,3 +231,9 @@ async def test_close_is_idempotent_and_frees_ports(relay: MediaRelay) -> None:
     assert session.closed and relay.open_ports == frozenset() and relay.active_sessions == 0
     with pytest.raises(MediaError):
         await session.process_offer(CHROME_AUDIO_OFFER, "webrtc")
+
+
+def test_wildcard_bind_address_needs_a_public_host() -> None:
+    with pytest.raises(ValueError, match="public_host"):
+        MediaRelay(bind_host="0.0.0.0", port_min=40000, port_max=40100)
+    MediaRelay(bind_host="0.0.0.0", public_host="127.0.0.1", port_min=40000, port_max=40100)
