@@ -58,6 +58,7 @@ class _Pending:
     directions: dict[str, str]                # kind -> offerer's direction
     lines: list[tuple[MediaDescription, str | None]]  # offerer's m-lines, accepted kind or None
     answer_to_offerer: bool = True            # False in the second half of a late offer
+    offered_to: Side | None = None            # where the gateway's own late offer went
 
 
 @dataclass
@@ -97,6 +98,7 @@ class MediaSession:
         self._to_plain_stats = DirectionStats()
         self._to_webrtc_stats = DirectionStats()
         self._to_plain = Forwarder(stats=self._to_plain_stats)
+        self._retired_frames = 0  # frames of transcoders replaced by a renegotiation
         self._closed = False
         self.failure: str | None = None
 
@@ -117,7 +119,8 @@ class MediaSession:
     async def process_answer(self, sdp: str, from_side: Side) -> str:
         self._check_open()
         pending = self._pending
-        if pending is None or pending.offerer == from_side:
+        if (pending is None or pending.offerer == from_side
+                or pending.offered_to not in (None, from_side)):
             raise MediaError(status=500, reason=f"answer from {from_side} without an offer to it")
         description = parse(sdp)
         if pending.offerer == "gateway":
@@ -136,7 +139,7 @@ class MediaSession:
         codecs = list(GATEWAY_AUDIO)
         self._pending = _Pending(
             offerer="gateway", offered={"audio": codecs},
-            directions={"audio": "sendrecv"}, lines=[],
+            directions={"audio": "sendrecv"}, lines=[], offered_to=to_side,
         )
         section = MediaSection(
             kind="audio", port=self._local_port(to_side, stream), codecs=codecs,
@@ -158,7 +161,8 @@ class MediaSession:
         self._on_closed(self.session_id)
 
     def stats(self) -> dict[str, int]:
-        frames = sum(t.frames for s in self._streams.values() for t in s.transcoders)
+        frames = self._retired_frames + sum(
+            t.frames for s in self._streams.values() for t in s.transcoders)
         srtp_errors = self._webrtc.srtp_errors if self._webrtc is not None else 0
         return {
             "webrtc_to_plain_packets": self._to_plain_stats.packets,
@@ -296,6 +300,7 @@ class MediaSession:
         webrtc = self._webrtc
         to_plain: dict[int, Route] = {}
         for stream in self._streams.values():
+            self._retired_frames += sum(t.frames for t in stream.transcoders)
             stream.transcoders.clear()
             to_webrtc: dict[int, Route] = {}
             if stream.agreement is not None:

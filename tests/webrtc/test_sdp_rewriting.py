@@ -237,3 +237,10 @@ def test_wildcard_bind_address_needs_a_public_host() -> None:
     with pytest.raises(ValueError, match="public_host"):
         MediaRelay(bind_host="0.0.0.0", port_min=40000, port_max=40100)
     MediaRelay(bind_host="0.0.0.0", public_host="127.0.0.1", port_min=40000, port_max=40100)
+
+
+async def test_answer_from_the_side_that_got_no_offer_is_refused(session: MediaSession) -> None:
+    await session.create_offer("webrtc")
+    with pytest.raises(MediaError) as raised:
+        await session.process_answer(asterisk_sdp(10000, "0"), "plain")
+    assert raised.value.status == 500
