@@ -42,8 +42,10 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node_id = config.effective_node_id
-        self.transport = TransportLayer(limits=Limits(max_message_size=config.max_message_size),
-                                        resolver=Resolver())
+        self.transport = TransportLayer(
+            limits=Limits(max_message_size=config.max_message_size), resolver=Resolver(),
+            idle_timeout=config.ws_idle_timeout,
+        )
         self.transactions = TransactionLayer(self.transport)
         self.location: LocationService = open_location_service(config.redis or None)
         self.users: UserStore = open_user_store(config.redis or None, config.users_path)

@@ -13,6 +13,7 @@ import hmac
 from dataclasses import dataclass
 
 PARAM = "ws2sip-flow"
+MAC_BYTES = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,7 @@ class FlowTokens:
 
     def encode(self, ref: FlowRef) -> str:
         payload = f"{ref.node_id}~{ref.flow_id}".encode()
-        mac = hmac.new(self._secret, payload, hashlib.sha256).digest()[:9]
+        mac = hmac.new(self._secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
         return base64.urlsafe_b64encode(payload + b"~" + mac).decode().rstrip("=")
 
     def decode(self, token: str) -> FlowRef | None:
@@ -36,10 +37,11 @@ class FlowTokens:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (ValueError, TypeError):
             return None
-        payload, sep, mac = raw.rpartition(b"~")
-        if not sep or len(mac) != 9:
+        # The MAC is binary and may itself contain "~": cut it off by length, not separator.
+        payload, sep, mac = raw[:-MAC_BYTES - 1], raw[-MAC_BYTES - 1:-MAC_BYTES], raw[-MAC_BYTES:]
+        if sep != b"~" or len(mac) != MAC_BYTES:
             return None
-        expected = hmac.new(self._secret, payload, hashlib.sha256).digest()[:9]
+        expected = hmac.new(self._secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
         if not hmac.compare_digest(mac, expected):
             return None
         node_id, sep, flow_id = payload.decode(errors="replace").partition("~")

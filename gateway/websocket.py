@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -18,6 +17,16 @@ from sip.transport import TransportLayer
 log = logging.getLogger("ws2sip.websocket")
 
 _flow_numbers = itertools.count(1)
+# A peer with this much unread data queued is not reading: close rather than buffer forever.
+SLOW_CONSUMER_BYTES = 1 << 20
+
+
+def _frame_header(opcode: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((opcode, length))
+    if length < 1 << 16:
+        return bytes((opcode, 126)) + length.to_bytes(2, "big")
+    return bytes((opcode, 127)) + length.to_bytes(8, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,31 +53,27 @@ class WebSocketFlow(Flow):
             (peer[0], peer[1]) if peer else ("0.0.0.0", 0),
             secure=secure,
         )
-        self._outbox: deque[bytes] = deque()
-        self._writer: asyncio.Task[None] | None = None
+        self._transport = request.transport
 
     def send(self, data: bytes) -> None:
-        if self._ws.closed:
+        """Write one SIP message as one frame, now. aiohttp only offers an awaitable send, which
+        would cost a task per message on the hottest path; a server frame is just a header and
+        the payload (RFC 6455 §5.2: unmasked, and no extension since compression is refused)."""
+        transport = self._transport
+        if self._ws.closed or transport is None or transport.is_closing():
             log.debug("dropping %d bytes for closed %s", len(data), self.id)
             return
-        self._outbox.append(data)
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
+        if transport.get_write_buffer_size() > SLOW_CONSUMER_BYTES:
+            log.warning("%s: peer does not read (%d bytes queued); closing", self.id,
+                        transport.get_write_buffer_size())
+            self.close()
+            return
         try:
-            while self._outbox:
-                data = self._outbox.popleft()
-                try:
-                    await self._ws.send_str(data.decode("utf-8"))
-                except UnicodeDecodeError:
-                    await self._ws.send_bytes(data)
-        except (ConnectionError, RuntimeError) as error:
-            log.info("%s: send failed (%s); closing", self.id, error)
-            self._outbox.clear()
-            await self._ws.close(code=WSCloseCode.GOING_AWAY)
-        finally:
-            self._writer = None
+            data.decode("utf-8")
+            opcode = 0x81  # FIN + text: what JsSIP, SIP.js and sipml5 expect
+        except UnicodeDecodeError:
+            opcode = 0x82  # FIN + binary
+        transport.write(_frame_header(opcode, len(data)) + data)
 
     def close(self) -> None:
         if not self._ws.closed:
@@ -117,6 +122,7 @@ def make_handler(
             return web.Response(status=403, text="Origin not allowed\n")
         ws = web.WebSocketResponse(
             protocols=("sip",),
+            compress=False,  # SIP messages are small; send() writes uncompressed frames
             heartbeat=policy.ping_interval or None,
             max_msg_size=policy.max_message_size,
         )
@@ -143,7 +149,7 @@ FIRST_MESSAGE_TIMEOUT = 30.0
 async def _pump(
     ws: web.WebSocketResponse, flow: WebSocketFlow, transport: TransportLayer, idle_timeout: float
 ) -> None:
-    timeout = min(FIRST_MESSAGE_TIMEOUT, idle_timeout)
+    timeout: float | None = min(FIRST_MESSAGE_TIMEOUT, idle_timeout)
     while True:
         try:
             message = await ws.receive(timeout=timeout)
@@ -163,5 +169,7 @@ async def _pump(
                 log.warning("%s closed: message over %s bytes", flow.id, ws._max_msg_size)
             return
         flow.touch()
-        timeout = idle_timeout
+        # After the first message, idleness is the transport's idle sweeper's job: a timeout
+        # per receive costs a timer handle per frame.
+        timeout = None
         transport.receive(data, flow)

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import struct
@@ -253,7 +254,7 @@ class DigestServer:
         self._challenge_prefix = f"Digest realm={_quote(realm)}, nonce="
 
     def new_nonce(self) -> str:
-        header = _NONCE_HEADER.pack(int(self._clock() * 1000), secrets.token_bytes(8))
+        header = _NONCE_HEADER.pack(int(self._clock() * 1000), os.urandom(8))
         mac = hmac.digest(self._secret, header + self._realm_bytes, "sha256")[:_NONCE_MAC_LENGTH]
         return base64.urlsafe_b64encode(header + mac).rstrip(b"=").decode("ascii")
 
