@@ -105,3 +105,60 @@ async def test_phone_offers_chromium_answers_gateway_is_dtls_server(
 
     await hear_each_other(chromium_page, session, phone)
     assert (await peer_connection_stats(chromium_page, "pc"))["dtlsState"] == "connected"
+
+
+SETUP_AUDIO_VIDEO = """async () => {
+  const pc = new RTCPeerConnection();
+  window.pc = pc;
+  window.remoteStream = new MediaStream();
+  pc.ontrack = (event) => window.remoteStream.addTrack(event.track);
+  const media = await navigator.mediaDevices.getUserMedia({audio: true, video: true});
+  for (const track of media.getTracks()) pc.addTransceiver(track, {direction: "sendrecv"});
+}"""
+FRAMES_DECODED = """async () => {
+  let frames = 0;
+  (await pc.getStats()).forEach((entry) => {
+    if (entry.type === "inbound-rtp" && entry.kind === "video") frames += entry.framesDecoded;
+  });
+  return frames;
+}"""
+
+
+async def test_chromium_audio_and_bundled_vp8_video(
+    relay: MediaRelay, phone: RtpPeer, chromium_page: Page
+) -> None:
+    """Audio and video share one BUNDLE transport on the WebRTC leg and get a port each on the
+    plain leg; an echoing video phone makes Chromium decode its own VP8 frames."""
+    from webrtc.sdp import parse
+
+    await chromium_page.evaluate(SETUP_AUDIO_VIDEO)
+    offer = loopback_only(await chromium_page.evaluate(CREATE_OFFER))
+    session = relay.create_session("chromium-video")
+    plain_offer = parse(await session.process_offer(offer, "webrtc"))
+    audio, video = plain_offer.first("audio"), plain_offer.first("video")
+    assert audio is not None and video is not None
+    vp8 = next(c for c in video.codecs if c.name.upper() == "VP8")
+    video_phone = await RtpPeer().start()
+    video_phone.echo = True
+    try:
+        phone.target = (audio.address, audio.port)  # type: ignore[assignment]
+        video_phone.target = (video.address, video.port)  # type: ignore[assignment]
+        answer = await session.process_answer(
+            asterisk_sdp(phone.port, "0 101") + f"m=video {video_phone.port} RTP/AVP "
+            f"{vp8.payload_type}\r\na=rtpmap:{vp8.payload_type} VP8/90000\r\na=sendrecv\r\n",
+            "plain")
+        assert parse(answer).bundle_mids == [m.mid for m in parse(offer).media][:2]
+        await chromium_page.evaluate(ACCEPT_ANSWER, answer)
+
+        await hear_each_other(chromium_page, session, phone)
+        await wait_for(lambda: len(video_phone.packets) > 50, seconds=15)
+        assert {p.payload_type for p in video_phone.packets} == {vp8.payload_type}
+        frames = 0
+        for _ in range(100):
+            frames = await chromium_page.evaluate(FRAMES_DECODED)
+            if frames >= 10:
+                break
+            await chromium_page.wait_for_timeout(100)
+        assert frames >= 10
+    finally:
+        await video_phone.close()
