@@ -170,7 +170,7 @@ class Gateway:
 
     # --- SIP dispatch ------------------------------------------------------------------------
     def _on_request(self, request: Request, transaction: ServerTransaction | None) -> None:
-        self.metrics.requests.labels(request.method).inc()
+        self.metrics.count_request(request.method)
         if transaction is None:
             self.proxy.handle_stateless(request)
             return

@@ -19,6 +19,16 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_Gauges(gauges))
+        self._per_method: dict[str, Counter] = {}
+
+    def count_request(self, method: str) -> None:
+        # labels() takes a lock and builds a key on every call: keep each method's child.
+        child = self._per_method.get(method)
+        if child is None:
+            if len(self._per_method) >= 64:  # methods are client-chosen tokens: bound the set
+                method = "other"
+            child = self._per_method.setdefault(method, self.requests.labels(method))
+        child.inc()
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -157,8 +158,13 @@ class Registrar:
             response.add("Require", "outbound")
             response.add("Flow-Timer", str(self._policy.flow_timer))
         response.add("Supported", "path, outbound")
-        response.add("Date", formatdate(now, usegmt=True))
+        response.add("Date", _http_date(int(now)))
         return response
+
+
+@functools.lru_cache(maxsize=2)
+def _http_date(second: int) -> str:
+    return formatdate(second, usegmt=True)
 
 
 def _contact_expires(contact: NameAddr, header_expires: int | None, default: int) -> int:
