@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import socket
@@ -24,6 +23,7 @@ from .media import MediaAnchor
 from .metrics import GatewayMetrics
 from .proxy import Proxy, ProxyPolicy
 from .registrar import Registrar, RegistrarPolicy
+from .tasks import TaskSet
 from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
 from .web import WebPhoneSite
@@ -83,7 +83,7 @@ class Gateway:
         })
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "request handling")
         self.transactions.on_request = self._on_request
         self.transport.on_flow_closed = self._on_flow_closed
 
@@ -120,8 +120,7 @@ class Gateway:
         await self.proxy.close()
         await self.proxy.media_relay_close()
         await self.transport.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         await self.location.close()
         await self.users.close()
 
@@ -175,11 +174,11 @@ class Gateway:
             self.proxy.handle_stateless(request)
             return
         if request.method == "REGISTER" and self._is_for_us(request):
-            self._spawn(self._register(request, transaction))
+            self._tasks.spawn(self._register(request, transaction))
         elif request.method == "OPTIONS" and self._is_for_us(request) and not request.ruri.user:
             transaction.respond(self._options_response(request))
         else:
-            self._spawn(self.proxy.handle_request(request, transaction))
+            self._tasks.spawn(self.proxy.handle_request(request, transaction))
 
     async def _register(self, request: Request, transaction: ServerTransaction) -> None:
         transaction.respond(await self.registrar.handle(request, transaction.flow))
@@ -197,7 +196,7 @@ class Gateway:
 
     def _on_flow_closed(self, flow: Flow) -> None:
         if flow.reliable:
-            self._spawn(self._drop_flow_bindings(flow))
+            self._tasks.spawn(self._drop_flow_bindings(flow))
         self.proxy.flow_closed(flow)
 
     async def _drop_flow_bindings(self, flow: Flow) -> None:
@@ -205,16 +204,6 @@ class Gateway:
         if dropped:
             log.info("%s closed: dropped %d binding(s) of %s", flow.id, len(dropped),
                      ", ".join(sorted({b.aor for b in dropped})))
-
-    def _spawn(self, coroutine) -> None:  # noqa: ANN001 - any awaitable returning None
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("request handling failed", exc_info=task.exception())
 
     # --- helpers -----------------------------------------------------------------------------
     async def _ensure_users(self) -> None:

@@ -23,6 +23,7 @@ from .flowtoken import FlowRef, FlowTokens
 from .location import Binding, LocationService
 from .media import Exchange, MediaAnchor
 from .routing import WEBRTC_TRANSPORTS, Destination, LocalAddresses, loop_hash, side_of_sdp
+from .tasks import TaskSet
 
 log = logging.getLogger("ws2sip.proxy")
 
@@ -107,7 +108,7 @@ class Proxy:
         self._trunk_matchers = [
             (re.compile(trunk.match), trunk) for trunk in policy.trunks if trunk.match
         ]
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "proxy task")
         transactions.on_stray_response = self._on_stray_response
 
     @property
@@ -151,7 +152,7 @@ class Proxy:
         """ACK for a 2xx (end to end, no transaction): follow the dialog's route."""
         if request.method != "ACK":
             return
-        self._spawn(self._forward_ack(request))
+        self._tasks.spawn(self._forward_ack(request))
 
     def flow_closed(self, flow: Flow) -> None:
         """A browser that lost its WebSocket has left its calls: free their media."""
@@ -508,7 +509,7 @@ class Proxy:
         if upstream.cseq.number != forwarding.request.cseq.number:
             upstream.set("CSeq", str(forwarding.request.cseq))  # undo a trunk-auth offset
         if status < 300:
-            self._spawn(self._forward_response(forwarding, branch, upstream))
+            self._tasks.spawn(self._forward_response(forwarding, branch, upstream))
             if 200 <= status < 300 and forwarding.request.method == "INVITE":
                 self._answered(forwarding, branch)
             elif status >= 200:
@@ -558,7 +559,7 @@ class Proxy:
             self.dialogs.extend(dialog, INVITE_DIALOG_LIFETIME)
             if dialog.media is not None and dialog.callee_kind == dialog.caller_kind:
                 # A branch of the caller's own kind won a mixed fork: no anchor needed.
-                self._spawn(self._release_dialog(dialog))
+                self._tasks.spawn(self._release_dialog(dialog))
 
     def _maybe_finish(self, forwarding: Forwarding) -> None:
         if forwarding.answered or any(b.final is None for b in forwarding.branches):
@@ -745,16 +746,6 @@ class Proxy:
         for name, value in headers or ():
             response.add(name, value)
         server.respond(response)
-
-    def _spawn(self, coroutine) -> None:  # noqa: ANN001 - awaitable returning None
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("proxy task failed", exc_info=task.exception())
 
 
 def _ignore_response(response: Response, client: ClientTransaction) -> None:

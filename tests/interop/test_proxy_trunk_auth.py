@@ -9,7 +9,14 @@ from pathlib import Path
 
 from tests.fixtures.gateway import GatewayFactory
 from tests.support.ports import free_udp_ports
-from tests.support.sipp import Sipp, free_port, messages, received_requests, run_sipp
+from tests.support.sipp import (
+    Sipp,
+    SippResult,
+    free_port,
+    messages,
+    received_requests,
+    run_sipp,
+)
 
 DOMAIN = "example.test"
 PBX_ADDRESS = "127.0.0.2"
@@ -21,9 +28,11 @@ def cseq_of(block: str) -> int:
     return int(match[1])
 
 
-async def test_gateway_answers_the_trunk_challenge_and_keeps_cseq_order(
-    gateway_factory: GatewayFactory, tmp_path: Path
-) -> None:
+async def call_challenging_pbx(
+    gateway_factory: GatewayFactory, tmp_path: Path, trunk_password: str, name: str
+) -> tuple[SippResult, SippResult]:
+    """alice dials 9… through a trunk whose PBX demands digest credentials ws2sip/trunk-secret;
+    returns (caller result, PBX result)."""
     pbx_port = free_port("udp")
     config = tmp_path / "trunk.toml"
     config.write_text(
@@ -33,11 +42,11 @@ async def test_gateway_answers_the_trunk_challenge_and_keeps_cseq_order(
         'match = "9[0-9]{3,}"\n'
         'strip_prefix = "9"\n'
         'username = "ws2sip"\n'
-        'password = "trunk-secret"\n'
+        f'password = "{trunk_password}"\n'
     )
     pbx = await Sipp.start(
         "pbx_challenging_uas.xml", port=pbx_port, timeout=15, media_port=free_udp_ports(4),
-        extra_args=["-i", PBX_ADDRESS], name="pbx-auth",
+        extra_args=["-i", PBX_ADDRESS], name=f"pbx-{name}",
         keys={"domain": "pbx.test", "user": "ws2sip", "password": "trunk-secret"},
     )
     gateway = await gateway_factory(users={"alice": "alice-secret"}, domain=DOMAIN,
@@ -45,10 +54,18 @@ async def test_gateway_answers_the_trunk_challenge_and_keeps_cseq_order(
     caller = await run_sipp(
         "uac_call.xml", remote=f"127.0.0.1:{gateway.udp_port}", service="90155512345",
         auth=("alice", "alice-secret"), keys={"domain": DOMAIN}, call_duration_ms=300,
-        timeout=15, media_port=free_udp_ports(4), name="alice-to-auth-pbx",
+        timeout=15, media_port=free_udp_ports(4), name=f"alice-{name}",
+    )
+    return caller, await pbx.wait()
+
+
+async def test_gateway_answers_the_trunk_challenge_and_keeps_cseq_order(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    caller, answered = await call_challenging_pbx(
+        gateway_factory, tmp_path, "trunk-secret", "auth-ok"
     )
     caller.assert_success()
-    answered = await pbx.wait()
     answered.assert_success()
     assert "SIP/2.0 403" not in messages(answered)
     invites = received_requests(answered, "INVITE")
@@ -67,28 +84,6 @@ async def test_gateway_answers_the_trunk_challenge_and_keeps_cseq_order(
 async def test_wrong_trunk_password_fails_the_call(
     gateway_factory: GatewayFactory, tmp_path: Path
 ) -> None:
-    pbx_port = free_port("udp")
-    config = tmp_path / "trunk.toml"
-    config.write_text(
-        "[[trunks]]\n"
-        'name = "pbx"\n'
-        f'address = "{PBX_ADDRESS}:{pbx_port}"\n'
-        'match = "9[0-9]{3,}"\n'
-        'username = "ws2sip"\n'
-        'password = "wrong"\n'
-    )
-    pbx = await Sipp.start(
-        "pbx_challenging_uas.xml", port=pbx_port, timeout=15, media_port=free_udp_ports(4),
-        extra_args=["-i", PBX_ADDRESS], name="pbx-auth-wrong",
-        keys={"domain": "pbx.test", "user": "ws2sip", "password": "trunk-secret"},
-    )
-    gateway = await gateway_factory(users={"alice": "alice-secret"}, domain=DOMAIN,
-                                    transports=("udp",), extra_args=["--config", str(config)])
-    caller = await run_sipp(
-        "uac_call.xml", remote=f"127.0.0.1:{gateway.udp_port}", service="90155512345",
-        auth=("alice", "alice-secret"), keys={"domain": DOMAIN}, timeout=15,
-        media_port=free_udp_ports(4), name="alice-to-auth-pbx-wrong",
-    )
+    caller, _ = await call_challenging_pbx(gateway_factory, tmp_path, "wrong", "auth-wrong")
     assert caller.failed_calls == 1, caller.describe()
     assert "SIP/2.0 403" in messages(caller)
-    await pbx.wait()
