@@ -196,7 +196,10 @@ async def run_sipp(scenario: str, **options: object) -> SippResult:
 
 
 def messages(result: SippResult) -> str:
-    """Everything SIPp sent and received (its -trace_msg log)."""
+    """Everything SIPp sent and received (its -trace_msg log). SIPp creates the log with the
+    first message it traces: a SIPp that saw no message at all has none."""
+    if not result.message_log_path.exists():
+        return ""
     return result.message_log_path.read_text(errors="replace")
 
 
