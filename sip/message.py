@@ -10,6 +10,7 @@ replace_top_via (copies share the parsed values until one of them changes that h
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,16 +137,17 @@ class Message:
             self._cache.pop(_TOP_VIA, None)
 
     # --- structured accessors ----------------------------------------------------------------
-    def _cached(self, key: str, build: Any) -> Any:
-        try:
-            return self._cache[key]
-        except KeyError:
-            value = self._cache[key] = build()
-            return value
+    def _cached(self, key: str, build: Callable[[Message], Any]) -> Any:
+        # Builders are module functions taking the message: a closure per access would be
+        # allocated even when the value is already cached, on every hot-path read.
+        value = self._cache.get(key)
+        if value is None:
+            value = self._cache[key] = build(self)
+        return value
 
     @property
     def vias(self) -> list[Via]:
-        return self._cached("via", lambda: [Via.parse(value) for value in self.get_all("via")])
+        return self._cached("via", _parse_vias)
 
     @property
     def top_via(self) -> Via:
@@ -171,31 +173,19 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        def build() -> str:
-            value = self.get("call-id")
-            if not value or not value.strip():
-                raise SipError(400, "Missing Call-ID header")
-            return value.strip()
-
-        return self._cached("call-id", build)
+        return self._cached("call-id", _parse_call_id)
 
     @property
     def cseq(self) -> CSeq:
-        def build() -> CSeq:
-            value = self.get("cseq")
-            if value is None:
-                raise SipError(400, "Missing CSeq header")
-            return CSeq.parse(value)
-
-        return self._cached("cseq", build)
+        return self._cached("cseq", _parse_cseq)
 
     @property
     def from_(self) -> NameAddr:
-        return self._cached("from", lambda: self._single_name_addr("From"))
+        return self._cached("from", _parse_from)
 
     @property
     def to(self) -> NameAddr:
-        return self._cached("to", lambda: self._single_name_addr("To"))
+        return self._cached("to", _parse_to)
 
     def _single_name_addr(self, name: str) -> NameAddr:
         value = self.get(name)
@@ -206,7 +196,10 @@ class Message:
     def name_addrs(self, name: str) -> list[NameAddr]:
         """Contact, Route, Record-Route, Path… as parsed name-addrs (cached until modified)."""
         key = _key(name)
-        return self._cached(key, lambda: [NameAddr.parse(v, name) for v in self.get_all(key)])
+        parsed = self._cache.get(key)
+        if parsed is None:
+            parsed = self._cache[key] = [NameAddr.parse(v, name) for v in self.get_all(key)]
+        return parsed
 
     @property
     def contacts(self) -> list[NameAddr]:
@@ -271,18 +264,46 @@ class Message:
         """Eagerly check the headers every transaction needs; raises SipError (400) if broken."""
         if not self.vias:
             raise SipError(400, "Missing Via header")
-        seen: set[str] = set()
-        for key, name, _ in self._rows:
-            if key in _SINGLE_VALUED:
-                if key in seen:
-                    # RFC 4475 multi01: which Call-ID, CSeq, From or To would be the real one?
-                    raise SipError(400, f"More than one {name} header")
-                seen.add(key)
+        singles = [row[0] for row in self._rows if row[0] in _SINGLE_VALUED]
+        if len(singles) != len(set(singles)):
+            seen: set[str] = set()
+            for key, name, _ in self._rows:
+                if key in _SINGLE_VALUED:
+                    if key in seen:
+                        # RFC 4475 multi01: which Call-ID, CSeq, From or To would be the real one?
+                        raise SipError(400, f"More than one {name} header")
+                    seen.add(key)
         self.call_id  # noqa: B018 - parsing is the check
         self.from_  # noqa: B018
         self.to  # noqa: B018
         self.cseq  # noqa: B018
         self.max_forwards  # noqa: B018
+
+
+def _parse_vias(message: Message) -> list[Via]:
+    return [Via.parse(value) for value in message.get_all("via")]
+
+
+def _parse_call_id(message: Message) -> str:
+    value = message.get("call-id")
+    if not value or not value.strip():
+        raise SipError(400, "Missing Call-ID header")
+    return value.strip()
+
+
+def _parse_cseq(message: Message) -> CSeq:
+    value = message.get("cseq")
+    if value is None:
+        raise SipError(400, "Missing CSeq header")
+    return CSeq.parse(value)
+
+
+def _parse_from(message: Message) -> NameAddr:
+    return message._single_name_addr("From")
+
+
+def _parse_to(message: Message) -> NameAddr:
+    return message._single_name_addr("To")
 
 
 _SINGLE_VALUED = frozenset(
@@ -291,7 +312,7 @@ _SINGLE_VALUED = frozenset(
 
 
 class Request(Message):
-    __slots__ = ("method", "uri", "_ruri")
+    __slots__ = ("method", "uri", "_ruri", "_ruri_text")
 
     def __init__(
         self,
@@ -304,17 +325,21 @@ class Request(Message):
         self.method = method
         self.uri = uri
         self._ruri: SipUri | None = None
+        # The text _ruri was parsed from: `uri` is a plain attribute that callers reassign,
+        # and comparing texts is far cheaper than re-serialising the parsed URI on each read.
+        self._ruri_text: str | None = None
 
     @property
     def ruri(self) -> SipUri:
-        if self._ruri is None or str(self._ruri) != self.uri:
+        if self._ruri is None or self._ruri_text != self.uri:
             self._ruri = SipUri.parse(self.uri)
+            self._ruri_text = self.uri
         return self._ruri
 
     @ruri.setter
     def ruri(self, value: SipUri) -> None:
         self._ruri = value
-        self.uri = str(value)
+        self.uri = self._ruri_text = str(value)
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {SIP_VERSION}"
