@@ -136,7 +136,7 @@ _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
 
 def _is_scheme(lowered: str) -> bool:
     """RFC 3261 §25.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )."""
-    return lowered[:1].isalpha() and lowered.isascii() and set(lowered) <= _SCHEME_CHARS
+    return lowered[:1].isalpha() and lowered.isascii() and _SCHEME_CHARS.issuperset(lowered)
 
 
 def _lower(value: str | None) -> str | None:
@@ -150,7 +150,7 @@ def split_hostport(hostport: str, context: str) -> tuple[str, int | None]:
         if end < 0:
             raise SipError(400, f"Unterminated IPv6 reference in {context[:80]!r}")
         host = hostport[1:end]
-        if not host or not set(host) <= _IPV6_CHARS:
+        if not host or not _IPV6_CHARS.issuperset(host):
             raise SipError(400, f"Malformed IPv6 reference in {context[:80]!r}")
         port_text = hostport[end + 1 :]
         if port_text and not port_text.startswith(":"):
@@ -158,7 +158,7 @@ def split_hostport(hostport: str, context: str) -> tuple[str, int | None]:
         port_text = port_text[1:]
     else:
         host, _, port_text = hostport.partition(":")
-        if not host or not set(host) <= _HOST_CHARS:
+        if not host or not _HOST_CHARS.issuperset(host):
             raise SipError(400, f"Malformed host {host!r} in {context[:80]!r}")
     if not port_text:
         return host, None
