@@ -115,7 +115,12 @@ class Message:
                     self._rows[index] = (row_key, row_name, ", ".join(values[1:]))
                 else:
                     del self._rows[index]
+                parsed = self._cache.get(key)
                 self._forget(key)
+                if parsed:
+                    # The rest stay valid: a proxy pops its Via off a response and reads the
+                    # remaining ones, which would otherwise all be parsed a second time.
+                    self._cache[key] = parsed[1:]
                 return values[0].strip()
         return None
 
