@@ -6,7 +6,6 @@ little more than their messages.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 from .errors import SipError
 from .flow import Flow, Target
 from .message import Request, Response
+from .timers import TimedTransaction
 
 if TYPE_CHECKING:
     from .transaction import TransactionLayer
@@ -28,7 +28,7 @@ COMPLETED = "completed"
 TERMINATED = "terminated"
 
 
-class ClientTransaction:
+class ClientTransaction(TimedTransaction):
     def __init__(
         self,
         layer: TransactionLayer,
@@ -51,8 +51,7 @@ class ClientTransaction:
         self._on_response = on_response
         self._wire: bytes | None = None
         self._interval = layer.timers.t1
-        self._retransmit_timer: asyncio.TimerHandle | None = None
-        self._state_timer: asyncio.TimerHandle | None = None
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"<ClientTransaction {self.method} {self.branch} {self.state}>"
@@ -205,14 +204,6 @@ class ClientTransaction:
     def _finish_with(self, synthesized: Response) -> None:
         self.terminate()
         self._deliver(synthesized)
-
-    def _stop_timers(self) -> None:
-        if self._retransmit_timer is not None:
-            self._retransmit_timer.cancel()
-            self._retransmit_timer = None
-        if self._state_timer is not None:
-            self._state_timer.cancel()
-            self._state_timer = None
 
     def terminate(self) -> None:
         if self.state == TERMINATED:

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .flow import Flow
 from .message import Request, Response
+from .timers import TimedTransaction
 
 if TYPE_CHECKING:
     from .transaction import TransactionLayer
@@ -26,7 +26,7 @@ TERMINATED = "terminated"
 ServerKey = tuple[str, ...]
 
 
-class ServerTransaction:
+class ServerTransaction(TimedTransaction):
     def __init__(
         self, layer: TransactionLayer, request: Request, flow: Flow, key: ServerKey
     ) -> None:
@@ -42,8 +42,7 @@ class ServerTransaction:
         self._cancelled = False
         self._acked = False
         self._interval = layer.timers.t1
-        self._retransmit_timer: asyncio.TimerHandle | None = None
-        self._state_timer: asyncio.TimerHandle | None = None
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"<ServerTransaction {self.method} {self.id[0]} {self.state}>"
@@ -162,14 +161,6 @@ class ServerTransaction:
             self.terminate()
         else:
             self._state_timer = self._layer.loop.call_later(linger, self.terminate)
-
-    def _stop_timers(self) -> None:
-        if self._retransmit_timer is not None:
-            self._retransmit_timer.cancel()
-            self._retransmit_timer = None
-        if self._state_timer is not None:
-            self._state_timer.cancel()
-            self._state_timer = None
 
     def terminate(self) -> None:
         if self.state == TERMINATED:

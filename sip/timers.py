@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 
@@ -45,3 +46,19 @@ class Timers:
     @property
     def m(self) -> float:
         return self._or_64_t1(self.timer_m)
+
+
+class TimedTransaction:
+    """The two timers every transaction runs: one for retransmissions, one for its state."""
+
+    def __init__(self) -> None:
+        self._retransmit_timer: asyncio.TimerHandle | None = None
+        self._state_timer: asyncio.TimerHandle | None = None
+
+    def _stop_timers(self) -> None:
+        if self._retransmit_timer is not None:
+            self._retransmit_timer.cancel()
+            self._retransmit_timer = None
+        if self._state_timer is not None:
+            self._state_timer.cancel()
+            self._state_timer = None
