@@ -18,11 +18,13 @@ PHONE_TONE = 1000.0
 BROWSER_TONE = 440.0
 
 
-async def wait_for(condition, seconds: float = 10.0) -> None:  # noqa: ANN001
+async def wait_for(condition, seconds: float = 10.0, describe=None) -> None:  # noqa: ANN001
     deadline = asyncio.get_running_loop().time() + seconds
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(
+                "condition not met in time" + (f": {describe()}" if describe else "")
+            )
         await asyncio.sleep(0.05)
 
 
@@ -113,7 +115,9 @@ async def test_hold_and_resume_keep_ports_and_media(
     phone.target = target_of(plain_offer)
     await browser.accept_answer(
         await session.process_answer(asterisk_sdp(phone.port, "0"), "plain"))
-    await wait_for(lambda: session.stats()["webrtc_to_plain_packets"] > 0)
+    await wait_for(lambda: session.stats()["webrtc_to_plain_packets"] > 0,
+                   describe=lambda: f"failure={session.failure!r} stats={session.stats()} "
+                   f"browser ice={browser.pc.iceConnectionState}")
     ports_before = sorted(session.open_ports)
 
     # The phone puts the call on hold (re-INVITE sendonly) and plays music on hold.
