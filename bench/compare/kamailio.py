@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import shutil
 import socket
 import subprocess
@@ -13,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from processes import process_tree
+
+# run.py puts bench/ on sys.path: the same helpers the ws2sip register bench uses.
+from register_bench import free_port, raise_open_file_limit
 
 CONFIG = Path(__file__).resolve().parent / "kamailio-ws.cfg"
 READY_TIMEOUT = 30.0
@@ -33,23 +35,12 @@ class Kamailio:
         return process_tree(self.pid)
 
 
-def _raise_open_file_limit() -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def kamailio(workdir: Path, password: str, shared_memory_mb: int) -> Iterator[Kamailio]:
     """Kamailio in the foreground (-DD: the creator stays our child, its workers fork off it),
     logging to workdir; stopped with SIGTERM on exit."""
     executable = shutil.which("kamailio") or "/usr/sbin/kamailio"
-    port = _free_tcp_port()
+    port = free_port()
     runtime_dir = workdir / f"kamailio-{port}"
     runtime_dir.mkdir()
     log_path = workdir / f"kamailio-{port}.log"
@@ -59,7 +50,7 @@ def kamailio(workdir: Path, password: str, shared_memory_mb: int) -> Iterator[Ka
              "-m", str(shared_memory_mb), "-M", "16", "-Y", str(runtime_dir),
              "-P", str(runtime_dir / "kamailio.pid"), "-A", f'BENCH_PASSWORD="{password}"'],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_raise_open_file_limit,
+            preexec_fn=raise_open_file_limit,
         )
     try:
         deadline = time.monotonic() + READY_TIMEOUT
