@@ -38,6 +38,15 @@ def split_top_level(text: str, separator: str = ",") -> list[str]:
     if separator not in text:
         stripped = text.strip()
         return [stripped] if stripped else []
+    return [
+        part for part in (piece.strip() for piece in _split_unquoted(text, separator, True))
+        if part
+    ]
+
+
+def _split_unquoted(text: str, separator: str, inside_angles_too: bool) -> list[str]:
+    """Raw pieces between separators that stand outside quoted strings (and, when
+    inside_angles_too is set, outside <...>); empty pieces are kept."""
     parts: list[str] = []
     depth = 0
     in_quotes = False
@@ -53,20 +62,16 @@ def split_top_level(text: str, separator: str = ",") -> list[str]:
                 in_quotes = False
         elif char == '"':
             in_quotes = True
-        elif char == "<":
+        elif inside_angles_too and char == "<":
             depth += 1
-        elif char == ">":
+        elif inside_angles_too and char == ">":
             depth = max(0, depth - 1)
         elif char == separator and depth == 0:
-            part = text[start:index].strip()
-            if part:
-                parts.append(part)
+            parts.append(text[start:index])
             start = index + 1
     if in_quotes:
         raise SipError(400, f"Unterminated quoted string in {text[:60]!r}")
-    part = text[start:].strip()
-    if part:
-        parts.append(part)
+    parts.append(text[start:])
     return parts
 
 
@@ -133,27 +138,7 @@ def _split_keeping_empty(text: str, separator: str) -> list[str]:
         if pending is not None:
             raise SipError(400, f"Unterminated quoted string in {text[:60]!r}")
         return parts
-    parts = []
-    start = 0
-    in_quotes = False
-    escaped = False
-    for index, char in enumerate(text):
-        if in_quotes:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_quotes = False
-        elif char == '"':
-            in_quotes = True
-        elif char == separator:
-            parts.append(text[start:index])
-            start = index + 1
-    if in_quotes:
-        raise SipError(400, f"Unterminated quoted string in {text[:60]!r}")
-    parts.append(text[start:])
-    return parts
+    return _split_unquoted(text, separator, False)
 
 
 def format_params(params: dict[str, str | None]) -> str:
