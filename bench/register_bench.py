@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,19 @@ TARGET_KB_PER_CONNECTION = 30.0
 def raise_open_file_limit() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def wait_until_listening(port: int, timeout: float, running: Callable[[], bool]) -> bool:
+    """True once a TCP connect to 127.0.0.1:port succeeds; False if the server stopped
+    running or the timeout passed first."""
+    deadline = time.monotonic() + timeout
+    while running() and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def free_port() -> int:
@@ -194,14 +207,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
          "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
+        if not wait_until_listening(port, READY_TIMEOUT, lambda: process.poll() is None):
             raise RuntimeError("redis-server did not start")
         yield f"redis://127.0.0.1:{port}/0"
     finally:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +12,7 @@ from pathlib import Path
 from processes import process_tree
 
 # run.py puts bench/ on sys.path: the same helpers the ws2sip register bench uses.
-from register_bench import free_port, raise_open_file_limit
+from register_bench import free_port, raise_open_file_limit, wait_until_listening
 
 CONFIG = Path(__file__).resolve().parent / "kamailio-ws.cfg"
 READY_TIMEOUT = 30.0
@@ -53,14 +51,7 @@ def kamailio(workdir: Path, password: str, shared_memory_mb: int) -> Iterator[Ka
             preexec_fn=raise_open_file_limit,
         )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
+        if not wait_until_listening(port, READY_TIMEOUT, lambda: process.poll() is None):
             raise RuntimeError(f"kamailio did not listen on {port} (exit {process.poll()}); "
                                f"log {log_path}:\n{log_path.read_text()[-3000:]}")
         yield Kamailio(process.pid, port, log_path)
