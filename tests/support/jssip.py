@@ -66,8 +66,4 @@ class JsSipAgent:
         return self._agent.unclaimed_events(event)
 
     async def stop(self) -> None:
-        if self._agent.returncode is None:
-            try:
-                await self._agent.request("stop", timeout=5.0)
-            finally:
-                await self._agent.close()
+        await self._agent.shutdown("stop", timeout=5.0)

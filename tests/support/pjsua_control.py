@@ -133,6 +133,14 @@ class AgentProcess:
     def unclaimed_events(self, event: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self._unclaimed_events if event is None or e.get("event") == event]
 
+    async def shutdown(self, command: str, timeout: float) -> None:
+        """Send the agent its own quit command, then close() whatever it answered: a failed
+        quit is in the agent's log, and the process must end either way."""
+        if self.returncode is None:
+            with contextlib.suppress(AgentError):
+                await self.request(command, timeout=timeout)
+            await self.close(timeout=timeout)
+
     async def close(self, timeout: float = 5.0) -> None:
         """Ask politely (stdin EOF), then SIGTERM, then SIGKILL."""
         process = self._process

@@ -19,12 +19,11 @@ Events (wait_for(name, timeout, **fields_to_match)):
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.pjsua_control import ARTIFACTS_DIR, AgentError, AgentProcess
+from tests.support.pjsua_control import ARTIFACTS_DIR, AgentProcess
 from tests.support.ports import free_udp_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -135,8 +134,4 @@ class PjsuaPhone:
 
     async def stop(self) -> None:
         """Hang up everything, unregister and end the process."""
-        if self._agent.returncode is None:
-            # close() below ends the process regardless; its log holds why quit failed.
-            with contextlib.suppress(AgentError):
-                await self._agent.request("quit", timeout=10.0)
-            await self._agent.close(timeout=10.0)
+        await self._agent.shutdown("quit", timeout=10.0)
