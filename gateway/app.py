@@ -189,7 +189,7 @@ class Gateway:
         transaction.respond(await self.registrar.handle(request, transaction.flow))
 
     def _options_response(self, request: Request):  # noqa: ANN202 - Response
-        response = request.response(200, to_tag=secrets.token_hex(4))
+        response = request.response(200, to_tag=request.stable_tag())
         response.add("Allow", ALLOWED_METHODS)
         response.add("Supported", "path, outbound")
         response.add("Accept", "application/sdp")

@@ -76,13 +76,8 @@ class Authenticator:
         return await self._users.get(username, self.realm) is not None
 
     def _challenge(self, request: Request, *, proxy: bool, stale: bool) -> Response:
-        response = request.response(407 if proxy else 401, to_tag=_challenge_tag(request))
+        response = request.response(407 if proxy else 401, to_tag=request.stable_tag())
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         for value in self._digest.challenge(stale=stale):
             response.add(name, value)
         return response
-
-
-def _challenge_tag(request: Request) -> str:
-    # A stable To-tag per request, so that retransmissions get an identical challenge.
-    return f"{abs(hash((request.call_id, request.cseq.number))) & 0xFFFFFFFF:08x}"

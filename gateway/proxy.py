@@ -742,7 +742,7 @@ class Proxy:
         self, server: ServerTransaction, request: Request, status: int, reason: str,
         headers: list[tuple[str, str]] | None = None,
     ) -> None:
-        response = request.response(status, reason, to_tag=_local_tag(request))
+        response = request.response(status, reason, to_tag=request.stable_tag())
         for name, value in headers or ():
             response.add(name, value)
         server.respond(response)
@@ -771,10 +771,6 @@ def _domain_aor(aor: str, domain: str) -> str:
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _local_tag(request: Request) -> str:
-    return f"{abs(hash((request.call_id, request.cseq.number, 'p'))) & 0xFFFFFFFF:08x}"
 
 
 _CLASS_PREFERENCE = {6: 0, 2: 1, 3: 3, 4: 4, 5: 5}

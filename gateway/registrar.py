@@ -56,7 +56,7 @@ class Registrar:
             return await self._register(request, flow)
         except SipError as error:
             log.info("REGISTER from %s refused: %d %s", flow.remote, error.status, error.reason)
-            response = request.response(error.status, error.reason, to_tag=_tag(request))
+            response = request.response(error.status, error.reason, to_tag=request.stable_tag())
             for name, value in error.headers:
                 response.add(name, value)
             return response
@@ -64,7 +64,7 @@ class Registrar:
             # A failing user or location store (Redis down, connection pool exhausted) must
             # still answer: without a final response the client retransmits into the same failure.
             log.exception("REGISTER %s from %s failed", request.call_id, flow.remote)
-            response = request.response(503, to_tag=_tag(request))
+            response = request.response(503, to_tag=request.stable_tag())
             response.add("Retry-After", str(STORE_RETRY_AFTER))
             return response
 
@@ -139,7 +139,7 @@ class Registrar:
         )
 
     def _ok(self, request: Request, bindings: list[Binding], change: RegisterChange) -> Response:
-        response = request.response(200, to_tag=_tag(request))
+        response = request.response(200, to_tag=request.stable_tag())
         now = time.time()
         for binding in bindings:
             value = f"<{binding.contact}>;expires={binding.expires_in(now)}"
@@ -198,7 +198,3 @@ def _reg_id(contact: NameAddr) -> int | None:
     if "+sip.instance" not in contact.params:
         raise SipError(400, "reg-id without +sip.instance")
     return int(value)
-
-
-def _tag(request: Request) -> str:
-    return f"{abs(hash(request.call_id)) & 0xFFFFFFFF:08x}"

@@ -363,6 +363,11 @@ class Request(Message):
         clone._cache = dict(self._cache)  # parsed values stay valid: mutators drop their key
         return clone
 
+    def stable_tag(self) -> str:
+        """A To-tag for responses this element itself gives to the request: the same for every
+        retransmission of it (same Call-ID and CSeq), so they are answered identically."""
+        return f"{hash((self.call_id, self.cseq.number)) & 0xFFFFFFFF:08x}"
+
     def response(
         self, status: int, reason: str | None = None, *, to_tag: str | None = None
     ) -> Response:
