@@ -40,6 +40,7 @@ class DialogTable:
         self._dialogs: dict[str, Dialog] = {}
         self._per_user: Counter[str] = Counter()
         self._per_trunk: Counter[str] = Counter()
+        self._by_flow: dict[str, set[str]] = {}  # flow id → Call-IDs of the dialogs on it
         self._on_released = on_released
 
     def __len__(self) -> int:
@@ -64,6 +65,14 @@ class DialogTable:
             if dialog.trunk:
                 self._per_trunk[dialog.trunk] += 1
         return dialog
+
+    def attach_flow(self, dialog: Dialog, flow_id: str) -> None:
+        """The dialog lives on that flow: losing the flow ends it (see on_flow)."""
+        dialog.flow_ids.add(flow_id)
+        self._by_flow.setdefault(flow_id, set()).add(dialog.call_id)
+
+    def on_flow(self, flow_id: str) -> list[Dialog]:
+        return [self._dialogs[c] for c in self._by_flow.get(flow_id, ()) if c in self._dialogs]
 
     def extend(self, dialog: Dialog, lifetime: float) -> None:
         dialog.deadline = time.monotonic() + lifetime
@@ -94,6 +103,12 @@ class DialogTable:
     def _forget(self, dialog: Dialog) -> None:
         if self._dialogs.pop(dialog.call_id, None) is None:
             return
+        for flow_id in dialog.flow_ids:
+            on_flow = self._by_flow.get(flow_id)
+            if on_flow is not None:
+                on_flow.discard(dialog.call_id)
+                if not on_flow:
+                    del self._by_flow[flow_id]
         if dialog.method == "INVITE":
             for user in {dialog.caller, dialog.callee} - {None}:
                 self._per_user[user] -= 1  # type: ignore[index]

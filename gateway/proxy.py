@@ -156,8 +156,8 @@ class Proxy:
 
     def flow_closed(self, flow: Flow) -> None:
         """A browser that lost its WebSocket has left its calls: free their media."""
-        for dialog in self.dialogs.all():
-            if flow.id in dialog.flow_ids and dialog.method == "INVITE":
+        for dialog in self.dialogs.on_flow(flow.id):
+            if dialog.method == "INVITE":
                 log.info("%s closed: releasing call %s", flow.id, dialog.call_id)
                 self.dialogs.release(dialog.call_id)
 
@@ -421,7 +421,7 @@ class Proxy:
             forwarding.sender_kind = side_of_sdp(request.body, incoming.transport)
             forwarding.dialog.caller_kind = forwarding.sender_kind
             forwarding.dialog.extra["caller_tag"] = request.from_.tag
-            forwarding.dialog.flow_ids.add(incoming.id)
+            self.dialogs.attach_flow(forwarding.dialog, incoming.id)
         anchored_offer = await self._media_offer(forwarding, destinations)
         for destination in destinations:
             branch_request = self._branch_request(
@@ -555,7 +555,7 @@ class Proxy:
             dialog.confirmed = True
             dialog.callee_kind = winner.destination.kind
             if isinstance(winner.destination.target, Flow):
-                dialog.flow_ids.add(winner.destination.target.id)
+                self.dialogs.attach_flow(dialog, winner.destination.target.id)
             self.dialogs.extend(dialog, INVITE_DIALOG_LIFETIME)
             if dialog.media is not None and dialog.callee_kind == dialog.caller_kind:
                 # A branch of the caller's own kind won a mixed fork: no anchor needed.

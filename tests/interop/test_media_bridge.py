@@ -90,11 +90,35 @@ async def test_browser_calls_phone_and_both_hear(
         await phone.hangup()
         await browser.take_bye()
         # The browser's WebSocket stays open: only the BYE may free the media ports.
-        for _ in range(20):
-            if gateway_udp_sockets(gateway) == sockets_before:
-                break
-            await asyncio.sleep(0.25)
-        assert gateway_udp_sockets(gateway) == sockets_before, "media ports left open after BYE"
+        await assert_media_ports_freed(gateway, sockets_before, "after BYE")
+    finally:
+        await peer.close()
+        await browser.close()
+        await phone.stop()
+
+
+async def assert_media_ports_freed(gateway: GatewayProcess, baseline: int, when: str) -> None:
+    for _ in range(20):
+        if gateway_udp_sockets(gateway) == baseline:
+            return
+        await asyncio.sleep(0.25)
+    assert gateway_udp_sockets(gateway) == baseline, f"media ports left open {when}"
+
+
+async def test_browser_that_loses_its_websocket_frees_the_call_media(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    sockets_before = gateway_udp_sockets(gateway)
+    browser, phone = await registered_pair(gateway, tmp_path)
+    peer = BrowserPeer(BROWSER_TONE)
+    try:
+        await phone.set_auto_answer(200)
+        response, dialog = await browser.call(f"sip:bob@{gateway.domain}", await peer.offer())
+        assert response.status == 200 and dialog is not None
+        await peer.accept_answer(dialog.remote_sdp)
+        assert gateway_udp_sockets(gateway) > sockets_before
+        await browser.close()  # the tab is gone: no BYE, only the transport loss
+        await assert_media_ports_freed(gateway, sockets_before, "after the WebSocket closed")
     finally:
         await peer.close()
         await browser.close()
