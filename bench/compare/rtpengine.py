@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -33,6 +34,7 @@ STOP_TIMEOUT = 10.0
 NG_REPLY_TIMEOUT = 0.5
 NG_ATTEMPTS = 6  # UDP: a request or reply may be lost; rtpengine spots the resent cookie
 PORTS_PER_CALL = 4  # an RTP+RTCP pair on each of the two legs
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 FROM_TAG = "browser"
 TO_TAG = "phone"
 
@@ -75,28 +77,24 @@ def media_address(sdp: str) -> tuple[str, int]:
     return connection["ip"], int(audio["port"])
 
 
-def free_udp_block(count: int, attempts: int = 50) -> int:
-    """First port of `count` consecutive free loopback UDP ports.
+def free_udp_port() -> int:
+    """register_bench.free_port probes TCP; ng listens on UDP."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
-    register_bench.free_port probes one TCP port; rtpengine needs a UDP range for its media
-    ports and a UDP port for ng, so this probes the whole block the same way (bind port 0 for
-    a random start, then the rest). rtpengine skips a port someone takes later on."""
-    for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1] & ~1
-        held: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-                held[-1].bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free UDP ports on 127.0.0.1 after {attempts} tries")
+
+def media_port_window(size: int) -> tuple[int, int]:
+    """A random window of `size` ports inside the kernel's ephemeral range.
+
+    The window need not be free: rtpengine skips ports already bound when it allocates, and the
+    kernel never hands a port rtpengine holds to another port-0 socket, so it shares the range
+    with concurrent test runs; the random offset keeps two rtpengines mostly apart."""
+    low, high = map(int, EPHEMERAL_PORTS.read_text().split())
+    if high - low + 1 < size:
+        raise ValueError(f"{size} media ports do not fit the ephemeral range {low}-{high}")
+    first = random.randrange(low, high - size + 2) & ~1
+    return max(first, low), max(first, low) + size - 1
 
 
 class NgError(RuntimeError):
@@ -177,9 +175,11 @@ class Rtpengine:
 
     name = "rtpengine"
 
-    def __init__(self, max_calls: int = 200, threads: int = 2, log_level: int = 5,
-                 workdir: Path | None = None) -> None:
-        self.max_calls = max_calls
+    def __init__(self, max_calls: int = 2000, port_range: tuple[int, int] | None = None,
+                 threads: int = 2, log_level: int = 5, workdir: Path | None = None) -> None:
+        """`port_range`: rtpengine's media ports (first, last); by default a window of the
+        ephemeral range sized for `max_calls` (see media_port_window)."""
+        self.port_range = port_range or media_port_window(max_calls * PORTS_PER_CALL)
         self.threads = threads
         self.log_level = log_level
         self._workdir = workdir
@@ -194,9 +194,9 @@ class Rtpengine:
             raise RuntimeError("rtpengine not started")
         return self._process.pid
 
-    def command(self, rundir: Path, ng_port: int, port_min: int) -> list[str]:
+    def command(self, rundir: Path, ng_port: int) -> list[str]:
         executable = shutil.which("rtpengine") or "/usr/bin/rtpengine"
-        port_max = port_min + self.max_calls * PORTS_PER_CALL - 1
+        port_min, port_max = self.port_range
         return [
             executable, "--config-file=none", "--foreground", "--log-stderr",
             f"--log-level={self.log_level}", "--table=-1", "--interface=127.0.0.1",
@@ -210,14 +210,13 @@ class Rtpengine:
         if self._workdir is None:
             self._own_tempdir = tempfile.TemporaryDirectory(prefix="rtpengine-")
             self._workdir = Path(self._own_tempdir.name)
-        ng_port = free_udp_block(1)
-        port_min = free_udp_block(self.max_calls * PORTS_PER_CALL)
+        ng_port = free_udp_port()
         rundir = self._workdir / f"rtpengine-{ng_port}"
         rundir.mkdir()
         self.log_path = rundir / "rtpengine.log"
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                self.command(rundir, ng_port, port_min), cwd=rundir, stdout=log,
+                self.command(rundir, ng_port), cwd=rundir, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=raise_open_file_limit)
         self._ng = NgClient(("127.0.0.1", ng_port))
@@ -256,6 +255,16 @@ class Rtpengine:
         answer = await self._ng.request("answer", sdp=phone_answer_sdp(phone), **{
             "call-id": call_id, "from-tag": FROM_TAG, "to-tag": TO_TAG}, **ANSWER_OPTIONS)
         return answer["sdp"], relay_for_phone
+
+    async def counters(self) -> dict[str, int]:
+        """rtpengine's totals since start, named as bench/media_load.py reads relay counters:
+        packets relayed, and packets it counted as relay errors (its `relayedpacketerrors`,
+        e.g. an unknown payload type or a packet it failed to handle) as `dropped`."""
+        if self._ng is None:
+            raise RuntimeError("rtpengine not started")
+        totals = (await self._ng.request("statistics"))["statistics"]["totalstatistics"]
+        return {"packets": int(totals["relayedpackets"]),
+                "dropped": int(totals["relayedpacketerrors"])}
 
     async def stop(self) -> None:
         if self._ng is not None:

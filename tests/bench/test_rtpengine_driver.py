@@ -80,6 +80,8 @@ async def test_browser_and_phone_hear_each_other_through_rtpengine(relay: Rtpeng
         assert_hears(browser.heard(), browser.rate, PHONE_TONE)
         # Plain RTP from one rtpengine port: no DTLS or STUN reached the phone.
         assert phone.sources == {relay_for_phone}
+        counters = await relay.counters()
+        assert counters["packets"] >= len(phone.packets), counters
     finally:
         await browser.close()
         await phone.close()
