@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ from .grammar import (
     quoted_string_end,
     unquote,
 )
-from .uri import SipUri, format_host, split_hostport
+from .uri import PARSE_CACHE_SIZE, SipUri, format_host, split_hostport
 
 COMPACT_FORMS = {
     "i": "Call-ID", "m": "Contact", "e": "Content-Encoding", "l": "Content-Length",
@@ -73,6 +74,11 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str, header: str = "header") -> NameAddr:
+        """Parsed once per distinct text: the result is a shared read-only view (sip.message)."""
+        return _parse_name_addr(text, header)
+
+    @classmethod
+    def _parse_uncached(cls, text: str, header: str) -> NameAddr:
         text = text.strip()
         if text == "*":
             return cls("*")
@@ -132,6 +138,13 @@ class NameAddr:
         uri_text = str(self._uri) if self._uri is not None else self.uri_text
         display = f"{quote(self.display)} " if self.display else ""
         return f"{display}<{uri_text}>{format_params(self.params)}"
+
+
+# A dialog repeats its From and To in every request and response, and a client repeats its Contact
+# at each refresh: most name-addrs were already seen. Errors are not cached (each raises anew).
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_name_addr(text: str, header: str) -> NameAddr:
+    return NameAddr._parse_uncached(text, header)
 
 
 def _display_name(text: str, header: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from urllib.parse import unquote as percent_decode
 
@@ -11,6 +12,9 @@ from .grammar import parse_decimal, parse_params
 SIP_SCHEMES = ("sip", "sips", "tel")
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+# Distinct texts whose parse is kept: URIs repeat across a dialog's messages and a client's
+# refreshes; parsed values are shared read-only views (see sip.message), changed through copy().
+PARSE_CACHE_SIZE = 2048
 
 
 @dataclass(slots=True)
@@ -25,6 +29,10 @@ class SipUri:
 
     @classmethod
     def parse(cls, text: str) -> SipUri:
+        return _parse_uri(text)
+
+    @classmethod
+    def _parse_uncached(cls, text: str) -> SipUri:
         text = text.strip()
         scheme, colon, rest = text.partition(":")
         scheme = scheme.lower()
@@ -122,6 +130,11 @@ class SipUri:
                 return False
         shared = self.params.keys() & other.params.keys()
         return all(_lower(self.params[name]) == _lower(other.params[name]) for name in shared)
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_uri(text: str) -> SipUri:
+    return SipUri._parse_uncached(text)
 
 
 def _format_uri_params(params: dict[str, str | None]) -> str:
