@@ -37,6 +37,7 @@ ALLOWED_METHODS = (
     "NOTIFY, SUBSCRIBE, PUBLISH"
 )
 DEMO_USERS = ("alice", "bob")
+GC_YOUNG_THRESHOLD = 50_000
 
 
 class Gateway:
@@ -113,6 +114,11 @@ class Gateway:
         # out of the collector's sight, full collections under load only walk per-request and
         # per-binding objects instead of the whole heap each time.
         gc.freeze()
+        # Handling a SIP message allocates hundreds of short-lived containers that reference
+        # counting frees; at the default threshold (700) the cycle collector ran every few
+        # messages for little gain: 4-6 % of the CPU per call. Its worst case is 50,000 young
+        # objects (a few MB) awaiting a collection.
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
         log.info("ws2sip ready: node %s, domain %s", self.node_id, self.config.domain)
 
     async def stop(self) -> None:
