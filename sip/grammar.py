@@ -21,6 +21,8 @@ def parse_decimal(text: str, what: str) -> int:
     than 4300 digits: both would escape as ValueError. Values past 20 significant digits
     saturate at 10**20, above every limit a caller checks.
     """
+    if len(text) < 10 and text.isdigit() and text.isascii():
+        return int(text)  # the usual case: plain short ASCII digits, nothing to strip
     text = text.strip()
     if not (text.isascii() and text.isdigit()):
         raise SipError(400, f"Malformed {what} {text[:20]!r}")
