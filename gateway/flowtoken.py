@@ -8,12 +8,15 @@ carries an HMAC so nobody outside the cluster can steer requests onto someone el
 from __future__ import annotations
 
 import base64
-import hashlib
+import functools
 import hmac
 from dataclasses import dataclass
 
 PARAM = "ws2sip-flow"
 MAC_BYTES = 9
+# Every in-dialog request repeats its dialog's tokens, and every Record-Route toward a flow
+# encodes the same one: each distinct token is signed or checked once.
+CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +28,15 @@ class FlowRef:
 class FlowTokens:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
+        self.encode = functools.lru_cache(maxsize=CACHE_SIZE)(self._encode)
+        self.decode = functools.lru_cache(maxsize=CACHE_SIZE)(self._decode)
 
-    def encode(self, ref: FlowRef) -> str:
+    def _encode(self, ref: FlowRef) -> str:
         payload = f"{ref.node_id}~{ref.flow_id}".encode()
-        mac = hmac.new(self._secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
+        mac = hmac.digest(self._secret, payload, "sha256")[:MAC_BYTES]
         return base64.urlsafe_b64encode(payload + b"~" + mac).decode().rstrip("=")
 
-    def decode(self, token: str) -> FlowRef | None:
+    def _decode(self, token: str) -> FlowRef | None:
         """The reference, or None when the token is malformed or not signed by this cluster."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
@@ -41,7 +46,7 @@ class FlowTokens:
         payload, sep, mac = raw[:-MAC_BYTES - 1], raw[-MAC_BYTES - 1:-MAC_BYTES], raw[-MAC_BYTES:]
         if sep != b"~" or len(mac) != MAC_BYTES:
             return None
-        expected = hmac.new(self._secret, payload, hashlib.sha256).digest()[:MAC_BYTES]
+        expected = hmac.digest(self._secret, payload, "sha256")[:MAC_BYTES]
         if not hmac.compare_digest(mac, expected):
             return None
         node_id, sep, flow_id = payload.decode(errors="replace").partition("~")
