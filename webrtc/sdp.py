@@ -97,12 +97,37 @@ def parse(text: str) -> SessionDescription:
     for group in session.get("groups", []):
         if group.get("type") == "BUNDLE":
             bundle_mids = str(group.get("mids", "")).split()
-    media = [_parse_media(raw, session, session_address) for raw in session["media"]]
+    credentials = _ice_credentials(text)
+    session_credentials = credentials[0]
+    media = [
+        _parse_media(raw, session, session_address,
+                     {**session_credentials, **(credentials[index + 1]
+                                                if index + 1 < len(credentials) else {})})
+        for index, raw in enumerate(session["media"])
+    ]
     return SessionDescription(media=media, bundle_mids=bundle_mids)
 
 
+def _ice_credentials(text: str) -> list[dict[str, str]]:
+    """ice-ufrag and ice-pwd exactly as written, session level first, then per m= section.
+
+    sdp_transform turns all-digit values into integers: an ICE ufrag such as "0123" (random
+    ufrags are all digits about once in 1,500) would come back as 123 and fail every
+    connectivity check's USERNAME, and "0000" would vanish.
+    """
+    sections: list[dict[str, str]] = [{}]
+    for line in text.splitlines():
+        if line.startswith("m="):
+            sections.append({})
+        elif line.startswith(("a=ice-ufrag:", "a=ice-pwd:")):
+            name, _, value = line[2:].partition(":")
+            sections[-1][name] = value.strip()
+    return sections
+
+
 def _parse_media(
-    raw: dict[str, Any], session: dict[str, Any], session_address: str | None
+    raw: dict[str, Any], session: dict[str, Any], session_address: str | None,
+    credentials: dict[str, str],
 ) -> MediaDescription:
     fmtp = {entry["payload"]: entry["config"] for entry in raw.get("fmtp", [])}
     feedback: dict[int, list[str]] = {}
@@ -145,8 +170,8 @@ def _parse_media(
         mid=str(raw["mid"]) if raw.get("mid") is not None else None,
         rtcp_port=int(rtcp["port"]) if rtcp.get("port") else None,
         rtcp_mux=bool(raw.get("rtcpMux")),
-        ice_ufrag=raw.get("iceUfrag") or session.get("iceUfrag"),
-        ice_pwd=raw.get("icePwd") or session.get("icePwd"),
+        ice_ufrag=credentials.get("ice-ufrag") or None,
+        ice_pwd=credentials.get("ice-pwd") or None,
         candidates=list(raw.get("candidates", [])),
         fingerprints=fingerprints,
         setup=raw.get("setup") or session.get("setup"),
