@@ -122,22 +122,22 @@ def _parse_auth_params(header_value: str, what: str) -> dict[str, str]:
         raise SipError(400, f"Bad {what} header: unsupported scheme {scheme_match.group(1)!r}")
     params: dict[str, str] = {}
     position = scheme_match.end()
-    end = len(header_value)
-    while position < end:
-        param = _PARAM_RE.match(header_value, position)
-        if param is None:
-            if not header_value[position:].strip():
-                break
-            raise SipError(400, f"Bad {what} header: unparsable parameter at offset {position}")
-        name = param.group(1).lower()
+    # Each match starts where the previous one ended (the pattern eats the separators): a
+    # match further on means finditer skipped something unparsable.
+    for param in _PARAM_RE.finditer(header_value, position):
+        if param.start() != position:
+            break
+        name, quoted, token = param.groups()
+        name = name.lower()
         if name in params:
             raise SipError(400, f"Bad {what} header: duplicate parameter {name!r}")
-        quoted = param.group(2)
         if quoted is None:
-            params[name] = param.group(3)
+            params[name] = token
         else:
             params[name] = _ESCAPE_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
         position = param.end()
+    if position < len(header_value) and header_value[position:].strip():
+        raise SipError(400, f"Bad {what} header: unparsable parameter at offset {position}")
     if not params:
         raise SipError(400, f"Bad {what} header: no parameters")
     return params

@@ -490,6 +490,10 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     rows = message._rows
     if len(lines) > limits.max_headers + 1:
         raise SipError(513, f"Too many headers (limit {limits.max_headers})")
+    # Locals and the inlined name lookup: this loop runs for every header of every message.
+    known_names = _KEY_CACHE
+    append = rows.append
+    max_length = limits.max_header_length
     for line in lines[1:]:
         if not line:
             continue
@@ -502,16 +506,18 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
             if continued:
                 rows[-1] = (key, name, f"{value} {continued}" if value else continued)
             continue
-        if len(line) > limits.max_header_length:
+        if len(line) > max_length:
             raise SipError(513, "Header line too long")
         name, colon, value = line.partition(":")
         if not colon:
             raise SipError(400, f"Malformed header line {line[:40]!r}")
-        name = name.rstrip(" \t")
-        if not name or " " in name:
-            raise SipError(400, f"Malformed header name {name[:40]!r}")
-        key, display = _row_key(name)
-        rows.append((key, display, value.strip(" \t")))
+        known = known_names.get(name)
+        if known is None:
+            name = name.rstrip(" \t")
+            if not name or " " in name:
+                raise SipError(400, f"Malformed header name {name[:40]!r}")
+            known = _row_key(name)
+        append((known[0], known[1], value.strip(" \t")))
     message.body = _frame_body(message, body)
     return message
 
