@@ -1,6 +1,6 @@
-"""The floor under bench/media_relay.py: CPU per datagram of an asyncio process that only
+"""The floor under bench/media_load.py: CPU per datagram of an asyncio process that only
 receives each UDP packet and sends it on (no SRTP, no routing), at the same packet rate and
-socket count as N relayed calls. Whatever media_relay.py measures above this is the relay.
+socket count as N relayed calls. Whatever media_load.py measures above this is the relay.
 
     python bench/media_loop_floor.py --calls 50 --seconds 10 [--loop uvloop]
 """

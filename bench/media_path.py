@@ -2,7 +2,7 @@
 
 Drives the real classes synchronously: WebRtcLeg's datagram handler (SRTP unprotect with a
 real libsrtp session) -> Forwarder -> PlainLeg -> UDP sendto, and PlainLeg's handler ->
-Forwarder -> SRTP protect -> UDP sendto. Compare with bench/media_relay.py, whose figure adds
+Forwarder -> SRTP protect -> UDP sendto. Compare with bench/media_load.py, whose figure adds
 the event loop's wakeups, recvfrom and the load of real calls.
 
     python bench/media_path.py --packets 200000

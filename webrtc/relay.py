@@ -39,6 +39,14 @@ class MediaRelay:
     def get_session(self, session_id: str) -> MediaSession | None:
         return self._sessions.get(session_id)
 
+    def stats(self) -> dict[str, int]:
+        """Every open session's counters (MediaSession.stats) added up."""
+        totals: dict[str, int] = {}
+        for session in self._sessions.values():
+            for key, value in session.stats().items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
+
     @property
     def active_sessions(self) -> int:
         return len(self._sessions)

@@ -54,6 +54,9 @@ async def test_browser_offers_phone_answers_pcmu_relayed(
     assert stats["transcoded_frames"] == 0
     assert stats["plain_to_webrtc_packets"] >= 90
     assert {p.payload_type for p in phone.packets} == {0}
+    totals = relay.stats()  # one session: the relay's totals are its counters
+    assert totals["plain_to_webrtc_packets"] >= stats["plain_to_webrtc_packets"]
+    assert totals["webrtc_to_plain_packets"] >= stats["webrtc_to_plain_packets"] > 0
 
     ports = set(relay.open_ports)
     await session.close()

@@ -1,0 +1,722 @@
+"""Media relay under load: concurrent bridged G.711 calls, relay CPU per relayed packet, loss
+and added one-way latency, with the relay in its own process (ws2sip's MediaRelay or
+rtpengine) and a lean load generator in this one.
+
+Each call: a "browser" that is ws2sip's own WebRtcLeg (real aioice ICE as the controlling
+agent, a real DTLS handshake in the role the relay's answer leaves, libsrtp keys from it) and a
+"phone" that is a plain UDP socket answering PCMU. The WebRtcLeg is used rather than aiortc's
+RTCPeerConnection because it does the same ICE/DTLS-SRTP with no media pipeline behind it:
+once keyed, the hot path here is one timer per 1/GROUPS of the 20 ms packet interval that,
+for its share of the calls, SRTP-protects the browser's packet (libsrtp) and sends both
+sides' packets with plain socket.sendto. Every packet carries a sequence number and its send
+time (CLOCK_MONOTONIC, the same clock in both processes).
+
+Receiving is measured on a fixed sample of calls (--measure, the calls set up first; their
+sends are spread over every send slot): loss as sent vs received per direction and one-way
+latency. The other calls' sockets drop RTP/RTCP in the kernel with a socket filter (the
+relay still pays the full send), while STUN consent checks and DTLS still reach aioice.
+All calls are covered by the relay's own counters (sequence gaps, drops, SRTP errors) where
+the relay offers them. The "generator baseline" is the latency of packets this process sends
+to itself in the same slots: what the generator's own scheduling adds to every figure.
+
+Steps run with a growing set of calls (all of them active); --find-max keeps growing until
+loss exceeds 0.1 % or the relay's core saturates. Relay CPU is utime+stime of its process
+from /proc over each step's window, divided by the packets sent to it in that window.
+
+    python bench/media_load.py --relay ws2sip --calls 10,100,1000 --seconds 10 [--find-max]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import multiprocessing
+import os
+import random
+import resource
+import socket
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Protocol
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench" / "compare")]
+
+from processes import CLOCK_TICKS, MachineSample  # noqa: E402
+
+from webrtc.codecs import PCMU  # noqa: E402
+from webrtc.dtls import DtlsCertificate  # noqa: E402
+from webrtc.ports import PortPool  # noqa: E402
+from webrtc.sdp import MediaSection, SdpOrigin, parse, write_webrtc  # noqa: E402
+from webrtc.webrtc_leg import WebRtcLeg  # noqa: E402
+
+MAX_CALLS = 2000
+MAX_SECONDS = 120.0
+PACKET_INTERVAL = 0.02
+GROUPS = 20  # send slots per packet interval: calls' packets spread like real calls' phases
+PAYLOAD_BYTES = 160  # 20 ms of PCMU; the first 8 bytes carry the send time
+SETUP_CONCURRENCY = 32
+SETUP_SECONDS_PER_CALL = 0.5
+SETUP_SECONDS_MIN = 60.0
+KEYING_SECONDS = 30.0
+DRAIN_SECONDS = 0.5
+WARMUP_SECONDS = 1.0
+LOSS_LIMIT = 0.001
+SATURATED_CORE = 0.95
+HOST = "127.0.0.1"
+# header (seq, timestamp, SSRC) and send time in one pack; byte 0 (V=2) and PT 0 are fixed
+_STAMP = struct.Struct("!HIIQ")
+_SENT_AT = struct.Struct("!Q")
+
+
+class RelayUnderTest(Protocol):
+    name: str
+    pid: int  # the process whose CPU is measured
+
+    async def start(self) -> None: ...
+
+    async def bridge(self, call_id: str, browser_offer_sdp: str, phone: tuple[str, int]
+                     ) -> tuple[str, tuple[str, int]]:
+        """Set up one call: the browser's WebRTC offer (ICE, DTLS fingerprint, actpass,
+        rtcp-mux, PCMU pt 0) and the phone's plain RTP address (it answers PCMU only).
+        Returns the answer SDP for the browser and the address the phone sends RTP to."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+# -- ws2sip's relay in a child process ------------------------------------------------------
+
+def phone_answer(host: str, port: int) -> str:
+    return (f"v=0\r\no=- 1 1 IN IP4 {host}\r\ns=phone\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n"
+            "a=sendrecv\r\n")
+
+
+def _relay_child(pipe: Connection, port_min: int, port_max: int, loop_kind: str) -> None:
+    raise_file_limit()
+    if loop_kind == "uvloop":
+        import uvloop
+
+        uvloop.run(_serve_relay(pipe, port_min, port_max))
+    else:
+        asyncio.run(_serve_relay(pipe, port_min, port_max))
+
+
+async def _serve_relay(pipe: Connection, port_min: int, port_max: int) -> None:
+    from webrtc import MediaRelay
+
+    relay = MediaRelay(bind_host=HOST, port_min=port_min, port_max=port_max)
+    loop = asyncio.get_running_loop()
+    stopped = loop.create_future()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def bridge(call_id: str, offer: str, phone: tuple[str, int]) -> tuple[Any, ...]:
+        session = relay.create_session(call_id)
+        towards_phone = parse(await session.process_offer(offer, "webrtc")).first("audio")
+        if towards_phone is None or towards_phone.address is None:
+            raise RuntimeError(f"{call_id}: relay offered no audio to the phone")
+        answer = await session.process_answer(phone_answer(*phone), "plain")
+        return answer, (towards_phone.address, towards_phone.port)
+
+    async def handle(request_id: int, command: str, arguments: tuple[Any, ...]) -> None:
+        try:
+            if command == "bridge":
+                result: Any = await bridge(*arguments)
+            elif command == "counters":
+                result = relay.stats()
+            else:
+                raise ValueError(f"unknown relay command {command!r}")
+            pipe.send((request_id, True, result))
+        except Exception as exc:  # the parent reports it with the call it belongs to
+            pipe.send((request_id, False, repr(exc)))
+
+    def readable() -> None:
+        while pipe.poll():
+            request_id, command, arguments = pipe.recv()
+            if command == "stop":
+                if not stopped.done():
+                    stopped.set_result(None)
+                return
+            task = loop.create_task(handle(request_id, command, arguments))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    loop.add_reader(pipe.fileno(), readable)
+    pipe.send((0, True, "ready"))
+    await stopped
+    loop.remove_reader(pipe.fileno())
+    await relay.close()
+    pipe.send((0, True, "stopped"))
+
+
+class Ws2sipRelay:
+    """webrtc.MediaRelay in a child process, driven over a pipe."""
+
+    name = "ws2sip"
+
+    def __init__(self, port_range: tuple[int, int], loop_kind: str = "uvloop") -> None:
+        self._port_range = port_range
+        self._loop_kind = loop_kind
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._pipe: Connection | None = None
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._next_id = 1
+        self.pid = 0
+
+    async def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(
+            target=_relay_child, args=(child, *self._port_range, self._loop_kind), daemon=True)
+        self._process.start()
+        assert self._process.pid is not None
+        self.pid = self._process.pid
+        ready = asyncio.get_running_loop().create_future()
+        self._waiting[0] = ready
+        asyncio.get_running_loop().add_reader(self._pipe.fileno(), self._readable)
+        await asyncio.wait_for(ready, 30)
+
+    async def bridge(self, call_id: str, browser_offer_sdp: str, phone: tuple[str, int]
+                     ) -> tuple[str, tuple[str, int]]:
+        answer, address = await self._request("bridge", call_id, browser_offer_sdp, phone)
+        return answer, (address[0], address[1])
+
+    async def counters(self) -> dict[str, int]:
+        """Sums of every session's counters (packets, sequence gaps, drops, SRTP errors)."""
+        result: dict[str, int] = await self._request("counters")
+        return result
+
+    async def stop(self) -> None:
+        if self._process is None or self._pipe is None:
+            return
+        stopped = asyncio.get_running_loop().create_future()
+        self._waiting[0] = stopped
+        self._pipe.send((0, "stop", ()))
+        try:
+            await asyncio.wait_for(stopped, 60)
+        finally:
+            asyncio.get_running_loop().remove_reader(self._pipe.fileno())
+            self._process.join(10)
+            if self._process.is_alive():
+                self._process.terminate()
+            self._process = None
+
+    async def _request(self, command: str, *arguments: Any) -> Any:
+        assert self._pipe is not None, "start() first"
+        request_id = self._next_id
+        self._next_id += 1
+        reply = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = reply
+        self._pipe.send((request_id, command, arguments))
+        return await reply
+
+    def _readable(self) -> None:
+        assert self._pipe is not None
+        while self._pipe.poll():
+            request_id, ok, result = self._pipe.recv()
+            reply = self._waiting.pop(request_id, None)
+            if reply is None or reply.done():
+                continue
+            if ok:
+                reply.set_result(result)
+            else:
+                reply.set_exception(RuntimeError(f"relay: {result}"))
+
+
+# -- the load generator ---------------------------------------------------------------------
+
+_SO_ATTACH_FILTER = 26
+_BPF_LOAD_BYTE = 0x30  # ldb [k]
+_BPF_JUMP_GE = 0x35  # jge #k
+_BPF_RETURN = 0x06  # ret #k
+_UDP_HEADER = 8  # a UDP socket's filter sees the datagram from its UDP header on
+
+
+def drop_in_kernel(sock: socket.socket, *, keep_below: int | None) -> None:
+    """Attach a classic BPF filter: drop datagrams whose first payload byte is >= keep_below
+    (RTP/RTCP start at 128, STUN and DTLS below), or every datagram when keep_below is None.
+    A socket no one reads then costs the generator nothing per packet."""
+    if keep_below is None:
+        program = [(_BPF_RETURN, 0, 0, 0)]
+    else:
+        program = [(_BPF_LOAD_BYTE, 0, 0, _UDP_HEADER), (_BPF_JUMP_GE, 0, 1, keep_below),
+                   (_BPF_RETURN, 0, 0, 0), (_BPF_RETURN, 0, 0, 0xFFFF)]
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in program))
+    # The kernel copies the program during setsockopt, so `code` may go after this call.
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER,
+                    struct.pack("HL", len(program), ctypes.addressof(code)))
+
+
+@dataclass
+class Direction:
+    """One direction over the measured calls (or the generator's baseline) in one step."""
+
+    sent: int = 0
+    received: int = 0
+    latencies_us: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Call:
+    index: int
+    leg: WebRtcLeg
+    phone: socket.socket
+    measured: bool
+    browser_socket: socket.socket | None = None  # a dup of the leg's nominated ICE socket
+    relay_ice: tuple[str, int] | None = None
+    relay_plain: tuple[str, int] | None = None
+    protect: Callable[[bytes], bytes] | None = None
+    browser_packet: bytearray = field(default_factory=lambda: _packet_template())
+    phone_packet: bytearray = field(default_factory=lambda: _packet_template())
+
+
+def _packet_template() -> bytearray:
+    return bytearray(b"\x80\x00" + bytes(10 + PAYLOAD_BYTES))
+
+
+@dataclass
+class StepResult:
+    calls: int
+    measured_calls: int
+    window_seconds: float
+    packets_sent: int
+    relay_user: float
+    relay_system: float
+    generator_cpu: float
+    to_phone: Direction
+    to_browser: Direction
+    baseline: Direction
+    relay_counters: dict[str, int] | None
+    busy_cores: float
+    load_average: str
+    late_slots: int
+
+    @property
+    def relay_core(self) -> float:
+        return (self.relay_user + self.relay_system) / self.window_seconds
+
+    @property
+    def end_to_end_loss(self) -> float:
+        sent = self.to_phone.sent + self.to_browser.sent
+        received = self.to_phone.received + self.to_browser.received
+        return 1 - received / sent if sent else 0.0
+
+    @property
+    def relay_loss(self) -> float | None:
+        if self.relay_counters is None or not self.packets_sent:
+            return None
+        missing = sum(self.relay_counters.get(key, 0)
+                      for key in ("lost", "dropped", "srtp_errors"))
+        return missing / self.packets_sent
+
+    @property
+    def sustainable(self) -> bool:
+        return (self.end_to_end_loss <= LOSS_LIMIT and (self.relay_loss or 0.0) <= LOSS_LIMIT
+                and self.relay_core < SATURATED_CORE)
+
+
+class LoadGenerator:
+    def __init__(self, relay: RelayUnderTest, browser_ports: tuple[int, int],
+                 measure: int) -> None:
+        self._relay = relay
+        self._pool = PortPool(HOST, *browser_ports)
+        self._certificate = DtlsCertificate()
+        self._measure = measure
+        self.calls: list[Call] = []
+        self._failures: list[str] = []
+        self._tick = 0  # continues across steps: SRTP replay windows and relay gap counters
+        self._to_phone = Direction()
+        self._to_browser = Direction()
+        self._baseline = Direction()
+        self._window_start_ns = 0
+        self._baseline_pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._baseline_packet = _packet_template()
+
+    # -- set-up -----------------------------------------------------------------------
+
+    async def grow(self, total: int) -> None:
+        """Set up calls until `total` exist, SETUP_CONCURRENCY at a time, time-bounded."""
+        if not self._baseline_pairs:
+            self._open_baseline()
+        start = len(self.calls)
+        if total <= start:
+            return
+        limit = asyncio.Semaphore(SETUP_CONCURRENCY)
+        seconds = max(SETUP_SECONDS_MIN, SETUP_SECONDS_PER_CALL * (total - start))
+
+        async def one(index: int) -> Call:
+            async with limit:
+                return await self._set_up(index)
+
+        began = time.monotonic()
+        try:
+            calls = await asyncio.wait_for(
+                asyncio.gather(*(one(i) for i in range(start, total))), seconds)
+        except TimeoutError as exc:
+            raise SystemExit(f"setting up calls {start}..{total} took over {seconds:.0f} s; "
+                             f"failures so far: {self._failures[:3]}") from exc
+        self.calls.extend(calls)
+        print(f"  set up calls {start + 1}..{total} in {time.monotonic() - began:.1f} s "
+              f"(ICE + DTLS + SRTP keys, {SETUP_CONCURRENCY} at a time)", flush=True)
+
+    async def _set_up(self, index: int) -> Call:
+        loop = asyncio.get_running_loop()
+        leg = WebRtcLeg(pool=self._pool, public_host=HOST, certificate=self._certificate,
+                        stun_server=None)
+        leg.on_failure = lambda reason: self._failures.append(f"call {index}: {reason}")
+        await leg.prepare(ice_controlling=True)
+        offer = write_webrtc(
+            SdpOrigin(HOST), HOST,
+            [MediaSection(kind="audio", port=leg.local_port, codecs=[PCMU], mid="0")],
+            leg.local_params("actpass"))
+        phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        phone.bind((HOST, 0))
+        phone.setblocking(False)
+        call = Call(index=index, leg=leg, phone=phone, measured=index < self._measure)
+        answer_sdp, call.relay_plain = await self._relay.bridge(
+            f"load-{index}", offer, phone.getsockname())
+        answer = parse(answer_sdp).first("audio")
+        if answer is None:
+            raise SystemExit(f"call {index}: the relay's answer has no audio: {answer_sdp}")
+        # RFC 5763: an answer of "active" leaves this side the DTLS server.
+        leg.start(answer, "server" if answer.setup == "active" else "client")
+        deadline = loop.time() + KEYING_SECONDS
+        while not leg.keyed:
+            if loop.time() > deadline:
+                ice, dtls = leg._ice, leg._dtls
+                raise SystemExit(
+                    f"call {index}: no SRTP keys within {KEYING_SECONDS:.0f} s (ICE "
+                    f"{'connected' if ice is not None and ice.connected else 'not connected'}"
+                    f", DTLS {dtls.state if dtls is not None else 'none'}): "
+                    f"{self._failures[-3:]}")
+            await asyncio.sleep(0.02)
+        self._bind_hot_path(call)
+        return call
+
+    def _bind_hot_path(self, call: Call) -> None:
+        """Take the keyed leg's libsrtp session and nominated socket for plain sendto."""
+        leg = call.leg
+        srtp, ice = leg._srtp, leg._ice  # the bench reaches inside its own project's leg
+        assert srtp is not None and ice is not None
+        pair = ice._nominated[1]
+        call.protect = srtp.outbound.protect
+        call.relay_ice = pair.remote_addr
+        call.browser_socket = socket.socket(fileno=os.dup(
+            pair.protocol.transport.get_extra_info("socket").fileno()))
+        loop = asyncio.get_running_loop()
+        if call.measured:
+            leg.on_rtp = self._browser_heard
+            loop.add_reader(call.phone.fileno(), self._drain_phone, call.phone)
+        else:
+            drop_in_kernel(call.browser_socket, keep_below=128)
+            drop_in_kernel(call.phone, keep_below=None)
+
+    def _open_baseline(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(GROUPS):
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            receiver.bind((HOST, 0))
+            sender.setblocking(False)
+            receiver.setblocking(False)
+            sender.connect(receiver.getsockname())
+            loop.add_reader(receiver.fileno(), self._drain_baseline, receiver)
+            self._baseline_pairs.append((sender, receiver))
+
+    # -- receive side -----------------------------------------------------------------
+
+    def _heard(self, direction: Direction, packet: bytes) -> None:
+        (sent_at,) = _SENT_AT.unpack_from(packet, 12)
+        if sent_at >= self._window_start_ns:
+            direction.received += 1
+            direction.latencies_us.append((time.monotonic_ns() - sent_at) / 1000)
+
+    def _browser_heard(self, packet: bytes) -> None:
+        if len(packet) >= 20:
+            self._heard(self._to_browser, packet)
+
+    def _drain_phone(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                packet = sock.recv(2048)
+            except BlockingIOError:
+                return
+            if len(packet) >= 20:
+                self._heard(self._to_phone, packet)
+
+    def _drain_baseline(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                packet = sock.recv(2048)
+            except BlockingIOError:
+                return
+            self._heard(self._baseline, packet)
+
+    # -- send side --------------------------------------------------------------------
+
+    def _send_slot(self, calls: list[Call], tick: int, baseline: socket.socket,
+                   counting: bool) -> None:
+        """One slot's packets: each call's browser (SRTP) and phone packet, one baseline."""
+        now = time.monotonic_ns
+        pack = _STAMP.pack_into
+        seq = tick & 0xFFFF
+        timestamp = (tick * PAYLOAD_BYTES) & 0xFFFFFFFF
+        measured = 0
+        for call in calls:
+            assert call.browser_socket is not None and call.protect is not None
+            pack(call.browser_packet, 2, seq, timestamp, 1_000_000 + call.index, now())
+            call.browser_socket.sendto(call.protect(bytes(call.browser_packet)),
+                                       call.relay_ice)
+            pack(call.phone_packet, 2, seq, timestamp, 2_000_000 + call.index, now())
+            call.phone.sendto(call.phone_packet, call.relay_plain)
+            measured += call.measured
+        _SENT_AT.pack_into(self._baseline_packet, 12, now())
+        baseline.send(self._baseline_packet)
+        if counting:
+            self._to_phone.sent += measured
+            self._to_browser.sent += measured
+            self._baseline.sent += 1
+
+    async def run_step(self, seconds: float, cpu_of: Callable[[], tuple[float, float]],
+                       counters: Callable[[], Awaitable[dict[str, int]]] | None
+                       ) -> StepResult:
+        loop = asyncio.get_running_loop()
+        slots = [self.calls[group::GROUPS] for group in range(GROUPS)]
+        ticks_warmup = int(WARMUP_SECONDS / PACKET_INTERVAL)
+        ticks = ticks_warmup + int(seconds / PACKET_INTERVAL)
+        slot_interval = PACKET_INTERVAL / GROUPS
+        self._window_start_ns = time.monotonic_ns() + 10**15  # nothing counts in warm-up
+        begin = loop.time()
+        late = 0
+        window: dict[str, Any] = {}
+        for step_tick in range(ticks):
+            if step_tick == ticks_warmup:
+                window = await self._open_window(cpu_of, counters)
+            tick = self._tick
+            self._tick += 1
+            for group in range(GROUPS):
+                due = begin + step_tick * PACKET_INTERVAL + group * slot_interval
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -PACKET_INTERVAL:
+                    late += 1
+                self._send_slot(slots[group], tick, self._baseline_pairs[group][0],
+                                step_tick >= ticks_warmup)
+        wall = time.monotonic() - window["wall"]
+        user, system = cpu_of()
+        generator = _own_cpu() - window["generator"]
+        packets = 2 * len(self.calls) * (ticks - ticks_warmup)
+        await asyncio.sleep(DRAIN_SECONDS)  # the last packets are still on their way
+        end_counters = await counters() if counters is not None else None
+        machine = MachineSample.now()
+        result = StepResult(
+            calls=len(self.calls), measured_calls=sum(c.measured for c in self.calls),
+            window_seconds=wall, packets_sent=packets,
+            relay_user=user - window["user"], relay_system=system - window["system"],
+            generator_cpu=generator / wall, to_phone=self._to_phone,
+            to_browser=self._to_browser, baseline=self._baseline,
+            relay_counters=_difference(end_counters, window["counters"]),
+            busy_cores=machine.busy_cores_since(window["machine"]),
+            load_average=machine.load_average, late_slots=late,
+        )
+        self._to_phone, self._to_browser, self._baseline = Direction(), Direction(), Direction()
+        if self._failures:
+            print(f"  call failures during the step: {self._failures[:5]}", flush=True)
+            self._failures.clear()
+        return result
+
+    async def _open_window(self, cpu_of: Callable[[], tuple[float, float]],
+                           counters: Callable[[], Awaitable[dict[str, int]]] | None
+                           ) -> dict[str, Any]:
+        start_counters = await counters() if counters is not None else None
+        user, system = cpu_of()
+        self._window_start_ns = time.monotonic_ns()
+        return {"user": user, "system": system, "counters": start_counters,
+                "wall": time.monotonic(), "generator": _own_cpu(),
+                "machine": MachineSample.now()}
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for call in self.calls:
+            if call.measured:
+                loop.remove_reader(call.phone.fileno())
+            call.phone.close()
+            if call.browser_socket is not None:
+                call.browser_socket.close()
+        await asyncio.gather(*(call.leg.close() for call in self.calls),
+                             return_exceptions=True)
+        for sender, receiver in self._baseline_pairs:
+            loop.remove_reader(receiver.fileno())
+            sender.close()
+            receiver.close()
+
+
+def _difference(end: dict[str, int] | None, start: dict[str, int] | None
+                ) -> dict[str, int] | None:
+    if end is None or start is None:
+        return None
+    return {key: value - start.get(key, 0) for key, value in end.items()}
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """User and system seconds of a process (all its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Every thread of the process onto one CPU (a multi-threaded relay has several)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
+
+
+def raise_file_limit() -> None:
+    """Thousands of calls hold several sockets each."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# -- driver ---------------------------------------------------------------------------------
+
+def _port_ranges(max_calls: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Relay and browser port ranges below the ephemeral range (port-0 sockets live there),
+    at a random offset so concurrent runs rarely probe the same ports."""
+    relay_size = 6 * max_calls + 200  # ICE port + RTP/RTCP pair per call, with slack
+    browser_size = 2 * max_calls + 100
+    base = random.randrange(10000, 32000 - relay_size - browser_size, 2)
+    return (base, base + relay_size), (base + relay_size, base + relay_size + browser_size)
+
+
+def make_relay(kind: str, relay_ports: tuple[int, int], loop_kind: str) -> RelayUnderTest:
+    if kind == "ws2sip":
+        return Ws2sipRelay(relay_ports, loop_kind)
+    from bench.compare.rtpengine import Rtpengine  # another engineer's; imported on demand
+
+    relay: RelayUnderTest = Rtpengine()
+    return relay
+
+
+def _steps(listed: list[int], find_max: bool) -> list[int]:
+    steps = sorted({max(1, min(calls, MAX_CALLS)) for calls in listed})
+    if find_max:
+        calls = steps[-1]
+        while calls < MAX_CALLS:
+            calls = min(MAX_CALLS, calls + max(100, calls // 4))
+            steps.append(calls)
+    return steps
+
+
+async def run(args: argparse.Namespace) -> list[StepResult]:
+    raise_file_limit()
+    steps = _steps(args.calls, args.find_max)
+    relay_ports, browser_ports = _port_ranges(steps[-1])
+    relay = make_relay(args.relay, relay_ports, args.loop)
+    await relay.start()
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2 and not args.no_pin:
+        pin(relay.pid, cpus[0])
+        os.sched_setaffinity(0, {cpus[1]})
+    generator = LoadGenerator(relay, browser_ports, args.measure)
+    counters = getattr(relay, "counters", None)
+    results: list[StepResult] = []
+    try:
+        for calls in steps:
+            await generator.grow(calls)
+            if len(cpus) >= 2 and not args.no_pin:
+                pin(relay.pid, cpus[0])  # threads a relay started since
+            result = await generator.run_step(args.seconds, lambda: process_cpu(relay.pid),
+                                              counters)
+            results.append(result)
+            print(_row(result), flush=True)
+            if args.find_max and not result.sustainable:
+                break
+    finally:
+        await generator.close()
+        await relay.stop()
+    return results
+
+
+def _percentiles(values: list[float]) -> str:
+    if len(values) < 2:
+        return "n/a"
+    quantiles = statistics.quantiles(values, n=100)
+    return f"{quantiles[49]:.0f}/{quantiles[98]:.0f}"
+
+
+HEADER = (f"{'calls':>5} {'meas':>4} {'pkt/s':>7} {'relay core':>10} {'µs/pkt':>6} "
+          f"{'user':>5} {'sys':>5} {'µs/s/call':>9} {'loss b>p':>8} {'loss p>b':>8} "
+          f"{'relay gaps':>10} {'lat b>p µs':>11} {'lat p>b µs':>11} {'gen base':>9} "
+          f"{'gen core':>8} {'machine':>7} {'load':>14}")
+
+
+def _row(result: StepResult) -> str:
+    per_packet = 1e6 / max(result.packets_sent, 1)
+    user = result.relay_user * per_packet
+    system = result.relay_system * per_packet
+    per_call = (result.relay_user + result.relay_system) / result.window_seconds \
+        / result.calls * 1e6
+    to_phone_loss = 1 - result.to_phone.received / max(result.to_phone.sent, 1)
+    to_browser_loss = 1 - result.to_browser.received / max(result.to_browser.sent, 1)
+    relay_loss = result.relay_loss
+    gaps = "n/a" if relay_loss is None else f"{relay_loss:.3%}"
+    flag = "" if result.sustainable else "  <- over the limit"
+    late = f" late slots {result.late_slots}" if result.late_slots else ""
+    return (f"{result.calls:>5} {result.measured_calls:>4} "
+            f"{result.packets_sent / result.window_seconds:>7.0f} "
+            f"{result.relay_core:>10.1%} {user + system:>6.1f} {user:>5.1f} {system:>5.1f} "
+            f"{per_call:>9.0f} {to_phone_loss:>8.3%} {to_browser_loss:>8.3%} {gaps:>10} "
+            f"{_percentiles(result.to_phone.latencies_us):>11} "
+            f"{_percentiles(result.to_browser.latencies_us):>11} "
+            f"{_percentiles(result.baseline.latencies_us):>9} "
+            f"{result.generator_cpu:>8.1%} {result.busy_cores:>7.2f} "
+            f"{result.load_average:>14}{flag}{late}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--relay", choices=["ws2sip", "rtpengine"], default="ws2sip")
+    parser.add_argument("--calls", type=lambda text: [int(v) for v in text.split(",")],
+                        default=[10, 100, 1000], help="comma-separated steps, e.g. 10,100,1000")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per step")
+    parser.add_argument("--find-max", action="store_true",
+                        help=f"after the steps, add calls until loss > {LOSS_LIMIT:.1%} or the "
+                             f"relay's core saturates (at most {MAX_CALLS} calls)")
+    parser.add_argument("--measure", type=int, default=100,
+                        help="calls whose receive side is measured (the first set up)")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="event loop of the ws2sip relay process")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let relay and generator share CPUs (default: one CPU each)")
+    args = parser.parse_args()
+    args.seconds = max(1.0, min(args.seconds, MAX_SECONDS))
+    print(f"relay {args.relay} ({args.loop if args.relay == 'ws2sip' else 'its own'} loop), "
+          f"{args.seconds:.0f} s per step after {WARMUP_SECONDS:.0f} s warm-up, PCMU 20 ms, "
+          f"SRTP on the browser side; receive side measured on the first {args.measure} calls, "
+          f"the others dropped by a socket filter; relay gaps = the relay's own sequence "
+          f"gaps + drops + SRTP errors over all calls", flush=True)
+    print("columns: relay core = relay CPU / wall; µs/pkt = relay CPU per packet sent to it "
+          "(user, sys); µs/s/call = relay CPU per call per second; latency p50/p99 one-way "
+          "incl. the generator's own delay (gen base = generator sending to itself); machine "
+          "= busy cores of the whole machine", flush=True)
+    print(HEADER, flush=True)
+    import uvloop
+
+    uvloop.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
