@@ -1,8 +1,9 @@
 """CPU of the relay's own per-packet code, without the event loop around it.
 
-Drives the real classes synchronously: WebRtcLeg's datagram handler (SRTP unprotect with a
-real libsrtp session) -> Forwarder -> PlainLeg -> UDP sendto, and PlainLeg's handler ->
-Forwarder -> SRTP protect -> UDP sendto. Compare with bench/media_load.py, whose figure adds
+Drives the real classes synchronously from the sockets' protocol objects on: the ICE socket's
+datagram_received (SRTP unprotect with a real libsrtp session) -> Forwarder -> PlainLeg -> UDP
+sendto, and the RTP socket's datagram_received -> Forwarder -> SRTP protect -> the nominated
+ICE pair's sendto. Compare with bench/media_load.py, whose figure adds
 the event loop's wakeups, recvfrom and the load of real calls.
 
     python bench/media_path.py --packets 200000
@@ -11,7 +12,6 @@ the event loop's wakeups, recvfrom and the load of real calls.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import resource
 import socket
@@ -19,13 +19,18 @@ import struct
 import sys
 from pathlib import Path
 
+import uvloop
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aioice.candidate import Candidate  # noqa: E402
+from aioice.ice import CandidatePair  # noqa: E402
 from aiortc.rtcdtlstransport import SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80  # noqa: E402
 from pylibsrtp import Policy, Session  # noqa: E402
 
 from webrtc.dtls import DtlsCertificate, SrtpSessions  # noqa: E402
 from webrtc.forwarding import Forwarder, Route  # noqa: E402
+from webrtc.ice import COMPONENT  # noqa: E402
 from webrtc.plain import PlainLeg  # noqa: E402
 from webrtc.ports import PortPool  # noqa: E402
 from webrtc.webrtc_leg import WebRtcLeg  # noqa: E402
@@ -61,7 +66,14 @@ async def measure(packets: int, profile_name: str) -> None:
         outbound=_session(key, profile.libsrtp_profile, Policy.SSRC_ANY_OUTBOUND),
         inbound=_session(key, profile.libsrtp_profile, Policy.SSRC_ANY_INBOUND),
         profile=profile_name)
-    leg._send = lambda data: sink.sendto(data, sink_address) > 0  # the nominated ICE pair
+    await leg.prepare(ice_controlling=False)
+    ice = leg._ice
+    assert ice is not None
+    ice_socket = ice._protocols[0]
+    # The pair ICE would nominate with a peer at the sink's address.
+    ice._nominated[COMPONENT] = CandidatePair(ice_socket, Candidate(
+        foundation="1", component=COMPONENT, transport="udp", priority=1,
+        host=sink_address[0], port=sink_address[1], type="host"))
     leg.on_rtp = Forwarder(routes={0: Route(0, plain.send_rtp)})
     plain.on_rtp = Forwarder(routes={0: Route(0, leg.send_rtp)})
 
@@ -81,17 +93,18 @@ async def measure(packets: int, profile_name: str) -> None:
         except BlockingIOError:
             pass
 
+    assert plain._rtp is not None
+    rtp_socket = plain._rtp.get_protocol()
     for label, handler, batch, forwarder in (
-        ("browser -> phone (SRTP unprotect, forward, sendto)", leg._datagram_received,
+        ("browser -> phone (SRTP unprotect, forward, sendto)", ice_socket.datagram_received,
          inbound_srtp, leg.on_rtp),
-        ("phone -> browser (forward, SRTP protect, sendto)",
-         lambda data: plain._rtp_received(data, ("127.0.0.1", 4000)), inbound_plain,
-         plain.on_rtp),
+        ("phone -> browser (forward, SRTP protect, sendto)", rtp_socket.datagram_received,
+         inbound_plain, plain.on_rtp),
     ):
         start = _cpu()
         for offset in range(0, packets, 1000):
             for data in batch[offset:offset + 1000]:
-                handler(data)
+                handler(data, sink_address)
             drain()  # keep the receive buffer from filling; a tiny share of the time
         elapsed = _cpu() - start
         assert isinstance(forwarder, Forwarder)
@@ -99,6 +112,7 @@ async def measure(packets: int, profile_name: str) -> None:
             raise SystemExit(f"only {forwarder.stats.packets} of {packets} packets relayed")
         print(f"{profile_name:24} {label}: {elapsed / packets * 1e6:.2f} µs/packet")
     plain.close()
+    await leg.close()
     sink.close()
 
 
@@ -108,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     packets = max(1000, min(args.packets, MAX_PACKETS))
     for profile in ("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"):
-        asyncio.run(measure(packets, profile))
+        uvloop.run(measure(packets, profile))  # the gateway runs on uvloop
 
 
 if __name__ == "__main__":
