@@ -93,8 +93,8 @@ def media_port_window(size: int) -> tuple[int, int]:
     low, high = map(int, EPHEMERAL_PORTS.read_text().split())
     if high - low + 1 < size:
         raise ValueError(f"{size} media ports do not fit the ephemeral range {low}-{high}")
-    first = random.randrange(low, high - size + 2) & ~1
-    return max(first, low), max(first, low) + size - 1
+    first = random.randrange(low, high - size + 2)
+    return first, first + size - 1
 
 
 class NgError(RuntimeError):
