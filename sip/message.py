@@ -127,8 +127,18 @@ class Message:
     def replace_top_via(self, via: Via) -> None:
         """Rewrite the top-most Via value (received/rport stamping) keeping the parsed list."""
         parsed = self._cache.get("via")
-        self.remove_first_value("via")
-        self.prepend("Via", str(via))
+        rows = self._rows
+        for index, row in enumerate(rows):
+            if row[0] == "via":
+                if "," in row[2]:  # several values in one row: split it first
+                    self.remove_first_value("via")
+                    self.prepend("Via", str(via))
+                else:
+                    rows[index] = ("via", "Via", str(via))
+                break
+        else:
+            rows.insert(0, ("via", "Via", str(via)))
+        self._forget("via")
         if parsed is not None:
             self._cache["via"] = [via, *parsed[1:]]
         self._cache[_TOP_VIA] = via
