@@ -261,7 +261,9 @@ class Direction:
 
     sent: int = 0
     received: int = 0
+    duplicates: int = 0
     latencies_us: list[float] = field(default_factory=list)
+    seen: set[bytes] = field(default_factory=set)  # SSRC + send time: one packet's identity
 
 
 @dataclass
@@ -436,6 +438,11 @@ class LoadGenerator:
     def _heard(self, direction: Direction, packet: bytes) -> None:
         (sent_at,) = _SENT_AT.unpack_from(packet, 12)
         if sent_at >= self._window_start_ns:
+            identity = packet[8:20]
+            if identity in direction.seen:
+                direction.duplicates += 1
+                return
+            direction.seen.add(identity)
             direction.received += 1
             direction.latencies_us.append((time.monotonic_ns() - sent_at) / 1000)
 
@@ -601,12 +608,13 @@ def _port_ranges(max_calls: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return (base, base + relay_size), (base + relay_size, base + relay_size + browser_size)
 
 
-def make_relay(kind: str, relay_ports: tuple[int, int], loop_kind: str) -> RelayUnderTest:
+def make_relay(kind: str, relay_ports: tuple[int, int], loop_kind: str, max_calls: int
+               ) -> RelayUnderTest:
     if kind == "ws2sip":
         return Ws2sipRelay(relay_ports, loop_kind)
-    from bench.compare.rtpengine import Rtpengine  # another engineer's; imported on demand
+    from bench.compare.rtpengine import Rtpengine  # only needed, and installed, for this
 
-    relay: RelayUnderTest = Rtpengine()
+    relay: RelayUnderTest = Rtpengine(max_calls=max_calls)
     return relay
 
 
@@ -624,7 +632,7 @@ async def run(args: argparse.Namespace) -> list[StepResult]:
     raise_file_limit()
     steps = _steps(args.calls, args.find_max)
     relay_ports, browser_ports = _port_ranges(steps[-1])
-    relay = make_relay(args.relay, relay_ports, args.loop)
+    relay = make_relay(args.relay, relay_ports, args.loop, steps[-1])
     await relay.start()
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= 2 and not args.no_pin:
@@ -674,6 +682,9 @@ def _row(result: StepResult) -> str:
     relay_loss = result.relay_loss
     gaps = "n/a" if relay_loss is None else f"{relay_loss:.3%}"
     flag = "" if result.sustainable else "  <- over the limit"
+    duplicates = result.to_phone.duplicates + result.to_browser.duplicates
+    if duplicates:
+        flag += f" duplicates b>p {result.to_phone.duplicates} p>b {result.to_browser.duplicates}"
     late = f" late slots {result.late_slots}" if result.late_slots else ""
     return (f"{result.calls:>5} {result.measured_calls:>4} "
             f"{result.packets_sent / result.window_seconds:>7.0f} "
