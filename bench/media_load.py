@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import gc
 import multiprocessing
 import os
 import random
@@ -111,7 +112,12 @@ def _relay_child(pipe: Connection, port_min: int, port_max: int, loop_kind: str)
 
 
 async def _serve_relay(pipe: Connection, port_min: int, port_max: int) -> None:
+    from gateway.app import GC_YOUNG_THRESHOLD
     from webrtc import MediaRelay
+
+    # The collector settings the gateway process runs its relay with (gateway.app).
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
     relay = MediaRelay(bind_host=HOST, port_min=port_min, port_max=port_max)
     loop = asyncio.get_running_loop()
@@ -512,10 +518,11 @@ class LoadGenerator:
             for group in range(GROUPS):
                 due = begin + step_tick * PACKET_INTERVAL + group * slot_interval
                 delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif delay < -PACKET_INTERVAL:
+                if delay < -PACKET_INTERVAL:
                     late += 1
+                # Even when behind, yield once per slot: arrivals are read (and timed) between
+                # slots rather than after a catch-up burst.
+                await asyncio.sleep(max(delay, 0.0))
                 self._send_slot(slots[group], tick, self._baseline_pairs[group][0],
                                 step_tick >= ticks_warmup)
         wall = time.monotonic() - window["wall"]
