@@ -20,11 +20,11 @@ pytestmark = pytest.mark.skipif(
     shutil.which("rtpengine") is None,
     reason="rtpengine not installed: apt-get install rtpengine-daemon")
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-# The bench scripts import bench/ modules by bare name; rtpengine.py does too (register_bench).
-sys.path[:0] = [str(BENCH / "compare"), str(BENCH)]
+# rtpengine.py imports bench/ modules by bare name (register_bench), as the bench scripts it
+# runs under do; appended, so nothing in bench/ shadows a module the other tests import.
+sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))
 
-from rtpengine import Rtpengine, media_address  # noqa: E402
+from bench.compare.rtpengine import Rtpengine, media_address  # noqa: E402
 
 BROWSER_TONE = 440.0
 PHONE_TONE = 1000.0
