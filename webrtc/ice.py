@@ -20,7 +20,7 @@ from typing import Any
 import aioice
 from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aioice.ice import StunProtocol, server_reflexive_candidate
+from aioice.ice import CandidatePair, StunProtocol, server_reflexive_candidate
 from aioice.mdns import is_mdns_hostname
 
 from .ports import PortPool
@@ -55,6 +55,7 @@ class IceConnection(aioice.Connection):
         self._peer_seen = asyncio.Event()
         self._bound_port: int | None = None
         self._candidate_tasks: set[asyncio.Task[None]] = set()
+        self._media_route: tuple[CandidatePair, Callable[..., None], tuple[str, int]] | None = None
 
     @property
     def bound_port(self) -> int | None:
@@ -101,7 +102,12 @@ class IceConnection(aioice.Connection):
         pair = self._nominated.get(COMPONENT)
         if pair is None:
             return False
-        pair.protocol.transport.sendto(data, pair.remote_addr)
+        route = self._media_route
+        if route is None or route[0] is not pair:
+            # Per nominated pair, not per packet: aioice builds remote_addr anew on each access,
+            # and the event loop's address cache is quickest with one unchanging tuple.
+            route = self._media_route = (pair, pair.protocol.transport.sendto, pair.remote_addr)
+        route[1](data, route[2])
         return True
 
     def add_sdp_candidates(self, candidates: list[dict[str, Any]]) -> None:
