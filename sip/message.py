@@ -10,6 +10,7 @@ replace_top_via (copies share the parsed values until one of them changes that h
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -248,7 +249,8 @@ class Message:
         value = self.get("content-type")
         return value.split(";", 1)[0].strip().lower() if value else None
 
-    def option_tags(self, name: str) -> set[str]:
+    # builtins.set: inside this class, plain `set` names the method above (mypyc compiles it).
+    def option_tags(self, name: str) -> builtins.set[str]:
         """Supported / Require / Proxy-Require option tags, lower-cased."""
         return {tag.lower() for tag in self.get_all(name)}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -357,7 +359,7 @@ def test_wrong_opaque_and_unoffered_algorithm_are_wrong() -> None:
 
 
 def _fields(creds: DigestCredentials) -> dict[str, str | None]:
-    return {name: getattr(creds, name) for name in DigestCredentials.__slots__}
+    return {field.name: getattr(creds, field.name) for field in dataclasses.fields(creds)}
 
 
 def test_parse_challenge_fields() -> None:
