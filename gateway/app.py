@@ -11,6 +11,7 @@ import time
 
 from aiohttp import web
 
+import sip
 from sip.message import Limits, Request
 from sip.resolver import Resolver
 from sip.transaction import ServerTransaction, TransactionLayer
@@ -119,7 +120,8 @@ class Gateway:
         # messages for little gain: 4-6 % of the CPU per call. Its worst case is 50,000 young
         # objects (a few MB) awaiting a collection.
         gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-        log.info("ws2sip ready: node %s, domain %s", self.node_id, self.config.domain)
+        log.info("ws2sip ready: node %s, domain %s, SIP parser %s", self.node_id,
+                 self.config.domain, "compiled" if sip.parser_is_compiled() else "pure Python")
 
     async def stop(self) -> None:
         for registration in self.trunk_registrations:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the test-suite starts for real: redis-server, sipp and chromium from Debian,
-# the Python package with its test extra, and the JsSIP / SIP.js clients from npm.
+# Installs everything the test-suite starts for real: redis-server, sipp, chromium and rtpengine
+# from Debian, the Python package with its test extra (which compiles the SIP parser with mypyc,
+# see setup.py), and the JsSIP / SIP.js clients from npm.
 # Idempotent and quick on a machine where all of it is already there. Never downloads a browser:
 # Playwright drives Debian's /usr/bin/chromium.
 set -euo pipefail
@@ -14,7 +15,8 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 export PUPPETEER_SKIP_DOWNLOAD=1
 
 # --- Debian packages -------------------------------------------------------------------------
-declare -A package_of_binary=([redis-server]=redis-server [sipp]=sip-tester [chromium]=chromium)
+declare -A package_of_binary=([redis-server]=redis-server [sipp]=sip-tester [chromium]=chromium
+                              [rtpengine]=rtpengine-daemon)
 missing_packages=()
 for binary in "${!package_of_binary[@]}"; do
     if ! command -v "$binary" >/dev/null 2>&1; then
@@ -34,7 +36,7 @@ if ((${#missing_packages[@]} > 0)); then
     DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y --no-install-recommends \
         "${missing_packages[@]}"
 else
-    say "redis-server, sipp, chromium and pip already installed"
+    say "redis-server, sipp, chromium, rtpengine and pip already installed"
 fi
 
 # --- Python ----------------------------------------------------------------------------------
@@ -46,6 +48,7 @@ if [[ -f "$stdlib_dir/EXTERNALLY-MANAGED" && "$in_virtualenv" == 0 ]]; then
     say "python3 is externally managed and no virtualenv is active: installing system-wide"
     export PIP_BREAK_SYSTEM_PACKAGES=1
 fi
+# Always run: it also rebuilds the compiled parser modules from the current sources.
 say "pip install -e '.[test]'"
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 

@@ -87,6 +87,10 @@ def test_compose_services_and_host_networking() -> None:
 def test_containerfile() -> None:
     text = (DEPLOY / "Containerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    # pip install . needs setup.py (the compiled parser) besides pyproject.toml and the packages.
+    copied = " ".join(re.findall(r"^COPY (?!--from)(.+)$", text, re.M)).split()
+    for needed in ("pyproject.toml", "setup.py", "./sip", "./gateway", "./webrtc"):
+        assert needed in copied, needed
     assert re.search(r"^USER (?!root\b|0\b)\S+", text, re.M)
     exposed = " ".join(re.findall(r"^EXPOSE (.+)$", text, re.M)).split()
     for port in ("5060/udp", "5060/tcp", "5061/tcp", "8080/tcp", "8443/tcp", "20000-40000/udp"):
