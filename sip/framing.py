@@ -79,8 +79,11 @@ class StreamFramer:
 def _content_length(head: bytes) -> int:
     declared = [
         value
-        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
-        if name.strip().lower() in (b"content-length", b"l")
+        for name, colon, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+        # A folded continuation (leading SP/HTAB) is part of the previous header's value, even
+        # when it reads like "l: 5".
+        if colon and name[:1] not in (b" ", b"\t")
+        and name.rstrip(b" \t").lower() in (b"content-length", b"l")
     ]
     if not declared:
         # RFC 3261 §18.3: Content-Length is mandatory on streams.

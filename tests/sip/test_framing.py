@@ -62,6 +62,13 @@ def test_pong_before_a_message_in_a_later_segment_is_dropped() -> None:
     assert feed_all(framer, [REGISTER]) == [REGISTER]
 
 
+def test_folded_line_reading_like_a_compact_length_is_not_a_second_length() -> None:
+    # Found by the split property below: " L" continues x-custom-header's value.
+    message = (b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h\r\nx-custom-header: 0\r\n L\r\n"
+               b"Content-Length: 3\r\n\r\nabc")
+    assert feed_all(StreamFramer(), [message]) == [message]
+
+
 def test_missing_content_length_on_a_stream_is_400() -> None:
     framer = StreamFramer()
     with pytest.raises(SipError) as caught:
