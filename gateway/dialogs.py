@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,8 @@ class Dialog:
 
 
 class DialogTable:
-    def __init__(self, on_released: Callable[[Dialog], Awaitable[None]] | None = None) -> None:
+    def __init__(self, on_released: Callable[[Dialog], Coroutine[Any, Any, None]] | None = None
+                 ) -> None:
         self._dialogs: dict[str, Dialog] = {}
         self._per_user: Counter[str] = Counter()
         self._per_trunk: Counter[str] = Counter()

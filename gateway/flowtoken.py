@@ -49,5 +49,5 @@ class FlowTokens:
         expected = hmac.digest(self._secret, payload, "sha256")[:MAC_BYTES]
         if not hmac.compare_digest(mac, expected):
             return None
-        node_id, sep, flow_id = payload.decode(errors="replace").partition("~")
-        return FlowRef(node_id, flow_id) if sep else None
+        node_id, separator, flow_id = payload.decode(errors="replace").partition("~")
+        return FlowRef(node_id, flow_id) if separator else None

@@ -298,11 +298,11 @@ class Proxy:
                 raise SipError(403, f"Relaying to {ruri.host} is not allowed")
         forwarding = Forwarding(request, server)
         if request.method in DIALOG_METHODS:
-            out_trunk = next((d.trunk for d in destinations if d.trunk), None)
-            self._check_limits(request, caller_aor, callee_aor, out_trunk or trunk)
+            dialog_trunk = next((d.trunk for d in destinations if d.trunk), None) or trunk
+            self._check_limits(request, caller_aor, callee_aor, dialog_trunk)
             forwarding.dialog = self.dialogs.add(
                 Dialog(request.call_id, request.method, caller=caller_aor, callee=callee_aor,
-                       trunk=(out_trunk or trunk).name if (out_trunk or trunk) else None),
+                       trunk=dialog_trunk.name if dialog_trunk else None),
                 _lifetime(request),
             )
         await self._forward(forwarding, destinations, record_route=True)
@@ -415,7 +415,11 @@ class Proxy:
         request = forwarding.request
         server = forwarding.server
         self._forwardings[server] = forwarding
-        server.on_terminated = lambda: self._forwardings.pop(server, None)
+
+        def forget() -> None:
+            self._forwardings.pop(server, None)
+
+        server.on_terminated = forget
         incoming = server.flow
         if request.to.tag is None and forwarding.dialog is not None:
             forwarding.sender_kind = side_of_sdp(request.body, incoming.transport)

@@ -12,9 +12,14 @@ Address = tuple[str, int]
 class Target(Protocol):
     """What the resolver returns (sip.resolver.Target): a transport and an address to reach."""
 
-    transport: str
-    host: str
-    port: int
+    @property
+    def transport(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
 
 
 class Flow(ABC):

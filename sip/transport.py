@@ -94,7 +94,10 @@ class TransportLayer:
             lambda: StreamFlow(self, transport, self.limits), host, port, ssl=ssl_context
         )
         self._servers.append((transport, server))
-        sockname = server.sockets[0].getsockname()
+        # getattr: typeshed declares a tuple, uvloop returns a list, and compiled code (mypyc)
+        # would check an attribute read against the declared type.
+        sockets = getattr(server, "sockets")  # noqa: B009
+        sockname = sockets[0].getsockname()
         return self._listened(transport, (sockname[0], sockname[1]))
 
     def _listened(self, transport: str, bound: Address) -> Address:
