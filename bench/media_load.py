@@ -721,7 +721,7 @@ def main() -> None:
                         default=[10, 100, 1000], help="comma-separated steps, e.g. 10,100,1000")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per step")
     parser.add_argument("--find-max", action="store_true",
-                        help=f"after the steps, add calls until loss > {LOSS_LIMIT:.1%} or the "
+                        help=f"after the steps, add calls until loss > {LOSS_LIMIT * 100:.1f} %% or the "
                              f"relay's core saturates (at most {MAX_CALLS} calls)")
     parser.add_argument("--measure", type=int, default=100,
                         help="calls whose receive side is measured (the first set up)")
