@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _stale_compiled_modules() -> list[str]:
-    """Compiled parser modules older than their source: the tests would run old code."""
+    """Compiled modules (setup.py) older than their source: the tests would run old code."""
     stale = []
-    for source in sorted((REPO_ROOT / "sip").glob("*.py")):
-        module = importlib.import_module(f"sip.{source.stem}")
-        loaded = Path(module.__file__ or source)
-        if loaded.suffix != ".py" and loaded.stat().st_mtime < source.stat().st_mtime:
-            stale.append(source.name)
+    for package in ("sip", "gateway"):
+        for compiled in sorted((REPO_ROOT / package).rglob("*.so")):
+            source = compiled.with_name(compiled.name.split(".", 1)[0] + ".py")
+            if source.exists() and compiled.stat().st_mtime < source.stat().st_mtime:
+                stale.append(str(source.relative_to(REPO_ROOT)))
     return stale
 
 
