@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -101,7 +101,7 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
 def make_handler(
     transport: TransportLayer, policy: WebSocketPolicy, *, secure: bool,
     on_flow_open: Callable[[WebSocketFlow], None] | None = None,
-) -> Callable[[web.Request], object]:
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         # Subprotocol tokens compare case-sensitively (RFC 6455 §4.2.2): aiohttp answers only an
         # exact "sip", and a 101 without it makes browsers fail the connection.
