@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from .ports import PortPool
 
 Address = tuple[str, int]
+# What a socket reports as the source: (host, port) for IPv4, (host, port, flowinfo, scope_id)
+# for IPv6. Compiled code (setup.py) checks annotations, so this one must admit both.
+SocketAddress = tuple[Any, ...]
 DatagramHandler = Callable[[bytes], None]
 
 
 class _Socket(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+    def __init__(self, on_datagram: Callable[[bytes, SocketAddress], None]) -> None:
         self.on_datagram = on_datagram
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:
+    def datagram_received(self, data: bytes, addr: SocketAddress) -> None:
         self.on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
@@ -90,7 +94,7 @@ class PlainLeg:
                 self._pool.release(transport)
         self._rtp = self._rtcp = None
 
-    def _rtp_received(self, data: bytes, addr: Address) -> None:
+    def _rtp_received(self, data: bytes, addr: SocketAddress) -> None:
         if not self._rtp_latched:
             self._rtp_latched = True
             self._rtp_target = (addr[0], addr[1])
@@ -101,7 +105,7 @@ class PlainLeg:
         else:
             self.on_rtp(data)
 
-    def _rtcp_received(self, data: bytes, addr: Address) -> None:
+    def _rtcp_received(self, data: bytes, addr: SocketAddress) -> None:
         if not self._rtcp_latched:
             self._rtcp_latched = True
             self._rtcp_target = (addr[0], addr[1])

@@ -132,6 +132,27 @@ async def test_udp_response_without_rport_goes_to_sent_by_port(
         listener.close()
 
 
+async def test_ipv6_udp_request_and_response() -> None:
+    # IPv6 sockets report 4-tuple source addresses: flows and responses must still work,
+    # compiled (setup.py) or not.
+    layer = TransportLayer()
+    await layer.listen_udp("::1", 0)
+    peer = await RawUdpPeer.open("::1")
+    try:
+        inbox = Inbox(layer)
+        peer.send(raw_request("OPTIONS", f"[::1]:{peer.address[1]}"), udp_address(layer))
+        request, flow = await inbox.next()
+        assert isinstance(request, Request)
+        assert flow.remote == ("::1", peer.address[1])
+        assert request.top_via.params["rport"] == str(peer.address[1])
+        layer.send_response(request.response(200), flow)
+        response = await peer.next_message()
+        assert isinstance(response, Response) and response.status == 200
+    finally:
+        peer.close()
+        await layer.close()
+
+
 # --- malformed input ---------------------------------------------------------------------------
 async def test_malformed_request_is_answered_with_400(
     layer: TransportLayer, peer: RawUdpPeer
