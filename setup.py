@@ -41,10 +41,6 @@ COMPILED_MODULES = [
     "gateway/media.py",
     "gateway/location/model.py",
     "gateway/location/memory.py",
-    "webrtc/forwarding.py",
-    "webrtc/plain.py",
-    "webrtc/webrtc_leg.py",
-    "webrtc/rtcp.py",
 ]
 
 
