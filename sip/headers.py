@@ -55,11 +55,11 @@ LIST_HEADERS = frozenset(
 )
 
 
-# `SIP / 2.0 / UDP` with spaces around the slashes is legal (RFC 4475 §3.1.1.1).
 # What nearly every Via looks like (no spaces or comments inside, a host name or IPv4 address):
 # one match instead of the general path's three scans. Anything else takes the general path.
 _VIA_COMMON = re.compile(r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9._-]+)(?::([0-9]{1,5}))?(?:;(.*))?\Z",
                          re.S)
+# `SIP / 2.0 / UDP` with spaces around the slashes is legal (RFC 4475 §3.1.1.1).
 _VIA_PROTOCOL = re.compile(r"\s*([A-Za-z]+)\s*/\s*([0-9.]+)\s*/\s*([A-Za-z0-9-]+)\s+(\S.*)", re.S)
 
 
