@@ -430,7 +430,7 @@ class LoadGenerator:
         loop = asyncio.get_running_loop()
         if call.measured:
             leg.on_rtp = self._browser_heard
-            loop.add_reader(call.phone.fileno(), self._drain_phone, call.phone)
+            loop.add_reader(call.phone.fileno(), self._drain, call.phone, self._phone_heard)
         else:
             drop_in_kernel(call.browser_socket, keep_below=128)
             drop_in_kernel(call.phone, keep_below=None)
@@ -444,12 +444,14 @@ class LoadGenerator:
             sender.setblocking(False)
             receiver.setblocking(False)
             sender.connect(receiver.getsockname())
-            loop.add_reader(receiver.fileno(), self._drain_baseline, receiver)
+            loop.add_reader(receiver.fileno(), self._drain, receiver, self._baseline_heard)
             self._baseline_pairs.append((sender, receiver))
 
     # -- receive side -----------------------------------------------------------------
 
     def _heard(self, direction: Direction, packet: bytes) -> None:
+        if len(packet) < 20:  # not one of ours: RTP header + send time
+            return
         (sent_at,) = _SENT_AT.unpack_from(packet, 12)
         if sent_at >= self._window_start_ns:
             identity = packet[8:20]
@@ -460,26 +462,24 @@ class LoadGenerator:
             direction.received += 1
             direction.latencies_us.append((time.monotonic_ns() - sent_at) / 1000)
 
+    # Directions are looked up per packet: each step starts with fresh ones.
     def _browser_heard(self, packet: bytes) -> None:
-        if len(packet) >= 20:
-            self._heard(self._to_browser, packet)
+        self._heard(self._to_browser, packet)
 
-    def _drain_phone(self, sock: socket.socket) -> None:
+    def _phone_heard(self, packet: bytes) -> None:
+        self._heard(self._to_phone, packet)
+
+    def _baseline_heard(self, packet: bytes) -> None:
+        self._heard(self._baseline, packet)
+
+    @staticmethod
+    def _drain(sock: socket.socket, on_packet: Callable[[bytes], None]) -> None:
         while True:
             try:
                 packet = sock.recv(2048)
             except BlockingIOError:
                 return
-            if len(packet) >= 20:
-                self._heard(self._to_phone, packet)
-
-    def _drain_baseline(self, sock: socket.socket) -> None:
-        while True:
-            try:
-                packet = sock.recv(2048)
-            except BlockingIOError:
-                return
-            self._heard(self._baseline, packet)
+            on_packet(packet)
 
     # -- send side --------------------------------------------------------------------
 
@@ -721,8 +721,8 @@ def main() -> None:
                         default=[10, 100, 1000], help="comma-separated steps, e.g. 10,100,1000")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per step")
     parser.add_argument("--find-max", action="store_true",
-                        help=f"after the steps, add calls until loss > {LOSS_LIMIT * 100:.1f} %% or the "
-                             f"relay's core saturates (at most {MAX_CALLS} calls)")
+                        help=f"after the steps, add calls until loss > {LOSS_LIMIT * 100:.1f} "
+                             f"%% or the relay's core saturates (at most {MAX_CALLS} calls)")
     parser.add_argument("--measure", type=int, default=100,
                         help="calls whose receive side is measured (the first set up)")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
