@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -20,13 +21,21 @@ def assert_ports_free(ports: set[int], host: str = "127.0.0.1") -> None:
             probe.bind((host, port))
 
 
-@pytest.fixture
-async def relay() -> AsyncIterator[MediaRelay]:
+@contextlib.asynccontextmanager
+async def loopback_relay(host: str) -> AsyncIterator[MediaRelay]:
     # A random slice of the range keeps concurrent test runs from probing the same ports.
     base = random.randrange(30000, 60000, 2)
-    media_relay = MediaRelay(bind_host="127.0.0.1", port_min=base, port_max=base + 400)
-    yield media_relay
-    await media_relay.close()
+    media_relay = MediaRelay(bind_host=host, port_min=base, port_max=base + 400)
+    try:
+        yield media_relay
+    finally:
+        await media_relay.close()
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[MediaRelay]:
+    async with loopback_relay("127.0.0.1") as media_relay:
+        yield media_relay
 
 
 @pytest.fixture

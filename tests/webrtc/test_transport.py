@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -13,6 +12,7 @@ from aioice import stun
 
 from tests.support.audio import assert_hears
 from tests.webrtc.browser_peer import BrowserPeer
+from tests.webrtc.conftest import loopback_relay
 from tests.webrtc.rtp_peer import RtpPeer
 from tests.webrtc.sdp_samples import asterisk_sdp
 from tests.webrtc.test_media_relay import BROWSER_TONE, PHONE_TONE, target_of, wait_for
@@ -77,10 +77,8 @@ async def test_symmetric_latching_follows_where_packets_come_from(
 
 @pytest.fixture
 async def relay6() -> AsyncIterator[MediaRelay]:
-    base = random.randrange(30000, 60000, 2)
-    media_relay = MediaRelay(bind_host="::1", port_min=base, port_max=base + 400)
-    yield media_relay
-    await media_relay.close()
+    async with loopback_relay("::1") as media_relay:
+        yield media_relay
 
 
 def ipv6_loopback_available() -> bool:
