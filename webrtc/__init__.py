@@ -18,10 +18,16 @@ special: process_offer on the 2xx, process_answer on the ACK.
 
 Failures the gateway answers with a SIP status raise MediaError (status 488 for SDP it cannot
 accept). Media with a common codec is relayed packet by packet; Opus <-> G.711 is transcoded.
+
+MediaWorkers(count, ...) runs the relay in `count` worker processes instead (await start()
+first); it and its sessions meet the same RelayHandle/SessionHandle interface.
 """
 
 from .errors import MediaError
+from .handles import RelayHandle, SessionHandle
 from .relay import MediaRelay
 from .session import MediaSession, Side
+from .workers import MediaWorkers, RemoteSession
 
-__all__ = ["MediaError", "MediaRelay", "MediaSession", "Side"]
+__all__ = ["MediaError", "MediaRelay", "MediaSession", "MediaWorkers", "RelayHandle",
+           "RemoteSession", "SessionHandle", "Side"]

@@ -101,6 +101,7 @@ class MediaSession:
         self._retired_frames = 0  # frames of transcoders replaced by a renegotiation
         self._closed = False
         self.failure: str | None = None
+        self.on_failure: Callable[[str], None] | None = None  # media workers report it upstream
 
     # -- public API ----------------------------------------------------------------------
 
@@ -407,6 +408,8 @@ class MediaSession:
     def _leg_failed(self, reason: str) -> None:
         logger.warning("session %s: %s", self.session_id, reason)
         self.failure = reason
+        if self.on_failure is not None:
+            self.on_failure(reason)
 
     async def _open_streams(self, lines: list[tuple[MediaDescription, str | None]]) -> None:
         for _, kind in lines:
