@@ -16,7 +16,7 @@ from sip.message import Limits, Request
 from sip.resolver import Resolver
 from sip.transaction import ServerTransaction, TransactionLayer
 from sip.transport import Flow, TransportLayer
-from webrtc import MediaRelay
+from webrtc import MediaRelay, MediaWorkers
 
 from .auth import Authenticator
 from .config import Config
@@ -57,10 +57,12 @@ class Gateway:
             self.users, config.domain.lower(), secret, config.nonce_lifetime,
             config.digest_algorithms,
         )
+        relay = self._media_relay(config)
+        self._media_workers = relay if isinstance(relay, MediaWorkers) else None
         self.proxy = Proxy(
             ProxyPolicy.from_config(config, self.node_id),
             self.transactions, self.transport, self.location, self.auth, secret,
-            MediaAnchor(self._media_relay(config)),
+            MediaAnchor(relay),
         )
         self.registrar = Registrar(
             RegistrarPolicy(
@@ -91,6 +93,8 @@ class Gateway:
         self.transport.on_flow_closed = self._on_flow_closed
 
     async def start(self) -> None:
+        if self._media_workers is not None:
+            await self._media_workers.start()
         await self._ensure_users()
         listeners = self.config.listeners()
         for host, port in listeners["udp"]:
@@ -243,7 +247,7 @@ class Gateway:
         return addresses
 
     @staticmethod
-    def _media_relay(config: Config) -> MediaRelay:
+    def _media_relay(config: Config) -> MediaRelay | MediaWorkers:
         port_min, port_max = config.rtp_port_range
         bind_host = config.media_address or _first_specific_host(config) or "0.0.0.0"
         public_host = config.public_address or None
@@ -252,6 +256,12 @@ class Gateway:
             log.warning(
                 "media: no --public-address; announcing %s in SDP (set --public-address "
                 "behind NAT, or browsers and phones will not reach the media ports)", public_host,
+            )
+        if config.media_workers:
+            return MediaWorkers(
+                config.media_workers, bind_host=bind_host, public_host=public_host,
+                port_min=port_min, port_max=port_max,
+                gc_threshold=(GC_YOUNG_THRESHOLD, 20, 100),
             )
         return MediaRelay(
             bind_host=bind_host,

@@ -55,6 +55,7 @@ class Config:
     public_address: str = ""
     rtp_ports: str = "20000-40000"
     media_address: str = ""  # where media sockets bind; default: the first specific SIP listener
+    media_workers: int = 0  # relay processes sharing rtp_ports; 0: media in the gateway process
     log_level: str = "info"
     allowed_origins: tuple[str, ...] = ()
     max_message_size: int = 65_535
@@ -174,6 +175,8 @@ def _trunk(entry: dict[str, Any], path: str) -> Trunk:
 def _check(config: Config) -> None:
     config.listeners()
     config.rtp_port_range  # noqa: B018 - validates
+    if config.media_workers < 0:
+        raise ConfigError(f"media_workers: expected 0 or more, got {config.media_workers}")
     if not 0 < config.min_expires <= config.default_expires <= config.max_expires:
         raise ConfigError("expires: need 0 < min_expires <= default_expires <= max_expires")
     # aiohttp reads a WebSocket limit of 0 as "unlimited": refuse it rather than drop the limit.
@@ -224,6 +227,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-address", help="address announced in SDP, Via and Record-Route")
     parser.add_argument("--rtp-ports", metavar="MIN-MAX", help="UDP port range for media")
     parser.add_argument("--media-address", help="IP the media sockets bind to")
+    parser.add_argument(
+        "--media-workers", type=int, metavar="N",
+        help="relay media in N worker processes, each with a share of --rtp-ports, so media "
+        "uses other cores than SIP (default 0: media in the gateway process)",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default info)")
     parser.add_argument(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sip.errors import SipError
 from sip.message import Message
-from webrtc import MediaError, MediaRelay, MediaSession
+from webrtc import MediaError, RelayHandle, SessionHandle
 
 from .dialogs import Dialog
 
@@ -37,7 +37,7 @@ def has_sdp(message: Message) -> bool:
 
 
 class MediaAnchor:
-    def __init__(self, relay: MediaRelay) -> None:
+    def __init__(self, relay: RelayHandle) -> None:
         self.relay = relay
 
     async def offer(
@@ -85,7 +85,7 @@ class MediaAnchor:
             await session.close()
             log.debug("media of %s released", dialog.call_id)
 
-    def _session(self, dialog: Dialog) -> MediaSession:
+    def _session(self, dialog: Dialog) -> SessionHandle:
         if dialog.media is None:
             dialog.media = self.relay.create_session(dialog.call_id)
         return dialog.media
