@@ -23,7 +23,15 @@ Steps run with a growing set of calls (all of them active); --find-max keeps gro
 loss exceeds 0.1 % or the relay's core saturates. Relay CPU is utime+stime of its process
 from /proc over each step's window, divided by the packets sent to it in that window.
 
+With --workers N (N >= 1) ws2sip's relay runs as N media worker processes driven by the very
+client the gateway uses (webrtc.MediaWorkers, here in the generator's process); relay CPU is
+summed over the workers. --workers 0 is the relay on one event loop, as in a gateway without
+workers. With one relay process it gets one CPU and the generator the other; with several
+nothing is pinned (the 2-core machine then shares its cores between workers and generator:
+the "gen core" column shows the generator's share).
+
     python bench/media_load.py --relay ws2sip --calls 10,100,1000 --seconds 10 [--find-max]
+    python bench/media_load.py --relay ws2sip --workers 2 --calls 100,500,1000
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import functools
 import gc
 import multiprocessing
 import os
@@ -80,7 +89,11 @@ _SENT_AT = struct.Struct("!Q")
 
 class RelayUnderTest(Protocol):
     name: str
-    pid: int  # the process whose CPU is measured
+
+    @property
+    def pids(self) -> list[int]:
+        """The processes whose CPU is the relay's."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -176,7 +189,11 @@ class Ws2sipRelay:
         self._pipe: Connection | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 1
-        self.pid = 0
+        self._pid = 0
+
+    @property
+    def pids(self) -> list[int]:
+        return [self._pid]
 
     async def start(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -185,7 +202,7 @@ class Ws2sipRelay:
             target=_relay_child, args=(child, *self._port_range, self._loop_kind), daemon=True)
         self._process.start()
         assert self._process.pid is not None
-        self.pid = self._process.pid
+        self._pid = self._process.pid
         ready = asyncio.get_running_loop().create_future()
         self._waiting[0] = ready
         asyncio.get_running_loop().add_reader(self._pipe.fileno(), self._readable)
@@ -236,6 +253,45 @@ class Ws2sipRelay:
                 reply.set_result(result)
             else:
                 reply.set_exception(RuntimeError(f"relay: {result}"))
+
+
+class Ws2sipWorkers:
+    """ws2sip's relay as media worker processes, through the gateway's own client."""
+
+    name = "ws2sip"
+
+    def __init__(self, port_range: tuple[int, int], count: int) -> None:
+        from gateway.app import GC_YOUNG_THRESHOLD
+        from webrtc import MediaWorkers
+
+        self._workers = MediaWorkers(count, bind_host=HOST, port_min=port_range[0],
+                                     port_max=port_range[1],
+                                     gc_threshold=(GC_YOUNG_THRESHOLD, 20, 100))
+
+    @property
+    def pids(self) -> list[int]:
+        return self._workers.pids
+
+    async def start(self) -> None:
+        await self._workers.start()
+        for pid in self.pids:
+            raise_file_limit_of(pid)
+
+    async def bridge(self, call_id: str, browser_offer_sdp: str, phone: tuple[str, int]
+                     ) -> tuple[str, tuple[str, int]]:
+        session = self._workers.create_session(call_id)
+        towards_phone = parse(await session.process_offer(browser_offer_sdp, "webrtc")
+                              ).first("audio")
+        if towards_phone is None or towards_phone.address is None:
+            raise RuntimeError(f"{call_id}: relay offered no audio to the phone")
+        answer = await session.process_answer(phone_answer(*phone), "plain")
+        return answer, (towards_phone.address, towards_phone.port)
+
+    async def counters(self) -> dict[str, int]:
+        return await self._workers.stats()
+
+    async def stop(self) -> None:
+        await self._workers.close()
 
 
 # -- the load generator ---------------------------------------------------------------------
@@ -612,6 +668,18 @@ def raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def raise_file_limit_of(pid: int) -> None:
+    """The same for a worker process, which the gateway's client starts with the default."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def relay_cpu(pids: list[int]) -> tuple[float, float]:
+    """User and system seconds of all the relay's processes."""
+    times = [process_cpu(pid) for pid in pids]
+    return sum(user for user, _ in times), sum(system for _, system in times)
+
+
 # -- driver ---------------------------------------------------------------------------------
 
 def _port_ranges(max_calls: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -623,14 +691,31 @@ def _port_ranges(max_calls: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return (base, base + relay_size), (base + relay_size, base + relay_size + browser_size)
 
 
-def make_relay(kind: str, relay_ports: tuple[int, int], loop_kind: str, max_calls: int
-               ) -> RelayUnderTest:
+class _SingleProcess:
+    """A relay that reports one pid (rtpengine) as RelayUnderTest."""
+
+    def __init__(self, relay: Any) -> None:
+        self._relay = relay
+        self.name = relay.name
+        self.bridge = relay.bridge
+        self.start = relay.start
+        self.stop = relay.stop
+        if hasattr(relay, "counters"):
+            self.counters = relay.counters
+
+    @property
+    def pids(self) -> list[int]:
+        return [self._relay.pid]
+
+
+def make_relay(kind: str, relay_ports: tuple[int, int], loop_kind: str, max_calls: int,
+               workers: int) -> RelayUnderTest:
     if kind == "ws2sip":
-        return Ws2sipRelay(relay_ports, loop_kind)
+        return Ws2sipWorkers(relay_ports, workers) if workers else Ws2sipRelay(relay_ports,
+                                                                                 loop_kind)
     from bench.compare.rtpengine import Rtpengine  # only needed, and installed, for this
 
-    relay: RelayUnderTest = Rtpengine(max_calls=max_calls)
-    return relay
+    return _SingleProcess(Rtpengine(max_calls=max_calls))
 
 
 def _steps(listed: list[int], find_max: bool) -> list[int]:
@@ -647,11 +732,12 @@ async def run(args: argparse.Namespace) -> list[StepResult]:
     raise_file_limit()
     steps = _steps(args.calls, args.find_max)
     relay_ports, browser_ports = _port_ranges(steps[-1])
-    relay = make_relay(args.relay, relay_ports, args.loop, steps[-1])
+    relay = make_relay(args.relay, relay_ports, args.loop, steps[-1], args.workers)
     await relay.start()
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2 and not args.no_pin:
-        pin(relay.pid, cpus[0])
+    pinned = len(cpus) >= 2 and not args.no_pin and len(relay.pids) == 1
+    if pinned:
+        pin(relay.pids[0], cpus[0])
         os.sched_setaffinity(0, {cpus[1]})
     generator = LoadGenerator(relay, browser_ports, args.measure)
     counters = getattr(relay, "counters", None)
@@ -659,10 +745,10 @@ async def run(args: argparse.Namespace) -> list[StepResult]:
     try:
         for calls in steps:
             await generator.grow(calls)
-            if len(cpus) >= 2 and not args.no_pin:
-                pin(relay.pid, cpus[0])  # threads a relay started since
-            result = await generator.run_step(args.seconds, lambda: process_cpu(relay.pid),
-                                              counters)
+            if pinned:
+                pin(relay.pids[0], cpus[0])  # threads a relay started since
+            result = await generator.run_step(
+                args.seconds, functools.partial(relay_cpu, relay.pids), counters)
             results.append(result)
             print(_row(result), flush=True)
             if args.find_max and not result.sustainable:
@@ -727,19 +813,25 @@ def main() -> None:
                         help="calls whose receive side is measured (the first set up)")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
                         help="event loop of the ws2sip relay process")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="ws2sip: relay in N media worker processes (the gateway's "
+                             "--media-workers); 0: one relay process")
     parser.add_argument("--no-pin", action="store_true",
                         help="let relay and generator share CPUs (default: one CPU each)")
     args = parser.parse_args()
     args.seconds = max(1.0, min(args.seconds, MAX_SECONDS))
-    print(f"relay {args.relay} ({args.loop if args.relay == 'ws2sip' else 'its own'} loop), "
+    workers = f", {args.workers} media workers" if args.relay == "ws2sip" and args.workers else ""
+    print(f"relay {args.relay} ({args.loop if args.relay == 'ws2sip' else 'its own'} loop"
+          f"{workers}), "
           f"{args.seconds:.0f} s per step after {WARMUP_SECONDS:.0f} s warm-up, PCMU 20 ms, "
           f"SRTP on the browser side; receive side measured on the first {args.measure} calls, "
           f"the others dropped by a socket filter; relay gaps = the relay's own sequence "
           f"gaps + drops + SRTP errors over all calls", flush=True)
-    print("columns: relay core = relay CPU / wall; µs/pkt = relay CPU per packet sent to it "
-          "(user, sys); µs/s/call = relay CPU per call per second; latency p50/p99 one-way "
-          "incl. the generator's own delay (gen base = generator sending to itself); machine "
-          "= busy cores of the whole machine", flush=True)
+    print("columns: relay core = relay CPU (all its processes) / wall; µs/pkt = relay CPU per "
+          "packet sent to it (user, sys); µs/s/call = relay CPU per call per second; latency "
+          "p50/p99 one-way incl. the generator's own delay (gen base = generator sending to "
+          "itself); gen core = generator CPU / wall; machine = busy cores of the whole machine",
+          flush=True)
     print(HEADER, flush=True)
     import uvloop
 
