@@ -13,7 +13,7 @@ import contextlib
 import datetime
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from aiortc.rtcdtlstransport import (
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 from pylibsrtp import Policy, Session
 
+from . import srtp
 from .errors import MediaError
 from .sdp import Fingerprint
 
@@ -80,6 +81,16 @@ class SrtpSessions:
     outbound: Session
     inbound: Session
     profile: str
+    protect: srtp.Transform = field(init=False)
+    protect_rtcp: srtp.Transform = field(init=False)
+    unprotect: srtp.Transform = field(init=False)
+    unprotect_rtcp: srtp.Transform = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.protect = srtp.protect(self.outbound)
+        self.protect_rtcp = srtp.protect_rtcp(self.outbound)
+        self.unprotect = srtp.unprotect(self.inbound)
+        self.unprotect_rtcp = srtp.unprotect_rtcp(self.inbound)
 
 
 class DtlsEndpoint:

@@ -163,9 +163,9 @@ class WebRtcLeg:
                 return
             try:
                 if 192 <= data[1] <= 223:
-                    self.on_rtcp(srtp.inbound.unprotect_rtcp(data))
+                    self.on_rtcp(srtp.unprotect_rtcp(data))
                 else:
-                    self.on_rtp(srtp.inbound.unprotect(data))
+                    self.on_rtp(srtp.unprotect(data))
             except pylibsrtp.Error:
                 self.srtp_errors += 1
         elif 19 < first < 64 and self._dtls is not None:
@@ -175,13 +175,13 @@ class WebRtcLeg:
         srtp = self._srtp
         if srtp is None:
             return False
-        return self._send(srtp.outbound.protect(packet))
+        return self._send(srtp.protect(packet))
 
     def send_rtcp(self, packet: bytes) -> bool:
         srtp = self._srtp
         if srtp is None or not is_rtcp(packet):
             return False
-        return self._send(srtp.outbound.protect_rtcp(packet))
+        return self._send(srtp.protect_rtcp(packet))
 
     def _send(self, data: bytes) -> bool:
         ice = self._ice

@@ -8,6 +8,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -48,11 +49,15 @@ def process_exists(pid: int) -> bool:
         return False
 
 
+answer_of: dict[str, str] = {}  # session id -> the WebRTC answer it gave the browser
+
+
 async def connect(session: RemoteSession, browser: BrowserPeer, phone: RtpPeer) -> None:
     plain_offer = await session.process_offer(await browser.offer(), "webrtc")
     phone.target = target_of(plain_offer)
     answer = await session.process_answer(asterisk_sdp(phone.port, "0 101"), "plain")
     assert "a=setup:active" in answer
+    answer_of[session.session_id] = answer
     await browser.accept_answer(answer)
 
 
@@ -78,6 +83,18 @@ async def test_browser_and_phone_hear_each_other_through_a_worker(
     assert stats["plain_to_webrtc_packets"] >= 90 and stats["webrtc_to_plain_packets"] > 0
     totals = await workers.stats()
     assert totals["plain_to_webrtc_packets"] >= stats["plain_to_webrtc_packets"]
+
+    # Forged and oversized "SRTP" at the ICE port: refused by libsrtp, counted, not relayed.
+    ice_port = parse(answer_of[session.session_id]).first("audio").port  # type: ignore[union-attr]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as forger:
+        for packet in (b"\x80\x00" + bytes(170), b"\x80\x00" + bytes(1600)):
+            forger.sendto(packet, ("127.0.0.1", ice_port))
+    for _ in range(100):
+        after = await session.stats()
+        if after["srtp_errors"] == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert after["srtp_errors"] == 2
 
     ports = await workers.open_ports()
     assert len(ports) == 3  # ICE, RTP, RTCP, all held by the worker, none by this process
