@@ -34,11 +34,17 @@ PEER_WAIT_SECONDS = 30.0
 class _MediaFirstProtocol(StunProtocol):
     """RFC 7983 demultiplexing by first byte before aioice sees a datagram: only STUN (0-3)
     goes through aioice's parser; RTP/RTCP (128-191) and DTLS (20-63) go straight to the
-    relay, which keeps a failed STUN parse and its exception off the per-packet path."""
+    relay's handler (not through the Connection), which keeps a failed STUN parse and its
+    exception, and a call level, off the per-packet path."""
+
+    def __init__(self, receiver: IceConnection, on_media: Callable[[bytes], None]) -> None:
+        super().__init__(receiver)
+        self.on_media = on_media
 
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
-        if isinstance(data, bytes) and data and data[0] > 3:
-            self.receiver.data_received(data, COMPONENT)
+        # The event loop hands datagrams over as bytes; an empty one goes to aioice.
+        if data and data[0] > 3:  # type: ignore[operator]
+            self.on_media(data)  # type: ignore[arg-type]
             return
         super().datagram_received(data, addr)
 
@@ -68,7 +74,8 @@ class IceConnection(aioice.Connection):
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
-        transport = await self._pool.bind_single(lambda: _MediaFirstProtocol(self))
+        transport = await self._pool.bind_single(
+            lambda: _MediaFirstProtocol(self, self._on_datagram))
         protocol = transport.get_protocol()
         assert isinstance(protocol, StunProtocol)
         self._bound_port = transport.get_extra_info("sockname")[1]

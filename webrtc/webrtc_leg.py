@@ -175,7 +175,13 @@ class WebRtcLeg:
         srtp = self._srtp
         if srtp is None:
             return False
-        return self._send(srtp.protect(packet))
+        # _send inlined: this runs for every packet towards the browser.
+        protected = srtp.protect(packet)
+        ice = self._ice
+        if ice is not None and ice.send_now(protected):
+            return True
+        old = self._old_ice
+        return old is not None and old.send_now(protected)
 
     def send_rtcp(self, packet: bytes) -> bool:
         srtp = self._srtp
