@@ -17,6 +17,7 @@ from setuptools import setup
 COMPILED_MODULES = [
     "sip/errors.py",
     "sip/status.py",
+    "sip/record.py",
     "sip/grammar.py",
     "sip/uri.py",
     "sip/headers.py",

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import Final
 
 from sip.digest import DigestServer, VerifyOutcome, parse_credentials
 from sip.errors import SipError
 from sip.message import Request, Response
+from sip.record import Record
 
 from .users import UserStore
 
 log = logging.getLogger("ws2sip.auth")
 
 
-@dataclass(frozen=True, slots=True)
-class AuthOutcome:
+_AUTH_OUTCOME_FIELDS = ("username", "refusal")
+
+
+class AuthOutcome(Record):
     """Either the authenticated user name or the response that refuses the request."""
 
-    username: str | None
-    refusal: Response | None
+    __slots__ = _AUTH_OUTCOME_FIELDS
+    FIELDS = _AUTH_OUTCOME_FIELDS
+
+    def __init__(self, username: str | None, refusal: Response | None) -> None:
+        self.username: Final = username
+        self.refusal: Final = refusal
 
 
 class Authenticator:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from .errors import SipError
 from .grammar import (
@@ -17,6 +18,7 @@ from .grammar import (
     quoted_string_end,
     unquote,
 )
+from .record import Record
 from .uri import PARSE_CACHE_SIZE, SipUri, format_host, split_hostport
 
 COMPACT_FORMS = {
@@ -201,10 +203,16 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
 
 
-@dataclass(frozen=True, slots=True)
-class CSeq:
-    number: int
-    method: str
+_CSEQ_FIELDS = ("number", "method")
+
+
+class CSeq(Record):
+    __slots__ = _CSEQ_FIELDS
+    FIELDS = _CSEQ_FIELDS
+
+    def __init__(self, number: int, method: str) -> None:
+        self.number: Final = number
+        self.method: Final = method
 
     @classmethod
     def parse(cls, text: str) -> CSeq:

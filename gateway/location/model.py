@@ -7,7 +7,9 @@ RFC 3261 §10.3 steps 6-8 and RFC 5626 §6 flow replacement live in exactly one 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
+from sip.record import Record
 from sip.uri import SipUri
 
 
@@ -18,36 +20,57 @@ class OutOfOrderRegister(Exception):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class ContactChange:
+_CONTACT_CHANGE_FIELDS = ("contact", "expires", "q", "instance_id", "reg_id")
+
+
+class ContactChange(Record):
     """One Contact of a REGISTER, already parsed by the registrar."""
 
-    contact: str
-    expires: int
-    q: float
-    instance_id: str | None
-    reg_id: int | None
+    __slots__ = _CONTACT_CHANGE_FIELDS
+    FIELDS = _CONTACT_CHANGE_FIELDS
+
+    def __init__(
+    self, contact: str, expires: int, q: float, instance_id: str | None, reg_id: int | None
+) -> None:
+        self.contact: Final = contact
+        self.expires: Final = expires
+        self.q: Final = q
+        self.instance_id: Final = instance_id
+        self.reg_id: Final = reg_id
 
 
-@dataclass(frozen=True, slots=True)
-class RegisterChange:
+_REGISTER_CHANGE_FIELDS = (
+    "aor", "call_id", "cseq", "contacts", "remove_all", "node_id", "connection_id",
+    "transport", "received", "path", "user_agent", "now",
+)
+
+
+class RegisterChange(Record):
     """Everything one REGISTER asks for.
 
     `contacts` empty with `remove_all` False is a fetch: the bindings are returned unchanged.
     """
 
-    aor: str
-    call_id: str
-    cseq: int
-    contacts: tuple[ContactChange, ...]
-    remove_all: bool
-    node_id: str
-    connection_id: str
-    transport: str
-    received: str
-    path: tuple[str, ...]
-    user_agent: str
-    now: float
+    __slots__ = _REGISTER_CHANGE_FIELDS
+    FIELDS = _REGISTER_CHANGE_FIELDS
+
+    def __init__(
+        self, aor: str, call_id: str, cseq: int, contacts: tuple[ContactChange, ...],
+        remove_all: bool, node_id: str, connection_id: str, transport: str, received: str,
+        path: tuple[str, ...], user_agent: str, now: float,
+    ) -> None:
+        self.aor: Final = aor
+        self.call_id: Final = call_id
+        self.cseq: Final = cseq
+        self.contacts: Final = contacts
+        self.remove_all: Final = remove_all
+        self.node_id: Final = node_id
+        self.connection_id: Final = connection_id
+        self.transport: Final = transport
+        self.received: Final = received
+        self.path: Final = path
+        self.user_agent: Final = user_agent
+        self.now: Final = now
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,23 +80,38 @@ class NodeInfo:
     started_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Binding:
-    aor: str
-    contact: str
-    expires_at: float
-    q: float
-    call_id: str
-    cseq: int
-    instance_id: str | None
-    reg_id: int | None
-    node_id: str
-    connection_id: str
-    transport: str
-    received: str
-    path: tuple[str, ...]
-    user_agent: str
-    registered_at: float  # time of the REGISTER that last wrote this binding
+_BINDING_FIELDS = (
+    "aor", "contact", "expires_at", "q", "call_id", "cseq", "instance_id", "reg_id",
+    "node_id", "connection_id", "transport", "received", "path", "user_agent",
+    "registered_at",
+)
+
+
+class Binding(Record):
+    __slots__ = _BINDING_FIELDS
+    FIELDS = _BINDING_FIELDS
+
+    def __init__(
+        self, aor: str, contact: str, expires_at: float, q: float, call_id: str, cseq: int,
+        instance_id: str | None, reg_id: int | None, node_id: str, connection_id: str,
+        transport: str, received: str, path: tuple[str, ...], user_agent: str,
+        registered_at: float,  # time of the REGISTER that last wrote this binding
+    ) -> None:
+        self.aor: Final = aor
+        self.contact: Final = contact
+        self.expires_at: Final = expires_at
+        self.q: Final = q
+        self.call_id: Final = call_id
+        self.cseq: Final = cseq
+        self.instance_id: Final = instance_id
+        self.reg_id: Final = reg_id
+        self.node_id: Final = node_id
+        self.connection_id: Final = connection_id
+        self.transport: Final = transport
+        self.received: Final = received
+        self.path: Final = path
+        self.user_agent: Final = user_agent
+        self.registered_at: Final = registered_at
 
     @property
     def key(self) -> str:

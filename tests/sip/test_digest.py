@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -359,7 +357,7 @@ def test_wrong_opaque_and_unoffered_algorithm_are_wrong() -> None:
 
 
 def _fields(creds: DigestCredentials) -> dict[str, str | None]:
-    return {field.name: getattr(creds, field.name) for field in dataclasses.fields(creds)}
+    return creds.as_dict()
 
 
 def test_parse_challenge_fields() -> None:
