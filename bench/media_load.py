@@ -20,8 +20,9 @@ the relay offers them. The "generator baseline" is the latency of packets this p
 to itself in the same slots: what the generator's own scheduling adds to every figure.
 
 Steps run with a growing set of calls (all of them active); --find-max keeps growing until
-loss exceeds 0.1 % or the relay's core saturates. Relay CPU is utime+stime of its process
-from /proc over each step's window, divided by the packets sent to it in that window.
+loss exceeds 0.1 % or the relay saturates (95 % of a core per relay process). Relay CPU is
+utime+stime of its processes from /proc over each step's window, divided by the packets sent
+to it in that window.
 
 With --workers N (N >= 1) ws2sip's relay runs as N media worker processes driven by the very
 client the gateway uses (webrtc.MediaWorkers, here in the generator's process); relay CPU is
@@ -363,6 +364,7 @@ class StepResult:
     busy_cores: float
     load_average: str
     late_slots: int
+    relay_processes: int = 1  # each can use at most one core
 
     @property
     def relay_core(self) -> float:
@@ -392,7 +394,8 @@ class StepResult:
     @property
     def sustainable(self) -> bool:
         return (self.end_to_end_loss <= LOSS_LIMIT and (self.relay_loss or 0.0) <= LOSS_LIMIT
-                and self.relay_core < SATURATED_CORE and self.generator_kept_pace)
+                and self.relay_core < SATURATED_CORE * self.relay_processes
+                and self.generator_kept_pace)
 
 
 class LoadGenerator:
@@ -749,6 +752,7 @@ async def run(args: argparse.Namespace) -> list[StepResult]:
                 pin(relay.pids[0], cpus[0])  # threads a relay started since
             result = await generator.run_step(
                 args.seconds, functools.partial(relay_cpu, relay.pids), counters)
+            result.relay_processes = len(relay.pids)
             results.append(result)
             print(_row(result), flush=True)
             if args.find_max and not result.sustainable:
@@ -808,7 +812,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per step")
     parser.add_argument("--find-max", action="store_true",
                         help=f"after the steps, add calls until loss > {LOSS_LIMIT * 100:.1f} "
-                             f"%% or the relay's core saturates (at most {MAX_CALLS} calls)")
+                             f"%% or the relay's cores saturate (at most {MAX_CALLS} calls)")
     parser.add_argument("--measure", type=int, default=100,
                         help="calls whose receive side is measured (the first set up)")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
