@@ -6,11 +6,12 @@ RFC 3261 §10.3 steps 6-8 and RFC 5626 §6 flow replacement live in exactly one 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 
 from sip.record import Record
-from sip.uri import SipUri
+from sip.uri import PARSE_CACHE_SIZE, SipUri
 
 
 class OutOfOrderRegister(Exception):
@@ -133,6 +134,13 @@ def binding_key(contact: str, instance_id: str | None, reg_id: int | None) -> st
     """
     if instance_id is not None:
         return f"instance {instance_id} {'' if reg_id is None else reg_id}"
+    return _contact_key(contact)
+
+
+# A REGISTER computes its Contact's key twice (the stored binding's and the request's), and every
+# refresh repeats the same Contact text.
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _contact_key(contact: str) -> str:
     uri = SipUri.parse(contact.strip().removeprefix("<").removesuffix(">"))
     params = ";".join(
         name if value is None else f"{name}={value.lower()}"
