@@ -16,11 +16,20 @@ DatagramHandler = Callable[[bytes], None]
 
 
 class _Socket(asyncio.DatagramProtocol):
+    """Datagrams go to `on_datagram` with their source while the leg still needs it (to latch,
+    or to tell RTCP from RTP on a muxed port), then straight to `on_packet`: one call level
+    fewer for every packet of a latched call."""
+
     def __init__(self, on_datagram: Callable[[bytes, SocketAddress], None]) -> None:
         self.on_datagram = on_datagram
+        self.on_packet: DatagramHandler | None = None
 
     def datagram_received(self, data: bytes, addr: SocketAddress) -> None:
-        self.on_datagram(data, addr)
+        on_packet = self.on_packet
+        if on_packet is not None:
+            on_packet(data)
+        else:
+            self.on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the phone is not yet listening: keep going.
@@ -44,8 +53,10 @@ class PlainLeg:
         self._pool = pool
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
-        self.on_rtp: DatagramHandler = _ignore
-        self.on_rtcp: DatagramHandler = _ignore
+        self._rtp_socket: _Socket | None = None
+        self._rtcp_socket: _Socket | None = None
+        self._on_rtp: DatagramHandler = _ignore
+        self._on_rtcp: DatagramHandler = _ignore
         self._rtp_target: Address | None = None
         self._rtcp_target: Address | None = None
         self._rtp_latched = False
@@ -53,9 +64,36 @@ class PlainLeg:
         self.rtcp_mux = False
 
     async def open(self) -> None:
-        self._rtp, self._rtcp = await self._pool.bind_pair(
-            lambda: _Socket(self._rtp_received), lambda: _Socket(self._rtcp_received)
-        )
+        rtp_socket, rtcp_socket = _Socket(self._rtp_received), _Socket(self._rtcp_received)
+        self._rtp, self._rtcp = await self._pool.bind_pair(lambda: rtp_socket,
+                                                           lambda: rtcp_socket)
+        self._rtp_socket, self._rtcp_socket = rtp_socket, rtcp_socket
+
+    @property
+    def on_rtp(self) -> DatagramHandler:
+        return self._on_rtp
+
+    @on_rtp.setter
+    def on_rtp(self, handler: DatagramHandler) -> None:
+        self._on_rtp = handler
+        self._bypass()
+
+    @property
+    def on_rtcp(self) -> DatagramHandler:
+        return self._on_rtcp
+
+    @on_rtcp.setter
+    def on_rtcp(self, handler: DatagramHandler) -> None:
+        self._on_rtcp = handler
+        self._bypass()
+
+    def _bypass(self) -> None:
+        """Hand packets straight to the handlers where the source address no longer matters."""
+        if self._rtp_socket is not None:
+            direct = self._rtp_latched and not self.rtcp_mux
+            self._rtp_socket.on_packet = self._on_rtp if direct else None
+        if self._rtcp_socket is not None:
+            self._rtcp_socket.on_packet = self._on_rtcp if self._rtcp_latched else None
 
     @property
     def port(self) -> int:
@@ -76,6 +114,7 @@ class PlainLeg:
         self._rtp_target = new_target
         self.rtcp_mux = rtcp_mux
         self._rtcp_target = new_target if rtcp_mux else (host, rtcp_port or port + 1)
+        self._bypass()
 
     def send_rtp(self, packet: bytes) -> None:
         if self._rtp_target is not None and self._rtp is not None:
@@ -100,16 +139,18 @@ class PlainLeg:
             self._rtp_target = (addr[0], addr[1])
             if self.rtcp_mux:
                 self._rtcp_target = self._rtp_target
+            self._bypass()
         if self.rtcp_mux and is_rtcp(data):
-            self.on_rtcp(data)
+            self._on_rtcp(data)
         else:
-            self.on_rtp(data)
+            self._on_rtp(data)
 
     def _rtcp_received(self, data: bytes, addr: SocketAddress) -> None:
         if not self._rtcp_latched:
             self._rtcp_latched = True
             self._rtcp_target = (addr[0], addr[1])
-        self.on_rtcp(data)
+            self._bypass()
+        self._on_rtcp(data)
 
 
 def _ignore(_: bytes) -> None:
