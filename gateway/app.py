@@ -70,7 +70,7 @@ class Gateway:
                 max_expires=config.max_expires, default_expires=config.default_expires,
                 flow_timer=config.flow_timer,
             ),
-            self.location, self.auth, self.proxy.addresses.is_local_uri,
+            self.location, self.auth, self.proxy.addresses.is_local_uri, self.proxy.gruus,
         )
         self.trunk_registrations = [
             TrunkRegistration(trunk, self.transactions, self.transport, config.public_address)
@@ -203,7 +203,7 @@ class Gateway:
     def _options_response(self, request: Request):  # noqa: ANN202 - Response
         response = request.response(200, to_tag=request.stable_tag())
         response.add("Allow", ALLOWED_METHODS)
-        response.add("Supported", "path, outbound")
+        response.add("Supported", "path, outbound, gruu")
         response.add("Accept", "application/sdp")
         return response
 

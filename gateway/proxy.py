@@ -20,6 +20,7 @@ from .auth import Authenticator
 from .config import Config, Trunk
 from .dialogs import EARLY_DIALOG_LIFETIME, INVITE_DIALOG_LIFETIME, Dialog, DialogTable
 from .flowtoken import FlowRef, FlowTokens
+from .gruu import Gruus, GruuTarget
 from .location import Binding, LocationService
 from .media import Exchange, MediaAnchor
 from .routing import WEBRTC_TRANSPORTS, Destination, LocalAddresses, loop_hash, side_of_sdp
@@ -96,6 +97,7 @@ class Proxy:
         self._location = location
         self._auth = auth
         self._tokens = FlowTokens(secret)
+        self.gruus = Gruus(secret)
         self.addresses = LocalAddresses(
             policy.domain, policy.public_address, self._tokens, policy.node_id
         )
@@ -236,6 +238,10 @@ class Proxy:
         if flow_ref is not None:
             return await self._flow_destination(request.uri, flow_ref)
         uri = request.ruri
+        gruu = self.gruus.resolve(uri) if self._is_local_domain(uri) else None
+        if gruu is not None:
+            # A target refresh named one of our GRUUs and the peer sent it without our Route.
+            return (await self._gruu_destinations(uri, gruu))[0]
         target = await self._resolve(uri)
         return Destination(request.uri, target, kind=_kind(target.transport))
 
@@ -283,7 +289,12 @@ class Proxy:
         ruri = request.ruri
         destinations: list[Destination]
         callee_aor: str | None = None
-        if self._is_local_domain(ruri):
+        gruu = self.gruus.resolve(ruri) if self._is_local_domain(ruri) else None
+        if gruu is not None:
+            # Only the named instance, never its AoR's other devices nor a trunk (RFC 5627 §8.4.1).
+            callee_aor = gruu.aor
+            destinations = await self._gruu_destinations(ruri, gruu)
+        elif self._is_local_domain(ruri):
             callee_aor = ruri.address_of_record
             destinations = await self._local_destinations(request, callee_aor)
             if not destinations and trunk is None:
@@ -336,6 +347,27 @@ class Proxy:
             except SipError as error:
                 log.info("binding %s of %s unusable: %s", binding.contact, aor, error.reason)
         return destinations
+
+    async def _gruu_destinations(self, ruri: SipUri, gruu: GruuTarget) -> list[Destination]:
+        """The bindings of the GRUU's instance; 480 when it has none (§8.4.1), 404 for a
+        temporary GRUU whose instance registered again with a new Call-ID (§5.3)."""
+        bindings = await self._location.lookup(_domain_aor(gruu.aor, self.policy.domain))
+        destinations: list[Destination] = []
+        for binding in bindings:
+            if not gruu.admits(binding.instance_id, binding.call_id):
+                continue
+            try:
+                destinations.append(await self._binding_destination(binding))
+            except SipError as error:
+                log.info("binding %s of %s unusable: %s", binding.contact, gruu.aor,
+                         error.reason)
+        if destinations:
+            return destinations
+        if gruu.temporary and any(gruu.names_instance(b.instance_id) for b in bindings):
+            raise SipError(404, "Not Found (temporary GRUU replaced by a new registration)")
+        if not gruu.temporary and (await self._why_unreachable(ruri))[0] == 404:
+            raise SipError(404, "Not Found")
+        raise SipError(480, "Temporarily Unavailable (GRUU instance not registered)")
 
     async def _binding_destination(self, binding: Binding) -> Destination:
         kind = _kind(binding.transport)

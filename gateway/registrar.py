@@ -16,6 +16,8 @@ from sip.message import Request, Response
 from sip.uri import SipUri
 
 from .auth import Authenticator
+from .gruu import PARAM as GRUU_PARAM
+from .gruu import Gruus
 from .location import (
     Binding,
     ContactChange,
@@ -26,7 +28,8 @@ from .location import (
 
 log = logging.getLogger("ws2sip.registrar")
 
-SUPPORTED_EXTENSIONS = frozenset(("path", "outbound"))
+SUPPORTED_EXTENSIONS = frozenset(("path", "outbound", "gruu"))
+SUPPORTED = "path, outbound, gruu"
 STORE_RETRY_AFTER = 5  # seconds, in the 503 sent when the user or location store fails
 
 
@@ -43,9 +46,10 @@ class RegistrarPolicy:
 class Registrar:
     def __init__(
         self, policy: RegistrarPolicy, location: LocationService, auth: Authenticator,
-        is_local_uri: Callable[[SipUri], bool],
+        is_local_uri: Callable[[SipUri], bool], gruus: Gruus,
     ) -> None:
         self._is_local_uri = is_local_uri
+        self._gruus = gruus
         self._policy = policy
         self._location = location
         self._auth = auth
@@ -108,6 +112,9 @@ class Registrar:
             raise SipError(400, "Contact: * requires Expires: 0 and no other Contact")
         changes: list[ContactChange] = []
         for contact in () if remove_all else contacts:
+            if GRUU_PARAM in contact.uri.params and self._is_ours(contact.uri):
+                # RFC 5627 §6: a GRUU bound as a contact of an AoR would route to itself.
+                raise SipError(403, "Forbidden (a GRUU cannot be registered as a contact)")
             expires = _contact_expires(contact, header_expires, policy.default_expires)
             if 0 < expires < policy.min_expires:
                 raise SipError(
@@ -138,28 +145,42 @@ class Registrar:
             now=time.time(),
         )
 
+    def _is_ours(self, uri: SipUri) -> bool:
+        return uri.host.lower() == self._policy.domain.lower() or self._is_local_uri(uri)
+
     def _ok(self, request: Request, bindings: list[Binding], change: RegisterChange) -> Response:
         response = request.response(200, to_tag=request.stable_tag())
         now = time.time()
+        supported = request.option_tags("supported")
+        wants_gruu = "gruu" in supported
         for binding in bindings:
             value = f"<{binding.contact}>;expires={binding.expires_in(now)}"
             if binding.instance_id:
                 value += f';+sip.instance="{binding.instance_id.strip(chr(34))}"'
+                if wants_gruu:
+                    value += self._gruu_params(binding)
             if binding.reg_id is not None:
                 value += f";reg-id={binding.reg_id}"
             if binding.q != 1.0:
                 value += f";q={binding.q:g}"
             response.add("Contact", value)
-        supported = request.option_tags("supported")
         if change.path:
             for path in change.path:
                 response.add("Path", path)
         if "outbound" in supported and any(c.reg_id is not None for c in change.contacts):
             response.add("Require", "outbound")
             response.add("Flow-Timer", str(self._policy.flow_timer))
-        response.add("Supported", "path, outbound")
+        response.add("Supported", SUPPORTED)
         response.add("Date", _http_date(int(now)))
         return response
+
+    def _gruu_params(self, binding: Binding) -> str:
+        """RFC 5627 §6: the instance's public GRUU and a new temporary one, valid as long as
+        the instance stays registered with the Call-ID of the binding's last REGISTER."""
+        instance_id = binding.instance_id or ""
+        public = self._gruus.public(binding.aor, instance_id)
+        temporary = self._gruus.temporary(binding.aor, instance_id, binding.call_id)
+        return f';pub-gruu="{public}";temp-gruu="{temporary}"'
 
 
 @functools.lru_cache(maxsize=2)
