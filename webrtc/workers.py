@@ -138,18 +138,12 @@ class _Worker:
         await self._reap()
 
     async def _reap(self) -> None:
-        """Wait for the process to exit (polling: join() would block the event loop)."""
+        """Wait for the process to exit, killing it after STOP_TIMEOUT."""
         process = self.process
-        if process is None or process.pid is None:  # never started
-            return
-        for _ in range(int(STOP_TIMEOUT / 0.05)):
-            if process.exitcode is not None:
-                break
-            await asyncio.sleep(0.05)
-        else:
+        if (process is not None and process.pid is not None  # started
+                and not await _exited(process, STOP_TIMEOUT)):
             process.kill()
-        await asyncio.sleep(0)
-        process.join(1.0)
+            await _exited(process, STOP_TIMEOUT)
         if self._channel is not None:
             self._channel.close()
 
@@ -183,6 +177,15 @@ class _Worker:
                 self.ready.exception()  # retrieved: start() reports it, or no one waits
             if was_alive:
                 self._on_exit(self)
+
+
+async def _exited(process: BaseProcess, seconds: float) -> bool:
+    """Polled: join() would block the event loop. Reading exitcode reaps the process."""
+    for _ in range(int(seconds / 0.05)):
+        if process.exitcode is not None:
+            return True
+        await asyncio.sleep(0.05)
+    return process.exitcode is not None
 
 
 class RemoteSession:
