@@ -12,12 +12,14 @@ import asyncio
 import secrets
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from sip.message import Request
 from sip.uri import SipUri
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.gateway import test_websocket_edge as edge
 from tests.gateway.test_websocket_edge import DOMAIN, ClientFactory
+from tests.sip.core_peer import RawUdpPeer
 from tests.support.ws_sip import WsSipUa, browser_sdp, ws_contact
 
 WITH_GRUU = [("Supported", "path, gruu, outbound")]
@@ -223,3 +225,32 @@ async def test_a_temporary_gruu_from_one_node_reaches_the_device_through_another
     _, invite = await answered_call(caller, a.temporary, a)
     assert invite.uri == a.contact_uri
     assert len(invite.get_all("via")) == 3  # bob, node B, node A
+
+
+async def test_a_gruu_that_reaches_nobody_never_goes_to_a_trunk(
+    gateway_factory: GatewayFactory, client_factory: ClientFactory, tmp_path: Path,
+) -> None:
+    pbx = await RawUdpPeer.open()
+    config = tmp_path / "catch-all-trunk.toml"
+    config.write_text(f'[[trunks]]\nname = "pbx"\naddress = "127.0.0.1:{pbx.address[1]}"\n'
+                      'match = ".*"\n')
+    gateway = await gateway_factory(
+        users={"alice": secrets.token_urlsafe(9), "bob": secrets.token_urlsafe(9)},
+        domain=DOMAIN, transports=("udp", "ws"), extra_args=["--config", str(config)],
+    )
+    try:
+        a = await alice_device(gateway, client_factory)
+        caller = await bob(gateway, client_factory)
+        offer = browser_sdp("actpass")
+        await a.register(gateway.users["alice"], expires=0)
+        assert (await caller.call(a.public, offer))[0].status == 480
+        garbled = a.temporary.replace("tgruu.", "tgruu.x")
+        assert (await caller.call(garbled, offer))[0].status == 404
+        # The trunk takes what is not a GRUU: the first INVITE it sees is this one.
+        call = asyncio.create_task(caller.call(f"sip:5551234@{DOMAIN}", offer))
+        first = await pbx.next_message()
+        assert isinstance(first, Request) and first.method == "INVITE"
+        assert SipUri.parse(first.uri).user == "5551234"
+        call.cancel()
+    finally:
+        pbx.close()
