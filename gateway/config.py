@@ -177,6 +177,10 @@ def _check(config: Config) -> None:
     config.rtp_port_range  # noqa: B018 - validates
     if config.media_workers < 0:
         raise ConfigError(f"media_workers: expected 0 or more, got {config.media_workers}")
+    port_min, port_max = config.rtp_port_range
+    if (port_max - port_min + 1) // max(config.media_workers, 1) < 4:  # a call needs 3 ports
+        raise ConfigError(f"rtp_ports {config.rtp_ports}: too few ports, at least 4 per "
+                          f"media worker ({config.media_workers})")
     if not 0 < config.min_expires <= config.default_expires <= config.max_expires:
         raise ConfigError("expires: need 0 < min_expires <= default_expires <= max_expires")
     # aiohttp reads a WebSocket limit of 0 as "unlimited": refuse it rather than drop the limit.
