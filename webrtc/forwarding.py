@@ -40,7 +40,6 @@ class Forwarder:
 
     stats: DirectionStats = field(default_factory=DirectionStats)
     routes: dict[int, Route] = field(default_factory=dict)
-    enabled: bool = True
     _expected_seq: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -50,7 +49,7 @@ class Forwarder:
 
     def __call__(self, packet: bytes) -> None:
         stats = self.stats
-        if len(packet) < 12 or not self.enabled:
+        if len(packet) < 12:
             stats.dropped += 1
             return
         payload_type = packet[1] & 0x7F
