@@ -33,6 +33,21 @@ the "gen core" column shows the generator's share).
 
     python bench/media_load.py --relay ws2sip --calls 10,100,1000 --seconds 10 [--find-max]
     python bench/media_load.py --relay ws2sip --workers 2 --calls 100,500,1000
+
+--transcode (ws2sip only): the browser offers Opus only (opus/48000/2, pt 111) and the phone
+answers PCMU only, so the relay transcodes every call Opus <-> PCMU. The browser sends real
+Opus frames of a 1 kHz tone, encoded once at start (libopus through PyAV) and looped; the
+phone sends PCMU frames of a 400 Hz tone. The relay's transcoder is the sender of its output
+(its own SSRC, sequence numbers and timestamps) and a decode/encode keeps no payload bytes, so
+transcoded directions are measured by position instead: the transcoder emits one packet per
+frame it was sent, after a fixed hold of frames (measured at start on a local AudioTranscoder:
+its jitter buffer releases a frame when the next packet arrives, its resampler keeps one
+frame back). The n-th packet a receiver gets from a call's transcoder is the call's n-th sent
+frame; loss is frames sent in the window (less the held ones at its end) against packets
+received for them, latency is the n-th packet's arrival minus the n-th frame's send time, so
+it includes the hold (40 ms for 2 frames). A lost packet shifts the numbering: later packets
+then count against the frame before, overstating their latency by 20 ms per loss. Once per
+run, one call's received audio (about 1 s on each side) is decoded and its tone found by FFT.
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import fractions
 import functools
 import gc
 import multiprocessing
@@ -57,12 +73,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench" / "compare")]
 
 from processes import CLOCK_TICKS, MachineSample  # noqa: E402
 
-from webrtc.codecs import PCMU  # noqa: E402
+from tests.support.audio import dominant_frequency  # noqa: E402
+from webrtc.codecs import OPUS, PCMU, Codec  # noqa: E402
 from webrtc.dtls import DtlsCertificate  # noqa: E402
 from webrtc.ports import PortPool  # noqa: E402
 from webrtc.sdp import MediaSection, SdpOrigin, parse, write_webrtc  # noqa: E402
@@ -86,6 +105,16 @@ HOST = "127.0.0.1"
 # header (seq, timestamp, SSRC) and send time in one pack; byte 0 (V=2) and PT 0 are fixed
 _STAMP = struct.Struct("!HIIQ")
 _SENT_AT = struct.Struct("!Q")
+_HEADER = struct.Struct("!HII")  # seq, timestamp, SSRC, packed at offset 2
+_SEQUENCE = struct.Struct("!H")
+BROWSER_TONE_HZ = 1000.0  # 1 ms period: the looped second of Opus is seamless
+PHONE_TONE_HZ = 400.0  # 8 periods in 20 ms: one PCMU frame loops seamlessly
+TONE_TOLERANCE_HZ = 15.0
+OPUS_RATE = 48000
+OPUS_FRAME_SAMPLES = 960
+OPUS_LOOP_FRAMES = 50
+TONE_CHECK_PACKETS = 50  # 1 s of 20 ms packets
+SEND_TIME_RING = 4096  # per measured call: 82 s of send times, far beyond any latency
 
 
 class RelayUnderTest(Protocol):
@@ -342,6 +371,162 @@ class Call:
     protect: Callable[[bytes], bytes] | None = None
     browser_packet: bytearray = field(default_factory=lambda: _packet_template())
     phone_packet: bytearray = field(default_factory=lambda: _packet_template())
+    # transcoding only
+    first_tick: int = 0
+    browser_sent_ns: list[int] = field(default_factory=list)
+    phone_sent_ns: list[int] = field(default_factory=list)
+    to_phone_numbering: OutputNumbering = field(default_factory=lambda: OutputNumbering())
+    to_browser_numbering: OutputNumbering = field(default_factory=lambda: OutputNumbering())
+
+
+@dataclass
+class OutputNumbering:
+    """Numbers a transcoder's output packets 0, 1, 2... from their sequence numbers (wrap and
+    reordering included): the n-th packet it emits is for the n-th frame it was sent."""
+
+    last_sequence: int | None = None
+    last_index: int = 0
+
+    def index(self, sequence: int) -> int:
+        if self.last_sequence is None:
+            self.last_sequence = sequence
+            return 0
+        step = ((sequence - self.last_sequence + 0x8000) & 0xFFFF) - 0x8000
+        index = self.last_index + step
+        if step > 0:
+            self.last_sequence, self.last_index = sequence, index
+        return index
+
+
+@dataclass
+class TranscodingMedia:
+    """What the generator sends in --transcode mode, built once at start."""
+
+    opus_packets: list[bytearray]  # RTP header room + one Opus frame each
+    pcmu_packet: bytearray  # RTP header room + one PCMU frame of the phone's tone
+    hold_frames: int  # frames a transcoder keeps before emitting the first one
+
+
+def _encode_opus_tone() -> list[bytes]:
+    """OPUS_LOOP_FRAMES frames of the browser's tone, taken after as many frames of warm-up so
+    that the loop point joins two frames of an encoder in steady state."""
+    import av
+
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate = OPUS_RATE
+    encoder.layout = "stereo"
+    encoder.format = "s16"
+    encoder.bit_rate = 32000
+    encoder.time_base = fractions.Fraction(1, OPUS_RATE)
+    # Unconstrained VBR spends 68 kbit/s on a pure tone; browsers send voice at about 32.
+    encoder.options = {"application": "voip", "vbr": "constrained"}
+    seconds = 2 * OPUS_LOOP_FRAMES * PACKET_INTERVAL
+    mono = np.frombuffer(tone_pcm(BROWSER_TONE_HZ, seconds, OPUS_RATE), dtype="<i2")
+    frames: list[bytes] = []
+    for index in range(2 * OPUS_LOOP_FRAMES):
+        chunk = mono[index * OPUS_FRAME_SAMPLES:(index + 1) * OPUS_FRAME_SAMPLES]
+        frame = av.AudioFrame.from_ndarray(np.repeat(chunk, 2).reshape(1, -1), format="s16",
+                                           layout="stereo")
+        frame.sample_rate = OPUS_RATE
+        frame.pts = index * OPUS_FRAME_SAMPLES
+        frames.extend(bytes(packet) for packet in encoder.encode(frame))
+    if len(frames) < 2 * OPUS_LOOP_FRAMES:
+        raise RuntimeError(f"libopus gave {len(frames)} packets for {2 * OPUS_LOOP_FRAMES} "
+                           f"frames of 20 ms")
+    return frames[-OPUS_LOOP_FRAMES:]
+
+
+def _encode_pcmu_tone() -> bytes:
+    import av
+
+    encoder = av.CodecContext.create("pcm_mulaw", "w")
+    encoder.sample_rate = 8000
+    encoder.layout = "mono"
+    encoder.format = "s16"
+    samples = np.frombuffer(tone_pcm(PHONE_TONE_HZ, PACKET_INTERVAL, 8000), dtype="<i2")
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = 8000
+    payload = b"".join(bytes(packet) for packet in encoder.encode(frame))
+    if len(payload) != PAYLOAD_BYTES:
+        raise RuntimeError(f"pcm_mulaw gave {len(payload)} bytes for 20 ms at 8 kHz")
+    return payload
+
+
+def tone_pcm(frequency: float, seconds: float, rate: int) -> bytes:
+    t = np.arange(round(seconds * rate)) / rate
+    return (0.5 * 32767 * np.sin(2 * np.pi * frequency * t)).astype("<i2").tobytes()
+
+
+def _transcoder_hold(opus_frames: list[bytes]) -> int:
+    """Frames a transcoder holds, both ways, found by feeding the relay's own AudioTranscoder
+    (the figure depends on aiortc's jitter buffer and libswresample, not on this bench)."""
+    from webrtc.transcoding import AudioTranscoder
+
+    holds = []
+    for source, target, payloads in ((OPUS, PCMU, opus_frames),
+                                     (PCMU, OPUS, [bytes(PAYLOAD_BYTES)] * len(opus_frames))):
+        transcoder = AudioTranscoder(source, target)
+        samples = source.clock_rate * 20 // 1000
+        emitted = sum(len(transcoder(bytes(_rtp(source.payload_type, n, n * samples) + p)))
+                      for n, p in enumerate(payloads))
+        holds.append(len(payloads) - emitted)
+    if holds[0] != holds[1] or not 0 <= holds[0] < 8:
+        raise RuntimeError(f"transcoder holds {holds} frames (Opus>PCMU, PCMU>Opus): the "
+                           f"numbering of transcoded packets assumes one steady hold")
+    return holds[0]
+
+
+def _rtp(payload_type: int, sequence: int, timestamp: int, ssrc: int = 1) -> bytearray:
+    packet = bytearray(b"\x80" + bytes([payload_type]) + bytes(10))
+    _HEADER.pack_into(packet, 2, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc)
+    return packet
+
+
+def transcoding_media() -> TranscodingMedia:
+    opus_frames = _encode_opus_tone()
+    return TranscodingMedia(
+        opus_packets=[_rtp(OPUS.payload_type, 0, 0) + frame for frame in opus_frames],
+        pcmu_packet=_rtp(PCMU.payload_type, 0, 0) + _encode_pcmu_tone(),
+        hold_frames=_transcoder_hold(opus_frames))
+
+
+def decoded_tone(codec: Codec, payloads: list[bytes]) -> float:
+    """The dominant frequency of what a list of RTP payloads sounds like (first channel)."""
+    import av
+
+    decoder = av.CodecContext.create("libopus" if codec.name == "opus" else "pcm_mulaw", "r")
+    decoder.sample_rate = codec.clock_rate
+    decoder.layout = "stereo" if codec.channels == 2 else "mono"
+    decoder.format = "s16"
+    chunks = [frame.to_ndarray()[0, ::codec.channels]
+              for payload in payloads for frame in decoder.decode(av.Packet(payload))]
+    if not chunks:
+        return 0.0
+    return dominant_frequency(np.concatenate(chunks).astype(np.float64), codec.clock_rate)
+
+
+@dataclass
+class ToneCheck:
+    """One call's received payloads on each side, for an FFT of what each side hears."""
+
+    call_index: int
+    to_phone: list[bytes] = field(default_factory=list)
+    to_browser: list[bytes] = field(default_factory=list)
+    capturing: bool = False
+
+    def report(self) -> tuple[str, bool]:
+        heard_by_phone = decoded_tone(PCMU, self.to_phone)
+        heard_by_browser = decoded_tone(OPUS, self.to_browser)
+        phone_ok = abs(heard_by_phone - BROWSER_TONE_HZ) <= TONE_TOLERANCE_HZ
+        browser_ok = abs(heard_by_browser - PHONE_TONE_HZ) <= TONE_TOLERANCE_HZ
+        verdict = ("tone heard both ways" if phone_ok and browser_ok
+                   else "TONE NOT HEARD: the transcoded audio is wrong")
+        return (f"  tone check, call {self.call_index}: the phone hears {heard_by_phone:.0f} Hz "
+                f"in {len(self.to_phone)} PCMU packets (browser sent Opus "
+                f"{BROWSER_TONE_HZ:.0f} Hz){'' if phone_ok else ' NOT HEARD'}, the browser "
+                f"hears {heard_by_browser:.0f} Hz in {len(self.to_browser)} Opus packets "
+                f"(phone sent PCMU {PHONE_TONE_HZ:.0f} Hz){'' if browser_ok else ' NOT HEARD'}"
+                f": {verdict}", phone_ok and browser_ok)
 
 
 def _packet_template() -> bytearray:
@@ -400,8 +585,12 @@ class StepResult:
 
 class LoadGenerator:
     def __init__(self, relay: RelayUnderTest, browser_ports: tuple[int, int],
-                 measure: int) -> None:
+                 measure: int, transcoding: TranscodingMedia | None = None) -> None:
         self._relay = relay
+        self._transcoding = transcoding
+        # Ticks whose frames count in transcoded directions: set for each step's window.
+        self._counted_ticks = range(0)
+        self.tone_check = ToneCheck(call_index=0) if transcoding is not None else None
         self._pool = PortPool(HOST, *browser_ports)
         self._certificate = DtlsCertificate()
         self._measure = measure
@@ -450,12 +639,14 @@ class LoadGenerator:
         await leg.prepare(ice_controlling=True)
         offer = write_webrtc(
             SdpOrigin(HOST), HOST,
-            [MediaSection(kind="audio", port=leg.local_port, codecs=[PCMU], mid="0")],
+            [MediaSection(kind="audio", port=leg.local_port,
+                          codecs=[PCMU if self._transcoding is None else OPUS], mid="0")],
             leg.local_params("actpass"))
         phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         phone.bind((HOST, 0))
         phone.setblocking(False)
-        call = Call(index=index, leg=leg, phone=phone, measured=index < self._measure)
+        call = Call(index=index, leg=leg, phone=phone, measured=index < self._measure,
+                    first_tick=self._tick)
         answer_sdp, call.relay_plain = await self._relay.bridge(
             f"load-{index}", offer, phone.getsockname())
         answer = parse(answer_sdp).first("audio")
@@ -487,7 +678,13 @@ class LoadGenerator:
         call.browser_socket = socket.socket(fileno=os.dup(
             pair.protocol.transport.get_extra_info("socket").fileno()))
         loop = asyncio.get_running_loop()
-        if call.measured:
+        if call.measured and self._transcoding is not None:
+            call.browser_sent_ns = [0] * SEND_TIME_RING
+            call.phone_sent_ns = [0] * SEND_TIME_RING
+            leg.on_rtp = functools.partial(self._browser_heard_transcoded, call)
+            loop.add_reader(call.phone.fileno(), self._drain, call.phone,
+                            functools.partial(self._phone_heard_transcoded, call))
+        elif call.measured:
             leg.on_rtp = self._browser_heard
             loop.add_reader(call.phone.fileno(), self._drain, call.phone, self._phone_heard)
         else:
@@ -531,6 +728,43 @@ class LoadGenerator:
     def _baseline_heard(self, packet: bytes) -> None:
         self._heard(self._baseline, packet)
 
+    def _heard_transcoded(self, direction: Direction, numbering: OutputNumbering,
+                          sent_ns: list[int], call: Call, packet: bytes) -> bool:
+        """Counts a transcoder's packet against the frame it is for (see the module doc);
+        True when it is one of the step's counted frames."""
+        arrived = time.monotonic_ns()
+        if len(packet) < 12:
+            return False
+        (sequence,) = _SEQUENCE.unpack_from(packet, 2)
+        index = numbering.index(sequence)
+        tick = call.first_tick + index
+        if tick not in self._counted_ticks:
+            return False
+        identity = struct.pack("!II", call.index, index)
+        if identity in direction.seen:
+            direction.duplicates += 1
+            return False
+        direction.seen.add(identity)
+        direction.received += 1
+        direction.latencies_us.append((arrived - sent_ns[tick % SEND_TIME_RING]) / 1000)
+        return True
+
+    def _browser_heard_transcoded(self, call: Call, packet: bytes) -> None:
+        counted = self._heard_transcoded(self._to_browser, call.to_browser_numbering,
+                                         call.phone_sent_ns, call, packet)
+        check = self.tone_check
+        if (counted and check is not None and check.capturing and call.index == check.call_index
+                and len(check.to_browser) < TONE_CHECK_PACKETS):
+            check.to_browser.append(packet[12:])
+
+    def _phone_heard_transcoded(self, call: Call, packet: bytes) -> None:
+        counted = self._heard_transcoded(self._to_phone, call.to_phone_numbering,
+                                         call.browser_sent_ns, call, packet)
+        check = self.tone_check
+        if (counted and check is not None and check.capturing and call.index == check.call_index
+                and len(check.to_phone) < TONE_CHECK_PACKETS):
+            check.to_phone.append(packet[12:])
+
     @staticmethod
     def _drain(sock: socket.socket, on_packet: Callable[[bytes], None]) -> None:
         while True:
@@ -565,6 +799,36 @@ class LoadGenerator:
             self._to_browser.sent += measured
             self._baseline.sent += 1
 
+    def _send_slot_transcoding(self, calls: list[Call], tick: int, baseline: socket.socket,
+                               counting: bool) -> None:
+        """As _send_slot, with the looped Opus frames and the phone's PCMU tone; send times
+        are kept per measured call, since the transcoded packets cannot carry them."""
+        media = self._transcoding
+        assert media is not None
+        now = time.monotonic_ns
+        pack = _HEADER.pack_into
+        seq = tick & 0xFFFF
+        opus = media.opus_packets[tick % OPUS_LOOP_FRAMES]
+        opus_timestamp = (tick * OPUS_FRAME_SAMPLES) & 0xFFFFFFFF
+        pcmu = media.pcmu_packet
+        pcmu_timestamp = (tick * PAYLOAD_BYTES) & 0xFFFFFFFF
+        ring = tick % SEND_TIME_RING
+        for call in calls:
+            assert call.browser_socket is not None and call.protect is not None
+            pack(opus, 2, seq, opus_timestamp, 1_000_000 + call.index)
+            browser_sent = now()
+            call.browser_socket.sendto(call.protect(bytes(opus)), call.relay_ice)
+            pack(pcmu, 2, seq, pcmu_timestamp, 2_000_000 + call.index)
+            phone_sent = now()
+            call.phone.sendto(pcmu, call.relay_plain)
+            if call.measured:
+                call.browser_sent_ns[ring] = browser_sent
+                call.phone_sent_ns[ring] = phone_sent
+        _SENT_AT.pack_into(self._baseline_packet, 12, now())
+        baseline.send(self._baseline_packet)
+        if counting:
+            self._baseline.sent += 1
+
     async def run_step(self, seconds: float, cpu_of: Callable[[], tuple[float, float]],
                        counters: Callable[[], Awaitable[dict[str, int]]] | None
                        ) -> StepResult:
@@ -574,12 +838,20 @@ class LoadGenerator:
         ticks = ticks_warmup + int(seconds / PACKET_INTERVAL)
         slot_interval = PACKET_INTERVAL / GROUPS
         self._window_start_ns = time.monotonic_ns() + 10**15  # nothing counts in warm-up
+        send_slot = self._send_slot if self._transcoding is None else self._send_slot_transcoding
+        first_counted = self._tick + ticks_warmup
+        hold = self._transcoding.hold_frames if self._transcoding is not None else 0
+        # The last `hold` frames of the window leave the relay only with the next step's.
+        counted_ticks = range(first_counted, self._tick + ticks - hold)
         begin = loop.time()
         late = 0
         window: dict[str, Any] = {}
         for step_tick in range(ticks):
             if step_tick == ticks_warmup:
                 window = await self._open_window(cpu_of, counters)
+                self._counted_ticks = counted_ticks
+                if self.tone_check is not None and not self.tone_check.to_phone:
+                    self.tone_check.capturing = True
             tick = self._tick
             self._tick += 1
             for group in range(GROUPS):
@@ -590,13 +862,17 @@ class LoadGenerator:
                 # Even when behind, yield once per slot: arrivals are read (and timed) between
                 # slots rather than after a catch-up burst.
                 await asyncio.sleep(max(delay, 0.0))
-                self._send_slot(slots[group], tick, self._baseline_pairs[group][0],
-                                step_tick >= ticks_warmup)
+                send_slot(slots[group], tick, self._baseline_pairs[group][0],
+                          step_tick >= ticks_warmup)
         wall = time.monotonic() - window["wall"]
         user, system = cpu_of()
         generator = _own_cpu() - window["generator"]
         packets = 2 * len(self.calls) * (ticks - ticks_warmup)
         await asyncio.sleep(DRAIN_SECONDS)  # the last packets are still on their way
+        self._counted_ticks = range(0)
+        if self._transcoding is not None:
+            measured = sum(c.measured for c in self.calls)
+            self._to_phone.sent = self._to_browser.sent = measured * len(counted_ticks)
         end_counters = await counters() if counters is not None else None
         machine = MachineSample.now()
         result = StepResult(
@@ -721,19 +997,27 @@ def make_relay(kind: str, relay_ports: tuple[int, int], loop_kind: str, max_call
     return _SingleProcess(Rtpengine(max_calls=max_calls))
 
 
-def _steps(listed: list[int], find_max: bool) -> list[int]:
+def _steps(listed: list[int], find_max: bool, transcode: bool = False) -> list[int]:
     steps = sorted({max(1, min(calls, MAX_CALLS)) for calls in listed})
     if find_max:
         calls = steps[-1]
+        # A transcoded call costs tens of times a relayed one: its limit needs finer steps.
+        smallest_growth = 10 if transcode else 100
         while calls < MAX_CALLS:
-            calls = min(MAX_CALLS, calls + max(100, calls // 4))
+            calls = min(MAX_CALLS, calls + max(smallest_growth, calls // 4))
             steps.append(calls)
     return steps
 
 
 async def run(args: argparse.Namespace) -> list[StepResult]:
     raise_file_limit()
-    steps = _steps(args.calls, args.find_max)
+    steps = _steps(args.calls, args.find_max, args.transcode)
+    media = transcoding_media() if args.transcode else None
+    if media is not None:
+        print(f"  transcoding: {OPUS_LOOP_FRAMES} Opus frames of {BROWSER_TONE_HZ:.0f} Hz "
+              f"looped ({min(map(len, media.opus_packets)) - 12}.."
+              f"{max(map(len, media.opus_packets)) - 12} bytes), PCMU {PHONE_TONE_HZ:.0f} Hz; "
+              f"the relay's transcoder holds {media.hold_frames} frames", flush=True)
     relay_ports, browser_ports = _port_ranges(steps[-1])
     relay = make_relay(args.relay, relay_ports, args.loop, steps[-1], args.workers)
     await relay.start()
@@ -742,7 +1026,7 @@ async def run(args: argparse.Namespace) -> list[StepResult]:
     if pinned:
         pin(relay.pids[0], cpus[0])
         os.sched_setaffinity(0, {cpus[1]})
-    generator = LoadGenerator(relay, browser_ports, args.measure)
+    generator = LoadGenerator(relay, browser_ports, args.measure, media)
     counters = getattr(relay, "counters", None)
     results: list[StepResult] = []
     try:
@@ -755,6 +1039,12 @@ async def run(args: argparse.Namespace) -> list[StepResult]:
             result.relay_processes = len(relay.pids)
             results.append(result)
             print(_row(result), flush=True)
+            check = generator.tone_check
+            if check is not None and check.capturing:
+                check.capturing = False
+                line, heard = check.report()
+                print(line, flush=True)
+                args.tone_heard = heard
             if args.find_max and not result.sustainable:
                 break
     finally:
@@ -822,12 +1112,24 @@ def main() -> None:
                              "--media-workers); 0: one relay process")
     parser.add_argument("--no-pin", action="store_true",
                         help="let relay and generator share CPUs (default: one CPU each)")
+    parser.add_argument("--transcode", action="store_true",
+                        help="ws2sip only: the browser offers Opus only, the phone answers PCMU "
+                             "only, the relay transcodes every call; transcoded directions are "
+                             "measured by packet position against the send schedule (loss: "
+                             "frames sent vs packets received; latency: n-th packet's arrival "
+                             "minus n-th frame's send time, incl. the transcoder's hold of 2 "
+                             "frames) and one call's audio is checked by FFT on both sides")
     args = parser.parse_args()
+    if args.transcode and args.relay != "ws2sip":
+        parser.error("--transcode needs --relay ws2sip: the rtpengine driver "
+                     "(bench/compare/rtpengine.py) does not ask rtpengine to transcode")
+    args.tone_heard = None
     args.seconds = max(1.0, min(args.seconds, MAX_SECONDS))
     workers = f", {args.workers} media workers" if args.relay == "ws2sip" and args.workers else ""
     print(f"relay {args.relay} ({args.loop if args.relay == 'ws2sip' else 'its own'} loop"
           f"{workers}), "
-          f"{args.seconds:.0f} s per step after {WARMUP_SECONDS:.0f} s warm-up, PCMU 20 ms, "
+          f"{args.seconds:.0f} s per step after {WARMUP_SECONDS:.0f} s warm-up, "
+          f"{'Opus<>PCMU transcoded' if args.transcode else 'PCMU'} 20 ms, "
           f"SRTP on the browser side; receive side measured on the first {args.measure} calls, "
           f"the others dropped by a socket filter; relay gaps = the relay's own sequence "
           f"gaps + drops + SRTP errors over all calls", flush=True)
@@ -836,10 +1138,17 @@ def main() -> None:
           "p50/p99 one-way incl. the generator's own delay (gen base = generator sending to "
           "itself); gen core = generator CPU / wall; machine = busy cores of the whole machine",
           flush=True)
+    if args.transcode:
+        print("transcoded directions: loss = frames sent in the window (less the transcoder's "
+              "held ones at its end) vs packets received for them; latency = arrival of a "
+              "call's n-th transcoded packet minus the send time of its n-th frame (includes "
+              "the transcoder's hold, 2 frames = 40 ms)", flush=True)
     print(HEADER, flush=True)
     import uvloop
 
     uvloop.run(run(args))
+    if args.tone_heard is False:
+        raise SystemExit("the transcoded tone was not heard (see the tone check above)")
 
 
 if __name__ == "__main__":
