@@ -1,8 +1,8 @@
 """Audio transcoding for calls without a common codec (e.g. Opus-only browser, G.711 phone).
 
 Decoding and encoding are aiortc's codecs (PyAV/libopus, with their own resamplers between
-48 kHz stereo and 8 kHz mono); reordering is aiortc's JitterBuffer. The transcoder is the
-sender of its output stream, so it owns SSRC, sequence numbers and timestamps.
+48 kHz stereo and 8 kHz mono); packets are put back in order first (webrtc.reorder). The
+transcoder is the sender of its output stream, so it owns SSRC, sequence numbers and timestamps.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import secrets
 import struct
 
 from aiortc.codecs import get_decoder, get_encoder
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from .codecs import Codec
+from .reorder import ReorderBuffer
 
-_JITTER_CAPACITY = 8  # packets; audio packets are 20 ms, so up to 160 ms of reordering
 _FRAME_MS = 20
 
 
@@ -40,7 +40,7 @@ class AudioTranscoder:
         self._target_events = target_events
         self._decoder = get_decoder(_parameters(source))
         self._encoder = get_encoder(_parameters(target))
-        self._jitter = JitterBuffer(capacity=_JITTER_CAPACITY)
+        self._reorder: ReorderBuffer[RtpPacket] = ReorderBuffer()
         self._ssrc = secrets.randbits(32)
         self._sequence = secrets.randbits(16)
         self._timestamp = secrets.randbits(32)
@@ -57,21 +57,16 @@ class AudioTranscoder:
             return []
         if self._source_events and rtp.payload_type == self._source_events.payload_type:
             return self._translate_event(rtp)
-        # JitterBuffer reads the depayloaded bytes from `_data`, which aiortc's receiver sets;
-        # an audio payload needs no depayloading.
-        rtp._data = rtp.payload  # type: ignore[attr-defined]
-        _, frame = self._jitter.add(rtp)
-        if frame is None:
-            return []
         produced = []
-        for decoded in self._decoder.decode(frame):
-            self.frames += 1
-            payloads, _ = self._encoder.encode(decoded)
-            for payload in payloads:
-                produced.append(self._packet(self._target.payload_type, payload, self._first,
-                                             self._timestamp))
-                self._first = False
-                self._timestamp = (self._timestamp + self._samples_per_packet) & 0xFFFFFFFF
+        for ordered in self._reorder.push(rtp.sequence_number, rtp):
+            for decoded in self._decoder.decode(JitterFrame(ordered.payload, ordered.timestamp)):
+                self.frames += 1
+                payloads, _ = self._encoder.encode(decoded)
+                for payload in payloads:
+                    produced.append(self._packet(self._target.payload_type, payload,
+                                                 self._first, self._timestamp))
+                    self._first = False
+                    self._timestamp = (self._timestamp + self._samples_per_packet) & 0xFFFFFFFF
         return produced
 
     def _translate_event(self, rtp: RtpPacket) -> list[bytes]:
