@@ -127,20 +127,22 @@ def test_encoder_refuses_audio_not_at_its_rate() -> None:
         encoder.encode(frame)
 
 
-def test_browser_tone_reaches_the_phone_without_holding_a_frame() -> None:
+@pytest.mark.parametrize("target", [PCMU, PCMA], ids=["pcmu", "pcma"])
+def test_browser_tone_reaches_the_phone_without_holding_a_frame(target: Codec) -> None:
     """Opus in, G.711 out: every 20 ms packet gives one 20 ms G.711 packet at once."""
     opus_payloads = [packet[12:] for packets in
                      _transcode(PCMU, OPUS, _g711_payloads(PCMU, 1000.0, 20), 160)
                      for packet in packets]
 
-    emitted = _transcode(OPUS, PCMU, opus_payloads, 960)
+    emitted = _transcode(OPUS, target, opus_payloads, 960)
 
     assert all(len(packets) == 1 for packets in emitted)
     packets = [packets[0] for packets in emitted]
     assert all(len(packet) == 12 + 160 for packet in packets)
     timestamps = [_header(packet)[2] for packet in packets]
     assert _steps(timestamps, 32) == {160}
-    decoder = av.CodecContext.create("pcm_mulaw", "r")
+    assert {_header(packet)[0] for packet in packets} == {target.payload_type}
+    decoder = av.CodecContext.create("pcm_mulaw" if target is PCMU else "pcm_alaw", "r")
     decoder.sample_rate = 8000
     decoder.layout = "mono"
     decoder.format = "s16"
