@@ -40,14 +40,14 @@ Opus frames of a 1 kHz tone, encoded once at start (libopus through PyAV) and lo
 phone sends PCMU frames of a 400 Hz tone. The relay's transcoder is the sender of its output
 (its own SSRC, sequence numbers and timestamps) and a decode/encode keeps no payload bytes, so
 transcoded directions are measured by position instead: the transcoder emits one packet per
-frame it was sent, after a fixed hold of frames (measured at start on a local AudioTranscoder:
-its jitter buffer releases a frame when the next packet arrives, its resampler keeps one
-frame back). The n-th packet a receiver gets from a call's transcoder is the call's n-th sent
-frame; loss is frames sent in the window (less the held ones at its end) against packets
-received for them, latency is the n-th packet's arrival minus the n-th frame's send time, so
-it includes the hold (40 ms for 2 frames). A lost packet shifts the numbering: later packets
-then count against the frame before, overstating their latency by 20 ms per loss. Once per
-run, one call's received audio (about 1 s on each side) is decoded and its tone found by FFT.
+frame it was sent, after a fixed hold of frames (measured at start on a local AudioTranscoder,
+and printed; 0 since the transcoder's own encoders hold no frame back). The n-th packet a
+receiver gets from a call's transcoder is the call's n-th sent frame; loss is frames sent in
+the window (less the held ones at its end) against packets received for them, latency is the
+n-th packet's arrival minus the n-th frame's send time, so it includes the hold (20 ms per held
+frame). A lost packet shifts the numbering: later packets then count against the frame before,
+overstating their latency by 20 ms per loss. Once per run, one call's received audio (about
+1 s on each side) is decoded and its tone found by FFT.
 """
 
 from __future__ import annotations
@@ -1117,8 +1117,8 @@ def main() -> None:
                              "only, the relay transcodes every call; transcoded directions are "
                              "measured by packet position against the send schedule (loss: "
                              "frames sent vs packets received; latency: n-th packet's arrival "
-                             "minus n-th frame's send time, incl. the transcoder's hold of 2 "
-                             "frames) and one call's audio is checked by FFT on both sides")
+                             "minus n-th frame's send time, incl. the transcoder's measured "
+                             "hold) and one call's audio is checked by FFT on both sides")
     args = parser.parse_args()
     if args.transcode and args.relay != "ws2sip":
         parser.error("--transcode needs --relay ws2sip: the rtpengine driver "
