@@ -1142,7 +1142,7 @@ def main() -> None:
         print("transcoded directions: loss = frames sent in the window (less the transcoder's "
               "held ones at its end) vs packets received for them; latency = arrival of a "
               "call's n-th transcoded packet minus the send time of its n-th frame (includes "
-              "the transcoder's hold, 2 frames = 40 ms)", flush=True)
+              "the transcoder's hold, measured below: 20 ms per held frame)", flush=True)
     print(HEADER, flush=True)
     import uvloop
 
