@@ -24,7 +24,7 @@ from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_se
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
 from .proxy import Proxy, ProxyPolicy
-from .registrar import Registrar, RegistrarPolicy
+from .registrar import SUPPORTED, Registrar, RegistrarPolicy
 from .tasks import TaskSet
 from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
@@ -203,7 +203,7 @@ class Gateway:
     def _options_response(self, request: Request):  # noqa: ANN202 - Response
         response = request.response(200, to_tag=request.stable_tag())
         response.add("Allow", ALLOWED_METHODS)
-        response.add("Supported", "path, outbound, gruu")
+        response.add("Supported", SUPPORTED)
         response.add("Accept", "application/sdp")
         return response
 
