@@ -681,9 +681,9 @@ class LoadGenerator:
         if call.measured and self._transcoding is not None:
             call.browser_sent_ns = [0] * SEND_TIME_RING
             call.phone_sent_ns = [0] * SEND_TIME_RING
-            leg.on_rtp = functools.partial(self._browser_heard_transcoded, call)
+            leg.on_rtp = functools.partial(self._heard_transcoded, True, call)
             loop.add_reader(call.phone.fileno(), self._drain, call.phone,
-                            functools.partial(self._phone_heard_transcoded, call))
+                            functools.partial(self._heard_transcoded, False, call))
         elif call.measured:
             leg.on_rtp = self._browser_heard
             loop.add_reader(call.phone.fileno(), self._drain, call.phone, self._phone_heard)
@@ -728,42 +728,35 @@ class LoadGenerator:
     def _baseline_heard(self, packet: bytes) -> None:
         self._heard(self._baseline, packet)
 
-    def _heard_transcoded(self, direction: Direction, numbering: OutputNumbering,
-                          sent_ns: list[int], call: Call, packet: bytes) -> bool:
-        """Counts a transcoder's packet against the frame it is for (see the module doc);
-        True when it is one of the step's counted frames."""
+    def _heard_transcoded(self, toward_browser: bool, call: Call, packet: bytes) -> None:
+        """Counts a transcoder's packet against the frame it is for (see the module doc), and
+        keeps the tone-check call's counted payloads for the FFT."""
         arrived = time.monotonic_ns()
         if len(packet) < 12:
-            return False
+            return
+        if toward_browser:
+            direction, numbering, sent_ns = (self._to_browser, call.to_browser_numbering,
+                                             call.phone_sent_ns)
+        else:
+            direction, numbering, sent_ns = (self._to_phone, call.to_phone_numbering,
+                                             call.browser_sent_ns)
         (sequence,) = _SEQUENCE.unpack_from(packet, 2)
         index = numbering.index(sequence)
         tick = call.first_tick + index
         if tick not in self._counted_ticks:
-            return False
+            return
         identity = struct.pack("!II", call.index, index)
         if identity in direction.seen:
             direction.duplicates += 1
-            return False
+            return
         direction.seen.add(identity)
         direction.received += 1
         direction.latencies_us.append((arrived - sent_ns[tick % SEND_TIME_RING]) / 1000)
-        return True
-
-    def _browser_heard_transcoded(self, call: Call, packet: bytes) -> None:
-        counted = self._heard_transcoded(self._to_browser, call.to_browser_numbering,
-                                         call.phone_sent_ns, call, packet)
         check = self.tone_check
-        if (counted and check is not None and check.capturing and call.index == check.call_index
-                and len(check.to_browser) < TONE_CHECK_PACKETS):
-            check.to_browser.append(packet[12:])
-
-    def _phone_heard_transcoded(self, call: Call, packet: bytes) -> None:
-        counted = self._heard_transcoded(self._to_phone, call.to_phone_numbering,
-                                         call.browser_sent_ns, call, packet)
-        check = self.tone_check
-        if (counted and check is not None and check.capturing and call.index == check.call_index
-                and len(check.to_phone) < TONE_CHECK_PACKETS):
-            check.to_phone.append(packet[12:])
+        if check is not None and check.capturing and call.index == check.call_index:
+            captured = check.to_browser if toward_browser else check.to_phone
+            if len(captured) < TONE_CHECK_PACKETS:
+                captured.append(packet[12:])
 
     @staticmethod
     def _drain(sock: socket.socket, on_packet: Callable[[bytes], None]) -> None:
