@@ -289,18 +289,19 @@ class Proxy:
         ruri = request.ruri
         destinations: list[Destination]
         callee_aor: str | None = None
-        gruu = self.gruus.resolve(ruri) if self._is_local_domain(ruri) else None
-        if gruu is not None:
-            # Only the named instance, never its AoR's other devices nor a trunk (RFC 5627 §8.4.1).
-            callee_aor = gruu.aor
-            destinations = await self._gruu_destinations(ruri, gruu)
-        elif self._is_local_domain(ruri):
-            callee_aor = ruri.address_of_record
-            destinations = await self._local_destinations(request, callee_aor)
-            if not destinations and trunk is None:
-                destinations = self._trunk_destinations(request, ruri)
-            if not destinations:
-                raise SipError(*await self._why_unreachable(ruri))
+        if self._is_local_domain(ruri):
+            gruu = self.gruus.resolve(ruri)
+            if gruu is not None:
+                # Only the named instance, never its AoR's other devices nor a trunk (§8.4.1).
+                callee_aor = gruu.aor
+                destinations = await self._gruu_destinations(ruri, gruu)
+            else:
+                callee_aor = ruri.address_of_record
+                destinations = await self._local_destinations(callee_aor)
+                if not destinations and trunk is None:
+                    destinations = self._trunk_destinations(request, ruri)
+                if not destinations:
+                    raise SipError(*await self._why_unreachable(ruri))
         elif trunk is not None:
             raise SipError(403, "Trunks may only reach local users")
         else:
@@ -338,29 +339,29 @@ class Proxy:
     def _is_local_domain(self, uri: SipUri) -> bool:
         return uri.host.lower() == self.policy.domain or self.addresses.is_local_uri(uri)
 
-    async def _local_destinations(self, request: Request, aor: str) -> list[Destination]:
-        bindings = await self._location.lookup(_domain_aor(aor, self.policy.domain))
+    async def _local_destinations(self, aor: str) -> list[Destination]:
+        return await self._destinations(
+            await self._location.lookup(_domain_aor(aor, self.policy.domain))
+        )
+
+    async def _destinations(self, bindings: list[Binding]) -> list[Destination]:
+        """A branch per binding; a binding that cannot be reached is logged and left out."""
         destinations: list[Destination] = []
         for binding in bindings:
             try:
                 destinations.append(await self._binding_destination(binding))
             except SipError as error:
-                log.info("binding %s of %s unusable: %s", binding.contact, aor, error.reason)
+                log.info("binding %s of %s unusable: %s", binding.contact, binding.aor,
+                         error.reason)
         return destinations
 
     async def _gruu_destinations(self, ruri: SipUri, gruu: GruuTarget) -> list[Destination]:
         """The bindings of the GRUU's instance; 480 when it has none (§8.4.1), 404 for a
         temporary GRUU whose instance registered again with a new Call-ID (§5.3)."""
         bindings = await self._location.lookup(_domain_aor(gruu.aor, self.policy.domain))
-        destinations: list[Destination] = []
-        for binding in bindings:
-            if not gruu.admits(binding.instance_id, binding.call_id):
-                continue
-            try:
-                destinations.append(await self._binding_destination(binding))
-            except SipError as error:
-                log.info("binding %s of %s unusable: %s", binding.contact, gruu.aor,
-                         error.reason)
+        destinations = await self._destinations(
+            [b for b in bindings if gruu.admits(b.instance_id, b.call_id)]
+        )
         if destinations:
             return destinations
         if gruu.temporary and any(gruu.names_instance(b.instance_id) for b in bindings):

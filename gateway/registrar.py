@@ -75,7 +75,7 @@ class Registrar:
     async def _register(self, request: Request, flow: Flow) -> Response:
         policy = self._policy
         ruri = request.ruri
-        if ruri.host.lower() != policy.domain.lower() and not self._is_local_uri(ruri):
+        if not self._is_ours(ruri):
             raise SipError(404, f"Domain {request.ruri.host} is not served here")
         unsupported = request.option_tags("require") - SUPPORTED_EXTENSIONS
         if unsupported:
