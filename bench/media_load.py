@@ -24,12 +24,12 @@ loss exceeds 0.1 % or the relay saturates (95 % of a core per relay process). Re
 utime+stime of its processes from /proc over each step's window, divided by the packets sent
 to it in that window.
 
-With --workers N (N >= 1) ws2sip's relay runs as N media worker processes driven by the very
-client the gateway uses (webrtc.MediaWorkers, here in the generator's process); relay CPU is
-summed over the workers. --workers 0 is the relay on one event loop, as in a gateway without
-workers. With one relay process it gets one CPU and the generator the other; with several
-nothing is pinned (the 2-core machine then shares its cores between workers and generator:
-the "gen core" column shows the generator's share).
+ws2sip's relay always runs as media worker processes driven by the very client the gateway uses
+(webrtc.MediaWorkers, here in the generator's process), --workers N of them; relay CPU is
+summed over the workers. --workers 0 (the default) or 1 is one relay on one event loop, the
+per-packet work of a gateway without workers. With one relay process it gets one CPU and the
+generator the other; with several nothing is pinned (the 2-core machine then shares its cores
+between workers and generator: the "gen core" column shows the generator's share).
 
     python bench/media_load.py --relay ws2sip --calls 10,100,1000 --seconds 10 [--find-max]
     python bench/media_load.py --relay ws2sip --workers 2 --calls 100,500,1000
@@ -57,8 +57,6 @@ import asyncio
 import ctypes
 import fractions
 import functools
-import gc
-import multiprocessing
 import os
 import random
 import resource
@@ -69,7 +67,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -145,148 +142,9 @@ def phone_answer(host: str, port: int) -> str:
             "a=sendrecv\r\n")
 
 
-def _relay_child(pipe: Connection, port_min: int, port_max: int, loop_kind: str) -> None:
-    raise_file_limit()
-    if loop_kind == "uvloop":
-        import uvloop
-
-        uvloop.run(_serve_relay(pipe, port_min, port_max))
-    else:
-        asyncio.run(_serve_relay(pipe, port_min, port_max))
-
-
-async def _serve_relay(pipe: Connection, port_min: int, port_max: int) -> None:
-    from gateway.app import GC_YOUNG_THRESHOLD
-    from webrtc import MediaRelay
-
-    # The collector settings the gateway process runs its relay with (gateway.app).
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-
-    relay = MediaRelay(bind_host=HOST, port_min=port_min, port_max=port_max)
-    loop = asyncio.get_running_loop()
-    stopped = loop.create_future()
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def bridge(call_id: str, offer: str, phone: tuple[str, int]) -> tuple[Any, ...]:
-        session = relay.create_session(call_id)
-        towards_phone = parse(await session.process_offer(offer, "webrtc")).first("audio")
-        if towards_phone is None or towards_phone.address is None:
-            raise RuntimeError(f"{call_id}: relay offered no audio to the phone")
-        answer = await session.process_answer(phone_answer(*phone), "plain")
-        return answer, (towards_phone.address, towards_phone.port)
-
-    async def handle(request_id: int, command: str, arguments: tuple[Any, ...]) -> None:
-        try:
-            if command == "bridge":
-                result: Any = await bridge(*arguments)
-            elif command == "counters":
-                result = relay.stats()
-            else:
-                raise ValueError(f"unknown relay command {command!r}")
-            pipe.send((request_id, True, result))
-        except Exception as exc:  # the parent reports it with the call it belongs to
-            pipe.send((request_id, False, repr(exc)))
-
-    def readable() -> None:
-        while pipe.poll():
-            request_id, command, arguments = pipe.recv()
-            if command == "stop":
-                if not stopped.done():
-                    stopped.set_result(None)
-                return
-            task = loop.create_task(handle(request_id, command, arguments))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    loop.add_reader(pipe.fileno(), readable)
-    pipe.send((0, True, "ready"))
-    await stopped
-    loop.remove_reader(pipe.fileno())
-    await relay.close()
-    pipe.send((0, True, "stopped"))
-
-
-class Ws2sipRelay:
-    """webrtc.MediaRelay in a child process, driven over a pipe."""
-
-    name = "ws2sip"
-
-    def __init__(self, port_range: tuple[int, int], loop_kind: str = "uvloop") -> None:
-        self._port_range = port_range
-        self._loop_kind = loop_kind
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._pipe: Connection | None = None
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._next_id = 1
-        self._pid = 0
-
-    @property
-    def pids(self) -> list[int]:
-        return [self._pid]
-
-    async def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._pipe, child = context.Pipe()
-        self._process = context.Process(
-            target=_relay_child, args=(child, *self._port_range, self._loop_kind), daemon=True)
-        self._process.start()
-        assert self._process.pid is not None
-        self._pid = self._process.pid
-        ready = asyncio.get_running_loop().create_future()
-        self._waiting[0] = ready
-        asyncio.get_running_loop().add_reader(self._pipe.fileno(), self._readable)
-        await asyncio.wait_for(ready, 30)
-
-    async def bridge(self, call_id: str, browser_offer_sdp: str, phone: tuple[str, int]
-                     ) -> tuple[str, tuple[str, int]]:
-        answer, address = await self._request("bridge", call_id, browser_offer_sdp, phone)
-        return answer, (address[0], address[1])
-
-    async def counters(self) -> dict[str, int]:
-        """Sums of every session's counters (packets, sequence gaps, drops, SRTP errors)."""
-        result: dict[str, int] = await self._request("counters")
-        return result
-
-    async def stop(self) -> None:
-        if self._process is None or self._pipe is None:
-            return
-        stopped = asyncio.get_running_loop().create_future()
-        self._waiting[0] = stopped
-        self._pipe.send((0, "stop", ()))
-        try:
-            await asyncio.wait_for(stopped, 60)
-        finally:
-            asyncio.get_running_loop().remove_reader(self._pipe.fileno())
-            self._process.join(10)
-            if self._process.is_alive():
-                self._process.terminate()
-            self._process = None
-
-    async def _request(self, command: str, *arguments: Any) -> Any:
-        assert self._pipe is not None, "start() first"
-        request_id = self._next_id
-        self._next_id += 1
-        reply = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = reply
-        self._pipe.send((request_id, command, arguments))
-        return await reply
-
-    def _readable(self) -> None:
-        assert self._pipe is not None
-        while self._pipe.poll():
-            request_id, ok, result = self._pipe.recv()
-            reply = self._waiting.pop(request_id, None)
-            if reply is None or reply.done():
-                continue
-            if ok:
-                reply.set_result(result)
-            else:
-                reply.set_exception(RuntimeError(f"relay: {result}"))
-
-
 class Ws2sipWorkers:
-    """ws2sip's relay as media worker processes, through the gateway's own client."""
+    """ws2sip's relay as media worker processes, through the gateway's own client (one worker
+    stands for the gateway's in-process relay: the same MediaRelay on its own loop and core)."""
 
     name = "ws2sip"
 
@@ -980,11 +838,10 @@ class _SingleProcess:
         return [self._relay.pid]
 
 
-def make_relay(kind: str, relay_ports: tuple[int, int], loop_kind: str, max_calls: int,
+def make_relay(kind: str, relay_ports: tuple[int, int], max_calls: int,
                workers: int) -> RelayUnderTest:
     if kind == "ws2sip":
-        return Ws2sipWorkers(relay_ports, workers) if workers else Ws2sipRelay(relay_ports,
-                                                                                 loop_kind)
+        return Ws2sipWorkers(relay_ports, max(1, workers))
     from bench.compare.rtpengine import Rtpengine  # only needed, and installed, for this
 
     return _SingleProcess(Rtpengine(max_calls=max_calls))
@@ -1012,7 +869,7 @@ async def run(args: argparse.Namespace) -> list[StepResult]:
               f"{max(map(len, media.opus_packets)) - 12} bytes), PCMU {PHONE_TONE_HZ:.0f} Hz; "
               f"the relay's transcoder holds {media.hold_frames} frames", flush=True)
     relay_ports, browser_ports = _port_ranges(steps[-1])
-    relay = make_relay(args.relay, relay_ports, args.loop, steps[-1], args.workers)
+    relay = make_relay(args.relay, relay_ports, steps[-1], args.workers)
     await relay.start()
     cpus = sorted(os.sched_getaffinity(0))
     pinned = len(cpus) >= 2 and not args.no_pin and len(relay.pids) == 1
@@ -1098,11 +955,9 @@ def main() -> None:
                              f"%% or the relay's cores saturate (at most {MAX_CALLS} calls)")
     parser.add_argument("--measure", type=int, default=100,
                         help="calls whose receive side is measured (the first set up)")
-    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
-                        help="event loop of the ws2sip relay process")
     parser.add_argument("--workers", type=int, default=0,
                         help="ws2sip: relay in N media worker processes (the gateway's "
-                             "--media-workers); 0: one relay process")
+                             "--media-workers); 0 or 1: one relay process")
     parser.add_argument("--no-pin", action="store_true",
                         help="let relay and generator share CPUs (default: one CPU each)")
     parser.add_argument("--transcode", action="store_true",
@@ -1119,8 +974,7 @@ def main() -> None:
     args.tone_heard = None
     args.seconds = max(1.0, min(args.seconds, MAX_SECONDS))
     workers = f", {args.workers} media workers" if args.relay == "ws2sip" and args.workers else ""
-    print(f"relay {args.relay} ({args.loop if args.relay == 'ws2sip' else 'its own'} loop"
-          f"{workers}), "
+    print(f"relay {args.relay}{workers}, "
           f"{args.seconds:.0f} s per step after {WARMUP_SECONDS:.0f} s warm-up, "
           f"{'Opus<>PCMU transcoded' if args.transcode else 'PCMU'} 20 ms, "
           f"SRTP on the browser side; receive side measured on the first {args.measure} calls, "
