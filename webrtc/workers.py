@@ -94,7 +94,9 @@ class _Worker:
         if not self.alive:
             raise MediaError(status=503, reason=f"media worker {self.config.index} is gone")
         try:
-            await asyncio.wait_for(asyncio.shield(self.ready), COMMAND_TIMEOUT)
+            if not self.ready.done():  # a started worker costs no wait per command
+                await asyncio.wait_for(asyncio.shield(self.ready), COMMAND_TIMEOUT)
+            self.ready.result()
         except TimeoutError:
             raise MediaError(status=503, reason=f"media worker {self.config.index} not started "
                              f"within {COMMAND_TIMEOUT:.0f} s") from None
