@@ -112,6 +112,8 @@ _PARAM_RE = re.compile(
 )
 _ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}\Z")
+_LWS_CHARS = " \t\r\n"
+_TOKEN_LIST_RE = re.compile(rf"{_TOKEN}(?:,{_TOKEN})*")
 
 
 def _parse_auth_params(header_value: str, what: str) -> dict[str, str]:
@@ -121,8 +123,48 @@ def _parse_auth_params(header_value: str, what: str) -> dict[str, str]:
         raise SipError(400, f"Bad {what} header: missing auth scheme")
     if scheme_match.group(1).lower() != "digest":
         raise SipError(400, f"Bad {what} header: unsupported scheme {scheme_match.group(1)!r}")
+    params = _plain_auth_params(header_value, scheme_match.end())
+    if params is None:
+        params = _tokenized_auth_params(header_value, scheme_match.end(), what)
+    if not params:
+        raise SipError(400, f"Bad {what} header: no parameters")
+    return params
+
+
+def _plain_auth_params(header_value: str, start: int) -> dict[str, str] | None:
+    """The shape every client sends (no comma, quote or backslash inside a quoted value), at
+    str.split speed: the tokenizer's regex costs several microseconds per header, a share of a
+    REGISTER's CPU. None hands anything else to the tokenizer, which also words the errors."""
     params: dict[str, str] = {}
-    position = scheme_match.end()
+    tokens: list[str] = []
+    for element in header_value[start:].split(","):
+        name, equals, value = element.partition("=")
+        if not equals:
+            if element.strip(_LWS_CHARS):
+                return None
+            continue  # an empty list element, which HTTP tolerates
+        name = name.strip(_LWS_CHARS).lower()
+        value = value.strip(_LWS_CHARS)
+        if value.startswith('"'):
+            inner = value[1:-1]
+            if len(value) < 2 or not value.endswith('"') or '"' in inner or "\\" in inner:
+                return None
+            value = inner
+        else:
+            tokens.append(value)
+        if name in params:
+            return None
+        tokens.append(name)
+        params[name] = value
+    # Every name and unquoted value is a non-empty token: one regex pass over them all, joined
+    # by the comma that none of them can contain (the header was split on it).
+    if _TOKEN_LIST_RE.fullmatch(",".join(tokens)) is None:
+        return None
+    return params
+
+
+def _tokenized_auth_params(header_value: str, position: int, what: str) -> dict[str, str]:
+    params: dict[str, str] = {}
     # Each match starts where the previous one ended (the pattern eats the separators): a
     # match further on means finditer skipped something unparsable.
     for param in _PARAM_RE.finditer(header_value, position):
@@ -139,8 +181,6 @@ def _parse_auth_params(header_value: str, what: str) -> dict[str, str]:
         position = param.end()
     if position < len(header_value) and header_value[position:].strip():
         raise SipError(400, f"Bad {what} header: unparsable parameter at offset {position}")
-    if not params:
-        raise SipError(400, f"Bad {what} header: no parameters")
     return params
 
 

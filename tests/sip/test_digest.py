@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sip import digest
 from sip.digest import (
     DigestAlgorithm,
     DigestChallenge,
@@ -163,6 +164,42 @@ def test_parse_credentials_only_raises_sip_error_on_near_miss_text(text: str) ->
         parse_credentials(text)
     except SipError as error:
         assert error.status == 400
+
+
+_AUTH_PARAM_TEXT = st.text(alphabet='Digest usernamrlocq=,"\\ \t\r\n-01aB\x0bé')
+
+
+def _tokenized_or_error(text: str, start: int) -> dict[str, str] | str:
+    try:
+        return digest._tokenized_auth_params(text, start, "Authorization")
+    except SipError as error:
+        return error.reason
+
+
+@given(_AUTH_PARAM_TEXT)
+def test_plain_auth_param_split_agrees_with_the_tokenizer(text: str) -> None:
+    """The split-based fast path answers only where the strict tokenizer would give the same."""
+    header = "Digest " + text
+    plain = digest._plain_auth_params(header, len("Digest "))
+    if plain is not None:
+        assert plain == _tokenized_or_error(header, len("Digest "))
+
+
+def test_plain_auth_param_split_takes_what_clients_send_and_leaves_the_rest() -> None:
+    jssip = (
+        'Digest algorithm=MD5, username="alice", realm="example.com", nonce="a-b_c", '
+        'uri="sip:example.com", response="0a1b", qop=auth, cnonce="x1", nc=00000001'
+    )
+    start = len("Digest ")
+    assert digest._plain_auth_params(jssip, start) == _tokenized_or_error(jssip, start)
+    for unusual in (
+        'Digest uri="sip:a;x=1,2", username="u"',  # a comma inside quotes
+        'Digest username="a\\"b"',  # an escaped quote
+        'Digest username="a", username="b"',
+        "Digest username=a b",
+        'Digest username="a',
+    ):
+        assert digest._plain_auth_params(unusual, start) is None, unusual
 
 
 @given(st.text())
