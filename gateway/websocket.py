@@ -21,6 +21,14 @@ _flow_numbers = itertools.count(1)
 SLOW_CONSUMER_BYTES = 1 << 20
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _frame_header(opcode: int, length: int) -> bytes:
     if length < 126:
         return bytes((opcode, length))
@@ -68,11 +76,8 @@ class WebSocketFlow(Flow):
                         transport.get_write_buffer_size())
             self.close()
             return
-        try:
-            data.decode("utf-8")
-            opcode = 0x81  # FIN + text: what JsSIP, SIP.js and sipml5 expect
-        except UnicodeDecodeError:
-            opcode = 0x82  # FIN + binary
+        # FIN + text, what JsSIP, SIP.js and sipml5 expect; FIN + binary when it is not UTF-8.
+        opcode = 0x81 if data.isascii() or _is_utf8(data) else 0x82
         transport.write(_frame_header(opcode, len(data)) + data)
 
     def close(self) -> None:
@@ -125,6 +130,7 @@ def make_handler(
             compress=False,  # SIP messages are small; send() writes uncompressed frames
             heartbeat=policy.ping_interval or None,
             max_msg_size=policy.max_message_size,
+            decode_text=False,  # SIP is parsed from bytes: no UTF-8 decode and re-encode per frame
         )
         await ws.prepare(request)
         flow = WebSocketFlow(ws, request, secure)
@@ -158,7 +164,12 @@ async def _pump(
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"idle timeout")
             return
         if message.type == WSMsgType.TEXT:
-            data = message.data.encode("utf-8")
+            data = message.data
+            if not data.isascii() and not _is_utf8(data):
+                # RFC 6455 §8.1, which aiohttp checks only when it decodes text itself.
+                log.info("%s: text frame is not UTF-8; closing", flow.id)
+                await ws.close(code=WSCloseCode.INVALID_TEXT, message=b"text frame not UTF-8")
+                return
         elif message.type == WSMsgType.BINARY:
             data = message.data
         elif message.type == WSMsgType.ERROR:

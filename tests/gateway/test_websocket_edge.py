@@ -193,6 +193,23 @@ async def test_frame_over_max_message_size_closes_with_1009(
     assert (await fresh.register("alice", "alice-pw")).status == 200
 
 
+async def test_text_frame_that_is_not_utf8_closes_with_1007_and_utf8_text_is_sip(
+    ws_gateway: GatewayProcess, client_factory: ClientFactory,
+) -> None:
+    client = await client_factory(ws_gateway)
+    options = client.request_text("OPTIONS", f"sip:{DOMAIN}", from_user="alice", to_user=None,
+                                  call_id="utf8-é", cseq=1, headers=[("Subject", "Grüße")])
+    await client.send_text(options)
+    answer = await client.response(timeout=RESPONSE_TIMEOUT)
+    assert (answer.status, answer.call_id) == (200, "utf8-é")
+    # aiohttp's client only sends text it encoded itself: write the invalid frame directly.
+    await client.ws._writer.send_frame(b"OPTIONS \xc3\x28 SIP/2.0\r\n\r\n",
+                                       aiohttp.WSMsgType.TEXT)
+    closing = await client.receive_frame(timeout=RESPONSE_TIMEOUT)
+    assert closing.type is aiohttp.WSMsgType.CLOSE
+    assert closing.data == aiohttp.WSCloseCode.INVALID_TEXT
+
+
 GARBAGE_FRAMES = (
     "hello gateway",
     "\x00\x01\x02 binary-ish junk \xff",
