@@ -7,12 +7,16 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sip.flow import Flow
 from sip.transport import TransportLayer
+
+from . import ws_delivery
+from .ws_delivery import DeliveringWebSocketResponse
 
 log = logging.getLogger("ws2sip.websocket")
 
@@ -49,9 +53,11 @@ class WebSocketFlow(Flow):
     """One WebSocket connection; outgoing messages are queued so that send() never blocks."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, request: web.Request, secure: bool
+        self, ws: web.WebSocketResponse, request: web.Request, secure: bool,
+        layer: TransportLayer,
     ) -> None:
         self._ws = ws
+        self._layer = layer
         peer = request.transport.get_extra_info("peername") if request.transport else None
         sock = request.transport.get_extra_info("sockname") if request.transport else None
         super().__init__(
@@ -80,6 +86,16 @@ class WebSocketFlow(Flow):
         opcode = 0x81 if data.isascii() or _is_utf8(data) else 0x82
         transport.write(_frame_header(opcode, len(data)) + data)
 
+    def frame_received(self, data: bytes, text: bool) -> None:
+        """One SIP message from the peer, from aiohttp's frame parser or from ws.receive()."""
+        if text and not data.isascii() and not _is_utf8(data):
+            # RFC 6455 §8.1, which aiohttp checks only when it decodes text itself.
+            log.info("%s: text frame is not UTF-8; closing", self.id)
+            asyncio.get_running_loop().create_task(
+                self._ws.close(code=WSCloseCode.INVALID_TEXT, message=b"text frame not UTF-8"))
+            return
+        self._layer.receive(data, self)
+
     def close(self) -> None:
         if not self._ws.closed:
             asyncio.get_running_loop().create_task(self._ws.close(code=WSCloseCode.GOING_AWAY))
@@ -106,7 +122,10 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
 def make_handler(
     transport: TransportLayer, policy: WebSocketPolicy, *, secure: bool,
     on_flow_open: Callable[[WebSocketFlow], None] | None = None,
+    direct_delivery: bool = ws_delivery.supported(),
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """direct_delivery: SIP frames go from aiohttp's parser straight to the transport layer
+    (gateway/ws_delivery.py) instead of through ws.receive()."""
     async def handle(request: web.Request) -> web.StreamResponse:
         # Subprotocol tokens compare case-sensitively (RFC 6455 §4.2.2): aiohttp answers only an
         # exact "sip", and a 101 without it makes browsers fail the connection.
@@ -125,21 +144,28 @@ def make_handler(
                 request.remote, request.headers.get("Origin"),
             )
             return web.Response(status=403, text="Origin not allowed\n")
-        ws = web.WebSocketResponse(
-            protocols=("sip",),
-            compress=False,  # SIP messages are small; send() writes uncompressed frames
-            heartbeat=policy.ping_interval or None,
-            max_msg_size=policy.max_message_size,
-            decode_text=False,  # SIP is parsed from bytes: no UTF-8 decode and re-encode per frame
-        )
+        options: dict[str, Any] = {
+            "protocols": ("sip",),
+            "heartbeat": policy.ping_interval or None,
+            "max_msg_size": policy.max_message_size,
+        }
+        ws: web.WebSocketResponse
+        if direct_delivery:
+            ws = DeliveringWebSocketResponse(**options)
+        else:
+            # Bytes, as SIP is parsed: no UTF-8 decode and re-encode per frame. SIP messages are
+            # small and send() writes uncompressed frames.
+            ws = web.WebSocketResponse(decode_text=False, compress=False, **options)
+        flow = WebSocketFlow(ws, request, secure, transport)
+        if isinstance(ws, DeliveringWebSocketResponse):
+            ws.deliver = flow.frame_received
         await ws.prepare(request)
-        flow = WebSocketFlow(ws, request, secure)
         transport.register_flow(flow)
         if on_flow_open is not None:
             on_flow_open(flow)
         log.debug("%s open from %s", flow.id, flow.remote)
         try:
-            await _pump(ws, flow, transport, policy.idle_timeout)
+            await _pump(ws, flow, policy.idle_timeout)
         finally:
             transport.unregister_flow(flow)
             log.debug("%s closed (%s)", flow.id, ws.close_code)
@@ -152,26 +178,25 @@ def make_handler(
 FIRST_MESSAGE_TIMEOUT = 30.0
 
 
-async def _pump(
-    ws: web.WebSocketResponse, flow: WebSocketFlow, transport: TransportLayer, idle_timeout: float
-) -> None:
+async def _pump(ws: web.WebSocketResponse, flow: WebSocketFlow, idle_timeout: float) -> None:
+    """Close, error and control frames; SIP frames too unless aiohttp's parser delivers them."""
+    opened = flow.last_activity
     timeout: float | None = min(FIRST_MESSAGE_TIMEOUT, idle_timeout)
     while True:
         try:
             message = await ws.receive(timeout=timeout)
         except TimeoutError:
+            if flow.last_activity != opened:
+                # SIP arrived straight from the parser. From the first message on, idleness is
+                # the transport's idle sweeper's job: a timeout per receive costs a timer handle.
+                timeout = None
+                continue
             log.info("%s idle for too long; closing", flow.id)
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"idle timeout")
             return
-        if message.type == WSMsgType.TEXT:
-            data = message.data
-            if not data.isascii() and not _is_utf8(data):
-                # RFC 6455 §8.1, which aiohttp checks only when it decodes text itself.
-                log.info("%s: text frame is not UTF-8; closing", flow.id)
-                await ws.close(code=WSCloseCode.INVALID_TEXT, message=b"text frame not UTF-8")
-                return
-        elif message.type == WSMsgType.BINARY:
-            data = message.data
+        if message.type == WSMsgType.TEXT or message.type == WSMsgType.BINARY:
+            timeout = None
+            flow.frame_received(message.data, message.type == WSMsgType.TEXT)
         elif message.type == WSMsgType.ERROR:
             log.info("%s error: %s", flow.id, ws.exception())
             return
@@ -179,8 +204,3 @@ async def _pump(
             if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
                 log.warning("%s closed: message over %s bytes", flow.id, ws._max_msg_size)
             return
-        flow.touch()
-        # After the first message, idleness is the transport's idle sweeper's job: a timeout
-        # per receive costs a timer handle per frame.
-        timeout = None
-        transport.receive(data, flow)
