@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +34,17 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
+_SHORT_HEADER = struct.Struct("!BB").pack
+_MEDIUM_HEADER = struct.Struct("!BBH").pack  # most SIP messages: 126 bytes to 64 KB
+_LONG_HEADER = struct.Struct("!BBQ").pack
+
+
 def _frame_header(opcode: int, length: int) -> bytes:
     if length < 126:
-        return bytes((opcode, length))
+        return _SHORT_HEADER(opcode, length)
     if length < 1 << 16:
-        return bytes((opcode, 126)) + length.to_bytes(2, "big")
-    return bytes((opcode, 127)) + length.to_bytes(8, "big")
+        return _MEDIUM_HEADER(opcode, 126, length)
+    return _LONG_HEADER(opcode, 127, length)
 
 
 @dataclass(frozen=True, slots=True)
