@@ -191,14 +191,11 @@ class Gateway:
             self.proxy.handle_stateless(request)
             return
         if request.method == "REGISTER" and self._is_for_us(request):
-            self._tasks.spawn(self._register(request, transaction))
+            self._tasks.spawn(self.registrar.answer(request, transaction))
         elif request.method == "OPTIONS" and self._is_for_us(request) and not request.ruri.user:
             transaction.respond(self._options_response(request))
         else:
             self._tasks.spawn(self.proxy.handle_request(request, transaction))
-
-    async def _register(self, request: Request, transaction: ServerTransaction) -> None:
-        transaction.respond(await self.registrar.handle(request, transaction.flow))
 
     def _options_response(self, request: Request):  # noqa: ANN202 - Response
         response = request.response(200, to_tag=request.stable_tag())

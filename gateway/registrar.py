@@ -13,6 +13,7 @@ from sip.errors import SipError
 from sip.flow import Flow
 from sip.headers import NameAddr
 from sip.message import Request, Response
+from sip.server_transaction import ServerTransaction
 from sip.uri import SipUri
 
 from .auth import Authenticator
@@ -54,8 +55,13 @@ class Registrar:
         self._location = location
         self._auth = auth
 
-    async def handle(self, request: Request, flow: Flow) -> Response:
-        """The final response to a REGISTER (SipError from malformed headers becomes 4xx)."""
+    async def answer(self, request: Request, transaction: ServerTransaction) -> None:
+        """Answer a REGISTER in its server transaction (a task of its own: the coroutine is
+        compiled, where a wrapper in the application would run interpreted for every REGISTER)."""
+        transaction.respond(await self._final_response(request, transaction.flow))
+
+    async def _final_response(self, request: Request, flow: Flow) -> Response:
+        """SipError from malformed headers becomes 4xx, a failing store 503."""
         try:
             return await self._register(request, flow)
         except SipError as error:
