@@ -25,13 +25,19 @@ FrameHandler = Callable[[bytes, bool], None]  # (payload, True for a text frame)
 _QUEUE_LIMIT = 1 << 16  # only close and control frames are queued now
 
 
+_RESPONSE_INTERNALS = ("_post_start", "_loop", "_max_msg_size", "_heartbeat",
+                       "_on_data_received", "_reader", "_parser")
+_HANDLER_INTERNALS = ("_message_tail", "_payload_parser")
+
+
 def supported() -> bool:
-    """The aiohttp internals this module replaces are where it expects them."""
-    return (
-        WebSocketDataQueue is not None
-        and hasattr(web.WebSocketResponse, "_post_start")
-        and hasattr(web.RequestHandler, "set_parser")
-    )
+    """Every aiohttp internal this module touches is where it expects it."""
+    if WebSocketDataQueue is None or not hasattr(web.RequestHandler, "set_parser"):
+        return False
+    probe = web.WebSocketResponse()
+    handler_slots = getattr(web.RequestHandler, "__slots__", ())
+    return (all(hasattr(probe, name) for name in _RESPONSE_INTERNALS)
+            and all(name in handler_slots for name in _HANDLER_INTERNALS))
 
 
 class _DeliveringQueue(WebSocketDataQueue):  # type: ignore[misc,valid-type]
