@@ -45,9 +45,14 @@ class _Gateway:
         return str(self.server.make_url("/ws"))
 
 
+IDLE_TIMEOUT = 0.5  # also the first-message timeout (the smaller of the two)
+
+
 @pytest.fixture
 async def gateway(direct: bool) -> AsyncIterator[_Gateway]:
     assert ws_delivery.supported(), "the installed aiohttp lacks what direct delivery replaces"
+    # No listener is opened, so the transport's idle sweeper never runs here: only the
+    # WebSocket's own first-message timeout can close a connection.
     layer = TransportLayer()
 
     def answer(message: Request | Response, flow: Flow) -> None:
@@ -56,7 +61,7 @@ async def gateway(direct: bool) -> AsyncIterator[_Gateway]:
 
     layer.on_message = answer
     policy = WebSocketPolicy(allowed_origins=("*",), max_message_size=MAX_MESSAGE,
-                             ping_interval=0.0, idle_timeout=60.0)
+                             ping_interval=0.0, idle_timeout=IDLE_TIMEOUT)
     app = web.Application()
     app.router.add_get("/ws", make_handler(layer, policy, secure=False, direct_delivery=direct))
     server = TestServer(app, host="127.0.0.1")
@@ -118,6 +123,21 @@ async def test_frame_over_the_limit_closes_with_1009_and_the_flow_is_dropped(
             break
         await asyncio.sleep(0.02)
     assert gateway.layer.flow_count == 0
+
+
+async def test_a_silent_connection_is_closed_but_one_that_spoke_is_not(
+    gateway: _Gateway, session: aiohttp.ClientSession
+) -> None:
+    async with session.ws_connect(gateway.url, protocols=("sip",)) as silent, \
+            session.ws_connect(gateway.url, protocols=("sip",)) as talking:
+        await talking.send_str(_options("first"))
+        assert await _call_id_of_answer(talking) == "first"
+        closing = await silent.receive(timeout=WAIT)
+        assert closing.type is aiohttp.WSMsgType.CLOSE
+        assert closing.data == aiohttp.WSCloseCode.GOING_AWAY
+        await asyncio.sleep(IDLE_TIMEOUT)  # past the first-message timeout of `talking` too
+        await talking.send_str(_options("later"))
+        assert await _call_id_of_answer(talking) == "later"
 
 
 async def test_frame_sent_with_the_upgrade_request_is_answered(gateway: _Gateway) -> None:
