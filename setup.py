@@ -42,6 +42,10 @@ COMPILED_MODULES = [
     "gateway/media.py",
     "gateway/location/model.py",
     "gateway/location/memory.py",
+    "webrtc/srtp.py",
+    "webrtc/forwarding.py",
+    "webrtc/plain.py",
+    "webrtc/webrtc_leg.py",
 ]
 
 

@@ -81,10 +81,10 @@ class SrtpSessions:
     outbound: Session
     inbound: Session
     profile: str
-    protect: srtp.Transform = field(init=False)
-    protect_rtcp: srtp.Transform = field(init=False)
-    unprotect: srtp.Transform = field(init=False)
-    unprotect_rtcp: srtp.Transform = field(init=False)
+    protect: srtp.SrtpTransform = field(init=False)
+    protect_rtcp: srtp.SrtpTransform = field(init=False)
+    unprotect: srtp.SrtpTransform = field(init=False)
+    unprotect_rtcp: srtp.SrtpTransform = field(init=False)
 
     def __post_init__(self) -> None:
         self.protect = srtp.protect(self.outbound)
