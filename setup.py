@@ -43,6 +43,7 @@ COMPILED_MODULES = [
     "gateway/location/model.py",
     "gateway/location/memory.py",
     "webrtc/srtp.py",
+    "webrtc/ice_media.py",
     "webrtc/forwarding.py",
     "webrtc/plain.py",
     "webrtc/webrtc_leg.py",

@@ -28,11 +28,12 @@ from aioice.ice import CandidatePair  # noqa: E402
 from aiortc.rtcdtlstransport import SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80  # noqa: E402
 from pylibsrtp import Policy, Session  # noqa: E402
 
-from webrtc.dtls import DtlsCertificate, SrtpSessions  # noqa: E402
+from webrtc.dtls import DtlsCertificate  # noqa: E402
 from webrtc.forwarding import Forwarder, Route  # noqa: E402
 from webrtc.ice import COMPONENT  # noqa: E402
 from webrtc.plain import PlainLeg  # noqa: E402
 from webrtc.ports import PortPool  # noqa: E402
+from webrtc.srtp import SrtpSessions  # noqa: E402
 from webrtc.webrtc_leg import WebRtcLeg  # noqa: E402
 
 MAX_PACKETS = 500_000

@@ -5,13 +5,14 @@ pylibsrtp's Session methods allocate an `int *` with cffi, check the argument's 
 a checking helper on every packet; that wrapper cost as much CPU as libsrtp's own crypto
 (bench/media_path.py, see the commit). SrtpTransform does the same calls on the Session's own
 context and buffer with one length cell allocated up front. It is a class (compiled by mypyc,
-setup.py) rather than a closure so the compiled legs call it directly. It keeps the Session
-referenced: the Session owns the libsrtp context and frees it.
+setup.py) rather than a closure so that the compiled legs call it directly. It keeps the
+Session referenced: the Session owns the libsrtp context and frees it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pylibsrtp
@@ -38,7 +39,7 @@ class SrtpTransform:
         self._room: int = len(self._cdata) - trailer
         self._length: Any = ffi.new("int *")
 
-    def __call__(self, packet: bytes) -> bytes:
+    def apply(self, packet: bytes) -> bytes:
         size = len(packet)
         if size > self._room:
             raise pylibsrtp.Error(f"packet of {size} bytes too long for SRTP")
@@ -51,6 +52,25 @@ class SrtpTransform:
             raise pylibsrtp.Error(pylibsrtp.ERRORS[status])
         result: bytes = buffer[0:length[0]]
         return result
+
+
+@dataclass
+class SrtpSessions:
+    """libsrtp contexts for one DTLS association: protect outgoing, unprotect incoming."""
+
+    outbound: Session
+    inbound: Session
+    profile: str
+    protect: SrtpTransform = field(init=False)
+    protect_rtcp: SrtpTransform = field(init=False)
+    unprotect: SrtpTransform = field(init=False)
+    unprotect_rtcp: SrtpTransform = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.protect = protect(self.outbound)
+        self.protect_rtcp = protect_rtcp(self.outbound)
+        self.unprotect = unprotect(self.inbound)
+        self.unprotect_rtcp = unprotect_rtcp(self.inbound)
 
 
 def protect(session: Session) -> SrtpTransform:
