@@ -42,6 +42,7 @@ COMPILED_MODULES = [
     "gateway/media.py",
     "gateway/location/model.py",
     "gateway/location/memory.py",
+    "webrtc/datagram.py",
     "webrtc/srtp.py",
     "webrtc/ice_media.py",
     "webrtc/forwarding.py",

@@ -56,10 +56,8 @@ class IceConnection(aioice.Connection):
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
-        transport = await self._pool.bind_single(
-            lambda: MediaFirstProtocol(self, self._on_datagram))
-        protocol = transport.get_protocol()
-        assert isinstance(protocol, StunProtocol)
+        protocol = MediaFirstProtocol(self, self._on_datagram)
+        transport = self._pool.bind_single(lambda: protocol)
         self._bound_port = transport.get_extra_info("sockname")[1]
         protocol.local_candidate = Candidate(
             foundation=candidate_foundation("host", "udp", self._public_host),
