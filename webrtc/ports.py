@@ -7,7 +7,7 @@ import itertools
 import socket
 from collections.abc import Callable
 
-from .datagram import DatagramSocket
+from .datagram import DatagramSocket, LoopLag
 from .errors import MediaError
 
 ProtocolFactory = Callable[[], asyncio.DatagramProtocol]
@@ -28,6 +28,7 @@ class PortPool:
         self._even_ports = range(first_even, port_max, 2)
         self._cursor = itertools.cycle(range(len(self._even_ports)))
         self._open: set[int] = set()
+        self._lag = LoopLag()
 
     @property
     def open_ports(self) -> frozenset[int]:
@@ -83,4 +84,4 @@ class PortPool:
             return None
         sock.setblocking(False)
         self._open.add(port)
-        return DatagramSocket(sock, factory())
+        return DatagramSocket(sock, factory(), self._lag)
