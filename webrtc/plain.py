@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -103,9 +104,14 @@ class PlainLeg:
         new_target = (host, port)
         if new_target != self._rtp_target:
             self._rtp_latched = self._rtcp_latched = False
-        self._rtp_target = new_target
         self.rtcp_mux = rtcp_mux
-        self._rtcp_target = new_target if rtcp_mux else (host, rtcp_port or port + 1)
+        if _is_ip_address(host):
+            self._rtp_target = new_target
+            self._rtcp_target = new_target if rtcp_mux else (host, rtcp_port or port + 1)
+        else:
+            # A host name would cost a blocking DNS lookup for every packet sent: nothing goes
+            # out until the peer's first packets show its address (latching).
+            self._rtp_target = self._rtcp_target = None
         self._bypass()
 
     def send_rtp(self, packet: bytes) -> None:
@@ -143,6 +149,14 @@ class PlainLeg:
             self._rtcp_target = (addr[0], addr[1])
             self._bypass()
         self._on_rtcp(data)
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _ignore(_: bytes) -> None:
