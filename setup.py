@@ -1,10 +1,13 @@
-"""Compiles the per-message signalling path to C with mypyc; everything else is in pyproject.toml.
+"""Compiles the per-message signalling path and the per-packet media path to C with mypyc;
+everything else is in pyproject.toml.
 
 The parser, grammar and digest code, the transaction and transport layers, the proxy, the
-registrar and the location model run for every SIP message. They are plain typed Python, and
-mypyc compiles them unchanged to C extensions. That cuts the gateway's CPU per call by about a
-third. `WS2SIP_PURE_PYTHON=1` at install time skips the compilation. The modules then run as
-Python, with identical behaviour, only slower.
+registrar and the location model run for every SIP message; the media relay's sockets, SRTP
+calls, forwarding and legs (webrtc/datagram, srtp, ice_media, forwarding, plain, webrtc_leg)
+for every RTP packet. They are plain typed Python, and mypyc compiles them unchanged to C
+extensions. That cuts the gateway's CPU per call by about a third. `WS2SIP_PURE_PYTHON=1` at
+install time skips the compilation. The modules then run as Python, with identical behaviour,
+only slower.
 """
 
 import os
@@ -12,8 +15,9 @@ import os
 from setuptools import setup
 
 # Not compiled: sip/flow.py (its Flow base class is subclassed by interpreted code, which
-# compiled classes forbid), start-up, configuration, HTTP, Redis and media code, where the
-# time is not spent.
+# compiled classes forbid), webrtc/ice.py (subclasses aioice's Connection; its per-packet part
+# is webrtc/ice_media.py), start-up, configuration, HTTP, Redis, DTLS, SDP and the media
+# session logic, where the time is not spent.
 COMPILED_MODULES = [
     "sip/errors.py",
     "sip/status.py",
@@ -42,6 +46,12 @@ COMPILED_MODULES = [
     "gateway/media.py",
     "gateway/location/model.py",
     "gateway/location/memory.py",
+    "webrtc/datagram.py",
+    "webrtc/srtp.py",
+    "webrtc/ice_media.py",
+    "webrtc/forwarding.py",
+    "webrtc/plain.py",
+    "webrtc/webrtc_leg.py",
 ]
 
 

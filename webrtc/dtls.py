@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Literal
 
 from aiortc.rtcdtlstransport import (
@@ -27,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 from pylibsrtp import Policy, Session
 
-from . import srtp
 from .errors import MediaError
 from .sdp import Fingerprint
+from .srtp import SrtpSessions
 
 logger = logging.getLogger(__name__)
 
@@ -72,25 +71,6 @@ class DtlsCertificate:
         context.set_cipher_list(_CIPHERS)
         context.set_tlsext_use_srtp(b":".join(p.openssl_profile for p in SRTP_PROFILES))
         return context
-
-
-@dataclass
-class SrtpSessions:
-    """libsrtp contexts for one DTLS association: protect outgoing, unprotect incoming."""
-
-    outbound: Session
-    inbound: Session
-    profile: str
-    protect: srtp.Transform = field(init=False)
-    protect_rtcp: srtp.Transform = field(init=False)
-    unprotect: srtp.Transform = field(init=False)
-    unprotect_rtcp: srtp.Transform = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.protect = srtp.protect(self.outbound)
-        self.protect_rtcp = srtp.protect_rtcp(self.outbound)
-        self.unprotect = srtp.unprotect(self.inbound)
-        self.unprotect_rtcp = srtp.unprotect_rtcp(self.inbound)
 
 
 class DtlsEndpoint:

@@ -8,13 +8,11 @@ when the two legs numbered the codec differently.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Sender = Callable[[bytes], object]
 _MAX_TRACKED_SSRCS = 32  # a stream has one or two; more means someone sprays junk at the port
-_SEQUENCE_AND_SSRC = struct.Struct("!2xH4xI").unpack_from
 
 
 @dataclass
@@ -57,8 +55,10 @@ class Forwarder:
         if route is None:
             stats.dropped += 1
             return
-        # Loss counting inline, with one unpack: a call per packet is a measurable share here.
-        seq, ssrc = _SEQUENCE_AND_SSRC(packet)
+        # Loss counting inline, from single bytes: compiled, they are C reads, where a call
+        # (struct, int.from_bytes) per packet is a measurable share.
+        seq = packet[2] << 8 | packet[3]
+        ssrc = packet[8] << 24 | packet[9] << 16 | packet[10] << 8 | packet[11]
         expected_seq = self._expected_seq
         expected = expected_seq.get(ssrc)
         if expected is None:

@@ -4,9 +4,9 @@ aioice does the checks, prflx learning, role conflicts and consent freshness. It
 for three reasons: its sockets must come from the gateway's port range on the configured
 host (aioice would bind every interface on a random port), datagrams must reach the relay
 synchronously (its queue + coroutine per packet costs too much per packet, see
-_MediaFirstProtocol), and connect()
-must wait for a first remote candidate or check (aioice fails at once on an empty check list,
-which is the normal state while a browser's only candidate is an unresolvable mDNS name).
+webrtc.ice_media), and connect() must wait for a first remote candidate or check (aioice
+fails at once on an empty check list, which is the normal state while a browser's only
+candidate is an unresolvable mDNS name).
 """
 
 from __future__ import annotations
@@ -20,33 +20,15 @@ from typing import Any
 import aioice
 from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aioice.ice import CandidatePair, StunProtocol, server_reflexive_candidate
+from aioice.ice import StunProtocol, server_reflexive_candidate
 from aioice.mdns import is_mdns_hostname
 
+from .ice_media import COMPONENT, MediaFirstProtocol, NominatedRoute
 from .ports import PortPool
 
 logger = logging.getLogger(__name__)
 
-COMPONENT = 1  # rtcp-mux: one component carries RTP, RTCP and DTLS
 PEER_WAIT_SECONDS = 30.0
-
-
-class _MediaFirstProtocol(StunProtocol):
-    """RFC 7983 demultiplexing by first byte before aioice sees a datagram: only STUN (0-3)
-    goes through aioice's parser; RTP/RTCP (128-191) and DTLS (20-63) go straight to the
-    relay's handler (not through the Connection), which keeps a failed STUN parse and its
-    exception, and a call level, off the per-packet path."""
-
-    def __init__(self, receiver: IceConnection, on_media: Callable[[bytes], None]) -> None:
-        super().__init__(receiver)
-        self.on_media = on_media
-
-    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
-        # The event loop hands datagrams over as bytes; an empty one goes to aioice.
-        if data and data[0] > 3:  # type: ignore[operator]
-            self.on_media(data)  # type: ignore[arg-type]
-            return
-        super().datagram_received(data, addr)
 
 
 class IceConnection(aioice.Connection):
@@ -61,7 +43,7 @@ class IceConnection(aioice.Connection):
         self._peer_seen = asyncio.Event()
         self._bound_port: int | None = None
         self._candidate_tasks: set[asyncio.Task[None]] = set()
-        self._media_route: tuple[CandidatePair, Callable[..., None], tuple[str, int]] | None = None
+        self.media_route = NominatedRoute(self._nominated)
 
     @property
     def bound_port(self) -> int | None:
@@ -74,10 +56,8 @@ class IceConnection(aioice.Connection):
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
-        transport = await self._pool.bind_single(
-            lambda: _MediaFirstProtocol(self, self._on_datagram))
-        protocol = transport.get_protocol()
-        assert isinstance(protocol, StunProtocol)
+        protocol = MediaFirstProtocol(self, self._on_datagram)
+        transport = self._pool.bind_single(lambda: protocol)
         self._bound_port = transport.get_extra_info("sockname")[1]
         protocol.local_candidate = Candidate(
             foundation=candidate_foundation("host", "udp", self._public_host),
@@ -103,19 +83,6 @@ class IceConnection(aioice.Connection):
     ) -> None:
         super().request_received(message, addr, protocol)
         self._peer_seen.set()
-
-    def send_now(self, data: bytes) -> bool:
-        """Send on the nominated pair without a coroutine; False while there is none."""
-        pair = self._nominated.get(COMPONENT)
-        if pair is None:
-            return False
-        route = self._media_route
-        if route is None or route[0] is not pair:
-            # Per nominated pair, not per packet: aioice builds remote_addr anew on each access,
-            # and the event loop's address cache is quickest with one unchanging tuple.
-            route = self._media_route = (pair, pair.protocol.transport.sendto, pair.remote_addr)
-        route[1](data, route[2])
-        return True
 
     def add_sdp_candidates(self, candidates: list[dict[str, Any]]) -> None:
         """Add a remote SDP's UDP candidates.

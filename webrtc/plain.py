@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from .datagram import DatagramSocket
 from .ports import PortPool
 
 Address = tuple[str, int]
@@ -16,20 +18,13 @@ DatagramHandler = Callable[[bytes], None]
 
 
 class _Socket(asyncio.DatagramProtocol):
-    """Datagrams go to `on_datagram` with their source while the leg still needs it (to latch,
-    or to tell RTCP from RTP on a muxed port), then straight to `on_packet`: one call level
-    fewer for every packet of a latched call."""
+    """Hands datagrams with their source to the leg, which latches onto it."""
 
     def __init__(self, on_datagram: Callable[[bytes, SocketAddress], None]) -> None:
         self.on_datagram = on_datagram
-        self.on_packet: DatagramHandler | None = None
 
     def datagram_received(self, data: bytes, addr: SocketAddress) -> None:
-        on_packet = self.on_packet
-        if on_packet is not None:
-            on_packet(data)
-        else:
-            self.on_datagram(data, addr)
+        self.on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the phone is not yet listening: keep going.
@@ -51,10 +46,8 @@ class PlainLeg:
 
     def __init__(self, pool: PortPool) -> None:
         self._pool = pool
-        self._rtp: asyncio.DatagramTransport | None = None
-        self._rtcp: asyncio.DatagramTransport | None = None
-        self._rtp_socket: _Socket | None = None
-        self._rtcp_socket: _Socket | None = None
+        self._rtp: DatagramSocket | None = None
+        self._rtcp: DatagramSocket | None = None
         self._on_rtp: DatagramHandler = _ignore
         self._on_rtcp: DatagramHandler = _ignore
         self._rtp_target: Address | None = None
@@ -64,10 +57,8 @@ class PlainLeg:
         self.rtcp_mux = False
 
     async def open(self) -> None:
-        rtp_socket, rtcp_socket = _Socket(self._rtp_received), _Socket(self._rtcp_received)
-        self._rtp, self._rtcp = await self._pool.bind_pair(lambda: rtp_socket,
-                                                           lambda: rtcp_socket)
-        self._rtp_socket, self._rtcp_socket = rtp_socket, rtcp_socket
+        self._rtp, self._rtcp = self._pool.bind_pair(lambda: _Socket(self._rtp_received),
+                                                     lambda: _Socket(self._rtcp_received))
 
     @property
     def on_rtp(self) -> DatagramHandler:
@@ -88,12 +79,14 @@ class PlainLeg:
         self._bypass()
 
     def _bypass(self) -> None:
-        """Hand packets straight to the handlers where the source address no longer matters."""
-        if self._rtp_socket is not None:
+        """Once latched, the sockets hand packets straight to the handlers, without reading
+        the source address (one call level and an address conversion fewer per packet); a
+        muxed RTP port still needs the latching handler to tell RTCP from RTP."""
+        if self._rtp is not None:
             direct = self._rtp_latched and not self.rtcp_mux
-            self._rtp_socket.on_packet = self._on_rtp if direct else None
-        if self._rtcp_socket is not None:
-            self._rtcp_socket.on_packet = self._on_rtcp if self._rtcp_latched else None
+            self._rtp.on_packet = self._on_rtp if direct else None
+        if self._rtcp is not None:
+            self._rtcp.on_packet = self._on_rtcp if self._rtcp_latched else None
 
     @property
     def port(self) -> int:
@@ -111,9 +104,14 @@ class PlainLeg:
         new_target = (host, port)
         if new_target != self._rtp_target:
             self._rtp_latched = self._rtcp_latched = False
-        self._rtp_target = new_target
         self.rtcp_mux = rtcp_mux
-        self._rtcp_target = new_target if rtcp_mux else (host, rtcp_port or port + 1)
+        if _is_ip_address(host):
+            self._rtp_target = new_target
+            self._rtcp_target = new_target if rtcp_mux else (host, rtcp_port or port + 1)
+        else:
+            # A host name would cost a blocking DNS lookup for every packet sent: nothing goes
+            # out until the peer's first packets show its address (latching).
+            self._rtp_target = self._rtcp_target = None
         self._bypass()
 
     def send_rtp(self, packet: bytes) -> None:
@@ -151,6 +149,14 @@ class PlainLeg:
             self._rtcp_target = (addr[0], addr[1])
             self._bypass()
         self._on_rtcp(data)
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _ignore(_: bytes) -> None:

@@ -7,6 +7,7 @@ import itertools
 import socket
 from collections.abc import Callable
 
+from .datagram import DatagramSocket, LoopLag
 from .errors import MediaError
 
 ProtocolFactory = Callable[[], asyncio.DatagramProtocol]
@@ -27,42 +28,43 @@ class PortPool:
         self._even_ports = range(first_even, port_max, 2)
         self._cursor = itertools.cycle(range(len(self._even_ports)))
         self._open: set[int] = set()
+        self._lag = LoopLag()
 
     @property
     def open_ports(self) -> frozenset[int]:
         return frozenset(self._open)
 
-    async def bind_pair(
+    def bind_pair(
         self, rtp_factory: ProtocolFactory, rtcp_factory: ProtocolFactory
-    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramTransport]:
+    ) -> tuple[DatagramSocket, DatagramSocket]:
         """An even RTP port and RTP+1 for RTCP, both bound, as RFC 3550 recommends."""
         for _ in range(len(self._even_ports)):
             port = self._even_ports[next(self._cursor)]
             if port in self._open or port + 1 in self._open:
                 continue
-            rtp = await self._try_bind(port, rtp_factory)
+            rtp = self._try_bind(port, rtp_factory)
             if rtp is None:
                 continue
-            rtcp = await self._try_bind(port + 1, rtcp_factory)
+            rtcp = self._try_bind(port + 1, rtcp_factory)
             if rtcp is None:
                 self.release(rtp)
                 continue
             return rtp, rtcp
         raise MediaError(status=503, reason=f"no free RTP port pair on {self.host}")
 
-    async def bind_single(self, factory: ProtocolFactory) -> asyncio.DatagramTransport:
+    def bind_single(self, factory: ProtocolFactory) -> DatagramSocket:
         """One port (ICE uses a single muxed port), also from the configured range."""
         for _ in range(len(self._even_ports)):
             port = self._even_ports[next(self._cursor)]
             for candidate in (port, port + 1):
                 if candidate in self._open:
                     continue
-                transport = await self._try_bind(candidate, factory)
+                transport = self._try_bind(candidate, factory)
                 if transport is not None:
                     return transport
         raise MediaError(status=503, reason=f"no free ICE port on {self.host}")
 
-    def release(self, transport: asyncio.DatagramTransport) -> None:
+    def release(self, transport: DatagramSocket) -> None:
         sockname = transport.get_extra_info("sockname")
         transport.close()
         if sockname is not None:
@@ -72,16 +74,14 @@ class PortPool:
         """A socket bound here was closed by its owner (aioice closes its own sockets)."""
         self._open.discard(port)
 
-    async def _try_bind(
-        self, port: int, factory: ProtocolFactory
-    ) -> asyncio.DatagramTransport | None:
-        loop = asyncio.get_running_loop()
+    def _try_bind(self, port: int, factory: ProtocolFactory) -> DatagramSocket | None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                factory, local_addr=(self.host, port), family=family
-            )
+            sock.bind((self.host, port))
         except OSError:
+            sock.close()
             return None
+        sock.setblocking(False)
         self._open.add(port)
-        return transport
+        return DatagramSocket(sock, factory(), self._lag)

@@ -3,60 +3,87 @@ cffi binding.
 
 pylibsrtp's Session methods allocate an `int *` with cffi, check the argument's type and call
 a checking helper on every packet; that wrapper cost as much CPU as libsrtp's own crypto
-(bench/media_path.py, see the commit). These closures do the same calls on the Session's
-own context and buffer with one length cell allocated up front. The Session object stays
-referenced by the closure: it owns the libsrtp context and frees it.
+(bench/media_path.py, see the commit). SrtpTransform does the same calls on the Session's own
+context and buffer with one length cell allocated up front. It is a class (compiled by mypyc,
+setup.py) rather than a closure so that the compiled legs call it directly. It keeps the
+Session referenced: the Session owns the libsrtp context and frees it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import pylibsrtp
 from pylibsrtp import Session
 from pylibsrtp._binding import ffi, lib
 
-Transform = Callable[[bytes], bytes]
 # What pylibsrtp reserves for the authentication tag (+ MKI, + SRTCP index) when protecting.
 _RTP_TRAILER = pylibsrtp.SRTP_MAX_TRAILER_LEN
 _RTCP_TRAILER = pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
 
 
-def protect(session: Session) -> Transform:
-    return _transform(session, lib.srtp_protect, _RTP_TRAILER)
+class SrtpTransform:
+    """One libsrtp operation (protect, unprotect, for RTP or RTCP) on one Session."""
 
+    def __init__(self, session: Session, function: Callable[..., int], trailer: int) -> None:
+        try:
+            self._context: Any = session._srtp[0]
+            self._cdata: Any = session._cdata
+            self._buffer: Any = session._buffer
+        except AttributeError as error:  # pylibsrtp's internals moved: update this module
+            raise RuntimeError(f"unsupported pylibsrtp version: {error}") from error
+        self._session = session
+        self._function = function
+        self._room: int = len(self._cdata) - trailer
+        self._length: Any = ffi.new("int *")
 
-def protect_rtcp(session: Session) -> Transform:
-    return _transform(session, lib.srtp_protect_rtcp, _RTCP_TRAILER)
-
-
-def unprotect(session: Session) -> Transform:
-    return _transform(session, lib.srtp_unprotect, 0)
-
-
-def unprotect_rtcp(session: Session) -> Transform:
-    return _transform(session, lib.srtp_unprotect_rtcp, 0)
-
-
-def _transform(session: Session, function: Callable[..., int], trailer: int) -> Transform:
-    try:
-        context = session._srtp[0]
-        cdata = session._cdata
-        buffer = session._buffer
-    except AttributeError as error:  # pylibsrtp's internals moved: update this module
-        raise RuntimeError(f"unsupported pylibsrtp version: {error}") from error
-    room = len(cdata) - trailer
-    length = ffi.new("int *")
-
-    def transform(packet: bytes, _owner: Session = session) -> bytes:
+    def apply(self, packet: bytes) -> bytes:
         size = len(packet)
-        if size > room:
+        if size > self._room:
             raise pylibsrtp.Error(f"packet of {size} bytes too long for SRTP")
+        buffer = self._buffer
+        length = self._length
         buffer[0:size] = packet
         length[0] = size
-        status = function(context, cdata, length)
+        status: int = self._function(self._context, self._cdata, length)
         if status:
             raise pylibsrtp.Error(pylibsrtp.ERRORS[status])
-        return buffer[0:length[0]]
+        result: bytes = buffer[0:length[0]]
+        return result
 
-    return transform
+
+@dataclass
+class SrtpSessions:
+    """libsrtp contexts for one DTLS association: protect outgoing, unprotect incoming."""
+
+    outbound: Session
+    inbound: Session
+    profile: str
+    protect: SrtpTransform = field(init=False)
+    protect_rtcp: SrtpTransform = field(init=False)
+    unprotect: SrtpTransform = field(init=False)
+    unprotect_rtcp: SrtpTransform = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.protect = protect(self.outbound)
+        self.protect_rtcp = protect_rtcp(self.outbound)
+        self.unprotect = unprotect(self.inbound)
+        self.unprotect_rtcp = unprotect_rtcp(self.inbound)
+
+
+def protect(session: Session) -> SrtpTransform:
+    return SrtpTransform(session, lib.srtp_protect, _RTP_TRAILER)
+
+
+def protect_rtcp(session: Session) -> SrtpTransform:
+    return SrtpTransform(session, lib.srtp_protect_rtcp, _RTCP_TRAILER)
+
+
+def unprotect(session: Session) -> SrtpTransform:
+    return SrtpTransform(session, lib.srtp_unprotect, 0)
+
+
+def unprotect_rtcp(session: Session) -> SrtpTransform:
+    return SrtpTransform(session, lib.srtp_unprotect_rtcp, 0)

@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 import pylibsrtp
 
-from .dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, SrtpSessions
+from .dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
 from .ice import IceConnection, sdp_candidate
 from .plain import is_rtcp
 from .ports import PortPool
 from .sdp import Fingerprint, MediaDescription, WebRtcTransportParams
+from .srtp import SrtpSessions
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +164,9 @@ class WebRtcLeg:
                 return
             try:
                 if 192 <= data[1] <= 223:
-                    self.on_rtcp(srtp.unprotect_rtcp(data))
+                    self.on_rtcp(srtp.unprotect_rtcp.apply(data))
                 else:
-                    self.on_rtp(srtp.unprotect(data))
+                    self.on_rtp(srtp.unprotect.apply(data))
             except pylibsrtp.Error:
                 self.srtp_errors += 1
         elif 19 < first < 64 and self._dtls is not None:
@@ -175,26 +176,21 @@ class WebRtcLeg:
         srtp = self._srtp
         if srtp is None:
             return False
-        # _send inlined: this runs for every packet towards the browser.
-        protected = srtp.protect(packet)
-        ice = self._ice
-        if ice is not None and ice.send_now(protected):
-            return True
-        old = self._old_ice
-        return old is not None and old.send_now(protected)
+        return self._send(srtp.protect.apply(packet))
 
     def send_rtcp(self, packet: bytes) -> bool:
         srtp = self._srtp
         if srtp is None or not is_rtcp(packet):
             return False
-        return self._send(srtp.protect_rtcp(packet))
+        return self._send(srtp.protect_rtcp.apply(packet))
 
     def _send(self, data: bytes) -> bool:
+        """On the current ICE generation's nominated pair, else on the one it replaces."""
         ice = self._ice
-        if ice is not None and ice.send_now(data):
+        if ice is not None and ice.media_route.send(data):
             return True
         old = self._old_ice
-        return old is not None and old.send_now(data)
+        return old is not None and old.media_route.send(data)
 
     def _send_dtls(self, record: bytes) -> None:
         if not self._send(record) and len(self._pending) < _PENDING_LIMIT:

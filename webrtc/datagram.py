@@ -1,0 +1,149 @@
+"""The relay's UDP sockets: read with loop.add_reader and offered to aioice and the legs as the
+small part of asyncio's DatagramTransport they use.
+
+Written here rather than using the event loop's own UDP transport because that one costs a
+relay as much per packet as its SRTP: for every datagram uvloop reads once more until EAGAIN
+(a second system call; each socket of a call gets one packet per 20 ms), formats the source
+address as text even where nobody needs it, and for every sendto looks the destination up in
+a process-wide cache of 2048 addresses, which a thousand calls' peers outgrow.
+
+So a ready socket is read once: epoll is level triggered and reports a socket with more
+datagrams waiting again. That costs a readiness event per datagram, which is cheaper than an
+EAGAIN per datagram only while the sockets' queues are short. When the loop falls behind, the
+queues grow, and reading each ready socket until EAGAIN is what lets the relay catch up again
+(LoopLag decides). Compiled by mypyc (setup.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+Address = tuple[Any, ...]  # (host, port) or, for IPv6, (host, port, flowinfo, scope_id)
+PacketHandler = Callable[[bytes], None]
+_MAX_DATAGRAM = 2048  # RTP over UDP stays under the path MTU; a larger one arrives truncated
+_DRAIN_LIMIT = 32  # datagrams read per readiness while behind: other sockets wait meanwhile
+_LAG_CHECK_SECONDS = 0.05
+# A timer this late means loop iterations take this long: hundreds of ready sockets each.
+_BEHIND_SECONDS = 0.005
+
+
+class LoopLag:
+    """Whether the event loop runs behind, from how late a periodic timer fires. It runs
+    while sockets use it."""
+
+    def __init__(self) -> None:
+        self.behind = False
+        self._users = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def acquire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._users += 1
+        if self._timer is None:
+            self._arm(loop)
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self.behind = False
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = loop.time() + _LAG_CHECK_SECONDS
+        self._timer = loop.call_at(self._due, self._check, loop)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.behind = loop.time() - self._due > _BEHIND_SECONDS
+        self._arm(loop)
+
+
+class DatagramSocket:
+    """A bound, non-blocking UDP socket serving one asyncio DatagramProtocol.
+
+    Datagrams go to the protocol's datagram_received with their source address, or, while
+    `on_packet` is set, to `on_packet` without it (no address to build for the packets of a
+    latched call). A full send buffer drops the datagram instead of queueing it: real-time
+    media would arrive too late, and STUN and DTLS retransmit.
+    """
+
+    def __init__(
+        self, sock: socket.socket, protocol: asyncio.DatagramProtocol, lag: LoopLag
+    ) -> None:
+        self._sock = sock
+        self._fileno = sock.fileno()
+        self._protocol = protocol
+        self._lag = lag
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self.on_packet: PacketHandler | None = None
+        protocol.connection_made(self)  # type: ignore[arg-type]  # the part aioice uses
+        lag.acquire(self._loop)
+        self._loop.add_reader(self._fileno, self._readable)
+
+    def _readable(self) -> None:
+        if not self._lag.behind:
+            self._read()
+            return
+        for _ in range(_DRAIN_LIMIT):
+            if not self._read() or self._closing:
+                return
+
+    def _read(self) -> bool:
+        """Reads and hands on one datagram; False when none was waiting."""
+        on_packet = self.on_packet
+        try:
+            if on_packet is not None:
+                packet = self._sock.recv(_MAX_DATAGRAM)
+            else:
+                packet, source = self._sock.recvfrom(_MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:  # e.g. ICMP port unreachable reported on a later read
+            self._protocol.error_received(exc)
+            return True
+        if on_packet is not None:
+            on_packet(packet)
+        else:
+            self._protocol.datagram_received(packet, source)
+        return True
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        if self._closing:
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._protocol.error_received(exc)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self._sock.getsockname()
+        if name == "socket":
+            return self._sock
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading now; close the socket and tell the protocol on the next loop turn, as
+        asyncio's transports do (aioice waits for connection_lost)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fileno)
+        self._lag.release()
+        self._loop.call_soon(self._closed)
+
+    def abort(self) -> None:
+        self.close()
+
+    def _closed(self) -> None:
+        self._sock.close()
+        self._protocol.connection_lost(None)
