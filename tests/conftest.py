@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def _stale_compiled_modules() -> list[str]:
     """Compiled modules (setup.py) older than their source: the tests would run old code."""
     stale = []
-    for package in ("sip", "gateway"):
+    for package in ("sip", "gateway", "webrtc"):
         for compiled in sorted((REPO_ROOT / package).rglob("*.so")):
             source = compiled.with_name(compiled.name.split(".", 1)[0] + ".py")
             if source.exists() and compiled.stat().st_mtime < source.stat().st_mtime:
