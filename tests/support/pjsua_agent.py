@@ -353,10 +353,16 @@ class PhoneCall(pj.Call):
     def disconnect_media(self) -> None:
         if self.audio is None:
             return
-        if self.phone.tone_player is not None:
-            self.phone.tone_player.stopTransmit(self.audio)
-        if self.phone.recorder is not None:
-            self.audio.stopTransmit(self.phone.recorder)
+        try:
+            if self.phone.tone_player is not None:
+                self.phone.tone_player.stopTransmit(self.audio)
+            if self.phone.recorder is not None:
+                self.audio.stopTransmit(self.phone.recorder)
+        except pj.Error as error:
+            # A re-INVITE (hold, resume) may have replaced the stream: its conference port is
+            # gone and with it every connection, which is what disconnecting wanted.
+            if "PJ_EINVAL" not in error.reason:
+                raise
 
 
 def json_output() -> TextIO:
