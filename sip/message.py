@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .errors import SipError
 from .grammar import is_token, parse_decimal, split_top_level
@@ -21,7 +21,7 @@ from .headers import CANONICAL_NAMES, LIST_HEADERS, CSeq, NameAddr, Via
 from .status import reason_phrase
 from .uri import SipUri
 
-SIP_VERSION = "SIP/2.0"
+SIP_VERSION: Final = "SIP/2.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +329,7 @@ def _parse_to(message: Message) -> NameAddr:
     return message._single_name_addr("To")
 
 
-_SINGLE_VALUED = frozenset(
+_SINGLE_VALUED: Final = frozenset(
     ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
 )
 
@@ -414,7 +414,7 @@ def _has_tag(to_value: str) -> bool:
         return True  # unparseable: leave it as it is rather than append to garbage
 
 
-_RESPONSE_COPIED = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))
+_RESPONSE_COPIED: Final = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))
 
 
 class Response(Message):
@@ -440,8 +440,8 @@ class Response(Message):
         return clone
 
 
-_TOP_VIA = "via#top"  # cache key of the top Via parsed on its own
-_KEYS: dict[str, str] = {}
+_TOP_VIA: Final = "via#top"  # cache key of the top Via parsed on its own
+_KEYS: Final[dict[str, str]] = {}
 
 
 def _key(name: str) -> str:
@@ -457,7 +457,7 @@ def _key(name: str) -> str:
         return key
 
 
-_KEY_CACHE: dict[str, tuple[str, str]] = {}
+_KEY_CACHE: Final[dict[str, tuple[str, str]]] = {}
 
 
 def _row_key(name: str) -> tuple[str, str]:

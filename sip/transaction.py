@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from .branch import is_rfc3261_branch, new_branch
 from .client_transaction import ClientTransaction
@@ -18,7 +18,7 @@ from .transport import TransportLayer
 
 __all__ = ["ClientTransaction", "ServerTransaction", "Timers", "TransactionLayer"]
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 
 def _unhandled_request(request: Request, transaction: ServerTransaction | None) -> None:

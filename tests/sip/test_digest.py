@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -286,6 +288,23 @@ def test_client_picks_sha256_when_both_offered() -> None:
     creds = answer(server)
     assert creds.algorithm == "SHA-256"
     assert select_challenge(list(reversed(server.challenge()))).algorithm == "SHA-256"
+
+
+def test_nonces_are_unique_and_a_forked_child_does_not_reuse_pooled_random_bytes() -> None:
+    server = DigestServer("example.com", b"secret")
+    assert len({server.new_nonce() for _ in range(2000)}) == 2000  # many within one millisecond
+    digest._random_bytes(8)  # the pool now holds bytes a child would inherit
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write_end, digest._random_bytes(16))
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    from_child = os.read(read_end, 16)
+    os.close(read_end)
+    assert len(from_child) == 16
+    assert from_child != digest._random_bytes(16)
 
 
 def test_nonce_from_another_node_sharing_the_secret_verifies() -> None:
