@@ -33,6 +33,8 @@ def parse_decimal(text: str, what: str) -> int:
 
 
 def is_token(text: str) -> bool:
+    if text.isalnum() and text.isascii():
+        return True  # most tokens (branches, tags, methods): two scans without a set lookup
     # issuperset walks the characters in C: a generator over them costs 3-4x more.
     return bool(text) and TOKEN_CHARS.issuperset(text)
 

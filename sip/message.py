@@ -287,15 +287,14 @@ class Message:
         """Eagerly check the headers every transaction needs; raises SipError (400) if broken."""
         if not self.vias:
             raise SipError(400, "Missing Via header")
-        singles = [row[0] for row in self._rows if row[0] in _SINGLE_VALUED]
-        if len(singles) != len(set(singles)):
-            seen: set[str] = set()
-            for key, name, _ in self._rows:
-                if key in _SINGLE_VALUED:
-                    if key in seen:
-                        # RFC 4475 multi01: which Call-ID, CSeq, From or To would be the real one?
-                        raise SipError(400, f"More than one {name} header")
-                    seen.add(key)
+        seen = 0  # a bit per single-valued header: no list or set built per message
+        for row in self._rows:
+            bit = _SINGLE_VALUED_BITS.get(row[0], 0)
+            if bit:
+                if seen & bit:
+                    # RFC 4475 multi01: which Call-ID, CSeq, From or To would be the real one?
+                    raise SipError(400, f"More than one {row[1]} header")
+                seen |= bit
         self.call_id  # noqa: B018 - parsing is the check
         self.from_  # noqa: B018
         self.to  # noqa: B018
@@ -329,9 +328,12 @@ def _parse_to(message: Message) -> NameAddr:
     return message._single_name_addr("To")
 
 
-_SINGLE_VALUED: Final = frozenset(
-    ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
-)
+_SINGLE_VALUED_BITS: Final = {
+    key: 1 << index
+    for index, key in enumerate(
+        ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
+    )
+}
 
 
 class Request(Message):
@@ -390,13 +392,16 @@ class Request(Message):
         self, status: int, reason: str | None = None, *, to_tag: str | None = None
     ) -> Response:
         """A response as RFC 3261 §8.2.6.2 builds it: Via, From, To (+tag), Call-ID, CSeq copied."""
-        rows = [row for row in self._rows if row[0] in _RESPONSE_COPIED]
-        if to_tag is not None and status > 100:
-            for index, (key, name, value) in enumerate(rows):
-                if key == "to" and not _has_tag(value):
-                    rows[index] = (key, name, f"{value};tag={to_tag}")
-        if status != 100:
-            rows = [row for row in rows if row[0] != "timestamp"]
+        # One pass over the rows: a response is built for every request.
+        copied = _TRYING_COPIED if status == 100 else _RESPONSE_COPIED
+        tag_to = to_tag is not None and status > 100
+        rows: list[tuple[str, str, str]] = []
+        for row in self._rows:
+            key = row[0]
+            if key in copied:
+                if tag_to and key == "to" and not _has_tag(row[2]):
+                    row = (key, row[1], f"{row[2]};tag={to_tag}")
+                rows.append(row)
         return Response(status, reason or reason_phrase(status), rows)
 
 
@@ -414,7 +419,8 @@ def _has_tag(to_value: str) -> bool:
         return True  # unparseable: leave it as it is rather than append to garbage
 
 
-_RESPONSE_COPIED: Final = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))
+_RESPONSE_COPIED: Final = frozenset(("via", "from", "to", "call-id", "cseq"))
+_TRYING_COPIED: Final = _RESPONSE_COPIED | {"timestamp"}  # RFC 3261 §8.2.6.1
 
 
 class Response(Message):

@@ -95,6 +95,8 @@ class TransactionLayer:
     def forget_server(self, transaction: ServerTransaction) -> None:
         if self._servers.get(transaction.id) is transaction:
             del self._servers[transaction.id]
+        if not self._awaiting_ack:
+            return  # nearly always: only a UAS core's 2xx to an INVITE waits for its ACK here
         request = transaction.request
         ack_key = (request.call_id, request.cseq.number)
         if self._awaiting_ack.get(ack_key) is transaction:
