@@ -58,26 +58,24 @@ class Registrar:
 
     async def answer(self, request: Request, transaction: ServerTransaction) -> None:
         """Answer a REGISTER in its server transaction (a task of its own: the coroutine is
-        compiled, where a wrapper in the application would run interpreted for every REGISTER)."""
-        transaction.respond(await self._final_response(request, transaction.flow))
-
-    async def _final_response(self, request: Request, flow: Flow) -> Response:
-        """SipError from malformed headers becomes 4xx, a failing store 503."""
+        compiled, where a wrapper in the application would run interpreted for every REGISTER).
+        SipError from malformed headers becomes 4xx, a failing store 503. One coroutine, not a
+        wrapper awaiting another: each level is a generator object created per REGISTER."""
+        flow = transaction.flow
         try:
-            return await self._register(request, flow)
+            response = await self._register(request, flow)
         except SipError as error:
             log.info("REGISTER from %s refused: %d %s", flow.remote, error.status, error.reason)
             response = request.response(error.status, error.reason, to_tag=request.stable_tag())
             for name, value in error.headers:
                 response.add(name, value)
-            return response
         except Exception:
             # A failing user or location store (Redis down, connection pool exhausted) must
             # still answer: without a final response the client retransmits into the same failure.
             log.exception("REGISTER %s from %s failed", request.call_id, flow.remote)
             response = request.response(503, to_tag=request.stable_tag())
             response.add("Retry-After", str(STORE_RETRY_AFTER))
-            return response
+        transaction.respond(response)
 
     async def _register(self, request: Request, flow: Flow) -> Response:
         ruri = request.ruri
