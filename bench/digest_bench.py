@@ -8,8 +8,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from sip.digest import (
+# The tree this script sits in, not whichever one the editable install points at.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sip.digest import (  # noqa: E402
     DigestServer,
     VerifyOutcome,
     build_authorization,

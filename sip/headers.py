@@ -40,13 +40,13 @@ _KNOWN = (
     "Subscription-State", "Supported", "Timestamp", "To", "Unsupported", "User-Agent", "Via",
     "Warning", "WWW-Authenticate", "P-Asserted-Identity", "Privacy", "Identity",
 )
-CANONICAL_NAMES = {name.lower(): name for name in _KNOWN}
+CANONICAL_NAMES: Final = {name.lower(): name for name in _KNOWN}
 for _short, _long in COMPACT_FORMS.items():
     CANONICAL_NAMES[_short] = _long
 
 # Headers whose values may be comma-joined lists (RFC 3261 §7.3.1); all others are single values
 # and may legitimately contain commas (dates, quoted display names, auth parameters).
-LIST_HEADERS = frozenset(
+LIST_HEADERS: Final = frozenset(
     name.lower()
     for name in (
         "Via", "Contact", "Route", "Record-Route", "Path", "Allow", "Supported", "Require",
@@ -59,10 +59,13 @@ LIST_HEADERS = frozenset(
 
 # What nearly every Via looks like (no spaces or comments inside, a host name or IPv4 address):
 # one match instead of the general path's three scans. Anything else takes the general path.
-_VIA_COMMON = re.compile(r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9._-]+)(?::([0-9]{1,5}))?(?:;(.*))?\Z",
-                         re.S)
+_VIA_COMMON: Final = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9._-]+)(?::([0-9]{1,5}))?(?:;(.*))?\Z", re.S
+)
 # `SIP / 2.0 / UDP` with spaces around the slashes is legal (RFC 4475 §3.1.1.1).
-_VIA_PROTOCOL = re.compile(r"\s*([A-Za-z]+)\s*/\s*([0-9.]+)\s*/\s*([A-Za-z0-9-]+)\s+(\S.*)", re.S)
+_VIA_PROTOCOL: Final = re.compile(
+    r"\s*([A-Za-z]+)\s*/\s*([0-9.]+)\s*/\s*([A-Za-z0-9-]+)\s+(\S.*)", re.S
+)
 
 
 def canonical_name(name: str) -> str:
@@ -164,12 +167,34 @@ def _display_name(text: str, header: str) -> str:
     return text
 
 
-@dataclass(slots=True)
 class Via:
-    transport: str
-    host: str
-    port: int | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
+    """A Via value; parsed for every message, hence a compiled class with an explicit __init__
+    (a dataclass's generated one stays interpreted under mypyc and costs several times more).
+    Unlike the immutable Records, params is stamped in place (received, rport)."""
+
+    __slots__ = ("transport", "host", "port", "params")
+
+    def __init__(
+        self, transport: str, host: str, port: int | None = None,
+        params: dict[str, str | None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params: dict[str, str | None] = params if params is not None else {}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Via):
+            return NotImplemented
+        return (self.transport, self.host, self.port, self.params) == (
+            other.transport, other.host, other.port, other.params
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaced
+
+    def __repr__(self) -> str:
+        return (f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r}, "
+                f"params={self.params!r})")
 
     @classmethod
     def parse(cls, text: str) -> Via:

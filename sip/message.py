@@ -11,9 +11,8 @@ replace_top_via (copies share the parsed values until one of them changes that h
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .errors import SipError
 from .grammar import is_token, parse_decimal, split_top_level
@@ -21,7 +20,7 @@ from .headers import CANONICAL_NAMES, LIST_HEADERS, CSeq, NameAddr, Via
 from .status import reason_phrase
 from .uri import SipUri
 
-SIP_VERSION = "SIP/2.0"
+SIP_VERSION: Final = "SIP/2.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,17 +152,12 @@ class Message:
             self._cache.pop(_TOP_VIA, None)
 
     # --- structured accessors ----------------------------------------------------------------
-    def _cached(self, key: str, build: Callable[[Message], Any]) -> Any:
-        # Builders are module functions taking the message: a closure per access would be
-        # allocated even when the value is already cached, on every hot-path read.
-        value = self._cache.get(key)
-        if value is None:
-            value = self._cache[key] = build(self)
-        return value
-
     @property
     def vias(self) -> list[Via]:
-        return self._cached("via", _parse_vias)
+        value = self._cache.get("via")
+        if value is None:
+            value = self._cache["via"] = _parse_vias(self)
+        return value
 
     @property
     def top_via(self) -> Via:
@@ -187,27 +181,36 @@ class Message:
             top = cache[_TOP_VIA] = Via.parse(value)
         return top
 
-    # The accessors below are read a dozen times per message: each tries the cache inline
-    # rather than through _cached, whose extra call doubled their cost.
+    # The accessors below are read a dozen times per message: each tries the cache inline and
+    # calls its parser directly, which mypyc compiles to a C call (through a Callable argument
+    # it would be a boxed Python call).
     @property
     def call_id(self) -> str:
         value = self._cache.get("call-id")
-        return value if value is not None else self._cached("call-id", _parse_call_id)
+        if value is None:
+            value = self._cache["call-id"] = _parse_call_id(self)
+        return value
 
     @property
     def cseq(self) -> CSeq:
         value = self._cache.get("cseq")
-        return value if value is not None else self._cached("cseq", _parse_cseq)
+        if value is None:
+            value = self._cache["cseq"] = _parse_cseq(self)
+        return value
 
     @property
     def from_(self) -> NameAddr:
         value = self._cache.get("from")
-        return value if value is not None else self._cached("from", _parse_from)
+        if value is None:
+            value = self._cache["from"] = _parse_from(self)
+        return value
 
     @property
     def to(self) -> NameAddr:
         value = self._cache.get("to")
-        return value if value is not None else self._cached("to", _parse_to)
+        if value is None:
+            value = self._cache["to"] = _parse_to(self)
+        return value
 
     def _single_name_addr(self, name: str) -> NameAddr:
         value = self.get(name)
@@ -287,15 +290,14 @@ class Message:
         """Eagerly check the headers every transaction needs; raises SipError (400) if broken."""
         if not self.vias:
             raise SipError(400, "Missing Via header")
-        singles = [row[0] for row in self._rows if row[0] in _SINGLE_VALUED]
-        if len(singles) != len(set(singles)):
-            seen: set[str] = set()
-            for key, name, _ in self._rows:
-                if key in _SINGLE_VALUED:
-                    if key in seen:
-                        # RFC 4475 multi01: which Call-ID, CSeq, From or To would be the real one?
-                        raise SipError(400, f"More than one {name} header")
-                    seen.add(key)
+        seen = 0  # a bit per single-valued header: no list or set built per message
+        for row in self._rows:
+            bit = _SINGLE_VALUED_BITS.get(row[0], 0)
+            if bit:
+                if seen & bit:
+                    # RFC 4475 multi01: which Call-ID, CSeq, From or To would be the real one?
+                    raise SipError(400, f"More than one {row[1]} header")
+                seen |= bit
         self.call_id  # noqa: B018 - parsing is the check
         self.from_  # noqa: B018
         self.to  # noqa: B018
@@ -329,9 +331,12 @@ def _parse_to(message: Message) -> NameAddr:
     return message._single_name_addr("To")
 
 
-_SINGLE_VALUED = frozenset(
-    ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
-)
+_SINGLE_VALUED_BITS: Final = {
+    key: 1 << index
+    for index, key in enumerate(
+        ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
+    )
+}
 
 
 class Request(Message):
@@ -390,13 +395,16 @@ class Request(Message):
         self, status: int, reason: str | None = None, *, to_tag: str | None = None
     ) -> Response:
         """A response as RFC 3261 §8.2.6.2 builds it: Via, From, To (+tag), Call-ID, CSeq copied."""
-        rows = [row for row in self._rows if row[0] in _RESPONSE_COPIED]
-        if to_tag is not None and status > 100:
-            for index, (key, name, value) in enumerate(rows):
-                if key == "to" and not _has_tag(value):
-                    rows[index] = (key, name, f"{value};tag={to_tag}")
-        if status != 100:
-            rows = [row for row in rows if row[0] != "timestamp"]
+        # One pass over the rows: a response is built for every request.
+        copied = _TRYING_COPIED if status == 100 else _RESPONSE_COPIED
+        tag_to = to_tag is not None and status > 100
+        rows: list[tuple[str, str, str]] = []
+        for row in self._rows:
+            key = row[0]
+            if key in copied:
+                if tag_to and key == "to" and not _has_tag(row[2]):
+                    row = (key, row[1], f"{row[2]};tag={to_tag}")
+                rows.append(row)
         return Response(status, reason or reason_phrase(status), rows)
 
 
@@ -414,7 +422,8 @@ def _has_tag(to_value: str) -> bool:
         return True  # unparseable: leave it as it is rather than append to garbage
 
 
-_RESPONSE_COPIED = frozenset(("via", "from", "to", "call-id", "cseq", "timestamp"))
+_RESPONSE_COPIED: Final = frozenset(("via", "from", "to", "call-id", "cseq"))
+_TRYING_COPIED: Final = _RESPONSE_COPIED | {"timestamp"}  # RFC 3261 §8.2.6.1
 
 
 class Response(Message):
@@ -440,8 +449,8 @@ class Response(Message):
         return clone
 
 
-_TOP_VIA = "via#top"  # cache key of the top Via parsed on its own
-_KEYS: dict[str, str] = {}
+_TOP_VIA: Final = "via#top"  # cache key of the top Via parsed on its own
+_KEYS: Final[dict[str, str]] = {}
 
 
 def _key(name: str) -> str:
@@ -457,7 +466,7 @@ def _key(name: str) -> str:
         return key
 
 
-_KEY_CACHE: dict[str, tuple[str, str]] = {}
+_KEY_CACHE: Final[dict[str, tuple[str, str]]] = {}
 
 
 def _row_key(name: str) -> tuple[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .flow import Flow
 from .message import Request, Response
@@ -14,14 +14,14 @@ from .timers import TimedTransaction
 if TYPE_CHECKING:
     from .transaction import TransactionLayer
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
-TRYING = "trying"
-PROCEEDING = "proceeding"
-ACCEPTED = "accepted"
-COMPLETED = "completed"
-CONFIRMED = "confirmed"
-TERMINATED = "terminated"
+TRYING: Final = "trying"
+PROCEEDING: Final = "proceeding"
+ACCEPTED: Final = "accepted"
+COMPLETED: Final = "completed"
+CONFIRMED: Final = "confirmed"
+TERMINATED: Final = "terminated"
 
 ServerKey = tuple[str, ...]
 

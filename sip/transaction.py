@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from .branch import is_rfc3261_branch, new_branch
 from .client_transaction import ClientTransaction
@@ -18,7 +18,7 @@ from .transport import TransportLayer
 
 __all__ = ["ClientTransaction", "ServerTransaction", "Timers", "TransactionLayer"]
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 
 def _unhandled_request(request: Request, transaction: ServerTransaction | None) -> None:
@@ -95,6 +95,8 @@ class TransactionLayer:
     def forget_server(self, transaction: ServerTransaction) -> None:
         if self._servers.get(transaction.id) is transaction:
             del self._servers[transaction.id]
+        if not self._awaiting_ack:
+            return  # nearly always: only a UAS core's 2xx to an INVITE waits for its ACK here
         request = transaction.request
         ack_key = (request.call_id, request.cseq.number)
         if self._awaiting_ack.get(ack_key) is transaction:

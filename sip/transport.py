@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .errors import SipError
 from .flow import Address, Flow, Target, format_address
@@ -26,17 +26,17 @@ from .udp import UdpEndpoint, UdpFlow
 if TYPE_CHECKING:
     from .resolver import Resolver
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 # Every SIP message in and out at DEBUG: what an operator reads to follow a call.
-wire_log = logging.getLogger("ws2sip.sip.wire")
+wire_log: Final = logging.getLogger("ws2sip.sip.wire")
 
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
+DEFAULT_PORTS: Final = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 CONNECT_TIMEOUT = 5.0
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 # Headers a 4xx needs to be matched by the sender (§8.2.6.2), read from a message that did not
 # parse as a whole.
-_ECHOED_HEADERS = {"via", "from", "to", "call-id", "cseq"}
-_COMPACT_TO_KEY = {short: name.lower() for short, name in COMPACT_FORMS.items()}
+_ECHOED_HEADERS: Final = {"via", "from", "to", "call-id", "cseq"}
+_COMPACT_TO_KEY: Final = {short: name.lower() for short, name in COMPACT_FORMS.items()}
 
 
 def _ignore_message(message: Request | Response, flow: Flow) -> None:

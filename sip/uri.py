@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import unquote as percent_decode
 
 from .errors import SipError
 from .grammar import parse_decimal, parse_params
 
 SIP_SCHEMES = ("sip", "sips", "tel")
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
-_IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+_HOST_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+_IPV6_CHARS: Final = frozenset("0123456789abcdefABCDEF:.")
 # Distinct texts whose parse is kept: URIs repeat across a dialog's messages and a client's
 # refreshes; parsed values are shared read-only views (see sip.message), changed through copy().
 PARSE_CACHE_SIZE = 2048
@@ -106,7 +107,10 @@ class SipUri:
 
     @property
     def user_decoded(self) -> str | None:
-        return percent_decode(self.user) if self.user is not None else None
+        # The test first: unquote is interpreted, and nearly no user part has an escape.
+        if self.user is None or "%" not in self.user:
+            return self.user
+        return percent_decode(self.user)
 
     @property
     def address_of_record(self) -> str:
@@ -144,7 +148,7 @@ def _format_uri_params(params: dict[str, str | None]) -> str:
     )
 
 
-_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
+_SCHEME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
 
 
 def _is_scheme(lowered: str) -> bool:

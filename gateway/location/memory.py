@@ -85,7 +85,10 @@ class MemoryLocationService(LocationService):
         else:
             self._bindings.pop(aor, None)
         new_flows = {(b.node_id, b.connection_id) for b in new}
-        for node_id, connection_id in {(b.node_id, b.connection_id) for b in old} - new_flows:
+        old_flows = {(b.node_id, b.connection_id) for b in old}
+        if new_flows == old_flows:
+            return  # a refresh over the same flows (the usual REGISTER): the index holds them
+        for node_id, connection_id in old_flows - new_flows:
             node_flows = self._flows.get(node_id, {})
             aors = node_flows.get(connection_id)
             if aors is not None:

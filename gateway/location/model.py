@@ -200,4 +200,6 @@ def _check_order(binding: Binding, change: RegisterChange) -> None:
 
 def by_preference(bindings: list[Binding]) -> list[Binding]:
     """q descending, then the most recently registered first: the order to fork or try."""
+    if len(bindings) < 2:
+        return list(bindings)  # an AoR's usual single binding: no key function to call
     return sorted(bindings, key=lambda binding: (-binding.q, -binding.registered_at))

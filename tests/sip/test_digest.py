@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sip import digest
@@ -185,15 +187,39 @@ def test_plain_auth_param_split_agrees_with_the_tokenizer(text: str) -> None:
         assert plain == _tokenized_or_error(header, len("Digest "))
 
 
+# Lists built from parameters (known and unknown names, quoted values with commas, quotes and
+# escapes, tokens, stray whitespace and empty elements): random text rarely forms a valid one.
+_PARAM_NAME = st.sampled_from(["username", "realm", "Nonce", "uri", "nc", "qop", "a", "b"])
+_LWS_TEXT = st.text(alphabet=" \t\r\n\x0b", max_size=2)
+_PARAM_VALUE = st.one_of(
+    st.text(alphabet='ab0 ,=\t"\\', max_size=4).map(lambda value: f'"{value}"'),
+    st.text(alphabet="ab1-", max_size=3),
+)
+_PARAM_ELEMENT = st.tuples(
+    _LWS_TEXT, _PARAM_NAME, _LWS_TEXT, _LWS_TEXT, _PARAM_VALUE, _LWS_TEXT
+).map(lambda parts: f"{parts[0]}{parts[1]}{parts[2]}={parts[3]}{parts[4]}{parts[5]}")
+_PARAM_LIST = st.lists(st.one_of(_PARAM_ELEMENT, _LWS_TEXT), max_size=6).map(",".join)
+
+
+@settings(max_examples=2000)
+@given(_PARAM_LIST)
+def test_plain_auth_param_split_agrees_with_the_tokenizer_on_param_lists(text: str) -> None:
+    header = "Digest " + text
+    for _ in range(2):  # the second time through, the gaps between quoted values are memoised
+        plain = digest._plain_auth_params(header, len("Digest "))
+        if plain is not None:
+            assert plain == _tokenized_or_error(header, len("Digest "))
+
+
 def test_plain_auth_param_split_takes_what_clients_send_and_leaves_the_rest() -> None:
     jssip = (
         'Digest algorithm=MD5, username="alice", realm="example.com", nonce="a-b_c", '
         'uri="sip:example.com", response="0a1b", qop=auth, cnonce="x1", nc=00000001'
     )
     start = len("Digest ")
-    assert digest._plain_auth_params(jssip, start) == _tokenized_or_error(jssip, start)
+    for usual in (jssip, 'Digest uri="sip:a;x=1,2", username="u"'):  # a comma inside quotes
+        assert digest._plain_auth_params(usual, start) == _tokenized_or_error(usual, start)
     for unusual in (
-        'Digest uri="sip:a;x=1,2", username="u"',  # a comma inside quotes
         'Digest username="a\\"b"',  # an escaped quote
         'Digest username="a", username="b"',
         "Digest username=a b",
@@ -262,6 +288,23 @@ def test_client_picks_sha256_when_both_offered() -> None:
     creds = answer(server)
     assert creds.algorithm == "SHA-256"
     assert select_challenge(list(reversed(server.challenge()))).algorithm == "SHA-256"
+
+
+def test_nonces_are_unique_and_a_forked_child_does_not_reuse_pooled_random_bytes() -> None:
+    server = DigestServer("example.com", b"secret")
+    assert len({server.new_nonce() for _ in range(2000)}) == 2000  # many within one millisecond
+    digest._random_bytes(8)  # the pool now holds bytes a child would inherit
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write_end, digest._random_bytes(16))
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    from_child = os.read(read_end, 16)
+    os.close(read_end)
+    assert len(from_child) == 16
+    assert from_child != digest._random_bytes(16)
 
 
 def test_nonce_from_another_node_sharing_the_secret_verifies() -> None:
