@@ -2,11 +2,12 @@
 
 aiohttp delivers frames through a queue read by `await ws.receive()`: for every SIP message the
 connection's task is woken, resumes, and returns the frame: 6-7 of the 85 us of gateway CPU
-per REGISTER -> 401 -> REGISTER -> 200 exchange (bench/register_bench.py's client, memory store). Here the frame queue is replaced, right after aiohttp
-builds it, by one whose text and binary frames go straight to `deliver`; close, error and
-control frames still reach `receive()`, which handles them as before. aiohttp has no public
-hook for this, so it leans on internals checked by `supported()`; without them the gateway
-falls back to reading every frame with `receive()`.
+per REGISTER -> 401 -> REGISTER -> 200 exchange (bench/register_bench.py's client, memory
+store). Here the frame queue is replaced, right after aiohttp builds it, by one whose text and
+binary frames go straight to `deliver`; close, error and control frames still reach
+`receive()`, which handles them as before. aiohttp has no public hook for this, so it leans on
+internals checked by `supported()`; without them the gateway falls back to reading every
+frame with `receive()`.
 """
 
 from __future__ import annotations
