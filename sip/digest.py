@@ -130,19 +130,18 @@ def _parse_auth_params(header_value: str, what: str) -> dict[str, str]:
     if header_value.startswith("Digest "):
         # What every client writes: the scheme regex would only find the same (both parsers
         # skip the LWS after it).
-        params = _plain_auth_params(header_value, 7)
-        if params is not None:
-            if not params:
-                raise SipError(400, f"Bad {what} header: no parameters")
-            return params
-    scheme_match = _SCHEME_RE.match(header_value)
-    if scheme_match is None:
-        raise SipError(400, f"Bad {what} header: missing auth scheme")
-    if scheme_match.group(1).lower() != "digest":
-        raise SipError(400, f"Bad {what} header: unsupported scheme {scheme_match.group(1)!r}")
-    params = _plain_auth_params(header_value, scheme_match.end())
+        start = 7
+    else:
+        scheme_match = _SCHEME_RE.match(header_value)
+        if scheme_match is None:
+            raise SipError(400, f"Bad {what} header: missing auth scheme")
+        scheme = scheme_match.group(1)
+        if scheme.lower() != "digest":
+            raise SipError(400, f"Bad {what} header: unsupported scheme {scheme!r}")
+        start = scheme_match.end()
+    params = _plain_auth_params(header_value, start)
     if params is None:
-        params = _tokenized_auth_params(header_value, scheme_match.end(), what)
+        params = _tokenized_auth_params(header_value, start, what)
     if not params:
         raise SipError(400, f"Bad {what} header: no parameters")
     return params
