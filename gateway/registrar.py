@@ -57,10 +57,9 @@ class Registrar:
         self._auth = auth
 
     async def answer(self, request: Request, transaction: ServerTransaction) -> None:
-        """Answer a REGISTER in its server transaction (a task of its own: the coroutine is
-        compiled, where a wrapper in the application would run interpreted for every REGISTER).
-        SipError from malformed headers becomes 4xx, a failing store 503. One coroutine, not a
-        wrapper awaiting another: each level is a generator object created per REGISTER."""
+        """Answer a REGISTER in its server transaction: 4xx for malformed headers, 503 for a
+        failing store. One compiled coroutine per REGISTER (each awaiting level would add a
+        generator object)."""
         flow = transaction.flow
         try:
             response = await self._register(request, flow)
