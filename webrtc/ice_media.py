@@ -12,8 +12,9 @@ from typing import Any
 
 from aioice.ice import CandidatePair, StunProtocol
 
+from .datagram import Address
+
 COMPONENT = 1  # rtcp-mux: one component carries RTP, RTCP and DTLS
-Address = tuple[Any, ...]  # (host, port) or, for IPv6, (host, port, flowinfo, scope_id)
 
 
 class MediaFirstProtocol(StunProtocol):
@@ -39,8 +40,7 @@ class NominatedRoute:
 
     It reads aioice's own dictionary of nominated pairs, so a new nomination (ICE restart,
     a better pair) takes effect with the next packet. The pair's sendto and remote address are
-    looked up once per pair, not per packet: aioice builds remote_addr anew on each access,
-    and the event loop's address cache is quickest with one unchanging tuple.
+    looked up once per pair, not per packet: aioice builds remote_addr anew on each access.
     """
 
     def __init__(self, nominated: dict[int, CandidatePair]) -> None:

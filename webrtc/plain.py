@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
-from typing import Any
 
-from .datagram import DatagramSocket
+from .datagram import Address as SocketAddress
+from .datagram import DatagramSocket, PacketHandler
 from .ports import PortPool
 
 Address = tuple[str, int]
-# What a socket reports as the source: (host, port) for IPv4, (host, port, flowinfo, scope_id)
-# for IPv6. Compiled code (setup.py) checks annotations, so this one must admit both.
-SocketAddress = tuple[Any, ...]
-DatagramHandler = Callable[[bytes], None]
 
 
 class _Socket(asyncio.DatagramProtocol):
@@ -48,8 +44,8 @@ class PlainLeg:
         self._pool = pool
         self._rtp: DatagramSocket | None = None
         self._rtcp: DatagramSocket | None = None
-        self._on_rtp: DatagramHandler = _ignore
-        self._on_rtcp: DatagramHandler = _ignore
+        self._on_rtp: PacketHandler = _ignore
+        self._on_rtcp: PacketHandler = _ignore
         self._rtp_target: Address | None = None
         self._rtcp_target: Address | None = None
         self._rtp_latched = False
@@ -61,20 +57,20 @@ class PlainLeg:
                                                      lambda: _Socket(self._rtcp_received))
 
     @property
-    def on_rtp(self) -> DatagramHandler:
+    def on_rtp(self) -> PacketHandler:
         return self._on_rtp
 
     @on_rtp.setter
-    def on_rtp(self, handler: DatagramHandler) -> None:
+    def on_rtp(self, handler: PacketHandler) -> None:
         self._on_rtp = handler
         self._bypass()
 
     @property
-    def on_rtcp(self) -> DatagramHandler:
+    def on_rtcp(self) -> PacketHandler:
         return self._on_rtcp
 
     @on_rtcp.setter
-    def on_rtcp(self, handler: DatagramHandler) -> None:
+    def on_rtcp(self, handler: PacketHandler) -> None:
         self._on_rtcp = handler
         self._bypass()
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pylibsrtp
 
+from .datagram import PacketHandler
 from .dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
 from .ice import IceConnection, sdp_candidate
 from .plain import is_rtcp
@@ -18,7 +19,6 @@ from .srtp import SrtpSessions
 
 logger = logging.getLogger(__name__)
 
-PacketHandler = Callable[[bytes], None]
 _PENDING_LIMIT = 64  # DTLS records held while no ICE pair is nominated yet
 
 
