@@ -18,6 +18,7 @@ from sip.transport import TransportLayer
 
 from . import ws_delivery
 from .ws_delivery import DeliveringWebSocketResponse
+from .ws_keepalive import WebSocketKeepalive
 
 log = logging.getLogger("ws2sip.websocket")
 
@@ -37,6 +38,9 @@ def _is_utf8(data: bytes) -> bool:
 _SHORT_HEADER = struct.Struct("!BB").pack
 _MEDIUM_HEADER = struct.Struct("!BBH").pack  # most SIP messages: 126 bytes to 64 KB
 _LONG_HEADER = struct.Struct("!BBQ").pack
+
+
+_PING_FRAME = b"\x89\x00"  # FIN + ping, no payload; a server's frames are not masked
 
 
 def _frame_header(opcode: int, length: int) -> bytes:
@@ -102,6 +106,17 @@ class WebSocketFlow(Flow):
             return
         self._layer.receive(data, self)
 
+    def ping(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_PING_FRAME)
+
+    def abort(self, reason: str) -> None:
+        """Drop a peer that stopped answering: no close handshake it would not answer either."""
+        log.info("%s: %s; dropping the connection", self.id, reason)
+        if self._transport is not None:
+            self._transport.abort()
+
     def close(self) -> None:
         if not self._ws.closed:
             asyncio.get_running_loop().create_task(self._ws.close(code=WSCloseCode.GOING_AWAY))
@@ -132,6 +147,8 @@ def make_handler(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """direct_delivery: SIP frames go from aiohttp's parser straight to the transport layer
     (gateway/ws_delivery.py) instead of through ws.receive()."""
+    keepalive = WebSocketKeepalive(policy.ping_interval) if policy.ping_interval > 0 else None
+
     async def handle(request: web.Request) -> web.StreamResponse:
         # Subprotocol tokens compare case-sensitively (RFC 6455 §4.2.2): aiohttp answers only an
         # exact "sip", and a 101 without it makes browsers fail the connection.
@@ -150,9 +167,11 @@ def make_handler(
                 request.remote, request.headers.get("Origin"),
             )
             return web.Response(status=403, text="Origin not allowed\n")
+        # Pings are the keepalive's (gateway/ws_keepalive.py), not aiohttp's heartbeat; pings
+        # and pongs from the peer come out of receive() to _pump.
         options: dict[str, Any] = {
             "protocols": ("sip",),
-            "heartbeat": policy.ping_interval or None,
+            "autoping": False,
             "max_msg_size": policy.max_message_size,
         }
         ws: web.WebSocketResponse
@@ -170,9 +189,13 @@ def make_handler(
         if on_flow_open is not None:
             on_flow_open(flow)
         log.debug("%s open from %s", flow.id, flow.remote)
+        if keepalive is not None:
+            keepalive.add(flow)
         try:
-            await _pump(ws, flow, policy.idle_timeout)
+            await _pump(ws, flow, policy.idle_timeout, keepalive)
         finally:
+            if keepalive is not None:
+                keepalive.discard(flow)
             transport.unregister_flow(flow)
             log.debug("%s closed (%s)", flow.id, ws.close_code)
         return ws
@@ -184,7 +207,10 @@ def make_handler(
 FIRST_MESSAGE_TIMEOUT = 30.0
 
 
-async def _pump(ws: web.WebSocketResponse, flow: WebSocketFlow, idle_timeout: float) -> None:
+async def _pump(
+    ws: web.WebSocketResponse, flow: WebSocketFlow, idle_timeout: float,
+    keepalive: WebSocketKeepalive | None,
+) -> None:
     """Close, error and control frames; SIP frames too unless aiohttp's parser delivers them."""
     opened = flow.last_activity
     timeout: float | None = min(FIRST_MESSAGE_TIMEOUT, idle_timeout)
@@ -203,6 +229,11 @@ async def _pump(ws: web.WebSocketResponse, flow: WebSocketFlow, idle_timeout: fl
         if message.type == WSMsgType.TEXT or message.type == WSMsgType.BINARY:
             timeout = None
             flow.frame_received(message.data, message.type == WSMsgType.TEXT)
+        elif message.type == WSMsgType.PING:
+            await ws.pong(message.data)
+        elif message.type == WSMsgType.PONG:
+            if keepalive is not None:
+                keepalive.pong_received(flow)
         elif message.type == WSMsgType.ERROR:
             log.info("%s error: %s", flow.id, ws.exception())
             return

@@ -26,8 +26,7 @@ FrameHandler = Callable[[bytes, bool], None]  # (payload, True for a text frame)
 _QUEUE_LIMIT = 1 << 16  # only close and control frames are queued now
 
 
-_RESPONSE_INTERNALS = ("_post_start", "_loop", "_max_msg_size", "_heartbeat",
-                       "_on_data_received", "_reader", "_parser")
+_RESPONSE_INTERNALS = ("_post_start", "_loop", "_max_msg_size", "_reader", "_parser")
 _HANDLER_INTERNALS = ("_message_tail", "_payload_parser")
 
 
@@ -59,9 +58,12 @@ class _DeliveringQueue(WebSocketDataQueue):  # type: ignore[misc,valid-type]
 class DeliveringWebSocketResponse(web.WebSocketResponse):
     """Text and binary frames go to `deliver`, set before prepare(); as bytes, without the
     UTF-8 check of text that aiohttp makes only when it decodes. `receive()` returns the rest.
-    Compression is not offered: the replacement parser does not inflate."""
+    Compression is not offered: the replacement parser does not inflate. Nor is aiohttp's
+    heartbeat, which the replacement parser does not re-arm (gateway/ws_keepalive.py pings)."""
 
     def __init__(self, **options: Any) -> None:
+        if options.get("heartbeat") is not None:
+            raise ValueError("DeliveringWebSocketResponse does not run aiohttp's heartbeat")
         super().__init__(decode_text=False, compress=False, **options)
         self.deliver: FrameHandler | None = None
 
@@ -78,6 +80,4 @@ class DeliveringWebSocketResponse(web.WebSocketResponse):
         self._reader, self._parser = queue, parser
         handler._payload_parser = None
         handler._message_tail = tail
-        handler.set_parser(
-            parser, data_received_cb=None if self._heartbeat is None else self._on_data_received
-        )
+        handler.set_parser(parser)
