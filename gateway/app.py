@@ -89,6 +89,12 @@ class Gateway:
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks = TaskSet(log, "request handling")
+        # With the embedded stores nothing in a REGISTER's answer suspends, so it runs without a
+        # task of its own; Redis needs one (its client also uses asyncio.timeout, task-only).
+        self._answer_register = (
+            self._tasks.run_eagerly if self.location.in_process and self.users.in_process
+            else self._tasks.spawn
+        )
         self.transactions.on_request = self._on_request
         self.transport.on_flow_closed = self._on_flow_closed
 
@@ -191,7 +197,7 @@ class Gateway:
             self.proxy.handle_stateless(request)
             return
         if request.method == "REGISTER" and self._is_for_us(request):
-            self._tasks.spawn(self.registrar.answer(request, transaction))
+            self._answer_register(self.registrar.answer(request, transaction))
         elif request.method == "OPTIONS" and self._is_for_us(request) and not request.ruri.user:
             transaction.respond(self._options_response(request))
         else:

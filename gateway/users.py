@@ -14,6 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -79,6 +80,10 @@ def generate_password() -> str:
 
 
 class UserStore(ABC):
+    # Whether every method completes without suspending (no network I/O): see
+    # LocationService.in_process.
+    in_process: ClassVar[bool] = False
+
     @abstractmethod
     async def get(self, username: str, domain: str) -> UserRecord | None: ...
 
@@ -109,6 +114,8 @@ class FileUserStore(UserStore):
     restart. Each change re-reads the file first, so writers only race within one
     read-modify-write (the CLI is the expected writer).
     """
+
+    in_process: ClassVar[bool] = True
 
     def __init__(self, path: Path, *, check_interval: float = _FILE_CHECK_INTERVAL) -> None:
         self._path = path

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 from .model import Binding, NodeInfo, RegisterChange
 
 
 class LocationService(ABC):
+    # Whether every method completes without suspending (no I/O): REGISTERs are then answered
+    # without a task of their own (TaskSet.run_eagerly).
+    in_process: ClassVar[bool] = False
+
     @abstractmethod
     async def register(self, change: RegisterChange) -> list[Binding]:
         """Apply one REGISTER atomically (via `apply_register`); return the AoR's bindings.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from typing import ClassVar
 
 from .base import LocationService
 from .model import Binding, NodeInfo, RegisterChange, apply_register, by_preference
@@ -11,6 +12,8 @@ from .model import Binding, NodeInfo, RegisterChange, apply_register, by_prefere
 
 class MemoryLocationService(LocationService):
     """Dicts in the event loop's thread; every method runs without awaiting, hence atomic."""
+
+    in_process: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._bindings: dict[str, list[Binding]] = {}
