@@ -8,11 +8,15 @@ for every RTP packet. They are plain typed Python, and mypyc compiles them uncha
 extensions. That cuts the gateway's CPU per call by about a third. `WS2SIP_PURE_PYTHON=1` at
 install time skips the compilation. The modules then run as Python, with identical behaviour,
 only slower.
+
+webrtc/_relaypath.c is the relay's hand-written C fast path for latched, relay-only media (see
+its header); it is built next to the mypyc modules and skipped likewise. Without it (or with
+WS2SIP_RELAY_PUMP=0 at run time) the compiled or interpreted Python path relays every packet.
 """
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # Not compiled: sip/flow.py (its Flow base class is subclassed by interpreted code, which
 # compiled classes forbid), webrtc/ice.py (subclasses aioice's Connection; its per-packet part
@@ -55,15 +59,23 @@ COMPILED_MODULES = [
 ]
 
 
+RELAY_PATH = Extension(
+    "webrtc._relaypath", sources=["webrtc/_relaypath.c"], extra_compile_args=["-O2"],
+    optional=True,  # a build without a C compiler still installs, with the Python path
+)
+
+
 def compiled_extensions() -> list:
     if os.environ.get("WS2SIP_PURE_PYTHON") == "1":
         return []
     from mypyc.build import mypycify
 
     # The modules' imports are type-checked only as far as the compiled code needs them.
-    return mypycify(
-        ["--follow-imports=silent", "--ignore-missing-imports", *COMPILED_MODULES], opt_level="3"
-    )
+    return [
+        *mypycify(["--follow-imports=silent", "--ignore-missing-imports", *COMPILED_MODULES],
+                  opt_level="3"),
+        RELAY_PATH,
+    ]
 
 
 setup(ext_modules=compiled_extensions())

@@ -12,14 +12,24 @@ datagrams waiting again. That costs a readiness event per datagram, which is che
 EAGAIN per datagram only while the sockets' queues are short. When the loop falls behind, the
 queues grow, and reading each ready socket until EAGAIN is what lets the relay catch up again
 (LoopLag decides). Compiled by mypyc (setup.py).
+
+Where the C relay path (webrtc/_relaypath.c) is built, a socket's reader is its RelayPump
+instead of _readable: the pump reads the same way (one datagram per readiness, drained while
+behind) and hands the datagrams it does not relay itself to the same handlers. WS2SIP_RELAY_PUMP=0
+in the environment leaves it out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._relaypath import RelayPump
 
 Address = tuple[Any, ...]  # (host, port) or, for IPv6, (host, port, flowinfo, scope_id)
 PacketHandler = Callable[[bytes], None]
@@ -28,6 +38,19 @@ _DRAIN_LIMIT = 32  # datagrams read per readiness while behind: other sockets wa
 _LAG_CHECK_SECONDS = 0.05
 # A timer this late means loop iterations take this long: hundreds of ready sockets each.
 _BEHIND_SECONDS = 0.005
+
+
+def _relay_pump_type() -> Any:
+    """The C relay path's RelayPump, or None where it is not built or switched off."""
+    if os.environ.get("WS2SIP_RELAY_PUMP") == "0":
+        return None
+    try:
+        return importlib.import_module("webrtc._relaypath").RelayPump
+    except ImportError:  # WS2SIP_PURE_PYTHON=1 or no C compiler at install
+        return None
+
+
+_RELAY_PUMP: Any = _relay_pump_type()
 
 
 class LoopLag:
@@ -68,6 +91,9 @@ class DatagramSocket:
     `on_packet` is set, to `on_packet` without it (no address to build for the packets of a
     latched call). A full send buffer drops the datagram instead of queueing it: real-time
     media would arrive too late, and STUN and DTLS retransmit.
+
+    `pump`, where the C relay path exists, is the socket's reader; webrtc.relay_pumps configures
+    it to relay a call's packets itself.
     """
 
     def __init__(
@@ -79,10 +105,26 @@ class DatagramSocket:
         self._lag = lag
         self._loop = asyncio.get_running_loop()
         self._closing = False
-        self.on_packet: PacketHandler | None = None
+        self._on_packet: PacketHandler | None = None
         protocol.connection_made(self)  # type: ignore[arg-type]  # the part aioice uses
         lag.acquire(self._loop)
-        self._loop.add_reader(self._fileno, self._readable)
+        self.pump: RelayPump | None = None
+        if _RELAY_PUMP is not None:
+            self.pump = _RELAY_PUMP(
+                self._fileno, lag, protocol.datagram_received, protocol.error_received)
+            self._loop.add_reader(self._fileno, self.pump)
+        else:
+            self._loop.add_reader(self._fileno, self._readable)
+
+    @property
+    def on_packet(self) -> PacketHandler | None:
+        return self._on_packet
+
+    @on_packet.setter
+    def on_packet(self, handler: PacketHandler | None) -> None:
+        self._on_packet = handler
+        if self.pump is not None:
+            self.pump.on_packet = handler
 
     def _readable(self) -> None:
         if not self._lag.behind:
@@ -94,7 +136,7 @@ class DatagramSocket:
 
     def _read(self) -> bool:
         """Reads and hands on one datagram; False when none was waiting."""
-        on_packet = self.on_packet
+        on_packet = self._on_packet
         try:
             if on_packet is not None:
                 packet = self._sock.recv(_MAX_DATAGRAM)
@@ -138,6 +180,8 @@ class DatagramSocket:
             return
         self._closing = True
         self._loop.remove_reader(self._fileno)
+        if self.pump is not None:
+            self.pump.close()
         self._lag.release()
         self._loop.call_soon(self._closed)
 

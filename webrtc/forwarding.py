@@ -4,15 +4,19 @@ Kept to a few byte operations per packet: the RTP header is not parsed, SSRC, se
 numbers and timestamps pass through untouched (so the receiver sees the sender's own
 continuous stream and RTCP reports stay meaningful), only the payload type byte is rewritten
 when the two legs numbered the codec differently.
+
+webrtc.relay_pumps has the C relay path do the same for latched relay-only routes, on the same
+sequence table (expected_seq) and adding into the same DirectionStats.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 Sender = Callable[[bytes], object]
-_MAX_TRACKED_SSRCS = 32  # a stream has one or two; more means someone sprays junk at the port
+MAX_TRACKED_SSRCS = 32  # a stream has one or two; more means someone sprays junk at the port
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Route:
     payload_type: int
     send: Sender
     transform: Callable[[bytes], list[bytes]] | None = None  # transcoding instead of relay
+    target: Any = None  # the leg whose send_rtp `send` is, for the C relay path
 
 
 @dataclass
@@ -44,6 +49,11 @@ class Forwarder:
     def known_ssrcs(self) -> set[int]:
         """SSRCs this direction has carried, used to route RTCP reports about them."""
         return set(self._expected_seq)
+
+    @property
+    def expected_seq(self) -> dict[int, int]:
+        """SSRC -> next expected sequence number; the C relay path counts loss on it too."""
+        return self._expected_seq
 
     def __call__(self, packet: bytes) -> None:
         stats = self.stats
@@ -62,7 +72,7 @@ class Forwarder:
         expected_seq = self._expected_seq
         expected = expected_seq.get(ssrc)
         if expected is None:
-            if len(expected_seq) >= _MAX_TRACKED_SSRCS:
+            if len(expected_seq) >= MAX_TRACKED_SSRCS:
                 expected_seq.clear()
         elif seq != expected:
             gap = (seq - expected) & 0xFFFF

@@ -20,9 +20,10 @@ from typing import Any
 import aioice
 from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aioice.ice import StunProtocol, server_reflexive_candidate
+from aioice.ice import CandidatePair, StunProtocol, server_reflexive_candidate
 from aioice.mdns import is_mdns_hostname
 
+from .datagram import DatagramSocket
 from .ice_media import COMPONENT, MediaFirstProtocol, NominatedRoute
 from .ports import PortPool
 
@@ -31,12 +32,36 @@ logger = logging.getLogger(__name__)
 PEER_WAIT_SECONDS = 30.0
 
 
+class _NominationWatch(dict[int, CandidatePair]):
+    """aioice's dictionary of nominated pairs, telling who sends on them (the C relay path,
+    webrtc.relay_pumps) when a pair is nominated or dropped: aioice has no event for it."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_change = on_change
+
+    def __setitem__(self, component: int, pair: CandidatePair) -> None:
+        super().__setitem__(component, pair)
+        self._on_change()
+
+    def __delitem__(self, component: int) -> None:
+        super().__delitem__(component)
+        self._on_change()
+
+    def clear(self) -> None:
+        super().clear()
+        self._on_change()
+
+
 class IceConnection(aioice.Connection):
     def __init__(
         self, *, pool: PortPool, public_host: str, ice_controlling: bool,
         on_datagram: Callable[[bytes], None], stun_server: tuple[str, int] | None = None,
+        on_nomination: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(ice_controlling=ice_controlling, components=1, stun_server=stun_server)
+        if on_nomination is not None:
+            self._nominated = _NominationWatch(on_nomination)
         self._pool = pool
         self._public_host = public_host
         self._on_datagram = on_datagram
@@ -52,6 +77,20 @@ class IceConnection(aioice.Connection):
     @property
     def connected(self) -> bool:
         return COMPONENT in self._nominated
+
+    @property
+    def nominated_pair(self) -> CandidatePair | None:
+        return self._nominated.get(COMPONENT)
+
+    @property
+    def sockets(self) -> list[DatagramSocket]:
+        """The relay's sockets this connection reads (one: BUNDLE, rtcp-mux, host candidate)."""
+        sockets = []
+        for protocol in self._protocols:
+            transport = getattr(protocol, "transport", None)
+            if isinstance(transport, DatagramSocket):
+                sockets.append(transport)
+        return sockets
 
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .datagram import Address as SocketAddress
 from .datagram import DatagramSocket, PacketHandler
 from .ports import PortPool
+
+if TYPE_CHECKING:
+    from ._relaypath import RelayPump
 
 Address = tuple[str, int]
 
@@ -38,6 +42,9 @@ class PlainLeg:
     Until the first packet arrives, media goes to the address in the peer's SDP; after that,
     to wherever the peer's packets actually come from (symmetric RTP, RFC 4961), which is what
     gets media through NATs in front of phones. A new SDP address re-arms the latch.
+
+    `on_change` is called whenever latching, targets, handlers or sockets change: the C relay
+    path (webrtc.relay_pumps) is reconfigured from it.
     """
 
     def __init__(self, pool: PortPool) -> None:
@@ -51,6 +58,7 @@ class PlainLeg:
         self._rtp_latched = False
         self._rtcp_latched = False
         self.rtcp_mux = False
+        self.on_change: Callable[[], None] = _nothing
 
     async def open(self) -> None:
         self._rtp, self._rtcp = self._pool.bind_pair(lambda: _Socket(self._rtp_received),
@@ -83,6 +91,7 @@ class PlainLeg:
             self._rtp.on_packet = self._on_rtp if direct else None
         if self._rtcp is not None:
             self._rtcp.on_packet = self._on_rtcp if self._rtcp_latched else None
+        self.on_change()
 
     @property
     def port(self) -> int:
@@ -93,9 +102,19 @@ class PlainLeg:
     def rtp_target(self) -> Address | None:
         return self._rtp_target
 
+    @property
+    def rtp_latched(self) -> bool:
+        return self._rtp_latched
+
+    @property
+    def rtp_pump(self) -> RelayPump | None:
+        """The RTP socket's C relay pump, if it has one and is open."""
+        return self._rtp.pump if self._rtp is not None else None
+
     def set_remote(self, host: str, port: int, rtcp_port: int | None, rtcp_mux: bool) -> None:
         if port == 0:
             self._rtp_target = self._rtcp_target = None
+            self.on_change()
             return
         new_target = (host, port)
         if new_target != self._rtp_target:
@@ -126,6 +145,7 @@ class PlainLeg:
             if transport is not None:
                 self._pool.release(transport)
         self._rtp = self._rtcp = None
+        self.on_change()
 
     def _rtp_received(self, data: bytes, addr: SocketAddress) -> None:
         if not self._rtp_latched:
@@ -156,4 +176,8 @@ def _is_ip_address(host: str) -> bool:
 
 
 def _ignore(_: bytes) -> None:
+    pass
+
+
+def _nothing() -> None:
     pass

@@ -14,6 +14,7 @@ from .forwarding import DirectionStats, Forwarder, Route
 from .negotiation import Agreement, agree, offer_codecs, relayable, webrtc_feedback
 from .plain import PlainLeg
 from .ports import PortPool
+from .relay_pumps import RelayPumps
 from .rtcp import without_bye
 from .sdp import (
     MediaDescription,
@@ -98,6 +99,7 @@ class MediaSession:
         self._to_plain_stats = DirectionStats()
         self._to_webrtc_stats = DirectionStats()
         self._to_plain = Forwarder(stats=self._to_plain_stats)
+        self._pumps = RelayPumps()  # the C relay path's share of the packets
         self._retired_frames = 0  # frames of transcoders replaced by a renegotiation
         self._closed = False
         self.failure: str | None = None
@@ -152,6 +154,7 @@ class MediaSession:
         if self._closed:
             return
         self._closed = True
+        self._pumps.stop()
         logger.info("media %s closed: %s", self.session_id, self.stats())
         for stream in self._streams.values():
             stream.plain.close()
@@ -162,6 +165,7 @@ class MediaSession:
         self._on_closed(self.session_id)
 
     def stats(self) -> dict[str, int]:
+        self._pumps.flush()
         frames = self._retired_frames + sum(
             t.frames for s in self._streams.values() for t in s.transcoders)
         srtp_errors = self._webrtc.srtp_errors if self._webrtc is not None else 0
@@ -306,30 +310,38 @@ class MediaSession:
             to_webrtc: dict[int, Route] = {}
             if stream.agreement is not None:
                 if self._flows("webrtc", "plain", stream.kind):
-                    to_plain.update(self._routes(stream, "webrtc", stream.plain.send_rtp))
+                    to_plain.update(self._routes(stream, "webrtc", stream.plain))
                 if self._flows("plain", "webrtc", stream.kind):
-                    to_webrtc = self._routes(stream, "plain", webrtc.send_rtp)
+                    to_webrtc = self._routes(stream, "plain", webrtc)
             forwarder = Forwarder(stats=self._to_webrtc_stats, routes=to_webrtc)
             stream.plain.on_rtp = forwarder
             stream.plain.on_rtcp = self._rtcp_to_webrtc(stream)
         self._to_plain.routes = to_plain
         webrtc.on_rtp = self._to_plain
         webrtc.on_rtcp = self._rtcp_to_plain
+        self._refresh_pumps()
+
+    def _refresh_pumps(self) -> None:
+        """Legs or routes changed: the C relay path relays what it now may (webrtc.relay_pumps)."""
+        if not self._closed:
+            self._pumps.refresh(self._webrtc, [s.plain for s in self._streams.values()])
 
     def _routes(
-        self, stream: _Stream, source: Side, send: Callable[[bytes], object]
+        self, stream: _Stream, source: Side, leg: PlainLeg | WebRtcLeg
     ) -> dict[int, Route]:
         """A route for every payload type the source may send: relayed when it is the codec
         the target expects, transcoded when convertible, absent (dropped) otherwise."""
+        send = leg.send_rtp
         target, target_events = stream.codec(other(source))
         declared = stream.may_send.get(source, [])
         routes: dict[int, Route] = {}
         for codec in declared:
             if codec.key == target.key:
-                routes[codec.payload_type] = Route(target.payload_type, send)
+                routes[codec.payload_type] = Route(target.payload_type, send, target=leg)
                 events = events_for_clock(declared, codec.clock_rate)
                 if events is not None and target_events is not None:
-                    routes[events.payload_type] = Route(target_events.payload_type, send)
+                    routes[events.payload_type] = Route(target_events.payload_type, send,
+                                                        target=leg)
             elif target.name.lower() in TRANSCODABLE.get(codec.name.lower(), ()):
                 events = events_for_clock(declared, codec.clock_rate)
                 transcoder = _LazyTranscoder(stream, codec, target, events, target_events)
@@ -402,6 +414,7 @@ class MediaSession:
                 certificate=self._context.certificate(), stun_server=self._context.stun_server,
             )
             self._webrtc.on_failure = self._leg_failed
+            self._webrtc.on_change = self._refresh_pumps
             await self._webrtc.prepare(ice_controlling=ice_controlling)
         return self._webrtc
 
@@ -420,6 +433,7 @@ class MediaSession:
         stream = self._streams.get(kind)
         if stream is None:
             plain = PlainLeg(self._context.pool)
+            plain.on_change = self._refresh_pumps
             await plain.open()
             stream = _Stream(kind=kind, plain=plain, mid=str(len(self._streams)))
             self._streams[kind] = stream

@@ -6,7 +6,8 @@ a checking helper on every packet; that wrapper cost as much CPU as libsrtp's ow
 (bench/media_path.py, see the commit). SrtpTransform does the same calls on the Session's own
 context and buffer with one length cell allocated up front. It is a class (compiled by mypyc,
 setup.py) rather than a closure so that the compiled legs call it directly. It keeps the
-Session referenced: the Session owns the libsrtp context and frees it.
+Session referenced: the Session owns the libsrtp context and frees it. native() hands the
+same function and context to the C relay path (webrtc/_relaypath.c).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _RTCP_TRAILER = pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
 class SrtpTransform:
     """One libsrtp operation (protect, unprotect, for RTP or RTCP) on one Session."""
 
-    def __init__(self, session: Session, function: Callable[..., int], trailer: int) -> None:
+    def __init__(self, session: Session, function_name: str, trailer: int) -> None:
         try:
             self._context: Any = session._srtp[0]
             self._cdata: Any = session._cdata
@@ -35,9 +36,16 @@ class SrtpTransform:
         except AttributeError as error:  # pylibsrtp's internals moved: update this module
             raise RuntimeError(f"unsupported pylibsrtp version: {error}") from error
         self._session = session
-        self._function = function
+        self._function: Callable[..., int] = getattr(lib, function_name)
+        self._function_address = int(ffi.cast("uintptr_t", ffi.addressof(lib, function_name)))
         self._room: int = len(self._cdata) - trailer
         self._length: Any = ffi.new("int *")
+
+    def native(self) -> tuple[int, int, int, Session]:
+        """libsrtp's function and context addresses, the largest packet apply() takes, and the
+        Session that keeps the context alive while C code uses it."""
+        context_address = int(ffi.cast("uintptr_t", self._context))
+        return (self._function_address, context_address, self._room, self._session)
 
     def apply(self, packet: bytes) -> bytes:
         size = len(packet)
@@ -74,16 +82,16 @@ class SrtpSessions:
 
 
 def protect(session: Session) -> SrtpTransform:
-    return SrtpTransform(session, lib.srtp_protect, _RTP_TRAILER)
+    return SrtpTransform(session, "srtp_protect", _RTP_TRAILER)
 
 
 def protect_rtcp(session: Session) -> SrtpTransform:
-    return SrtpTransform(session, lib.srtp_protect_rtcp, _RTCP_TRAILER)
+    return SrtpTransform(session, "srtp_protect_rtcp", _RTCP_TRAILER)
 
 
 def unprotect(session: Session) -> SrtpTransform:
-    return SrtpTransform(session, lib.srtp_unprotect, 0)
+    return SrtpTransform(session, "srtp_unprotect", 0)
 
 
 def unprotect_rtcp(session: Session) -> SrtpTransform:
-    return SrtpTransform(session, lib.srtp_unprotect_rtcp, 0)
+    return SrtpTransform(session, "srtp_unprotect_rtcp", 0)

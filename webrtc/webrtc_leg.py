@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pylibsrtp
 
-from .datagram import PacketHandler
+from .datagram import Address, DatagramSocket, PacketHandler
 from .dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
 from .ice import IceConnection, sdp_candidate
 from .plain import is_rtcp
@@ -24,7 +24,11 @@ _PENDING_LIMIT = 64  # DTLS records held while no ICE pair is nominated yet
 
 class WebRtcLeg:
     """ICE restarts swap the ICE connection underneath while the DTLS association (and so the
-    SRTP keys) survive, as RFC 8842 requires; a new remote fingerprint starts a new DTLS."""
+    SRTP keys) survive, as RFC 8842 requires; a new remote fingerprint starts a new DTLS.
+
+    `on_change` is called whenever keys, ICE generations or nominated pairs change: the C relay
+    path (webrtc.relay_pumps) is reconfigured from it.
+    """
 
     def __init__(
         self, *, pool: PortPool, public_host: str, certificate: DtlsCertificate,
@@ -37,6 +41,7 @@ class WebRtcLeg:
         self.on_rtp: PacketHandler = _ignore
         self.on_rtcp: PacketHandler = _ignore
         self.on_failure: Callable[[str], None] = _ignore_reason
+        self.on_change: Callable[[], None] = _nothing
         self._ice: IceConnection | None = None
         self._old_ice: IceConnection | None = None
         self._ice_task: asyncio.Task[None] | None = None
@@ -64,12 +69,13 @@ class WebRtcLeg:
         self._old_ice = self._ice
         self._ice = await self._new_ice()
         self._remote_ufrag = None
+        self.on_change()
 
     async def _new_ice(self) -> IceConnection:
         ice = IceConnection(
             pool=self._pool, public_host=self._public_host,
             ice_controlling=self.ice_controlling, on_datagram=self._datagram_received,
-            stun_server=self._stun_server,
+            stun_server=self._stun_server, on_nomination=self._changed,
         )
         await ice.gather_candidates()
         return ice
@@ -120,6 +126,7 @@ class WebRtcLeg:
         if self._dtls is not None:
             self._dtls.close()
         self._srtp = None
+        self.on_change()
         self._remote_fingerprints = fingerprints
         self._dtls = DtlsEndpoint(
             certificate=self._certificate, role=role, remote_fingerprints=fingerprints,
@@ -139,6 +146,7 @@ class WebRtcLeg:
             return
         await self._retire(self._old_ice)
         self._old_ice = None
+        self.on_change()
         if self._dtls is not None:
             self._dtls.start()  # a client starts only now; a server already listens
         pending, self._pending = self._pending, []
@@ -153,6 +161,30 @@ class WebRtcLeg:
     def _keys_ready(self, sessions: SrtpSessions) -> None:
         logger.info("DTLS-SRTP keyed with %s (%s)", sessions.profile, self.dtls_role)
         self._srtp = sessions
+        self.on_change()
+
+    def _changed(self) -> None:
+        self.on_change()
+
+    @property
+    def srtp(self) -> SrtpSessions | None:
+        return self._srtp
+
+    def media_sockets(self) -> list[DatagramSocket]:
+        """The sockets SRTP from the browser may arrive on: the current ICE generation's and
+        the one it replaces."""
+        return [s for ice in (self._ice, self._old_ice) if ice is not None for s in ice.sockets]
+
+    def media_destination(self) -> tuple[DatagramSocket, Address] | None:
+        """Where _send sends now: the socket and remote address of the nominated pair."""
+        for ice in (self._ice, self._old_ice):
+            pair = ice.nominated_pair if ice is not None else None
+            if pair is not None:
+                transport = pair.protocol.transport
+                if isinstance(transport, DatagramSocket):
+                    return transport, pair.remote_addr
+                return None
+        return None
 
     # -- datagram path -----------------------------------------------------------------
 
@@ -208,6 +240,7 @@ class WebRtcLeg:
             await self._retire(ice)
         self._ice = self._old_ice = None
         self._srtp = None
+        self.on_change()
 
 
 def _ignore(_: bytes) -> None:
@@ -215,4 +248,8 @@ def _ignore(_: bytes) -> None:
 
 
 def _ignore_reason(_: str) -> None:
+    pass
+
+
+def _nothing() -> None:
     pass
