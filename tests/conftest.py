@@ -17,13 +17,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _stale_compiled_modules() -> list[str]:
-    """Compiled modules (setup.py) older than their source: the tests would run old code."""
+    """Compiled modules (setup.py: mypyc and the C relay path) older than their source: the
+    tests would run old code."""
     stale = []
     for package in ("sip", "gateway", "webrtc"):
         for compiled in sorted((REPO_ROOT / package).rglob("*.so")):
-            source = compiled.with_name(compiled.name.split(".", 1)[0] + ".py")
-            if source.exists() and compiled.stat().st_mtime < source.stat().st_mtime:
-                stale.append(str(source.relative_to(REPO_ROOT)))
+            stem = compiled.name.split(".", 1)[0]
+            for source in (compiled.with_name(stem + ".py"), compiled.with_name(stem + ".c")):
+                if source.exists() and compiled.stat().st_mtime < source.stat().st_mtime:
+                    stale.append(str(source.relative_to(REPO_ROOT)))
     return stale
 
 
