@@ -47,6 +47,7 @@ COMPILED_MODULES = [
     "gateway/dialogs.py",
     "gateway/flowtoken.py",
     "gateway/tasks.py",
+    "gateway/dispatch.py",
     "gateway/media.py",
     "gateway/location/model.py",
     "gateway/location/memory.py",

@@ -12,19 +12,20 @@ import time
 from aiohttp import web
 
 import sip
-from sip.message import Limits, Request
+from sip.message import Limits
 from sip.resolver import Resolver
-from sip.transaction import ServerTransaction, TransactionLayer
+from sip.transaction import TransactionLayer
 from sip.transport import Flow, TransportLayer
 from webrtc import MediaRelay, MediaWorkers
 
 from .auth import Authenticator
 from .config import Config
+from .dispatch import RequestCounts, RequestDispatch
 from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_service
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
 from .proxy import Proxy, ProxyPolicy
-from .registrar import SUPPORTED, Registrar, RegistrarPolicy
+from .registrar import Registrar, RegistrarPolicy
 from .tasks import TaskSet
 from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
@@ -33,10 +34,6 @@ from .websocket import WebSocketPolicy, make_handler
 
 log = logging.getLogger("ws2sip")
 
-ALLOWED_METHODS = (
-    "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, PRACK, INFO, MESSAGE, REFER, "
-    "NOTIFY, SUBSCRIBE, PUBLISH"
-)
 DEMO_USERS = ("alice", "bob")
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -76,7 +73,8 @@ class Gateway:
             TrunkRegistration(trunk, self.transactions, self.transport, config.public_address)
             for trunk in config.trunks if trunk.register
         ]
-        self.metrics = GatewayMetrics({
+        request_counts = RequestCounts()
+        self.metrics = GatewayMetrics(request_counts, {
             "ws2sip_flows": ("open SIP flows (WebSocket, TCP, TLS, UDP peers)",
                              lambda: self.transport.flow_count),
             "ws2sip_transactions": ("SIP transactions in progress",
@@ -89,13 +87,11 @@ class Gateway:
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks = TaskSet(log, "request handling")
-        # With the embedded stores nothing in a REGISTER's answer suspends, so it runs without a
-        # task of its own; Redis needs one (its client also uses asyncio.timeout, task-only).
-        self._answer_register = (
-            self._tasks.run_eagerly if self.location.in_process and self.users.in_process
-            else self._tasks.spawn
+        self.transactions.on_request = RequestDispatch(
+            domain=config.domain, registrar=self.registrar, proxy=self.proxy, tasks=self._tasks,
+            answer_register_eagerly=self.location.in_process and self.users.in_process,
+            counts=request_counts,
         )
-        self.transactions.on_request = self._on_request
         self.transport.on_flow_closed = self._on_flow_closed
 
     async def start(self) -> None:
@@ -190,30 +186,7 @@ class Gateway:
             ) from error
         return context
 
-    # --- SIP dispatch ------------------------------------------------------------------------
-    def _on_request(self, request: Request, transaction: ServerTransaction | None) -> None:
-        self.metrics.count_request(request.method)
-        if transaction is None:
-            self.proxy.handle_stateless(request)
-            return
-        if request.method == "REGISTER" and self._is_for_us(request):
-            self._answer_register(self.registrar.answer(request, transaction))
-        elif request.method == "OPTIONS" and self._is_for_us(request) and not request.ruri.user:
-            transaction.respond(self._options_response(request))
-        else:
-            self._tasks.spawn(self.proxy.handle_request(request, transaction))
-
-    def _options_response(self, request: Request):  # noqa: ANN202 - Response
-        response = request.response(200, to_tag=request.stable_tag())
-        response.add("Allow", ALLOWED_METHODS)
-        response.add("Supported", SUPPORTED)
-        response.add("Accept", "application/sdp")
-        return response
-
-    def _is_for_us(self, request: Request) -> bool:
-        host = request.ruri.host.lower()
-        return host == self.config.domain.lower() or host in self.proxy.local_hosts
-
+    # --- flows -------------------------------------------------------------------------------
     def _on_flow_closed(self, flow: Flow) -> None:
         if flow.reliable:
             self._tasks.spawn(self._drop_flow_bindings(flow))

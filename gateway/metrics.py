@@ -5,36 +5,42 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .dispatch import RequestCounts
 
 
 class GatewayMetrics:
-    def __init__(self, gauges: dict[str, tuple[str, Callable[[], int]]]) -> None:
+    def __init__(
+        self, requests: RequestCounts, gauges: dict[str, tuple[str, Callable[[], int]]]
+    ) -> None:
         """gauges: metric name → (help text, function reading the current value)."""
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "ws2sip_sip_requests", "SIP requests received, by method", ["method"],
-            registry=self.registry,
-        )
+        self.registry.register(_RequestCounter(requests))
         self.registry.register(_Gauges(gauges))
-        self._per_method: dict[str, Counter] = {}
-
-    def count_request(self, method: str) -> None:
-        # labels() takes a lock and builds a key on every call: keep each method's child.
-        child = self._per_method.get(method)
-        if child is None:
-            if len(self._per_method) >= 64:  # methods are client-chosen tokens: bound the set
-                method = "other"
-            child = self._per_method.setdefault(method, self.requests.labels(method))
-        child.inc()
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(self.registry),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+
+class _RequestCounter(Collector):
+    """The dispatcher's per-method counts (gateway.dispatch.RequestCounts) as a counter."""
+
+    def __init__(self, requests: RequestCounts) -> None:
+        self._requests = requests
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "ws2sip_sip_requests", "SIP requests received, by method", labels=["method"]
+        )
+        for method, count in sorted(self._requests.by_method.items()):
+            family.add_metric([method], count)
+        yield family
 
 
 class _Gauges(Collector):
