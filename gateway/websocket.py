@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import struct
@@ -270,7 +271,8 @@ async def _pump(
             timeout = None
             flow.frame_received(message.data, message.type == WSMsgType.TEXT)
         elif message.type == WSMsgType.PING:
-            await ws.pong(message.data)
+            with contextlib.suppress(ConnectionError):  # the peer left meanwhile: CLOSED is next
+                await ws.pong(message.data)
         elif message.type == WSMsgType.PONG:
             if keepalive is not None:
                 keepalive.pong_received(flow)
