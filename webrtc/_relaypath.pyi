@@ -6,8 +6,14 @@ from typing import Any
 MAX_DATAGRAM: int
 MAX_SRTP_TRAILER: int
 MAX_DESTINATIONS: int
+MAX_SSRCS: int
 
 SrtpOperation = tuple[int, int, int, Any]  # function address, context address, room, Session
+
+class SequenceTable:
+    def __init__(self, expected_seq: dict[int, int], max_ssrcs: int) -> None: ...
+    def count(self, ssrc: int, seq: int) -> int: ...
+    def write_back(self) -> None: ...
 
 class RelayPump:
     on_packet: Callable[[bytes], None] | None
@@ -25,8 +31,7 @@ class RelayPump:
     def relay(
         self, *, routes: dict[int, tuple[int, int]],
         destinations: list[tuple[RelayPump, tuple[Any, ...]]], srtp_in: SrtpOperation | None,
-        srtp_out: SrtpOperation | None, expected_seq: dict[int, int], max_ssrcs: int,
-        stats: Any,
+        srtp_out: SrtpOperation | None, sequences: SequenceTable, stats: Any,
     ) -> None: ...
     def stop(self) -> None: ...
     def flush(self) -> None: ...
