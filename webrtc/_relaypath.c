@@ -5,8 +5,9 @@ inside a Python event loop: rtpengine and the like are whole daemons, and libsrt
 cryptography (called here through pylibsrtp's own copy, by the function and context addresses
 webrtc.srtp hands over, so nothing extra is linked).
 
-A RelayPump is registered as the socket's reader itself (loop.add_reader(fd, pump)): no Python
-frame runs per readiness. It reads a datagram and, when it is configured to relay (relay()) and
+A RelayPump is the socket's reader: in a RelayPoller's epoll set, whose one fd is the event
+loop's reader for all relay sockets (webrtc.datagram.SocketPoller), or registered itself
+(loop.add_reader(fd, pump)) without one. No Python frame runs per readiness. It reads a datagram and, when it is configured to relay (relay()) and
 the datagram is RTP of a payload type it has a route for, unprotects or protects it, rewrites
 the payload type, counts it as webrtc.forwarding.Forwarder does and sends it on the
 destination pump's socket. Everything else goes, unchanged, to the Python path the socket would
@@ -31,12 +32,15 @@ the direction's DirectionStats on flush(), on reconfiguration and on close.
 #include <netdb.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
 #define MAX_DATAGRAM 2048        /* webrtc.datagram._MAX_DATAGRAM: larger ones arrive truncated */
 #define MAX_SRTP_TRAILER 148     /* >= pylibsrtp.SRTP_MAX_TRAILER_LEN, checked in relay() */
 #define DRAIN_LIMIT 32           /* webrtc.datagram._DRAIN_LIMIT */
+#define POLL_BATCH 64            /* ready sockets served per RelayPoller call */
 #define PAYLOAD_TYPES 128
 #define MAX_DESTINATIONS 8       /* a session's plain legs: one per media kind */
 #define RTP_HEADER 12
@@ -250,6 +254,7 @@ struct RelayPump {
     PyObject *on_packet;      /* callable(packet) or NULL */
     PyObject *on_datagram;    /* callable(packet, address) */
     PyObject *on_error;       /* callable(OSError): the socket's protocol.error_received */
+    PyObject *poller;         /* the RelayPoller whose epoll set has the fd, or NULL */
     int relaying;
     SrtpOperation srtp_in;
     SrtpOperation srtp_out;
@@ -511,14 +516,21 @@ static PyObject *pump_flush(RelayPump *self, PyObject *unused) {
 }
 
 /* The socket is closing: never read or send on its fd again. */
+static int leave_poller(RelayPump *self);
+
 static PyObject *pump_close(RelayPump *self, PyObject *unused) {
     int failed = flush(self);
     clear_relay(self);
+    Py_INCREF(self);  /* leaving the poller drops the reference its epoll set held */
+    if (leave_poller(self) < 0) {
+        failed = -1;
+    }
     self->fd = -1;
     Py_CLEAR(self->lag);
     Py_CLEAR(self->on_packet);
     Py_CLEAR(self->on_datagram);
     Py_CLEAR(self->on_error);
+    Py_DECREF(self);
     if (failed < 0) {
         return NULL;
     }
@@ -691,8 +703,42 @@ static int read_one(RelayPump *self) {
     return 1;
 }
 
-/* One readiness: one datagram, or up to DRAIN_LIMIT while the event loop runs behind (see
-   webrtc.datagram). */
+/* How many datagrams one readiness reads: one, or up to DRAIN_LIMIT while the event loop runs
+   behind (see webrtc.datagram); -1 with an exception set. */
+static int read_limit(PyObject *lag) {
+    if (lag == NULL) {
+        return 1;
+    }
+    PyObject *behind = PyObject_GetAttr(lag, str_behind);
+    if (behind == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(behind);
+    Py_DECREF(behind);
+    return truth < 0 ? -1 : truth ? DRAIN_LIMIT : 1;
+}
+
+/* One readiness of the pump's socket; -1 with an exception set. */
+static int serve(RelayPump *self, int limit) {
+    if (self->fd < 0) {
+        return 0;
+    }
+    Py_INCREF(self);  /* a callback may close the socket and drop the last other reference */
+    int failed = 0;
+    for (int i = 0; i < limit; i++) {
+        int read = read_one(self);
+        if (read < 0) {
+            failed = -1;
+            break;
+        }
+        if (read == 0 || self->fd < 0) {
+            break;
+        }
+    }
+    Py_DECREF(self);
+    return failed;
+}
+
 static PyObject *pump_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                                  PyObject *kwnames) {
     RelayPump *self = (RelayPump *)callable;
@@ -703,31 +749,10 @@ static PyObject *pump_vectorcall(PyObject *callable, PyObject *const *args, size
     if (self->fd < 0) {
         Py_RETURN_NONE;
     }
-    int limit = 1;
-    if (self->lag != NULL) {
-        PyObject *behind = PyObject_GetAttr(self->lag, str_behind);
-        if (behind == NULL) {
-            return NULL;
-        }
-        int truth = PyObject_IsTrue(behind);
-        Py_DECREF(behind);
-        if (truth < 0) {
-            return NULL;
-        }
-        limit = truth ? DRAIN_LIMIT : 1;
+    int limit = read_limit(self->lag);
+    if (limit < 0 || serve(self, limit) < 0) {
+        return NULL;
     }
-    Py_INCREF(self);  /* a callback may close the socket and drop the last other reference */
-    for (int i = 0; i < limit; i++) {
-        int read = read_one(self);
-        if (read < 0) {
-            Py_DECREF(self);
-            return NULL;
-        }
-        if (read == 0 || self->fd < 0) {
-            break;
-        }
-    }
-    Py_DECREF(self);
     Py_RETURN_NONE;
 }
 
@@ -774,6 +799,7 @@ static PyObject *pump_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
 
 static int pump_traverse(RelayPump *self, visitproc visit, void *arg) {
     Py_VISIT(self->lag);
+    Py_VISIT(self->poller);
     Py_VISIT(self->on_packet);
     Py_VISIT(self->on_datagram);
     Py_VISIT(self->on_error);
@@ -789,6 +815,7 @@ static int pump_traverse(RelayPump *self, visitproc visit, void *arg) {
 
 static int pump_clear(RelayPump *self) {
     clear_relay(self);
+    Py_CLEAR(self->poller);
     Py_CLEAR(self->lag);
     Py_CLEAR(self->on_packet);
     Py_CLEAR(self->on_datagram);
@@ -871,6 +898,188 @@ static PyTypeObject RelayPumpType = {
     .tp_getset = pump_getset,
 };
 
+/* -- poller --------------------------------------------------------------------------------- */
+
+/* One epoll set holding the relay sockets, so that the event loop sees one file descriptor
+   for all of them and one readiness of it serves every ready socket in one C call, where the
+   loop would otherwise dispatch each socket's readiness as a handle of its own. Level
+   triggered, like the loop: a socket with more datagrams waiting is reported again. At most
+   POLL_BATCH sockets per call, so that the loop's other work (timers, signalling) still runs
+   between batches while hundreds of sockets are ready. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    int epoll_fd;   /* -1 once closed */
+    PyObject *lag;  /* webrtc.datagram.LoopLag */
+} RelayPoller;
+
+static PyTypeObject RelayPollerType;
+
+/* The pump's socket leaves its poller's epoll set (before the socket closes: an epoll set
+   tracks the open file, not the number). */
+static int leave_poller(RelayPump *self) {
+    RelayPoller *poller = (RelayPoller *)self->poller;
+    if (poller == NULL) {
+        return 0;
+    }
+    int failed = 0;
+    if (poller->epoll_fd >= 0 && self->fd >= 0 &&
+        epoll_ctl(poller->epoll_fd, EPOLL_CTL_DEL, self->fd, NULL) < 0) {
+        PyErr_Format(PyExc_OSError, "epoll_ctl(DEL, fd %d): %s", self->fd, strerror(errno));
+        failed = -1;
+    }
+    Py_CLEAR(self->poller);
+    Py_DECREF(self);  /* the reference the epoll set held */
+    return failed;
+}
+
+static PyObject *poller_add(RelayPoller *self, PyObject *pump_object) {
+    if (!PyObject_TypeCheck(pump_object, &RelayPumpType)) {
+        PyErr_SetString(PyExc_TypeError, "add() takes a RelayPump");
+        return NULL;
+    }
+    RelayPump *pump = (RelayPump *)pump_object;
+    if (self->epoll_fd < 0 || pump->fd < 0 || pump->poller != NULL) {
+        PyErr_Format(PyExc_ValueError, "cannot poll fd %d: %s", pump->fd,
+                     self->epoll_fd < 0 ? "poller closed" : pump->fd < 0 ? "pump closed"
+                                                                          : "already polled");
+        return NULL;
+    }
+    struct epoll_event event = {.events = EPOLLIN, .data.ptr = pump};
+    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, pump->fd, &event) < 0) {
+        PyErr_Format(PyExc_OSError, "epoll_ctl(ADD, fd %d): %s", pump->fd, strerror(errno));
+        return NULL;
+    }
+    Py_INCREF(pump);  /* held while in the epoll set, whose events point at it */
+    Py_INCREF(self);
+    pump->poller = (PyObject *)self;
+    Py_RETURN_NONE;
+}
+
+static PyObject *poller_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames) {
+    RelayPoller *self = (RelayPoller *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "RelayPoller() takes no arguments");
+        return NULL;
+    }
+    if (self->epoll_fd < 0) {
+        Py_RETURN_NONE;
+    }
+    struct epoll_event events[POLL_BATCH];
+    int ready = epoll_wait(self->epoll_fd, events, POLL_BATCH, 0);
+    if (ready < 0) {
+        if (errno == EINTR) {
+            Py_RETURN_NONE;
+        }
+        return PyErr_Format(PyExc_OSError, "epoll_wait: %s", strerror(errno));
+    }
+    int limit = read_limit(self->lag);
+    if (limit < 0) {
+        return NULL;
+    }
+    /* Every ready pump referenced for the batch: a callback may close any of them. */
+    for (int i = 0; i < ready; i++) {
+        Py_INCREF((PyObject *)events[i].data.ptr);
+    }
+    int failed = 0;
+    for (int i = 0; i < ready && !failed; i++) {
+        failed = serve((RelayPump *)events[i].data.ptr, limit) < 0;
+    }
+    /* On an exception the rest wait for the next call: still ready, they are reported again. */
+    for (int i = 0; i < ready; i++) {
+        Py_DECREF((PyObject *)events[i].data.ptr);
+    }
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *poller_fileno(RelayPoller *self, PyObject *unused) {
+    return PyLong_FromLong(self->epoll_fd);
+}
+
+/* Every pump must have closed (left) first: their references are the epoll set's. */
+static PyObject *poller_close(RelayPoller *self, PyObject *unused) {
+    if (self->epoll_fd >= 0) {
+        close(self->epoll_fd);
+        self->epoll_fd = -1;
+    }
+    Py_RETURN_NONE;
+}
+
+static int poller_init(RelayPoller *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"lag", NULL};
+    PyObject *lag;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", keywords, &lag)) {
+        return -1;
+    }
+    if (self->epoll_fd < 0) {
+        self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+        if (self->epoll_fd < 0) {
+            PyErr_Format(PyExc_OSError, "epoll_create1: %s", strerror(errno));
+            return -1;
+        }
+    }
+    Py_INCREF(lag);
+    Py_XSETREF(self->lag, lag);
+    return 0;
+}
+
+static PyObject *poller_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    RelayPoller *self = (RelayPoller *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = poller_vectorcall;
+    self->epoll_fd = -1;
+    return (PyObject *)self;
+}
+
+static int poller_traverse(RelayPoller *self, visitproc visit, void *arg) {
+    Py_VISIT(self->lag);
+    return 0;
+}
+
+static int poller_clear(RelayPoller *self) {
+    Py_CLEAR(self->lag);
+    return 0;
+}
+
+static void poller_dealloc(RelayPoller *self) {
+    PyObject_GC_UnTrack(self);
+    if (self->epoll_fd >= 0) {
+        close(self->epoll_fd);
+    }
+    poller_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef poller_methods[] = {
+    {"add", (PyCFunction)poller_add, METH_O,
+     "add(pump): serve the pump's socket from now on (until pump.close())."},
+    {"fileno", (PyCFunction)poller_fileno, METH_NOARGS, "The epoll fd: the loop's reader."},
+    {"close", (PyCFunction)poller_close, METH_NOARGS, "Close the epoll set (pumps closed)."},
+    {NULL},
+};
+
+static PyTypeObject RelayPollerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "webrtc._relaypath.RelayPoller",
+    .tp_doc = "RelayPoller(lag): one epoll set of relay sockets, its fd the loop's reader.",
+    .tp_basicsize = sizeof(RelayPoller),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(RelayPoller, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = poller_new,
+    .tp_init = (initproc)poller_init,
+    .tp_dealloc = (destructor)poller_dealloc,
+    .tp_traverse = (traverseproc)poller_traverse,
+    .tp_clear = (inquiry)poller_clear,
+    .tp_methods = poller_methods,
+};
+
 static struct PyModuleDef relaypath_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "webrtc._relaypath",
@@ -884,7 +1093,8 @@ PyMODINIT_FUNC PyInit__relaypath(void) {
     str_bytes = PyUnicode_InternFromString("bytes");
     str_lost = PyUnicode_InternFromString("lost");
     if (str_behind == NULL || str_packets == NULL || str_bytes == NULL || str_lost == NULL ||
-        PyType_Ready(&RelayPumpType) < 0 || PyType_Ready(&SequenceTableType) < 0) {
+        PyType_Ready(&RelayPumpType) < 0 || PyType_Ready(&SequenceTableType) < 0 ||
+        PyType_Ready(&RelayPollerType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&relaypath_module);
@@ -896,7 +1106,8 @@ PyMODINIT_FUNC PyInit__relaypath(void) {
     PyModule_AddIntConstant(module, "MAX_DESTINATIONS", MAX_DESTINATIONS);
     PyModule_AddIntConstant(module, "MAX_SSRCS", MAX_SSRCS);
     if (PyModule_AddType(module, &RelayPumpType) < 0 ||
-        PyModule_AddType(module, &SequenceTableType) < 0) {
+        PyModule_AddType(module, &SequenceTableType) < 0 ||
+        PyModule_AddType(module, &RelayPollerType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

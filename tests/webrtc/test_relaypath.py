@@ -22,7 +22,7 @@ from tests.webrtc.rtp_peer import RtpPeer
 from tests.webrtc.sdp_samples import asterisk_sdp
 from tests.webrtc.test_media_relay import target_of, wait_for
 from webrtc import MediaRelay
-from webrtc.datagram import Address, DatagramSocket, LoopLag
+from webrtc.datagram import Address, DatagramSocket, LoopLag, SocketPoller
 from webrtc.forwarding import MAX_TRACKED_SSRCS, DirectionStats, Forwarder, Route
 from webrtc.srtp import protect, unprotect
 
@@ -142,11 +142,12 @@ class Relay:
         return bytes(data)
 
 
-def bound(protocol: asyncio.DatagramProtocol, lag: LoopLag) -> DatagramSocket:
+def bound(protocol: asyncio.DatagramProtocol, lag: LoopLag,
+          poller: SocketPoller | None = None) -> DatagramSocket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
-    return DatagramSocket(sock, protocol, lag)
+    return DatagramSocket(sock, protocol, lag, poller)
 
 
 @pytest.fixture
@@ -435,6 +436,95 @@ async def test_a_whole_call_is_relayed_in_c_both_ways_and_heard(
     stats = session.stats()
     assert stats["plain_to_webrtc_packets"] >= plain.rtp_pump.relayed
     assert stats["srtp_errors"] == 0
+
+
+@dataclass
+class Polled:
+    """Relay sockets served by one SocketPoller, and what their Python paths got."""
+
+    lag: LoopLag
+    poller: SocketPoller
+    sockets: list[DatagramSocket]
+    recorders: list[Recorder]
+    sender: socket.socket
+
+    def send(self, index: int, packet: bytes) -> None:
+        self.sender.sendto(packet, self.sockets[index].get_extra_info("sockname"))
+
+
+@pytest.fixture
+async def polled() -> AsyncIterator[Polled]:
+    lag = LoopLag()
+    poller = SocketPoller(lag)
+    if not poller.available:
+        pytest.skip("RelayPoller switched off")
+    recorders = [Recorder(), Recorder(), Recorder()]
+    group = Polled(lag, poller, [bound(r, lag, poller) for r in recorders], recorders, udp_peer())
+    yield group
+    for sock in group.sockets:
+        sock.close()
+    group.sender.close()
+
+
+@c_path
+async def test_polled_sockets_reach_python_with_their_sources(polled: Polled) -> None:
+    for index in range(3):
+        polled.send(index, b"stun %d" % index)
+    await wait_for(lambda: all(r.datagrams for r in polled.recorders))
+    source = polled.sender.getsockname()
+    assert [r.datagrams for r in polled.recorders] == [
+        [(b"stun 0", source)], [(b"stun 1", source)], [(b"stun 2", source)]]
+
+
+@c_path
+async def test_a_socket_closed_by_a_callback_is_not_read_in_the_same_batch(
+    polled: Polled,
+) -> None:
+    first, second, third = polled.sockets
+
+    class Closer(Recorder):
+        def datagram_received(self, data: bytes, addr: Address) -> None:
+            super().datagram_received(data, addr)
+            second.close()
+
+    closer = Closer()
+    assert first.pump is not None
+    first.pump.on_packet = lambda packet: closer.datagram_received(packet, ())
+    for index in range(3):  # all three ready before the loop polls, served in this order
+        polled.send(index, b"x%d" % index)
+    await wait_for(lambda: closer.datagrams and polled.recorders[2].datagrams)
+    await asyncio.sleep(0.05)  # the second socket's datagram would have been read by now
+    assert polled.recorders[1].datagrams == []
+    assert second.pump is not None and second.pump.closed
+    polled.send(2, b"still served")
+    await wait_for(lambda: len(polled.recorders[2].datagrams) == 2)
+
+
+@c_path
+async def test_the_poller_drains_while_behind_and_reads_one_otherwise(polled: Polled) -> None:
+    loop_poller = polled.poller._poller  # called directly: one readiness, no loop turn between
+    for seq in range(5):
+        polled.send(0, b"a%d" % seq)
+    loop_poller()
+    assert [d for d, _ in polled.recorders[0].datagrams] == [b"a0"]
+    polled.lag.behind = True
+    loop_poller()
+    assert [d for d, _ in polled.recorders[0].datagrams] == [b"a0", b"a1", b"a2", b"a3", b"a4"]
+
+
+@c_path
+async def test_the_poller_leaves_the_loop_with_its_last_socket(polled: Polled) -> None:
+    epoll_fd = polled.poller._poller.fileno()
+    for sock in polled.sockets:
+        sock.close()
+    assert polled.poller._poller is None
+    with pytest.raises(OSError):
+        os.fstat(epoll_fd)  # closed, and so out of the loop's reader set
+    recorder = Recorder()
+    reopened = bound(recorder, polled.lag, polled.poller)  # a new epoll set, served again
+    polled.sockets.append(reopened)
+    polled.sender.sendto(b"again", reopened.get_extra_info("sockname"))
+    await wait_for(lambda: recorder.datagrams)
 
 
 @c_path
