@@ -265,15 +265,9 @@ struct RelayPump {
     PyObject *stats;          /* the direction's DirectionStats, flushed into */
     unsigned long long pending_packets, pending_bytes, pending_lost;
     unsigned long long relayed;  /* every packet this pump relayed, never reset */
+    unsigned char datagram[MAX_DATAGRAM];
+    unsigned char work[MAX_DATAGRAM + MAX_SRTP_TRAILER];
 };
-
-/* One datagram and one SRTP work buffer for all pumps rather than a pair per pump: a packet's
-   bytes then land in cache lines the previous packet used, where a thousand sockets' own 4 KiB
-   each would be cold. Safe because a pump is done with them before anything else can run: the
-   GIL makes one pump run at a time, and a datagram going to Python is copied into a bytes
-   object before its handler is called. */
-static unsigned char datagram_buffer[MAX_DATAGRAM];
-static unsigned char work_buffer[MAX_DATAGRAM + MAX_SRTP_TRAILER];
 
 static PyTypeObject RelayPumpType;
 static PyObject *str_behind, *str_packets, *str_bytes, *str_lost;
@@ -456,7 +450,7 @@ static PyObject *pump_relay(RelayPump *self, PyObject *args, PyObject *kwargs) {
     if (parse_srtp(srtp_in, &self->srtp_in) < 0 || parse_srtp(srtp_out, &self->srtp_out) < 0) {
         goto failed;
     }
-    if (self->srtp_out.function != NULL && self->srtp_out.room + MAX_SRTP_TRAILER > (Py_ssize_t)sizeof work_buffer) {
+    if (self->srtp_out.function != NULL && self->srtp_out.room + MAX_SRTP_TRAILER > (Py_ssize_t)sizeof self->work) {
         PyErr_SetString(PyExc_ValueError, "SRTP room leaves no space for the trailer");
         goto failed;
     }
@@ -599,8 +593,8 @@ static int relay(RelayPump *self, unsigned char *datagram, Py_ssize_t size) {
     unsigned char *packet = datagram;
     int length = (int)size;
     if (srtp_in->function != NULL || srtp_out->function != NULL) {
-        memcpy(work_buffer, datagram, (size_t)size);
-        packet = work_buffer;
+        memcpy(self->work, datagram, (size_t)size);
+        packet = self->work;
     }
     if (srtp_in->function != NULL && srtp_in->function(srtp_in->context, packet, &length) != 0) {
         return 0;
@@ -660,9 +654,9 @@ static int read_one(RelayPump *self) {
     ssize_t size;
     do {
         if (on_packet != NULL) {
-            size = recv(self->fd, datagram_buffer, MAX_DATAGRAM, 0);
+            size = recv(self->fd, self->datagram, MAX_DATAGRAM, 0);
         } else {
-            size = recvfrom(self->fd, datagram_buffer, MAX_DATAGRAM, 0,
+            size = recvfrom(self->fd, self->datagram, MAX_DATAGRAM, 0,
                             (struct sockaddr *)&source, &source_length);
         }
     } while (size < 0 && errno == EINTR);
@@ -674,12 +668,12 @@ static int read_one(RelayPump *self) {
         return report_error(self->on_error) < 0 ? -1 : 1;
     }
     if (self->relaying) {
-        int relayed = relay(self, datagram_buffer, size);
+        int relayed = relay(self, self->datagram, size);
         if (relayed != 0) {
             return relayed;
         }
     }
-    PyObject *packet = PyBytes_FromStringAndSize((const char *)datagram_buffer, size);
+    PyObject *packet = PyBytes_FromStringAndSize((const char *)self->datagram, size);
     if (packet == NULL) {
         return -1;
     }
