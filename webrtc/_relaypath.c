@@ -5,17 +5,23 @@ inside a Python event loop: rtpengine and the like are whole daemons, and libsrt
 cryptography (called here through pylibsrtp's own copy, by the function and context addresses
 webrtc.srtp hands over, so nothing extra is linked).
 
-A RelayPump is registered as the socket's reader itself (loop.add_reader(fd, pump)): no Python
-frame runs per readiness. It reads a datagram and, when it is configured to relay (relay()) and
+A RelayPump is the socket's reader: in a RelayPoller's epoll set, whose one fd is the event
+loop's reader for all relay sockets (webrtc.datagram.SocketPoller), or registered itself
+(loop.add_reader(fd, pump)) without one. No Python frame runs per readiness. It reads a datagram and, when it is configured to relay (relay()) and
 the datagram is RTP of a payload type it has a route for, unprotects or protects it, rewrites
 the payload type, counts it as webrtc.forwarding.Forwarder does and sends it on the
 destination pump's socket. Everything else goes, unchanged, to the Python path the socket would
 take without a pump: on_packet(packet) when set, else on_datagram(packet, source_address).
 webrtc/relay_pumps.py decides when a pump may relay and keeps it configured.
 
-Counters: the sequence-gap table is the Forwarder's own dict (so the Python path and RTCP
-routing see the same SSRCs); packets, bytes and lost accumulate here and are added to the
-direction's DirectionStats on flush(), on reconfiguration and on close.
+Counters: loss is counted on a SequenceTable, one per Forwarder while its pumps relay, shared
+by all of them (an ICE restart's old and new sockets feed one Forwarder) and used by the
+Forwarder's own Python path meanwhile (webrtc.forwarding), so the count stays continuous
+whichever path a packet takes. It keeps SSRC -> expected sequence number in a C array, no
+Python object per packet; the Forwarder's dict gets an SSRC's key as soon as the table first
+sees it (RTCP routing reads the keys) and the current values on write_back(): on the pumps'
+flush, stop and reconfiguration. Packets, bytes and lost accumulate in the pump and are added to
+the direction's DirectionStats on flush(), on reconfiguration and on close.
 */
 
 #define PY_SSIZE_T_CLEAN
@@ -26,15 +32,197 @@ direction's DirectionStats on flush(), on reconfiguration and on close.
 #include <netdb.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
 #define MAX_DATAGRAM 2048        /* webrtc.datagram._MAX_DATAGRAM: larger ones arrive truncated */
 #define MAX_SRTP_TRAILER 148     /* >= pylibsrtp.SRTP_MAX_TRAILER_LEN, checked in relay() */
 #define DRAIN_LIMIT 32           /* webrtc.datagram._DRAIN_LIMIT */
+#define POLL_BATCH 64            /* ready sockets served per RelayPoller call */
 #define PAYLOAD_TYPES 128
 #define MAX_DESTINATIONS 8       /* a session's plain legs: one per media kind */
 #define RTP_HEADER 12
+#define MAX_SSRCS 32             /* webrtc.forwarding.MAX_TRACKED_SSRCS */
+#define LOSS_HORIZON 1000        /* larger sequence jumps are reordering or a restarted sender */
+
+/* -- sequence table ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *expected_seq;  /* the Forwarder's dict: keys kept current, values on write_back */
+    int max_ssrcs;
+    int count;
+    uint32_t ssrcs[MAX_SSRCS];
+    uint16_t expected[MAX_SSRCS];
+    unsigned char dirty[MAX_SSRCS];  /* value newer than the dict's */
+} SequenceTable;
+
+static PyTypeObject SequenceTableType;
+
+/* A new SSRC, as the Forwarder adds one: a full table (someone spraying junk) starts over. */
+static int table_insert(SequenceTable *self, uint32_t ssrc, uint16_t next) {
+    if (self->count >= self->max_ssrcs) {
+        PyDict_Clear(self->expected_seq);
+        self->count = 0;
+    }
+    PyObject *key = PyLong_FromUnsignedLong(ssrc);
+    PyObject *value = key == NULL ? NULL : PyLong_FromLong(next);
+    int failed = value == NULL || PyDict_SetItem(self->expected_seq, key, value) < 0;
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    if (failed) {
+        return -1;
+    }
+    self->ssrcs[self->count] = ssrc;
+    self->expected[self->count] = next;
+    self->dirty[self->count] = 0;
+    self->count++;
+    return 0;
+}
+
+/* The sequence gap this packet shows (0 or the packets lost before it), as
+   webrtc.forwarding.Forwarder counts it; -1 with an exception set. */
+static long table_count(SequenceTable *self, uint32_t ssrc, uint16_t seq) {
+    uint16_t next = (uint16_t)(seq + 1);
+    for (int i = 0; i < self->count; i++) {
+        if (self->ssrcs[i] == ssrc) {
+            long gap = (uint16_t)(seq - self->expected[i]);
+            self->expected[i] = next;
+            self->dirty[i] = 1;
+            return gap < LOSS_HORIZON ? gap : 0;
+        }
+    }
+    return table_insert(self, ssrc, next) < 0 ? -1 : 0;
+}
+
+static int table_write_back(SequenceTable *self) {
+    for (int i = 0; i < self->count; i++) {
+        if (!self->dirty[i]) {
+            continue;
+        }
+        PyObject *key = PyLong_FromUnsignedLong(self->ssrcs[i]);
+        PyObject *value = key == NULL ? NULL : PyLong_FromLong(self->expected[i]);
+        int failed = value == NULL || PyDict_SetItem(self->expected_seq, key, value) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (failed) {
+            return -1;
+        }
+        self->dirty[i] = 0;
+    }
+    return 0;
+}
+
+static int table_init(SequenceTable *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"expected_seq", "max_ssrcs", NULL};
+    PyObject *expected_seq;
+    int max_ssrcs;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!i", keywords, &PyDict_Type, &expected_seq,
+                                     &max_ssrcs)) {
+        return -1;
+    }
+    if (max_ssrcs < 1 || max_ssrcs > MAX_SSRCS) {
+        PyErr_Format(PyExc_ValueError, "max_ssrcs %d, at most %d", max_ssrcs, MAX_SSRCS);
+        return -1;
+    }
+    if (PyDict_GET_SIZE(expected_seq) > max_ssrcs) {
+        PyErr_Format(PyExc_ValueError, "%zd SSRCs tracked, at most %d",
+                     PyDict_GET_SIZE(expected_seq), max_ssrcs);
+        return -1;
+    }
+    self->count = 0;
+    Py_ssize_t position = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(expected_seq, &position, &key, &value)) {
+        unsigned long ssrc = PyLong_AsUnsignedLong(key);
+        long expected = PyLong_AsLong(value);
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+        if (ssrc > 0xFFFFFFFFUL || expected < 0 || expected > 0xFFFF) {
+            PyErr_Format(PyExc_ValueError, "bad sequence entry %lu: %ld", ssrc, expected);
+            return -1;
+        }
+        self->ssrcs[self->count] = (uint32_t)ssrc;
+        self->expected[self->count] = (uint16_t)expected;
+        self->dirty[self->count] = 0;
+        self->count++;
+    }
+    Py_INCREF(expected_seq);
+    Py_XSETREF(self->expected_seq, expected_seq);
+    self->max_ssrcs = max_ssrcs;
+    return 0;
+}
+
+static PyObject *table_count_method(SequenceTable *self, PyObject *const *args,
+                                    Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "count(ssrc, seq) takes 2 arguments");
+        return NULL;
+    }
+    unsigned long ssrc = PyLong_AsUnsignedLong(args[0]);
+    long seq = PyLong_AsLong(args[1]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->expected_seq == NULL || ssrc > 0xFFFFFFFFUL || seq < 0 || seq > 0xFFFF) {
+        PyErr_Format(PyExc_ValueError, "count(%lu, %ld) on %s table", ssrc, seq,
+                     self->expected_seq == NULL ? "an uninitialised" : "a");
+        return NULL;
+    }
+    long gap = table_count(self, (uint32_t)ssrc, (uint16_t)seq);
+    return gap < 0 ? NULL : PyLong_FromLong(gap);
+}
+
+static PyObject *table_write_back_method(SequenceTable *self, PyObject *unused) {
+    if (self->expected_seq != NULL && table_write_back(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static int table_traverse(SequenceTable *self, visitproc visit, void *arg) {
+    Py_VISIT(self->expected_seq);
+    return 0;
+}
+
+static int table_clear(SequenceTable *self) {
+    Py_CLEAR(self->expected_seq);
+    self->count = 0;
+    return 0;
+}
+
+static void table_dealloc(SequenceTable *self) {
+    PyObject_GC_UnTrack(self);
+    table_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef table_methods[] = {
+    {"count", (PyCFunction)(void (*)(void))table_count_method, METH_FASTCALL,
+     "count(ssrc, seq): the packets lost before this one (0 for a new SSRC), and remember it."},
+    {"write_back", (PyCFunction)table_write_back_method, METH_NOARGS,
+     "Bring the dict's expected sequence numbers up to date."},
+    {NULL},
+};
+
+static PyTypeObject SequenceTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "webrtc._relaypath.SequenceTable",
+    .tp_doc = "SequenceTable(expected_seq, max_ssrcs): a Forwarder's loss count while in C.",
+    .tp_basicsize = sizeof(SequenceTable),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)table_init,
+    .tp_dealloc = (destructor)table_dealloc,
+    .tp_traverse = (traverseproc)table_traverse,
+    .tp_clear = (inquiry)table_clear,
+    .tp_methods = table_methods,
+};
+
+/* -- relay pump ------------------------------------------------------------------------------ */
 
 typedef int (*srtp_function)(void *context, void *packet, int *length);
 
@@ -66,14 +254,14 @@ struct RelayPump {
     PyObject *on_packet;      /* callable(packet) or NULL */
     PyObject *on_datagram;    /* callable(packet, address) */
     PyObject *on_error;       /* callable(OSError): the socket's protocol.error_received */
+    PyObject *poller;         /* the RelayPoller whose epoll set has the fd, or NULL */
     int relaying;
     SrtpOperation srtp_in;
     SrtpOperation srtp_out;
     PayloadRoute routes[PAYLOAD_TYPES];
     Destination destinations[MAX_DESTINATIONS];
     int destination_count;
-    PyObject *expected_seq;   /* the Forwarder's dict: SSRC -> next expected sequence number */
-    Py_ssize_t max_ssrcs;
+    SequenceTable *sequences; /* the Forwarder's, while its pumps relay */
     PyObject *stats;          /* the direction's DirectionStats, flushed into */
     unsigned long long pending_packets, pending_bytes, pending_lost;
     unsigned long long relayed;  /* every packet this pump relayed, never reset */
@@ -167,10 +355,14 @@ static int parse_address(int fd, PyObject *address, Destination *destination) {
     return 0;
 }
 
-/* Adds the pending counts to the DirectionStats, attribute by attribute. */
+/* Adds the pending counts to the DirectionStats, attribute by attribute, and brings the
+   Forwarder's sequence dict up to date. */
 static int flush(RelayPump *self) {
     if (self->stats == NULL) {
         return 0;
+    }
+    if (table_write_back(self->sequences) < 0) {
+        return -1;
     }
     PyObject *names[3] = {str_packets, str_bytes, str_lost};
     unsigned long long *pending[3] = {
@@ -211,7 +403,7 @@ static void clear_relay(RelayPump *self) {
         Py_CLEAR(self->destinations[i].pump);
     }
     self->destination_count = 0;
-    Py_CLEAR(self->expected_seq);
+    Py_CLEAR(self->sequences);
     Py_CLEAR(self->stats);
     self->pending_packets = self->pending_bytes = self->pending_lost = 0;
 }
@@ -226,13 +418,16 @@ static int stop_relay(RelayPump *self) {
 }
 
 static PyObject *pump_relay(RelayPump *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"routes", "destinations", "srtp_in", "srtp_out", "expected_seq",
-                               "max_ssrcs", "stats", NULL};
-    PyObject *routes, *destinations, *srtp_in, *srtp_out, *expected_seq, *stats;
-    Py_ssize_t max_ssrcs;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O!O!OOO!nO", keywords, &PyDict_Type,
+    static char *keywords[] = {"routes", "destinations", "srtp_in", "srtp_out", "sequences",
+                               "stats", NULL};
+    PyObject *routes, *destinations, *srtp_in, *srtp_out, *sequences, *stats;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O!O!OOO!O", keywords, &PyDict_Type,
                                      &routes, &PyList_Type, &destinations, &srtp_in, &srtp_out,
-                                     &PyDict_Type, &expected_seq, &max_ssrcs, &stats)) {
+                                     &SequenceTableType, &sequences, &stats)) {
+        return NULL;
+    }
+    if (((SequenceTable *)sequences)->expected_seq == NULL) {
+        PyErr_SetString(PyExc_ValueError, "sequence table not initialised");
         return NULL;
     }
     if (self->fd < 0) {
@@ -295,9 +490,8 @@ static PyObject *pump_relay(RelayPump *self, PyObject *args, PyObject *kwargs) {
         self->routes[payload_type].destination = (signed char)index;
         self->routes[payload_type].payload_type = (unsigned char)target;
     }
-    Py_INCREF(expected_seq);
-    self->expected_seq = expected_seq;
-    self->max_ssrcs = max_ssrcs;
+    Py_INCREF(sequences);
+    self->sequences = (SequenceTable *)sequences;
     Py_INCREF(stats);
     self->stats = stats;
     self->relaying = 1;
@@ -322,14 +516,21 @@ static PyObject *pump_flush(RelayPump *self, PyObject *unused) {
 }
 
 /* The socket is closing: never read or send on its fd again. */
+static int leave_poller(RelayPump *self);
+
 static PyObject *pump_close(RelayPump *self, PyObject *unused) {
     int failed = flush(self);
     clear_relay(self);
+    Py_INCREF(self);  /* leaving the poller drops the reference its epoll set held */
+    if (leave_poller(self) < 0) {
+        failed = -1;
+    }
     self->fd = -1;
     Py_CLEAR(self->lag);
     Py_CLEAR(self->on_packet);
     Py_CLEAR(self->on_datagram);
     Py_CLEAR(self->on_error);
+    Py_DECREF(self);
     if (failed < 0) {
         return NULL;
     }
@@ -355,42 +556,17 @@ static int report_error(PyObject *on_error) {
     return result == NULL ? -1 : 0;
 }
 
-/* Forwarder's sequence gap count, on its own dict. */
+/* Forwarder's sequence gap count, on the shared table. */
 static int count_loss(RelayPump *self, const unsigned char *packet) {
-    long seq = packet[2] << 8 | packet[3];
-    unsigned long ssrc = (unsigned long)packet[8] << 24 | (unsigned long)packet[9] << 16 |
-                         (unsigned long)packet[10] << 8 | packet[11];
-    PyObject *key = PyLong_FromUnsignedLong(ssrc);
-    if (key == NULL) {
+    uint16_t seq = (uint16_t)(packet[2] << 8 | packet[3]);
+    uint32_t ssrc = (uint32_t)packet[8] << 24 | (uint32_t)packet[9] << 16 |
+                    (uint32_t)packet[10] << 8 | packet[11];
+    long gap = table_count(self->sequences, ssrc, seq);
+    if (gap < 0) {
         return -1;
     }
-    PyObject *expected = PyDict_GetItemWithError(self->expected_seq, key);
-    if (expected == NULL) {
-        if (PyErr_Occurred()) {
-            Py_DECREF(key);
-            return -1;
-        }
-        if (PyDict_GET_SIZE(self->expected_seq) >= self->max_ssrcs) {
-            PyDict_Clear(self->expected_seq);
-        }
-    } else {
-        long expected_seq = PyLong_AsLong(expected);
-        if (expected_seq == -1 && PyErr_Occurred()) {
-            Py_DECREF(key);
-            return -1;
-        }
-        if (seq != expected_seq) {
-            long gap = (seq - expected_seq) & 0xFFFF;
-            if (gap < 1000) { /* larger jumps are reordering or a restarted sender */
-                self->pending_lost += (unsigned long long)gap;
-            }
-        }
-    }
-    PyObject *next = PyLong_FromLong((seq + 1) & 0xFFFF);
-    int failed = next == NULL || PyDict_SetItem(self->expected_seq, key, next) < 0;
-    Py_XDECREF(next);
-    Py_DECREF(key);
-    return failed ? -1 : 0;
+    self->pending_lost += (unsigned long long)gap;
+    return 0;
 }
 
 /* 1: relayed; 0: the Python path must take it, untouched; -1: exception set. */
@@ -527,8 +703,42 @@ static int read_one(RelayPump *self) {
     return 1;
 }
 
-/* One readiness: one datagram, or up to DRAIN_LIMIT while the event loop runs behind (see
-   webrtc.datagram). */
+/* How many datagrams one readiness reads: one, or up to DRAIN_LIMIT while the event loop runs
+   behind (see webrtc.datagram); -1 with an exception set. */
+static int read_limit(PyObject *lag) {
+    if (lag == NULL) {
+        return 1;
+    }
+    PyObject *behind = PyObject_GetAttr(lag, str_behind);
+    if (behind == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(behind);
+    Py_DECREF(behind);
+    return truth < 0 ? -1 : truth ? DRAIN_LIMIT : 1;
+}
+
+/* One readiness of the pump's socket; -1 with an exception set. */
+static int serve(RelayPump *self, int limit) {
+    if (self->fd < 0) {
+        return 0;
+    }
+    Py_INCREF(self);  /* a callback may close the socket and drop the last other reference */
+    int failed = 0;
+    for (int i = 0; i < limit; i++) {
+        int read = read_one(self);
+        if (read < 0) {
+            failed = -1;
+            break;
+        }
+        if (read == 0 || self->fd < 0) {
+            break;
+        }
+    }
+    Py_DECREF(self);
+    return failed;
+}
+
 static PyObject *pump_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                                  PyObject *kwnames) {
     RelayPump *self = (RelayPump *)callable;
@@ -539,31 +749,10 @@ static PyObject *pump_vectorcall(PyObject *callable, PyObject *const *args, size
     if (self->fd < 0) {
         Py_RETURN_NONE;
     }
-    int limit = 1;
-    if (self->lag != NULL) {
-        PyObject *behind = PyObject_GetAttr(self->lag, str_behind);
-        if (behind == NULL) {
-            return NULL;
-        }
-        int truth = PyObject_IsTrue(behind);
-        Py_DECREF(behind);
-        if (truth < 0) {
-            return NULL;
-        }
-        limit = truth ? DRAIN_LIMIT : 1;
+    int limit = read_limit(self->lag);
+    if (limit < 0 || serve(self, limit) < 0) {
+        return NULL;
     }
-    Py_INCREF(self);  /* a callback may close the socket and drop the last other reference */
-    for (int i = 0; i < limit; i++) {
-        int read = read_one(self);
-        if (read < 0) {
-            Py_DECREF(self);
-            return NULL;
-        }
-        if (read == 0 || self->fd < 0) {
-            break;
-        }
-    }
-    Py_DECREF(self);
     Py_RETURN_NONE;
 }
 
@@ -610,6 +799,7 @@ static PyObject *pump_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
 
 static int pump_traverse(RelayPump *self, visitproc visit, void *arg) {
     Py_VISIT(self->lag);
+    Py_VISIT(self->poller);
     Py_VISIT(self->on_packet);
     Py_VISIT(self->on_datagram);
     Py_VISIT(self->on_error);
@@ -618,13 +808,14 @@ static int pump_traverse(RelayPump *self, visitproc visit, void *arg) {
     for (int i = 0; i < self->destination_count; i++) {
         Py_VISIT(self->destinations[i].pump);
     }
-    Py_VISIT(self->expected_seq);
+    Py_VISIT(self->sequences);
     Py_VISIT(self->stats);
     return 0;
 }
 
 static int pump_clear(RelayPump *self) {
     clear_relay(self);
+    Py_CLEAR(self->poller);
     Py_CLEAR(self->lag);
     Py_CLEAR(self->on_packet);
     Py_CLEAR(self->on_datagram);
@@ -680,11 +871,12 @@ static PyGetSetDef pump_getset[] = {
 
 static PyMethodDef pump_methods[] = {
     {"relay", (PyCFunction)(void (*)(void))pump_relay, METH_VARARGS | METH_KEYWORDS,
-     "relay(*, routes, destinations, srtp_in, srtp_out, expected_seq, max_ssrcs, stats): "
+     "relay(*, routes, destinations, srtp_in, srtp_out, sequences, stats): "
      "relay RTP of the routed payload types in C (routes: payload type -> (payload type "
      "sent, index into destinations); destinations: [(RelayPump, address)])."},
     {"stop", (PyCFunction)pump_stop, METH_NOARGS, "Stop relaying: every datagram to Python."},
-    {"flush", (PyCFunction)pump_flush, METH_NOARGS, "Add the pending counts to the stats."},
+    {"flush", (PyCFunction)pump_flush, METH_NOARGS,
+     "Add the pending counts to the stats, write the sequence table back."},
     {"close", (PyCFunction)pump_close, METH_NOARGS, "The socket closes: stop for good."},
     {NULL},
 };
@@ -706,6 +898,188 @@ static PyTypeObject RelayPumpType = {
     .tp_getset = pump_getset,
 };
 
+/* -- poller --------------------------------------------------------------------------------- */
+
+/* One epoll set holding the relay sockets, so that the event loop sees one file descriptor
+   for all of them and one readiness of it serves every ready socket in one C call, where the
+   loop would otherwise dispatch each socket's readiness as a handle of its own. Level
+   triggered, like the loop: a socket with more datagrams waiting is reported again. At most
+   POLL_BATCH sockets per call, so that the loop's other work (timers, signalling) still runs
+   between batches while hundreds of sockets are ready. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    int epoll_fd;   /* -1 once closed */
+    PyObject *lag;  /* webrtc.datagram.LoopLag */
+} RelayPoller;
+
+static PyTypeObject RelayPollerType;
+
+/* The pump's socket leaves its poller's epoll set (before the socket closes: an epoll set
+   tracks the open file, not the number). */
+static int leave_poller(RelayPump *self) {
+    RelayPoller *poller = (RelayPoller *)self->poller;
+    if (poller == NULL) {
+        return 0;
+    }
+    int failed = 0;
+    if (poller->epoll_fd >= 0 && self->fd >= 0 &&
+        epoll_ctl(poller->epoll_fd, EPOLL_CTL_DEL, self->fd, NULL) < 0) {
+        PyErr_Format(PyExc_OSError, "epoll_ctl(DEL, fd %d): %s", self->fd, strerror(errno));
+        failed = -1;
+    }
+    Py_CLEAR(self->poller);
+    Py_DECREF(self);  /* the reference the epoll set held */
+    return failed;
+}
+
+static PyObject *poller_add(RelayPoller *self, PyObject *pump_object) {
+    if (!PyObject_TypeCheck(pump_object, &RelayPumpType)) {
+        PyErr_SetString(PyExc_TypeError, "add() takes a RelayPump");
+        return NULL;
+    }
+    RelayPump *pump = (RelayPump *)pump_object;
+    if (self->epoll_fd < 0 || pump->fd < 0 || pump->poller != NULL) {
+        PyErr_Format(PyExc_ValueError, "cannot poll fd %d: %s", pump->fd,
+                     self->epoll_fd < 0 ? "poller closed" : pump->fd < 0 ? "pump closed"
+                                                                          : "already polled");
+        return NULL;
+    }
+    struct epoll_event event = {.events = EPOLLIN, .data.ptr = pump};
+    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, pump->fd, &event) < 0) {
+        PyErr_Format(PyExc_OSError, "epoll_ctl(ADD, fd %d): %s", pump->fd, strerror(errno));
+        return NULL;
+    }
+    Py_INCREF(pump);  /* held while in the epoll set, whose events point at it */
+    Py_INCREF(self);
+    pump->poller = (PyObject *)self;
+    Py_RETURN_NONE;
+}
+
+static PyObject *poller_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames) {
+    RelayPoller *self = (RelayPoller *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "RelayPoller() takes no arguments");
+        return NULL;
+    }
+    if (self->epoll_fd < 0) {
+        Py_RETURN_NONE;
+    }
+    struct epoll_event events[POLL_BATCH];
+    int ready = epoll_wait(self->epoll_fd, events, POLL_BATCH, 0);
+    if (ready < 0) {
+        if (errno == EINTR) {
+            Py_RETURN_NONE;
+        }
+        return PyErr_Format(PyExc_OSError, "epoll_wait: %s", strerror(errno));
+    }
+    int limit = read_limit(self->lag);
+    if (limit < 0) {
+        return NULL;
+    }
+    /* Every ready pump referenced for the batch: a callback may close any of them. */
+    for (int i = 0; i < ready; i++) {
+        Py_INCREF((PyObject *)events[i].data.ptr);
+    }
+    int failed = 0;
+    for (int i = 0; i < ready && !failed; i++) {
+        failed = serve((RelayPump *)events[i].data.ptr, limit) < 0;
+    }
+    /* On an exception the rest wait for the next call: still ready, they are reported again. */
+    for (int i = 0; i < ready; i++) {
+        Py_DECREF((PyObject *)events[i].data.ptr);
+    }
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *poller_fileno(RelayPoller *self, PyObject *unused) {
+    return PyLong_FromLong(self->epoll_fd);
+}
+
+/* Every pump must have closed (left) first: their references are the epoll set's. */
+static PyObject *poller_close(RelayPoller *self, PyObject *unused) {
+    if (self->epoll_fd >= 0) {
+        close(self->epoll_fd);
+        self->epoll_fd = -1;
+    }
+    Py_RETURN_NONE;
+}
+
+static int poller_init(RelayPoller *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"lag", NULL};
+    PyObject *lag;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O", keywords, &lag)) {
+        return -1;
+    }
+    if (self->epoll_fd < 0) {
+        self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+        if (self->epoll_fd < 0) {
+            PyErr_Format(PyExc_OSError, "epoll_create1: %s", strerror(errno));
+            return -1;
+        }
+    }
+    Py_INCREF(lag);
+    Py_XSETREF(self->lag, lag);
+    return 0;
+}
+
+static PyObject *poller_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    RelayPoller *self = (RelayPoller *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = poller_vectorcall;
+    self->epoll_fd = -1;
+    return (PyObject *)self;
+}
+
+static int poller_traverse(RelayPoller *self, visitproc visit, void *arg) {
+    Py_VISIT(self->lag);
+    return 0;
+}
+
+static int poller_clear(RelayPoller *self) {
+    Py_CLEAR(self->lag);
+    return 0;
+}
+
+static void poller_dealloc(RelayPoller *self) {
+    PyObject_GC_UnTrack(self);
+    if (self->epoll_fd >= 0) {
+        close(self->epoll_fd);
+    }
+    poller_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef poller_methods[] = {
+    {"add", (PyCFunction)poller_add, METH_O,
+     "add(pump): serve the pump's socket from now on (until pump.close())."},
+    {"fileno", (PyCFunction)poller_fileno, METH_NOARGS, "The epoll fd: the loop's reader."},
+    {"close", (PyCFunction)poller_close, METH_NOARGS, "Close the epoll set (pumps closed)."},
+    {NULL},
+};
+
+static PyTypeObject RelayPollerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "webrtc._relaypath.RelayPoller",
+    .tp_doc = "RelayPoller(lag): one epoll set of relay sockets, its fd the loop's reader.",
+    .tp_basicsize = sizeof(RelayPoller),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(RelayPoller, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = poller_new,
+    .tp_init = (initproc)poller_init,
+    .tp_dealloc = (destructor)poller_dealloc,
+    .tp_traverse = (traverseproc)poller_traverse,
+    .tp_clear = (inquiry)poller_clear,
+    .tp_methods = poller_methods,
+};
+
 static struct PyModuleDef relaypath_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "webrtc._relaypath",
@@ -719,7 +1093,8 @@ PyMODINIT_FUNC PyInit__relaypath(void) {
     str_bytes = PyUnicode_InternFromString("bytes");
     str_lost = PyUnicode_InternFromString("lost");
     if (str_behind == NULL || str_packets == NULL || str_bytes == NULL || str_lost == NULL ||
-        PyType_Ready(&RelayPumpType) < 0) {
+        PyType_Ready(&RelayPumpType) < 0 || PyType_Ready(&SequenceTableType) < 0 ||
+        PyType_Ready(&RelayPollerType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&relaypath_module);
@@ -729,9 +1104,10 @@ PyMODINIT_FUNC PyInit__relaypath(void) {
     PyModule_AddIntConstant(module, "MAX_DATAGRAM", MAX_DATAGRAM);
     PyModule_AddIntConstant(module, "MAX_SRTP_TRAILER", MAX_SRTP_TRAILER);
     PyModule_AddIntConstant(module, "MAX_DESTINATIONS", MAX_DESTINATIONS);
-    Py_INCREF(&RelayPumpType);
-    if (PyModule_AddObject(module, "RelayPump", (PyObject *)&RelayPumpType) < 0) {
-        Py_DECREF(&RelayPumpType);
+    PyModule_AddIntConstant(module, "MAX_SSRCS", MAX_SSRCS);
+    if (PyModule_AddType(module, &RelayPumpType) < 0 ||
+        PyModule_AddType(module, &SequenceTableType) < 0 ||
+        PyModule_AddType(module, &RelayPollerType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

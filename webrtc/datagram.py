@@ -14,9 +14,10 @@ queues grow, and reading each ready socket until EAGAIN is what lets the relay c
 (LoopLag decides). Compiled by mypyc (setup.py).
 
 Where the C relay path (webrtc/_relaypath.c) is built, a socket's reader is its RelayPump
-instead of _readable: the pump reads the same way (one datagram per readiness, drained while
-behind) and hands the datagrams it does not relay itself to the same handlers. WS2SIP_RELAY_PUMP=0
-in the environment leaves it out.
+instead of _readable, served through the relay's SocketPoller (one epoll set: one loop
+dispatch for all ready sockets; WS2SIP_RELAY_POLLER=0 leaves it out): the pump reads the same
+way (one datagram per readiness, drained while behind) and hands the datagrams it does not
+relay itself to the same handlers. WS2SIP_RELAY_PUMP=0 in the environment leaves it out.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ def _relay_pump_type() -> Any:
 _RELAY_PUMP: Any = _relay_pump_type()
 
 
+def _relay_poller_type() -> Any:
+    """The C relay path's RelayPoller, where pumps exist and WS2SIP_RELAY_POLLER is not 0."""
+    if _RELAY_PUMP is None or os.environ.get("WS2SIP_RELAY_POLLER") == "0":
+        return None
+    return importlib.import_module("webrtc._relaypath").RelayPoller
+
+
+_RELAY_POLLER: Any = _relay_poller_type()
+
+
 class LoopLag:
     """Whether the event loop runs behind, from how late a periodic timer fires. It runs
     while sockets use it."""
@@ -84,6 +95,37 @@ class LoopLag:
         self._arm(loop)
 
 
+class SocketPoller:
+    """The one reader the event loop has for a relay's sockets, where the C relay path is built:
+    a RelayPoller's epoll set holds the sockets' pumps, and one readiness of it serves all
+    ready sockets in one C call instead of one loop dispatch per socket. Registered with the
+    loop while sockets use it; where there is no RelayPoller, sockets are the loop's readers."""
+
+    def __init__(self, lag: LoopLag) -> None:
+        self._lag = lag
+        self._poller: Any = None
+        self._users = 0
+
+    @property
+    def available(self) -> bool:
+        return _RELAY_POLLER is not None
+
+    def add(self, loop: asyncio.AbstractEventLoop, pump: RelayPump) -> None:
+        if self._poller is None:
+            self._poller = _RELAY_POLLER(self._lag)
+            loop.add_reader(self._poller.fileno(), self._poller)
+        self._poller.add(pump)
+        self._users += 1
+
+    def release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A socket's pump closed (and so left the epoll set)."""
+        self._users -= 1
+        if self._users == 0:
+            loop.remove_reader(self._poller.fileno())
+            self._poller.close()
+            self._poller = None
+
+
 class DatagramSocket:
     """A bound, non-blocking UDP socket serving one asyncio DatagramProtocol.
 
@@ -92,12 +134,13 @@ class DatagramSocket:
     latched call). A full send buffer drops the datagram instead of queueing it: real-time
     media would arrive too late, and STUN and DTLS retransmit.
 
-    `pump`, where the C relay path exists, is the socket's reader; webrtc.relay_pumps configures
-    it to relay a call's packets itself.
+    `pump`, where the C relay path exists, is the socket's reader (through `poller` when given
+    and available); webrtc.relay_pumps configures it to relay a call's packets itself.
     """
 
     def __init__(
-        self, sock: socket.socket, protocol: asyncio.DatagramProtocol, lag: LoopLag
+        self, sock: socket.socket, protocol: asyncio.DatagramProtocol, lag: LoopLag,
+        poller: SocketPoller | None = None,
     ) -> None:
         self._sock = sock
         self._fileno = sock.fileno()
@@ -109,10 +152,15 @@ class DatagramSocket:
         protocol.connection_made(self)  # type: ignore[arg-type]  # the part aioice uses
         lag.acquire(self._loop)
         self.pump: RelayPump | None = None
+        self._poller: SocketPoller | None = None
         if _RELAY_PUMP is not None:
             self.pump = _RELAY_PUMP(
                 self._fileno, lag, protocol.datagram_received, protocol.error_received)
-            self._loop.add_reader(self._fileno, self.pump)
+            if poller is not None and poller.available:
+                poller.add(self._loop, self.pump)
+                self._poller = poller
+            else:
+                self._loop.add_reader(self._fileno, self.pump)
         else:
             self._loop.add_reader(self._fileno, self._readable)
 
@@ -179,9 +227,12 @@ class DatagramSocket:
         if self._closing:
             return
         self._closing = True
-        self._loop.remove_reader(self._fileno)
+        if self._poller is None:
+            self._loop.remove_reader(self._fileno)
         if self.pump is not None:
-            self.pump.close()
+            self.pump.close()  # leaves the poller's epoll set while the fd is still open
+        if self._poller is not None:
+            self._poller.release(self._loop)
         self._lag.release()
         self._loop.call_soon(self._closed)
 

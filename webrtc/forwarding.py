@@ -5,8 +5,10 @@ numbers and timestamps pass through untouched (so the receiver sees the sender's
 continuous stream and RTCP reports stay meaningful), only the payload type byte is rewritten
 when the two legs numbered the codec differently.
 
-webrtc.relay_pumps has the C relay path do the same for latched relay-only routes, on the same
-sequence table (expected_seq) and adding into the same DirectionStats.
+webrtc.relay_pumps has the C relay path do the same for latched relay-only routes, adding into
+the same DirectionStats. While it does, loss is counted on its SequenceTable (`sequences`), by
+the C path and this one alike, so the count runs on whichever path a packet takes; the table
+keeps expected_seq's keys current and writes its values back when the C path stops or flushes.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class Forwarder:
     stats: DirectionStats = field(default_factory=DirectionStats)
     routes: dict[int, Route] = field(default_factory=dict)
     _expected_seq: dict[int, int] = field(default_factory=dict)
+    # webrtc._relaypath.SequenceTable on expected_seq while the C relay path counts this
+    # direction (set and cleared by webrtc.relay_pumps)
+    sequences: Any = None
 
     @property
     def known_ssrcs(self) -> set[int]:
@@ -52,7 +57,7 @@ class Forwarder:
 
     @property
     def expected_seq(self) -> dict[int, int]:
-        """SSRC -> next expected sequence number; the C relay path counts loss on it too."""
+        """SSRC -> next expected sequence number (values current once `sequences` wrote back)."""
         return self._expected_seq
 
     def __call__(self, packet: bytes) -> None:
@@ -69,16 +74,20 @@ class Forwarder:
         # (struct, int.from_bytes) per packet is a measurable share.
         seq = packet[2] << 8 | packet[3]
         ssrc = packet[8] << 24 | packet[9] << 16 | packet[10] << 8 | packet[11]
-        expected_seq = self._expected_seq
-        expected = expected_seq.get(ssrc)
-        if expected is None:
-            if len(expected_seq) >= MAX_TRACKED_SSRCS:
-                expected_seq.clear()
-        elif seq != expected:
-            gap = (seq - expected) & 0xFFFF
-            if gap < 1000:  # larger jumps are reordering or a restarted sender
-                stats.lost += gap
-        expected_seq[ssrc] = (seq + 1) & 0xFFFF
+        sequences = self.sequences
+        if sequences is not None:
+            stats.lost += sequences.count(ssrc, seq)
+        else:
+            expected_seq = self._expected_seq
+            expected = expected_seq.get(ssrc)
+            if expected is None:
+                if len(expected_seq) >= MAX_TRACKED_SSRCS:
+                    expected_seq.clear()
+            elif seq != expected:
+                gap = (seq - expected) & 0xFFFF
+                if gap < 1000:  # larger jumps are reordering or a restarted sender
+                    stats.lost += gap
+            expected_seq[ssrc] = (seq + 1) & 0xFFFF
         if route.transform is not None:
             for produced in route.transform(packet):
                 route.send(produced)

@@ -7,7 +7,7 @@ import itertools
 import socket
 from collections.abc import Callable
 
-from .datagram import DatagramSocket, LoopLag
+from .datagram import DatagramSocket, LoopLag, SocketPoller
 from .errors import MediaError
 
 ProtocolFactory = Callable[[], asyncio.DatagramProtocol]
@@ -29,6 +29,7 @@ class PortPool:
         self._cursor = itertools.cycle(range(len(self._even_ports)))
         self._open: set[int] = set()
         self._lag = LoopLag()
+        self._poller = SocketPoller(self._lag)
 
     @property
     def open_ports(self) -> frozenset[int]:
@@ -84,4 +85,4 @@ class PortPool:
             return None
         sock.setblocking(False)
         self._open.add(port)
-        return DatagramSocket(sock, factory(), self._lag)
+        return DatagramSocket(sock, factory(), self._lag, self._poller)

@@ -5,7 +5,13 @@ it: the route has no transcoder, its destination socket is open and known (a pla
 target, the WebRTC leg's nominated ICE pair), SRTP is keyed, and, for packets from a plain
 leg, the leg has latched (before that, its first packet must go through the latching handler).
 The C path then does what the Python path does for such a packet (unprotect or protect, payload
-type, Forwarder's counters and sequence table) and hands everything else to Python.
+type, Forwarder's counters) and hands everything else to Python.
+
+Loss is counted on one SequenceTable per Forwarder whose direction the C path relays, shared by
+all its pumps (during an ICE restart the old and the new generation's sockets both feed the
+WebRTC leg's Forwarder) and by the Forwarder's own Python path, so no packet is counted against
+a stale expected sequence number whichever path or socket it takes. It is loaded from the
+Forwarder's dict here and written back to it when the pumps flush or stop.
 
 The configuration is recomputed from the legs' current state whenever anything it depends on
 changes (the legs' on_change, a new set of routes): one function that cannot miss a case is
@@ -23,7 +29,7 @@ from .plain import PlainLeg
 from .webrtc_leg import WebRtcLeg
 
 if TYPE_CHECKING:
-    from ._relaypath import RelayPump
+    from ._relaypath import RelayPump, SequenceTable
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +39,23 @@ class RelayPumps:
 
     def __init__(self) -> None:
         self._relaying: list[RelayPump] = []
+        self._counted: list[Forwarder] = []  # those with a SequenceTable attached
 
     def flush(self) -> None:
-        """Bring the sessions' DirectionStats up to date with what C relayed."""
+        """Bring the sessions' DirectionStats and sequence dicts up to date with what C
+        relayed."""
         for pump in self._relaying:
             pump.flush()
 
     def stop(self) -> None:
-        """Everything back to the Python path (counts flushed)."""
+        """Everything back to the Python path (counts flushed, sequences written back)."""
         for pump in self._relaying:
             pump.stop()
         self._relaying.clear()
+        for forwarder in self._counted:
+            forwarder.sequences.write_back()
+            forwarder.sequences = None
+        self._counted.clear()
 
     def refresh(self, webrtc: WebRtcLeg | None, plains: list[PlainLeg]) -> None:
         self.stop()
@@ -104,9 +116,18 @@ class RelayPumps:
     ) -> None:
         try:
             pump.relay(routes=routes, destinations=destinations, srtp_in=srtp_in,
-                       srtp_out=srtp_out, expected_seq=forwarder.expected_seq,
-                       max_ssrcs=MAX_TRACKED_SSRCS, stats=forwarder.stats)
+                       srtp_out=srtp_out, sequences=self._sequences(forwarder),
+                       stats=forwarder.stats)
         except ValueError as error:  # e.g. an address C cannot send to: Python relays it
             logger.debug("relaying in Python: %s", error)
             return
         self._relaying.append(pump)
+
+    def _sequences(self, forwarder: Forwarder) -> SequenceTable:
+        """The Forwarder's table, attached on its first pump of this configuration."""
+        if forwarder.sequences is None:
+            from ._relaypath import SequenceTable  # built, since there is a pump
+
+            forwarder.sequences = SequenceTable(forwarder.expected_seq, MAX_TRACKED_SSRCS)
+            self._counted.append(forwarder)
+        return forwarder.sequences

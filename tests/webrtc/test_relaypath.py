@@ -22,11 +22,11 @@ from tests.webrtc.rtp_peer import RtpPeer
 from tests.webrtc.sdp_samples import asterisk_sdp
 from tests.webrtc.test_media_relay import target_of, wait_for
 from webrtc import MediaRelay
-from webrtc.datagram import Address, DatagramSocket, LoopLag
-from webrtc.forwarding import MAX_TRACKED_SSRCS, DirectionStats
+from webrtc.datagram import Address, DatagramSocket, LoopLag, SocketPoller
+from webrtc.forwarding import MAX_TRACKED_SSRCS, DirectionStats, Forwarder, Route
 from webrtc.srtp import protect, unprotect
 
-pytest.importorskip("webrtc._relaypath")
+relaypath = pytest.importorskip("webrtc._relaypath")
 SWITCHED_OFF = os.environ.get("WS2SIP_RELAY_PUMP") == "0"
 c_path = pytest.mark.skipif(SWITCHED_OFF, reason="C relay path switched off")
 
@@ -86,8 +86,15 @@ class Relay:
     destination_python: Recorder
     sender: socket.socket
     receiver: socket.socket
-    stats: DirectionStats
-    expected_seq: dict[int, int]
+    forwarder: Forwarder  # the direction's Python path (the source's on_packet once latched)
+
+    @property
+    def stats(self) -> DirectionStats:
+        return self.forwarder.stats
+
+    @property
+    def expected_seq(self) -> dict[int, int]:
+        return self.forwarder.expected_seq
 
     @property
     def pump(self):  # noqa: ANN201  # the C type, only where it is built
@@ -98,12 +105,31 @@ class Relay:
                   routes: dict[int, tuple[int, int]] | None = None,
                   receiver: socket.socket | None = None) -> None:
         assert self.destination.pump is not None
+        self.attach_sequences()
         self.pump.relay(
             routes={0: (8, 0)} if routes is None else routes,
             destinations=[(self.destination.pump, (receiver or self.receiver).getsockname())],
             srtp_in=unprotect(srtp_in).native() if srtp_in is not None else None,
             srtp_out=protect(srtp_out).native() if srtp_out is not None else None,
-            expected_seq=self.expected_seq, max_ssrcs=MAX_TRACKED_SSRCS, stats=self.stats)
+            sequences=self.forwarder.sequences, stats=self.stats)
+
+    def attach_sequences(self) -> None:
+        """As webrtc.relay_pumps does while the C path relays this direction."""
+        if self.forwarder.sequences is None:
+            self.forwarder.sequences = relaypath.SequenceTable(
+                self.expected_seq, MAX_TRACKED_SSRCS)
+
+    def back_to_python(self) -> None:
+        """As webrtc.relay_pumps' stop(): every packet to the Forwarder, table detached."""
+        self.pump.stop()
+        self.forwarder.sequences.write_back()
+        self.forwarder.sequences = None
+
+    def relay_in_python(self) -> None:
+        """The latched leg's Python path: the Forwarder, relaying payload type 0 as 8."""
+        address = self.receiver.getsockname()
+        self.forwarder.routes[0] = Route(8, lambda packet: self.destination.sendto(packet, address))
+        self.source.on_packet = self.forwarder
 
     def send(self, packet: bytes) -> None:
         self.sender.sendto(packet, self.source.get_extra_info("sockname"))
@@ -116,11 +142,12 @@ class Relay:
         return bytes(data)
 
 
-def bound(protocol: asyncio.DatagramProtocol, lag: LoopLag) -> DatagramSocket:
+def bound(protocol: asyncio.DatagramProtocol, lag: LoopLag,
+          poller: SocketPoller | None = None) -> DatagramSocket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
-    return DatagramSocket(sock, protocol, lag)
+    return DatagramSocket(sock, protocol, lag, poller)
 
 
 @pytest.fixture
@@ -130,7 +157,7 @@ async def relay_pair() -> AsyncIterator[Relay]:
     pair = Relay(
         source=bound(source_python, lag), source_python=source_python,
         destination=bound(destination_python, lag), destination_python=destination_python,
-        sender=udp_peer(), receiver=udp_peer(), stats=DirectionStats(), expected_seq={},
+        sender=udp_peer(), receiver=udp_peer(), forwarder=Forwarder(),
     )
     yield pair
     pair.source.close()
@@ -195,6 +222,97 @@ async def test_counters_and_loss_go_into_the_direction_stats(relay_pair: Relay) 
     assert relay_pair.expected_seq == {SSRC: 7, 0x55: 101}  # the Forwarder's SSRCs
     relay_pair.pump.flush()
     assert relay_pair.stats.packets == 5  # flushed once
+
+
+async def relayed(relay: Relay, *seqs: int, ssrc: int = SSRC, payload_type: int = 0) -> None:
+    for seq in seqs:
+        relay.send(rtp(seq, payload_type, ssrc=ssrc))
+        await relay.received()
+
+
+@c_path
+async def test_an_ssrc_is_known_for_rtcp_from_its_first_c_relayed_packet(
+    relay_pair: Relay,
+) -> None:
+    relay_pair.configure()
+    await relayed(relay_pair, 40)
+    assert relay_pair.forwarder.known_ssrcs == {SSRC}  # without a flush
+    assert relay_pair.pump.relayed == 1
+
+
+@c_path
+async def test_loss_is_counted_once_across_c_python_c(relay_pair: Relay) -> None:
+    relay_pair.relay_in_python()
+    relay_pair.configure()
+    await relayed(relay_pair, 1, 2, 4)  # C: 3 lost
+    relay_pair.back_to_python()
+    await relayed(relay_pair, 5, 6, 8)  # Python: 7 lost
+    relay_pair.configure()
+    await relayed(relay_pair, 9, 11)  # C again: 10 lost
+    relay_pair.pump.flush()
+
+    assert relay_pair.pump.relayed == 5
+    assert relay_pair.stats == DirectionStats(packets=8, bytes=8 * 172, lost=3)
+    assert relay_pair.expected_seq == {SSRC: 12}
+
+
+@c_path
+async def test_python_fallbacks_count_on_the_c_table_while_it_relays(relay_pair: Relay) -> None:
+    """A payload type only Python relays (here: one C has no route for), same stream."""
+    relay_pair.relay_in_python()
+    relay_pair.forwarder.routes[9] = relay_pair.forwarder.routes[0]
+    relay_pair.configure()
+    await relayed(relay_pair, 1, 2)
+    await relayed(relay_pair, 3, payload_type=9)  # Python
+    await relayed(relay_pair, 4, 6)  # C: only 5 is lost
+    relay_pair.pump.flush()
+
+    assert relay_pair.pump.relayed == 4
+    assert relay_pair.stats.lost == 1
+    assert relay_pair.stats.packets == 5
+    assert relay_pair.expected_seq == {SSRC: 7}
+
+
+@c_path
+async def test_two_pumps_of_one_forwarder_count_one_stream(relay_pair: Relay) -> None:
+    """An ICE restart: the browser's stream moves from the old generation's socket to the new
+    one's; both pumps relay into the same Forwarder."""
+    relay_pair.configure()
+    lag = LoopLag()
+    new_generation = bound(Recorder(), lag)
+    try:
+        assert new_generation.pump is not None and relay_pair.destination.pump is not None
+        new_generation.pump.relay(
+            routes={0: (8, 0)},
+            destinations=[(relay_pair.destination.pump, relay_pair.receiver.getsockname())],
+            srtp_in=None, srtp_out=None, sequences=relay_pair.forwarder.sequences,
+            stats=relay_pair.stats)
+        await relayed(relay_pair, 1, 2)
+        address = new_generation.get_extra_info("sockname")
+        for seq in (3, 5):  # 4 lost
+            relay_pair.sender.sendto(rtp(seq), address)
+            await relay_pair.received()
+        await relayed(relay_pair, 6)  # a late one on the old socket: in sequence
+        relay_pair.pump.flush()
+        new_generation.pump.flush()
+    finally:
+        new_generation.close()
+
+    assert relay_pair.stats == DirectionStats(packets=5, bytes=5 * 172, lost=1)
+    assert relay_pair.expected_seq == {SSRC: 7}
+
+
+@c_path
+async def test_ssrcs_beyond_the_limit_start_the_table_over(relay_pair: Relay) -> None:
+    relay_pair.configure()
+    for ssrc in range(1, MAX_TRACKED_SSRCS + 2):
+        await relayed(relay_pair, 10, ssrc=ssrc)
+    assert relay_pair.forwarder.known_ssrcs == {MAX_TRACKED_SSRCS + 1}
+    await relayed(relay_pair, 12, ssrc=MAX_TRACKED_SSRCS + 1)
+    await relayed(relay_pair, 12, ssrc=1)  # forgotten: new again, no loss
+    relay_pair.pump.flush()
+    assert relay_pair.stats.lost == 1
+    assert relay_pair.expected_seq == {MAX_TRACKED_SSRCS + 1: 13, 1: 13}
 
 
 @c_path
@@ -318,6 +436,95 @@ async def test_a_whole_call_is_relayed_in_c_both_ways_and_heard(
     stats = session.stats()
     assert stats["plain_to_webrtc_packets"] >= plain.rtp_pump.relayed
     assert stats["srtp_errors"] == 0
+
+
+@dataclass
+class Polled:
+    """Relay sockets served by one SocketPoller, and what their Python paths got."""
+
+    lag: LoopLag
+    poller: SocketPoller
+    sockets: list[DatagramSocket]
+    recorders: list[Recorder]
+    sender: socket.socket
+
+    def send(self, index: int, packet: bytes) -> None:
+        self.sender.sendto(packet, self.sockets[index].get_extra_info("sockname"))
+
+
+@pytest.fixture
+async def polled() -> AsyncIterator[Polled]:
+    lag = LoopLag()
+    poller = SocketPoller(lag)
+    if not poller.available:
+        pytest.skip("RelayPoller switched off")
+    recorders = [Recorder(), Recorder(), Recorder()]
+    group = Polled(lag, poller, [bound(r, lag, poller) for r in recorders], recorders, udp_peer())
+    yield group
+    for sock in group.sockets:
+        sock.close()
+    group.sender.close()
+
+
+@c_path
+async def test_polled_sockets_reach_python_with_their_sources(polled: Polled) -> None:
+    for index in range(3):
+        polled.send(index, b"stun %d" % index)
+    await wait_for(lambda: all(r.datagrams for r in polled.recorders))
+    source = polled.sender.getsockname()
+    assert [r.datagrams for r in polled.recorders] == [
+        [(b"stun 0", source)], [(b"stun 1", source)], [(b"stun 2", source)]]
+
+
+@c_path
+async def test_a_socket_closed_by_a_callback_is_not_read_in_the_same_batch(
+    polled: Polled,
+) -> None:
+    first, second, third = polled.sockets
+
+    class Closer(Recorder):
+        def datagram_received(self, data: bytes, addr: Address) -> None:
+            super().datagram_received(data, addr)
+            second.close()
+
+    closer = Closer()
+    assert first.pump is not None
+    first.pump.on_packet = lambda packet: closer.datagram_received(packet, ())
+    for index in range(3):  # all three ready before the loop polls, served in this order
+        polled.send(index, b"x%d" % index)
+    await wait_for(lambda: closer.datagrams and polled.recorders[2].datagrams)
+    await asyncio.sleep(0.05)  # the second socket's datagram would have been read by now
+    assert polled.recorders[1].datagrams == []
+    assert second.pump is not None and second.pump.closed
+    polled.send(2, b"still served")
+    await wait_for(lambda: len(polled.recorders[2].datagrams) == 2)
+
+
+@c_path
+async def test_the_poller_drains_while_behind_and_reads_one_otherwise(polled: Polled) -> None:
+    loop_poller = polled.poller._poller  # called directly: one readiness, no loop turn between
+    for seq in range(5):
+        polled.send(0, b"a%d" % seq)
+    loop_poller()
+    assert [d for d, _ in polled.recorders[0].datagrams] == [b"a0"]
+    polled.lag.behind = True
+    loop_poller()
+    assert [d for d, _ in polled.recorders[0].datagrams] == [b"a0", b"a1", b"a2", b"a3", b"a4"]
+
+
+@c_path
+async def test_the_poller_leaves_the_loop_with_its_last_socket(polled: Polled) -> None:
+    epoll_fd = polled.poller._poller.fileno()
+    for sock in polled.sockets:
+        sock.close()
+    assert polled.poller._poller is None
+    with pytest.raises(OSError):
+        os.fstat(epoll_fd)  # closed, and so out of the loop's reader set
+    recorder = Recorder()
+    reopened = bound(recorder, polled.lag, polled.poller)  # a new epoll set, served again
+    polled.sockets.append(reopened)
+    polled.sender.sendto(b"again", reopened.get_extra_info("sockname"))
+    await wait_for(lambda: recorder.datagrams)
 
 
 @c_path
