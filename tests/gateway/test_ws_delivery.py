@@ -11,28 +11,17 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway import ws_delivery
-from gateway.websocket import WebSocketPolicy, make_handler
-from sip.flow import Flow
-from sip.message import Request, Response
+from gateway.websocket import WebSocketPolicy
 from sip.transport import TransportLayer
+
+from .ws_edge import answering_layer, options_request, wait_for_no_flows, websocket_server
 
 MAX_MESSAGE = 4000
 WAIT = 5.0
 pytestmark = pytest.mark.parametrize("direct", [True, False], ids=["direct", "receive-loop"])
-
-
-def _options(call_id: str) -> str:
-    return (
-        "OPTIONS sip:example.test SIP/2.0\r\n"
-        "Via: SIP/2.0/WS client.invalid;branch=z9hG4bK" + call_id + "\r\n"
-        "Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=1\r\n"
-        "To: <sip:example.test>\r\nCall-ID: " + call_id + "\r\nCSeq: 1 OPTIONS\r\n"
-        "Content-Length: 0\r\n\r\n"
-    )
 
 
 class _Gateway:
@@ -51,23 +40,12 @@ IDLE_TIMEOUT = 0.5  # also the first-message timeout (the smaller of the two)
 @pytest.fixture
 async def gateway(direct: bool) -> AsyncIterator[_Gateway]:
     assert ws_delivery.supported(), "the installed aiohttp lacks what direct delivery replaces"
-    # No listener is opened, so the transport's idle sweeper never runs here: only the
-    # WebSocket's own first-message timeout can close a connection.
-    layer = TransportLayer()
-
-    def answer(message: Request | Response, flow: Flow) -> None:
-        if isinstance(message, Request):
-            flow.send(message.response(200).to_bytes())
-
-    layer.on_message = answer
+    # Only the WebSocket's own first-message timeout can close a connection here.
+    layer = answering_layer()
     policy = WebSocketPolicy(allowed_origins=("*",), max_message_size=MAX_MESSAGE,
                              ping_interval=0.0, idle_timeout=IDLE_TIMEOUT)
-    app = web.Application()
-    app.router.add_get("/ws", make_handler(layer, policy, secure=False, direct_delivery=direct))
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield _Gateway(server, layer)
-    await server.close()
+    async with websocket_server(layer, policy, direct=direct) as server:
+        yield _Gateway(server, layer)
 
 
 @pytest.fixture
@@ -88,12 +66,12 @@ async def test_text_and_binary_frames_are_answered_in_order(
     gateway: _Gateway, session: aiohttp.ClientSession
 ) -> None:
     async with session.ws_connect(gateway.url, protocols=("sip",)) as ws:
-        await ws.send_str(_options("text-1"))
-        await ws.send_bytes(_options("binary-2").encode())
-        await ws.send_str(_options("text-3"))
+        await ws.send_str(options_request("text-1"))
+        await ws.send_bytes(options_request("binary-2").encode())
+        await ws.send_str(options_request("text-3"))
         assert [await _call_id_of_answer(ws) for _ in range(3)] == ["text-1", "binary-2", "text-3"]
         await ws.ping(b"still there?")  # control frames keep working beside SIP frames
-        await ws.send_str(_options("after-ping"))
+        await ws.send_str(options_request("after-ping"))
         assert await _call_id_of_answer(ws) == "after-ping"
 
 
@@ -111,18 +89,14 @@ async def test_frame_over_the_limit_closes_with_1009_and_the_flow_is_dropped(
     gateway: _Gateway, session: aiohttp.ClientSession
 ) -> None:
     async with session.ws_connect(gateway.url, protocols=("sip",)) as ws:
-        await ws.send_str(_options("small"))
+        await ws.send_str(options_request("small"))
         assert await _call_id_of_answer(ws) == "small"
         assert gateway.layer.flow_count == 1
-        await ws.send_str(_options("big") + "x" * MAX_MESSAGE)
+        await ws.send_str(options_request("big") + "x" * MAX_MESSAGE)
         closing = await ws.receive(timeout=WAIT)
         assert closing.type is aiohttp.WSMsgType.CLOSE
         assert closing.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
-    for _ in range(100):
-        if gateway.layer.flow_count == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert gateway.layer.flow_count == 0
+    await wait_for_no_flows(gateway.layer)
 
 
 async def test_a_silent_connection_is_closed_but_one_that_spoke_is_not(
@@ -130,13 +104,13 @@ async def test_a_silent_connection_is_closed_but_one_that_spoke_is_not(
 ) -> None:
     async with session.ws_connect(gateway.url, protocols=("sip",)) as silent, \
             session.ws_connect(gateway.url, protocols=("sip",)) as talking:
-        await talking.send_str(_options("first"))
+        await talking.send_str(options_request("first"))
         assert await _call_id_of_answer(talking) == "first"
         closing = await silent.receive(timeout=WAIT)
         assert closing.type is aiohttp.WSMsgType.CLOSE
         assert closing.data == aiohttp.WSCloseCode.GOING_AWAY
         await asyncio.sleep(IDLE_TIMEOUT)  # past the first-message timeout of `talking` too
-        await talking.send_str(_options("later"))
+        await talking.send_str(options_request("later"))
         assert await _call_id_of_answer(talking) == "later"
 
 
@@ -151,7 +125,7 @@ async def test_frame_sent_with_the_upgrade_request_is_answered(gateway: _Gateway
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n"
     ).encode()
-    writer.write(upgrade + _masked_text_frame(_options("with-upgrade").encode()))
+    writer.write(upgrade + _masked_text_frame(options_request("with-upgrade").encode()))
     await writer.drain()
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)

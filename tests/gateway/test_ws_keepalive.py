@@ -10,46 +10,24 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from gateway.websocket import WebSocketPolicy, make_handler
-from sip.flow import Flow
-from sip.message import Request, Response
+from gateway.websocket import WebSocketPolicy
 from sip.transport import TransportLayer
+
+from .ws_edge import answering_layer, options_request, wait_for_no_flows, websocket_server
 
 PING_INTERVAL = 0.2
 WAIT = 5.0
 pytestmark = pytest.mark.parametrize("direct", [True, False], ids=["direct", "receive-loop"])
 
 
-def _options(call_id: str) -> str:
-    return (
-        "OPTIONS sip:example.test SIP/2.0\r\n"
-        "Via: SIP/2.0/WS client.invalid;branch=z9hG4bK" + call_id + "\r\n"
-        "Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=1\r\n"
-        "To: <sip:example.test>\r\nCall-ID: " + call_id + "\r\nCSeq: 1 OPTIONS\r\n"
-        "Content-Length: 0\r\n\r\n"
-    )
-
-
 @pytest.fixture
 async def server(direct: bool) -> AsyncIterator[tuple[str, TransportLayer]]:
-    layer = TransportLayer()
-
-    def answer(message: Request | Response, flow: Flow) -> None:
-        if isinstance(message, Request):
-            flow.send(message.response(200).to_bytes())
-
-    layer.on_message = answer
+    layer = answering_layer()
     policy = WebSocketPolicy(allowed_origins=("*",), max_message_size=4000,
                              ping_interval=PING_INTERVAL, idle_timeout=60.0)
-    app = web.Application()
-    app.router.add_get("/ws", make_handler(layer, policy, secure=False, direct_delivery=direct))
-    test_server = TestServer(app, host="127.0.0.1")
-    await test_server.start_server()
-    yield str(test_server.make_url("/ws")), layer
-    await test_server.close()
+    async with websocket_server(layer, policy, direct=direct) as test_server:
+        yield str(test_server.make_url("/ws")), layer
 
 
 @pytest.fixture
@@ -64,7 +42,7 @@ async def _connect(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientWe
 
 
 async def _answer_sip(ws: aiohttp.ClientWebSocketResponse, call_id: str) -> None:
-    await ws.send_str(_options(call_id))
+    await ws.send_str(options_request(call_id))
     while True:
         frame = await ws.receive(timeout=WAIT)
         if frame.type is aiohttp.WSMsgType.TEXT:
@@ -99,11 +77,7 @@ async def test_a_peer_that_leaves_pings_unanswered_is_dropped(
             frame = await ws.receive(timeout=WAIT)
         assert frame.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE,
                               aiohttp.WSMsgType.ERROR), frame
-    for _ in range(100):
-        if layer.flow_count == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert layer.flow_count == 0
+    await wait_for_no_flows(layer)
 
 
 async def test_a_connection_carrying_sip_is_not_pinged(
@@ -112,7 +86,7 @@ async def test_a_connection_carrying_sip_is_not_pinged(
     url, _ = server
     async with await _connect(session, url) as ws:
         for number in range(12):  # 12 x a third of an interval: four intervals of traffic
-            await ws.send_str(_options(f"busy-{number}"))
+            await ws.send_str(options_request(f"busy-{number}"))
             frame = await ws.receive(timeout=WAIT)
             assert frame.type is aiohttp.WSMsgType.TEXT, f"pinged while busy: {frame}"
             await asyncio.sleep(PING_INTERVAL / 3)
