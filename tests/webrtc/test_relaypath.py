@@ -19,8 +19,8 @@ from pylibsrtp import Policy, Session
 from tests.support.audio import assert_hears
 from tests.webrtc.browser_peer import BrowserPeer
 from tests.webrtc.rtp_peer import RtpPeer
-from tests.webrtc.sdp_samples import asterisk_sdp
-from tests.webrtc.test_media_relay import target_of, wait_for
+from tests.webrtc.test_media_relay import wait_for
+from tests.webrtc.test_transport import connect
 from webrtc import MediaRelay
 from webrtc.datagram import Address, DatagramSocket, LoopLag, SocketPoller
 from webrtc.forwarding import MAX_TRACKED_SSRCS, DirectionStats, Forwarder, Route
@@ -419,11 +419,7 @@ async def test_a_whole_call_is_relayed_in_c_both_ways_and_heard(
     relay: MediaRelay, browser: BrowserPeer, phone: RtpPeer,
 ) -> None:
     session = relay.create_session("call-c")
-    plain_offer = await session.process_offer(await browser.offer(), "webrtc")
-    phone.target = target_of(plain_offer)
-    await browser.accept_answer(
-        await session.process_answer(asterisk_sdp(phone.port, "0 101"), "plain"))
-    await wait_for(lambda: session.stats()["webrtc_to_plain_packets"] > 0)
+    await connect(session, browser, phone, "0 101")
     await phone.play_tone(1000.0, 2.0)
 
     assert_hears(phone.heard(0), 8000, 440.0)

@@ -20,11 +20,13 @@ from webrtc import MediaRelay
 from webrtc.sdp import parse
 
 
-async def connect(session, browser: BrowserPeer, phone: RtpPeer, **sdp_options) -> str:  # noqa: ANN001, ANN003
+async def connect(session, browser: BrowserPeer, phone: RtpPeer, payloads: str = "0",  # noqa: ANN001
+                  **sdp_options) -> str:  # noqa: ANN003
+    """Browser offers, phone answers with `payloads`; returns once media flows to the phone."""
     plain_offer = await session.process_offer(await browser.offer(), "webrtc")
     phone.target = target_of(plain_offer)
     answer = await session.process_answer(
-        asterisk_sdp(phone.port, "0", host=phone.host, **sdp_options), "plain")
+        asterisk_sdp(phone.port, payloads, host=phone.host, **sdp_options), "plain")
     await browser.accept_answer(answer)
     await wait_for(lambda: session.stats()["webrtc_to_plain_packets"] > 0)
     return answer
