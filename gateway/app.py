@@ -11,13 +11,13 @@ import time
 
 from aiohttp import web
 
-import sip
 from sip.message import Limits
 from sip.resolver import Resolver
 from sip.transaction import TransactionLayer
 from sip.transport import Flow, TransportLayer
 from webrtc import MediaRelay, MediaWorkers
 
+from . import compiled
 from .auth import Authenticator
 from .config import Config
 from .dispatch import RequestCounts, RequestDispatch
@@ -126,8 +126,9 @@ class Gateway:
         # messages for little gain: 4-6 % of the CPU per call. Its worst case is 50,000 young
         # objects (a few MB) awaiting a collection.
         gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
-        log.info("ws2sip ready: node %s, domain %s, SIP parser %s", self.node_id,
-                 self.config.domain, "compiled" if sip.parser_is_compiled() else "pure Python")
+        if compiled.interpreted_modules() or not compiled.relay_path_built():
+            log.warning("ws2sip runs %s", compiled.describe())
+        log.info("ws2sip ready: node %s, domain %s", self.node_id, self.config.domain)
 
     async def stop(self) -> None:
         for registration in self.trunk_registrations:

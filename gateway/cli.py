@@ -29,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         "HTTP/WebSocket 8080 (SIP over WebSocket at ws://HOST:8080/ws).",
     )
     add_run_arguments(run)
+    commands.add_parser(
+        "selfcheck",
+        help="check this install: import every compiled module, create every compiled class",
+        description="Imports every module the install compiles (gateway/compiled.py) and "
+        "creates an instance of each of their classes, in this fresh interpreter; says how the "
+        "install runs (compiled or pure Python). Exits non-zero on the first broken one.",
+    )
     user = commands.add_parser("user", help="manage users and their credentials (HA1 only)")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     for name, help_text in (
@@ -51,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "selfcheck":
+        from .selfcheck import main as selfcheck
+
+        return selfcheck()
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
         config = load_config(args.config, overrides)

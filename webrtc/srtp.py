@@ -18,7 +18,8 @@ from typing import Any
 
 import pylibsrtp
 from pylibsrtp import Session
-from pylibsrtp._binding import ffi, lib
+# cffi's compiled binding has no stubs: its objects are Any to mypy, which is what they are.
+from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]
 
 # What pylibsrtp reserves for the authentication tag (+ MKI, + SRTCP index) when protecting.
 _RTP_TRAILER = pylibsrtp.SRTP_MAX_TRAILER_LEN
