@@ -92,6 +92,13 @@ def test_containerfile() -> None:
     for needed in ("pyproject.toml", "setup.py", "./sip", "./gateway", "./webrtc"):
         assert needed in copied, needed
     assert re.search(r"^USER (?!root\b|0\b)\S+", text, re.M)
+    # The same install as deploy/install.sh: the lock first, then ws2sip built against it, and
+    # the self-check run in the final image, which has no compiler.
+    lock_install = text.index("pip install --require-hashes -r deploy/requirements.lock")
+    build = text.index("pip install --no-deps --no-build-isolation .")
+    assert lock_install < build
+    final_stage = text[text.rindex("\nFROM "):]
+    assert re.search(r"^RUN ws2sip selfcheck$", final_stage, re.M)
     exposed = " ".join(re.findall(r"^EXPOSE (.+)$", text, re.M)).split()
     for port in ("5060/udp", "5060/tcp", "5061/tcp", "8080/tcp", "8443/tcp", "20000-40000/udp"):
         assert port in exposed

@@ -1,0 +1,134 @@
+"""The private internals of aiohttp and pylibsrtp that the fast paths touch, pinned.
+
+gateway/ws_delivery.py replaces aiohttp's WebSocket frame queue and parser, gateway/websocket.py
+reads a response's size limit, webrtc/srtp.py and webrtc/_relaypath.c call libsrtp through
+pylibsrtp's cffi binding on a Session's own context and buffer. None of that is public API, so
+the locks (deploy/requirements.lock, tests/requirements.lock) pin both libraries exactly, and
+this test records what each internal looked like when the code using it was last checked: the
+source of each Python function the fast paths depend on (hashed), the C signatures of the libsrtp
+functions, the layout of a Session. A refreshed lock that changes any of them fails here, naming
+the library and the attribute: read the new code, adapt the fast path, then record the new
+fingerprint printed in the failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCKS = (REPO_ROOT / "deploy" / "requirements.lock", REPO_ROOT / "tests" / "requirements.lock")
+
+
+def source_fingerprint(target: object) -> str:
+    return hashlib.sha256(inspect.getsource(target).encode()).hexdigest()[:16]  # type: ignore[arg-type]
+
+
+def _aiohttp_internals() -> dict[str, Callable[[], str]]:
+    from aiohttp import web
+    from aiohttp._websocket import reader_py  # the Python source Cython compiles as reader_c
+
+    response = web.WebSocketResponse()
+    return {
+        "aiohttp._websocket.reader.WebSocketDataQueue":
+            lambda: source_fingerprint(reader_py.WebSocketDataQueue),
+        "aiohttp._websocket.reader.WebSocketReader.__init__":
+            lambda: source_fingerprint(reader_py.WebSocketReader.__init__),
+        "aiohttp.web.WebSocketResponse._post_start":
+            lambda: source_fingerprint(web.WebSocketResponse._post_start),
+        "aiohttp.web.RequestHandler.set_parser":
+            lambda: source_fingerprint(web.RequestHandler.set_parser),
+        "aiohttp.web.RequestHandler.__slots__ (_message_tail, _payload_parser)":
+            lambda: str(all(name in web.RequestHandler.__slots__
+                            for name in ("_message_tail", "_payload_parser"))),
+        "aiohttp.web.WebSocketResponse (_loop, _max_msg_size, _reader, _parser)":
+            lambda: str(all(hasattr(response, name)
+                            for name in ("_loop", "_max_msg_size", "_reader", "_parser"))),
+    }
+
+
+def _pylibsrtp_internals() -> dict[str, Callable[[], str]]:
+    import pylibsrtp
+    from pylibsrtp._binding import ffi, lib
+
+    session = pylibsrtp.Session(pylibsrtp.Policy(
+        key=os.urandom(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    internals: dict[str, Callable[[], str]] = {
+        f"pylibsrtp._binding.lib.{name}": (lambda name=name: ffi.getctype(ffi.typeof(
+            getattr(lib, name))))
+        for name in ("srtp_protect", "srtp_unprotect", "srtp_protect_rtcp",
+                     "srtp_unprotect_rtcp")
+    }
+    internals.update({
+        "pylibsrtp.Session._srtp": lambda: ffi.getctype(ffi.typeof(session._srtp)),
+        "pylibsrtp.Session._cdata": lambda: (f"{ffi.getctype(ffi.typeof(session._cdata))}"
+                                             f"[{len(session._cdata)}]"),
+        "pylibsrtp.Session._buffer": lambda: f"{type(session._buffer).__name__}"
+                                             f"[{len(session._buffer)}]",
+        # webrtc/_relaypath.c's MAX_SRTP_TRAILER (148) must cover both.
+        "pylibsrtp.SRTP_MAX_TRAILER_LEN, SRTP_MAX_SRTCP_TRAILER_LEN":
+            lambda: f"{pylibsrtp.SRTP_MAX_TRAILER_LEN}, {pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN}",
+        "pylibsrtp.Session.__init__": lambda: source_fingerprint(pylibsrtp.Session.__init__),
+    })
+    return internals
+
+
+_SRTP_CALL = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+# What each internal was when the fast paths were last checked against it.
+RECORDED: dict[str, dict[str, str]] = {
+    "aiohttp": {
+        "aiohttp._websocket.reader.WebSocketDataQueue": "526af2531df720ee",
+        "aiohttp._websocket.reader.WebSocketReader.__init__": "ea518c1cea91584e",
+        "aiohttp.web.WebSocketResponse._post_start": "5537cb3f2ecae6ed",
+        "aiohttp.web.RequestHandler.set_parser": "bb548eb2b85d5c28",
+        "aiohttp.web.RequestHandler.__slots__ (_message_tail, _payload_parser)": "True",
+        "aiohttp.web.WebSocketResponse (_loop, _max_msg_size, _reader, _parser)": "True",
+    },
+    "pylibsrtp": {
+        **{f"pylibsrtp._binding.lib.{name}": _SRTP_CALL
+           for name in ("srtp_protect", "srtp_unprotect", "srtp_protect_rtcp",
+                        "srtp_unprotect_rtcp")},
+        "pylibsrtp.Session._srtp": "struct srtp_ctx_t_ * *",
+        "pylibsrtp.Session._cdata": "char[][1500]",
+        "pylibsrtp.Session._buffer": "buffer[1500]",
+        "pylibsrtp.SRTP_MAX_TRAILER_LEN, SRTP_MAX_SRTCP_TRAILER_LEN": "144, 148",
+        "pylibsrtp.Session.__init__": "2d5acb2032893aeb",
+    },
+}
+PROBES: dict[str, Callable[[], dict[str, Callable[[], str]]]] = {
+    "aiohttp": _aiohttp_internals, "pylibsrtp": _pylibsrtp_internals,
+}
+
+
+def locked_version(lock: Path, distribution: str) -> set[str]:
+    """The versions a lock pins for a distribution (one per environment marker)."""
+    return set(re.findall(rf"^{distribution}==(\S+)", lock.read_text(), re.MULTILINE))
+
+
+@pytest.mark.parametrize("library", sorted(RECORDED))
+def test_locks_pin_the_installed_version_exactly(library: str) -> None:
+    installed = importlib.metadata.version(library)
+    for lock in LOCKS:
+        assert locked_version(lock, library) == {installed}, (
+            f"{lock.relative_to(REPO_ROOT)} pins {library} "
+            f"{locked_version(lock, library) or 'not at all'}, installed is {installed}")
+
+
+@pytest.mark.parametrize("library", sorted(RECORDED))
+def test_private_internals_are_as_recorded(library: str) -> None:
+    version = importlib.metadata.version(library)
+    current = {name: probe() for name, probe in PROBES[library]().items()}
+    assert current.keys() == RECORDED[library].keys()
+    changed = [f"{library} {version}: {name} is now {value!r} (recorded "
+               f"{RECORDED[library][name]!r})"
+               for name, value in current.items() if value != RECORDED[library][name]]
+    assert not changed, ("private internals the fast paths use changed; adapt "
+                         "gateway/ws_delivery.py, gateway/websocket.py, webrtc/srtp.py or "
+                         "webrtc/_relaypath.c, then record:\n" + "\n".join(changed))
