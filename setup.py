@@ -40,7 +40,8 @@ from setuptools import Extension, setup
 # compiled classes forbid), webrtc/ice.py (subclasses aioice's Connection; its per-packet part
 # is webrtc/ice_media.py), start-up, configuration, HTTP, Redis, DTLS, SDP and the media
 # session logic, where the time is not spent.
-COMPILED_MODULES = runpy.run_path(os.path.join("gateway", "compiled.py"))["COMPILED_MODULES"]
+BUILD_MANIFEST = runpy.run_path(os.path.join("gateway", "compiled.py"))
+COMPILED_MODULES, MYPYC_ARGS = BUILD_MANIFEST["COMPILED_MODULES"], BUILD_MANIFEST["MYPYC_ARGS"]
 
 RELAY_PATH = Extension(
     "webrtc._relaypath", sources=["webrtc/_relaypath.c"], extra_compile_args=["-O2"],
@@ -83,9 +84,7 @@ def compiled_extensions() -> list:
         return []
     from mypyc.build import mypycify
 
-    # --follow-imports=silent: the compiled modules' imports are type-checked as far as the
-    # compiled code needs them; a library that is not installed is an error, not `Any`.
-    return [*mypycify(["--follow-imports=silent", *COMPILED_MODULES], opt_level="3"), RELAY_PATH]
+    return [*mypycify([*MYPYC_ARGS, *COMPILED_MODULES], opt_level="3"), RELAY_PATH]
 
 
 setup(ext_modules=compiled_extensions())

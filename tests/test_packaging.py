@@ -54,3 +54,18 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci_lines = [line for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
                 if line and not line.startswith(("#", "set ", "cd "))]
     assert ci_lines == [test_command]
+
+
+def test_a_library_missing_at_build_time_fails_the_type_check_naming_it(tmp_path: Path) -> None:
+    # What broke fresh installs: mypyc typed a missing aioice as Any and compiled
+    # MediaFirstProtocol(StunProtocol) with a wrong layout. With setup.py's own options and no
+    # installed packages in sight, the check must fail and name the libraries.
+    from mypy import api
+
+    from gateway.compiled import COMPILED_MODULES, MYPYC_ARGS
+
+    stdout, _, status = api.run([*MYPYC_ARGS, "--no-site-packages", "--cache-dir",
+                                 str(tmp_path), *(str(REPO_ROOT / path) for path in COMPILED_MODULES)])
+    assert status != 0
+    for library in ("aioice", "pylibsrtp"):
+        assert f'module named "{library}' in stdout, stdout[-3000:]
