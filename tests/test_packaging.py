@@ -64,8 +64,9 @@ def test_a_library_missing_at_build_time_fails_the_type_check_naming_it(tmp_path
 
     from gateway.compiled import COMPILED_MODULES, MYPYC_ARGS
 
+    sources = [str(REPO_ROOT / path) for path in COMPILED_MODULES]
     stdout, _, status = api.run([*MYPYC_ARGS, "--no-site-packages", "--cache-dir",
-                                 str(tmp_path), *(str(REPO_ROOT / path) for path in COMPILED_MODULES)])
+                                 str(tmp_path), *sources])
     assert status != 0
     for library in ("aioice", "pylibsrtp"):
         assert f'module named "{library}' in stdout, stdout[-3000:]
