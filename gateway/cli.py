@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check this install: import every compiled module, create every compiled class",
         description="Imports every module the install compiles (gateway/compiled.py) and "
         "creates an instance of each of their classes, in this fresh interpreter; says how the "
-        "install runs (compiled or pure Python). Exits non-zero on the first broken one.",
+        "install runs (compiled or pure Python). Reports every broken one and exits 1.",
     )
     user = commands.add_parser("user", help="manage users and their credentials (HA1 only)")
     user_commands = user.add_subparsers(dest="user_command", required=True)
