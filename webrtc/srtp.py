@@ -18,6 +18,7 @@ from typing import Any
 
 import pylibsrtp
 from pylibsrtp import Session
+
 # cffi's compiled binding has no stubs: its objects are Any to mypy, which is what they are.
 from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]
 
