@@ -68,7 +68,7 @@ def c_compiler_problem() -> str | None:
         try:
             compiler.compile([source], output_dir=work, include_dirs=[get_python_inc()])
         except (CCompilerError, DistutilsError, OSError) as error:
-            return f"{type(error).__name__}: {error}"
+            return f"{type(error).__name__}: {str(error)[:160]}"
     return None
 
 
@@ -84,6 +84,7 @@ def compiled_extensions() -> list:
         return []
     from mypyc.build import mypycify
 
+    say(f"compiling {len(COMPILED_MODULES)} modules with mypyc, and the C relay path")
     return [*mypycify([*MYPYC_ARGS, *COMPILED_MODULES], opt_level="3"), RELAY_PATH]
 
 

@@ -22,10 +22,19 @@ if [[ -e "$venv" ]]; then
     rm -rf "$venv"
 fi
 python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 say "pip install -r deploy/requirements.lock (exact versions, hashes checked)"
-"${pip[@]}" install --require-hashes -r "$repo_root/deploy/requirements.lock"
+"${pip[@]}" install --quiet --require-hashes -r "$repo_root/deploy/requirements.lock"
 say "pip install . (compiles the signalling and media paths; a minute or two)"
-"${pip[@]}" install --no-deps --no-build-isolation "$repo_root"
+# The build's whole output goes to a log in the venv; setup.py's own lines (compiled or not,
+# and why) are shown.
+build_log="$venv/ws2sip-build.log"
+if ! "${pip[@]}" install --verbose --no-deps --no-build-isolation "$repo_root" >"$build_log" 2>&1
+then
+    tail -n 40 "$build_log" >&2
+    say "the build failed; its whole output is in $build_log" >&2
+    exit 1
+fi
+sed -n 's/^ *\(ws2sip setup:\)/\1/p' "$build_log" | awk '!seen[$0]++'
 "$venv/bin/ws2sip" selfcheck
 say "installed: $venv/bin/ws2sip"
