@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from sip.digest import DigestServer, VerifyOutcome, parse_credentials
@@ -10,12 +11,17 @@ from sip.errors import SipError
 from sip.message import Request, Response
 from sip.record import Record
 
+from .logsafe import loggable
 from .users import UserStore
 
 log = logging.getLogger("ws2sip.auth")
 
 
 _AUTH_OUTCOME_FIELDS = ("username", "refusal")
+
+
+def _ignore(username: str) -> None:
+    pass
 
 
 class AuthOutcome(Record):
@@ -39,6 +45,11 @@ class Authenticator:
         self._digest = DigestServer(
             realm, secret, nonce_lifetime=nonce_lifetime, algorithms=algorithms
         )
+        # Told the user name of every request that authenticated and of every wrong password
+        # or unknown user: the deadline for unauthenticated connections and the bans after
+        # repeated failures (gateway/edge_guard.py) hang on these.
+        self.on_verified: Callable[[str], None] = _ignore
+        self.on_failed: Callable[[str], None] = _ignore
 
     async def authenticate(self, request: Request, *, proxy: bool) -> AuthOutcome:
         """Check Authorization (registrar) or Proxy-Authorization (proxy) against the user store."""
@@ -58,10 +69,11 @@ class Authenticator:
         user = await self._users.get(credentials.username, self.realm)
         if user is None:
             log.warning(
-                "auth failed: unknown user %r from %s (%s %s)",
-                credentials.username, request.top_via.params.get("received")
-                or request.top_via.host, request.method, request.call_id,
+                "auth failed: unknown user %s from %s (%s %s)",
+                loggable(credentials.username), loggable(request.top_via.params.get("received")
+                or request.top_via.host), request.method, loggable(request.call_id),
             )
+            self.on_failed(credentials.username)
             return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
         try:
             ha1 = user.ha1(credentials.algorithm)
@@ -69,13 +81,16 @@ class Authenticator:
             return AuthOutcome(None, request.response(400, "Unsupported digest algorithm"))
         outcome = self._digest.verify(credentials, request.method, ha1)
         if outcome is VerifyOutcome.OK:
+            self.on_verified(credentials.username)
             return AuthOutcome(credentials.username, None)
         if outcome is VerifyOutcome.STALE:
             return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=True))
         log.warning(
-            "auth failed: wrong credentials for %r@%s (%s, Call-ID %s)",
-            credentials.username, self.realm, request.method, request.call_id,
+            "auth failed: wrong credentials for %s@%s (%s, Call-ID %s)",
+            loggable(credentials.username), self.realm, request.method,
+            loggable(request.call_id),
         )
+        self.on_failed(credentials.username)
         # RFC 3261 §22.1: a failed attempt is challenged again; the client gives up.
         return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
 
