@@ -31,7 +31,6 @@ from sip.flow import Flow
 from sip.message import Request, Response
 
 from .config import Config
-from .logsafe import loggable
 
 log = logging.getLogger("ws2sip.guard")
 
@@ -206,11 +205,12 @@ class EdgeGuard:
         return sum(1 for ip in list(self._bans.banned) if self._bans.is_banned(ip))
 
     # --- connections -------------------------------------------------------------------------
-    def connection_refusal(self, ip: str) -> str | None:
-        """Why a WebSocket from `ip` may not open, or None (and it is counted as open)."""
+    def connection_refusal(self, ip: str) -> tuple[int, str] | None:
+        """The HTTP status and reason refusing a WebSocket from `ip`, or None (and it is
+        counted as open until connection_closed)."""
         if self._bans.is_banned(ip):
             self.counts.connections_refused += 1
-            return "address banned after repeated authentication failures"
+            return 403, "address banned after repeated authentication failures"
         cap = self.policy.max_connections_per_ip
         count = self._connections.get(ip, 0)
         if cap and count >= cap and ip not in self.policy.exempt:
@@ -219,7 +219,7 @@ class EdgeGuard:
                 self._over_cap.add(ip)
                 log.warning("%s holds %d WebSockets, the per-IP limit: refusing more "
                             "(logged once until it drops below)", ip, cap)
-            return f"too many connections from {ip}"
+            return 429, f"too many connections from {ip}"
         self._connections[ip] = count + 1
         return None
 
@@ -281,8 +281,8 @@ class EdgeGuard:
                 return  # below the limit, or already banned for this run of failures
             self.counts.bans += 1
             log.warning("%s banned for %g s: %d authentication failures within %g s "
-                        "(last as %s)", ip, policy.ban_time, failures,
-                        policy.auth_failure_window, loggable(username))
+                        "(last as %r)", ip, policy.ban_time, failures,
+                        policy.auth_failure_window, username)
             self._apply_ban(ip, policy.ban_time)
             await self._bans.publish(ip, policy.ban_time)
         except Exception as error:  # Redis down: this node still counts, nothing else breaks

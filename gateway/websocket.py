@@ -19,7 +19,6 @@ from sip.transport import TransportLayer
 
 from . import ws_delivery
 from .edge_guard import EdgeGuard
-from .logsafe import loggable
 from .ws_delivery import DeliveringWebSocketResponse
 from .ws_keepalive import WebSocketKeepalive
 
@@ -202,21 +201,22 @@ def make_handler(
             if p.strip()
         ]
         if "sip" not in offered:
-            log.info("WebSocket from %s refused: no 'sip' subprotocol", loggable(request.remote))
+            log.info("WebSocket from %s refused: no 'sip' subprotocol", request.remote)
             return web.Response(
                 status=400, text="SIP over WebSocket needs the 'sip' subprotocol (RFC 7118)\n"
             )
         if not origin_allowed(request, policy.allowed_origins):
             log.warning(
                 "WebSocket from %s refused: Origin %s not allowed",
-                loggable(request.remote), loggable(request.headers.get("Origin")),
+                request.remote, request.headers.get("Origin"),
             )
             return web.Response(status=403, text="Origin not allowed\n")
         source_ip = request.remote or ""
         if guard is not None:
             refusal = guard.connection_refusal(source_ip)
             if refusal is not None:
-                return web.Response(status=429, text=f"{refusal}\n",
+                status, reason = refusal
+                return web.Response(status=status, text=f"{reason}\n",
                                     headers={"Retry-After": "60"})
         try:
             return await serve(request)
