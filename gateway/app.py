@@ -260,9 +260,10 @@ class Gateway:
             password = generate_password()
             await self.users.add(name, self.config.domain, password)
             lines.append(f"  {name}@{self.config.domain}  password: {password}")
+        # Our own text, lines included: no arguments, which the log filter would escape.
         log.warning(
-            "empty user store: created demo users (passwords shown only this once):\n%s\n"
-            "manage users with `ws2sip user add|del|passwd|list`", "\n".join(lines),
+            "empty user store: created demo users (passwords shown only this once):\n"
+            + "\n".join(lines) + "\nmanage users with `ws2sip user add|del|passwd|list`"
         )
 
     def _local_addresses(self) -> list[tuple[str, str, int]]:

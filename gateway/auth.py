@@ -11,7 +11,6 @@ from sip.errors import SipError
 from sip.message import Request, Response
 from sip.record import Record
 
-from .logsafe import loggable
 from .users import UserStore
 
 log = logging.getLogger("ws2sip.auth")
@@ -69,9 +68,9 @@ class Authenticator:
         user = await self._users.get(credentials.username, self.realm)
         if user is None:
             log.warning(
-                "auth failed: unknown user %s from %s (%s %s)",
-                loggable(credentials.username), loggable(request.top_via.params.get("received")
-                or request.top_via.host), request.method, loggable(request.call_id),
+                "auth failed: unknown user %r from %s (%s %s)",
+                credentials.username, request.top_via.params.get("received")
+                or request.top_via.host, request.method, request.call_id,
             )
             self.on_failed(credentials.username)
             return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
@@ -86,9 +85,8 @@ class Authenticator:
         if outcome is VerifyOutcome.STALE:
             return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=True))
         log.warning(
-            "auth failed: wrong credentials for %s@%s (%s, Call-ID %s)",
-            loggable(credentials.username), self.realm, request.method,
-            loggable(request.call_id),
+            "auth failed: wrong credentials for %r@%s (%s, Call-ID %s)",
+            credentials.username, self.realm, request.method, request.call_id,
         )
         self.on_failed(credentials.username)
         # RFC 3261 §22.1: a failed attempt is challenged again; the client gives up.

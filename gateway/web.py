@@ -133,8 +133,8 @@ class SettingsAuthenticator:
         if outcome is VerifyOutcome.STALE:
             raise self._refusal("stale nonce: authenticate again with the new challenge")
         source = request.remote or "?"
-        log.warning("%s from %s: wrong credentials for %s", SETTINGS_PATH, source,
-                    loggable(credentials.username))
+        log.warning("%s from %s: wrong credentials for %r", SETTINGS_PATH, source,
+                    credentials.username)
         self._on_failure(source, credentials.username)
         raise self._refusal("wrong user name or password")
 
@@ -265,6 +265,7 @@ class RefusedRequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         if not isinstance(error, HttpProcessingError):
             return False
         peer = args[0] if args else "?"
-        self.logger.log(level, "HTTP request from %s refused: %s", loggable(peer),
-                        loggable(f"{error.code} {error.message}"))
+        # One line, escaped by the handler's NetworkTextFilter (gateway/logsafe.py).
+        self.logger.log(level, "HTTP request from %s refused: %d %s", peer, error.code,
+                        error.message)
         return True
