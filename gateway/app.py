@@ -62,7 +62,7 @@ class Gateway:
         self.auth.on_failed = self.guard.authentication_failed
         self._settings_auth = SettingsAuthenticator(
             self.users, config.domain.lower(), secret, config.nonce_lifetime,
-            self.guard.failed_from,
+            self.guard.failed_from, self.guard.is_banned,
         ) if config.turn_uris else None
         relay = self._media_relay(config)
         self._media_workers = relay if isinstance(relay, MediaWorkers) else None

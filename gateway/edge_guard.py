@@ -44,6 +44,10 @@ MessageHandler = Callable[[Request | Response, Flow], None]
 REDIS_KEY_PREFIX = "ws2sip:guard:"
 BAN_KEY_PREFIX = REDIS_KEY_PREFIX + "ban:"  # + IP; expires with the ban
 BAN_CHANNEL = REDIS_KEY_PREFIX + "bans"  # "IP milliseconds" for every new ban
+RESUBSCRIBE_DELAY = 1.0
+# Sources counted per request window: a flood from spoofed UDP addresses must not grow the table
+# without bound; past this, new sources go uncounted until the next window.
+MAX_COUNTED_SOURCES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +163,15 @@ class RedisBanList(BanList):
     async def _listen(self, pubsub: aioredis.client.PubSub,
                       on_ban: Callable[[str, float], None]) -> None:
         try:
-            async for message in pubsub.listen():
-                ip, _, milliseconds = message["data"].decode().partition(" ")
-                on_ban(ip, int(milliseconds) / 1000)
+            while True:
+                try:
+                    async for message in pubsub.listen():
+                        ip, _, milliseconds = message["data"].decode().partition(" ")
+                        on_ban(ip, int(milliseconds) / 1000)
+                except (aioredis.RedisError, OSError, ValueError) as error:
+                    # Redis restarts or fails over: resubscribe (redis-py reconnects).
+                    log.warning("bans from other nodes: %s; subscribing again", error)
+                    await asyncio.sleep(RESUBSCRIBE_DELAY)
         finally:
             await pubsub.aclose()
 
@@ -199,6 +209,9 @@ class EdgeGuard:
         for task in list(self._tasks):
             task.cancel()
         await self._bans.close()
+
+    def is_banned(self, ip: str) -> bool:
+        return self._bans.is_banned(ip)
 
     @property
     def banned_count(self) -> int:
@@ -304,6 +317,8 @@ class EdgeGuard:
             return True
         requests = self._requests
         count = requests.get(ip, 0) + 1
+        if count == 1 and len(requests) >= MAX_COUNTED_SOURCES:
+            return True
         requests[ip] = count
         if self._window is None:
             self._window = asyncio.get_running_loop().call_later(

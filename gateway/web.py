@@ -94,9 +94,10 @@ class SettingsAuthenticator:
 
     def __init__(
         self, users: UserStore, realm: str, secret: bytes, nonce_lifetime: float,
-        on_failure: Callable[[str, str], None],
+        on_failure: Callable[[str, str], None], is_banned: Callable[[str], bool],
     ) -> None:
         self._users = users
+        self._is_banned = is_banned  # source IP banned after repeated failures (edge guard)
         self._realm = realm
         self._digest = DigestServer(realm, secret, nonce_lifetime=nonce_lifetime,
                                     algorithms=(SETTINGS_DIGEST_ALGORITHM,))
@@ -114,6 +115,9 @@ class SettingsAuthenticator:
         header = request.headers.get("Authorization")
         if header is None:
             return None
+        if self._is_banned(request.remote or ""):
+            # No password guessing here either once SIP (or this page) banned the address.
+            raise web.HTTPForbidden(text="address banned after repeated authentication failures\n")
         try:
             credentials = parse_credentials(header)
         except SipError as error:

@@ -16,6 +16,7 @@ import socket
 import aiohttp
 import pytest
 
+from sip.digest import DigestChallenge, build_authorization
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.gateway.ws_edge import options_request
 from tests.support.healthz import gateway_metrics_url, metric_value
@@ -185,13 +186,33 @@ async def fail_to_register(gateway: GatewayProcess, source_ip: str, times: int) 
         await ua.close()
 
 
+async def settings_status(gateway: GatewayProcess, source_ip: str, user: str,
+                          password: str) -> int:
+    """The status of /config.json with a digest for user/password, fetched from source_ip."""
+    url = f"http://127.0.0.1:{gateway.ws_port}/config.json"
+    connector = aiohttp.TCPConnector(local_addr=(source_ip, 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(url) as reply:
+            fields = (await reply.json())["turn_challenge"]
+        challenge = DigestChallenge(
+            realm=fields["realm"], nonce=fields["nonce"], algorithm=fields["algorithm"],
+            qop_options=("auth",), opaque=fields["opaque"], stale=False)
+        authorization = build_authorization(challenge, method="GET", uri="/config.json",
+                                            username=user, password=password)
+        async with session.get(url, headers={"Authorization": authorization}) as reply:
+            return reply.status
+
+
 async def test_repeated_auth_failures_ban_the_address(gateway_factory: GatewayFactory) -> None:
     password = secrets.token_urlsafe(12)
     gateway = await gateway_factory(
         users={"alice": password}, transports=("udp", "ws"),
-        extra_args=["--auth-failures-before-ban", "3", "--ban-time", "30"],
+        extra_args=["--auth-failures-before-ban", "3", "--ban-time", "30",
+                    "--turn-uri", "turn:127.0.0.1:3478", "--turn-secret", "s"],
     )
-    await fail_to_register(gateway, "127.0.0.2", 3)
+    # Two wrong SIP passwords and one wrong web phone password (/config.json digest).
+    await fail_to_register(gateway, "127.0.0.2", 2)
+    assert await settings_status(gateway, "127.0.0.2", "alice", "wrong") == 403
     await asyncio.sleep(SETTLE)
     # Banned: WebSockets refused, UDP requests dropped, even with the right password.
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
@@ -204,6 +225,8 @@ async def test_repeated_auth_failures_ban_the_address(gateway_factory: GatewayFa
         assert await udp_responses(sock, 1.0) == []
     finally:
         sock.close()
+    assert await settings_status(gateway, "127.0.0.2", "alice", password) == 403
+    assert await settings_status(gateway, "127.0.0.3", "alice", password) == 200
     # Another address signs in as usual.
     alice = await ws_from(gateway, "127.0.0.3", "alice", password)
     try:
