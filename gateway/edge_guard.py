@@ -351,15 +351,14 @@ class EdgeGuard:
         """The transport layer's on_message: `handle` for admitted messages, with source_flow
         set for the authenticator's observers."""
         admit = self.admit
+        set_source = source_flow.set
 
         def on_message(message: Request | Response, flow: Flow) -> None:
-            if not admit(message, flow):
-                return
-            token = source_flow.set(flow)
-            try:
+            if admit(message, flow):
+                # Not reset afterwards (a third of this wrapper's cost): the next message sets
+                # its own, and the tasks this one spawns have copied it.
+                set_source(flow)
                 handle(message, flow)
-            finally:
-                source_flow.reset(token)
 
         return on_message
 
