@@ -32,10 +32,14 @@ class GatewayMetrics:
         self.registry.register(_RequestCounter(requests))
         self.registry.register(_Gauges({
             **gauges,
-            **{name: (help_text, lambda name=name: self._async_values.get(name, 0))
+            **{name: (help_text, self._last_value(name))
                for name, (help_text, _) in self._async_gauges.items()},
         }))
         self.registry.register(_Counters(counters or {}))
+
+    def _last_value(self, name: str) -> Callable[[], int]:
+        """What handle() last read for an async gauge (the collector itself is synchronous)."""
+        return lambda: self._async_values.get(name, 0)
 
     async def handle(self, request: web.Request) -> web.Response:
         for name, (_, read) in self._async_gauges.items():
