@@ -193,6 +193,7 @@ class EdgeGuard:
         self._connections: dict[str, int] = {}  # open WebSockets per IP
         self._over_cap: set[str] = set()  # IPs refused since they last went below the cap
         self._awaiting_auth: dict[Flow, asyncio.TimerHandle] = {}
+        self._logged_unauthenticated: set[str] = set()  # IPs whose closing was logged
         self._requests: dict[str, int] = {}  # requests per IP in the current window
         self._limited: dict[str, int] = {}  # IP -> requests refused in this episode
         self._window: asyncio.TimerHandle | None = None
@@ -261,8 +262,14 @@ class EdgeGuard:
         if self._awaiting_auth.pop(flow, None) is None:
             return
         self.counts.unauthenticated_closed += 1
-        log.info("%s: no authenticated request within %g s; closing", flow.id,
-                 self.policy.unauthenticated_timeout)
+        ip = flow.remote[0]
+        if ip not in self._logged_unauthenticated:
+            if len(self._logged_unauthenticated) >= MAX_COUNTED_SOURCES:
+                self._logged_unauthenticated.clear()
+            self._logged_unauthenticated.add(ip)
+            log.info("%s from %s: no authenticated request within %g s; closing (more from "
+                     "this address are only counted on /metrics)", flow.id, ip,
+                     self.policy.unauthenticated_timeout)
         flow.close()
 
     # --- authentication (gateway.auth.Authenticator's observers) ------------------------------

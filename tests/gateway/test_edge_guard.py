@@ -107,23 +107,26 @@ async def test_unauthenticated_websocket_is_closed_at_the_deadline(
     gateway = await gateway_factory(users={"alice": password}, transports=("ws",),
                                     extra_args=["--unauthenticated-timeout", "1"])
     stranger = await ws_from(gateway, "127.0.0.2")
+    silent = await ws_from(gateway, "127.0.0.2")
     alice = await ws_from(gateway, "127.0.0.2", "alice", password)
     try:
         # The stranger is answered (OPTIONS needs no credentials) but never authenticates.
         await stranger.send_text(options_request("s1"))
         assert (await stranger.response()).status == 200
         assert (await alice.register()).status == 200
-        closing = await stranger.receive_frame(timeout=3.0)
-        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        for unauthenticated in (stranger, silent):
+            closing = await unauthenticated.receive_frame(timeout=3.0)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         # Past the deadline, the authenticated connection still works.
         await asyncio.sleep(1.0)
         await alice.send_text(options_request("a1"))
         assert (await alice.response()).status == 200
     finally:
-        await stranger.close()
-        await alice.close()
+        for ua in (stranger, silent, alice):
+            await ua.close()
     metrics = gateway_metrics_url(gateway)
-    assert await metric_value(metrics, "ws2sip_unauthenticated_closed_total") == 1
+    assert await metric_value(metrics, "ws2sip_unauthenticated_closed_total") == 2
+    assert len(await log_lines(gateway, r"from 127\.0\.0\.2: no authenticated request")) == 1
 
 
 async def test_half_sent_http_request_is_closed(gateway_factory: GatewayFactory) -> None:
