@@ -124,6 +124,7 @@ class Gateway:
         )
         # After the transaction layer set it: the guard sees every message first.
         self.transport.on_message = self.guard.guarding(self.transport.on_message)
+        self.transport.admit_connection = self.guard.admit_stream
         self.transport.on_flow_closed = self._on_flow_closed
 
     async def start(self) -> None:

@@ -80,7 +80,7 @@ class Config:
     turn_secret: str = ""
     turn_ttl: int = 86_400
     # Abuse limits (gateway/edge_guard.py); 0 turns a limit off.
-    max_connections_per_ip: int = 100  # WebSockets; a NAT or reverse proxy needs more, or 0
+    max_connections_per_ip: int = 100  # WebSocket+TCP+TLS; a NAT or reverse proxy: more, or 0
     unauthenticated_timeout: float = 30.0  # close a WebSocket that has not authenticated
     http_header_timeout: float = 10.0  # close an HTTP connection with no complete request
     max_requests_per_ip: int = 100  # SIP requests per source IP per request_window (pike)
@@ -299,7 +299,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turn-ttl", type=int, help="lifetime of TURN credentials in seconds")
     parser.add_argument(
         "--max-connections-per-ip", type=int, metavar="N",
-        help="WebSockets one source IP may hold (default 100; 0 = unlimited)",
+        help="WebSocket, SIP TCP and TLS connections one source IP may hold (default 100; "
+        "0 = unlimited)",
     )
     parser.add_argument(
         "--unauthenticated-timeout", type=float, metavar="S",

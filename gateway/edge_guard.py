@@ -1,6 +1,7 @@
 """Limits on what one source address may cost the gateway (issue 14, item 7).
 
-- WebSockets per source IP: past `max_connections_per_ip` the upgrade is refused with 429.
+- Connections per source IP: past `max_connections_per_ip`, a WebSocket upgrade is refused
+  with 429 and a SIP TCP/TLS connection closed as soon as it is accepted.
 - A WebSocket that has not authenticated (a REGISTER or any request whose digest verified)
   within `unauthenticated_timeout` is closed, however much it answers pings.
 - SIP requests per source IP (Kamailio's pike): past `max_requests_per_ip` in one
@@ -52,7 +53,7 @@ MAX_COUNTED_SOURCES = 100_000
 
 @dataclass(frozen=True, slots=True)
 class GuardPolicy:
-    max_connections_per_ip: int  # WebSockets; 0: unlimited
+    max_connections_per_ip: int  # WebSocket, TCP and TLS together; 0: unlimited
     unauthenticated_timeout: float  # seconds; 0: no deadline
     max_requests_per_ip: int  # per request_window; 0: unlimited
     request_window: float
@@ -190,7 +191,8 @@ class EdgeGuard:
         self.counts = GuardCounts()
         self._bans = bans
         self._respond = respond  # sends a response straight back on a flow, statelessly
-        self._connections: dict[str, int] = {}  # open WebSockets per IP
+        self._connections: dict[str, int] = {}  # open WebSockets and TCP/TLS connections per IP
+        self._streams: set[Flow] = set()  # accepted TCP/TLS connections counted there
         self._over_cap: set[str] = set()  # IPs refused since they last went below the cap
         self._awaiting_auth: dict[Flow, asyncio.TimerHandle] = {}
         self._logged_unauthenticated: set[str] = set()  # IPs whose closing was logged
@@ -231,7 +233,7 @@ class EdgeGuard:
             self.counts.connections_refused += 1
             if ip not in self._over_cap:
                 self._over_cap.add(ip)
-                log.warning("%s holds %d WebSockets, the per-IP limit: refusing more "
+                log.warning("%s holds %d connections, the per-IP limit: refusing more "
                             "(logged once until it drops below)", ip, cap)
             return 429, f"too many connections from {ip}"
         self._connections[ip] = count + 1
@@ -246,6 +248,15 @@ class EdgeGuard:
         if count < self.policy.max_connections_per_ip:
             self._over_cap.discard(ip)
 
+    def admit_stream(self, flow: Flow) -> bool:
+        """The transport layer's admit_connection, for SIP over TCP/TLS: the same per-IP cap
+        and bans as WebSockets (no authentication deadline: trunks and the other nodes of a
+        cluster connect over TCP and never send digest)."""
+        if self.connection_refusal(flow.remote[0]) is not None:
+            return False
+        self._streams.add(flow)
+        return True
+
     def await_authentication(self, flow: Flow) -> None:
         """Close `flow` unless a request on it authenticates within the deadline."""
         timeout = self.policy.unauthenticated_timeout
@@ -257,6 +268,9 @@ class EdgeGuard:
         timer = self._awaiting_auth.pop(flow, None)
         if timer is not None:
             timer.cancel()
+        if flow in self._streams:
+            self._streams.discard(flow)
+            self.connection_closed(flow.remote[0])
 
     def _close_unauthenticated(self, flow: Flow) -> None:
         if self._awaiting_auth.pop(flow, None) is None:

@@ -97,7 +97,45 @@ async def test_websockets_per_ip_are_capped(gateway_factory: GatewayFactory) -> 
             await ua.close()
     metrics = gateway_metrics_url(gateway)
     assert await metric_value(metrics, "ws2sip_connections_refused_total") == 10
-    assert len(await log_lines(gateway, r"127\.0\.0\.2 holds 20 WebSockets")) == 1
+    assert len(await log_lines(gateway, r"127\.0\.0\.2 holds 20 connections")) == 1
+
+
+async def test_sip_tcp_connections_count_toward_the_same_cap(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gateway = await gateway_factory(transports=("tcp", "ws"),
+                                    extra_args=["--max-connections-per-ip", "5"])
+    loop = asyncio.get_running_loop()
+    ws = await ws_from(gateway, "127.0.0.2")
+    streams: list[socket.socket] = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", gateway.tcp_port), timeout=5,
+                                            source_address=("127.0.0.2", 0))
+            sock.setblocking(False)
+            streams.append(sock)
+        # 1 WebSocket + 4 TCP fill the cap: the other 4 TCP connections are closed at once.
+        closed = []
+        for sock in streams:
+            await loop.sock_sendall(sock, b"\r\n\r\n")  # RFC 5626 keep-alive: a pong if open
+            try:
+                reply = await asyncio.wait_for(loop.sock_recv(sock, 64), 2.0)
+            except ConnectionResetError:
+                reply = b""
+            closed.append(reply == b"")
+        assert closed == [False] * 4 + [True] * 4
+        other = socket.create_connection(("127.0.0.1", gateway.tcp_port), timeout=5,
+                                         source_address=("127.0.0.3", 0))
+        other.setblocking(False)
+        await loop.sock_sendall(other, b"\r\n\r\n")
+        assert await asyncio.wait_for(loop.sock_recv(other, 64), 2.0) == b"\r\n"
+        other.close()
+    finally:
+        for sock in streams:
+            sock.close()
+        await ws.close()
+    metrics = gateway_metrics_url(gateway)
+    assert await metric_value(metrics, "ws2sip_connections_refused_total") == 4
 
 
 async def test_unauthenticated_websocket_is_closed_at_the_deadline(
