@@ -11,6 +11,7 @@ import time
 
 from aiohttp import web
 
+from sip.flow import format_address
 from sip.message import Limits
 from sip.resolver import Resolver
 from sip.transaction import TransactionLayer
@@ -19,8 +20,9 @@ from webrtc import MediaRelay, MediaWorkers
 
 from . import compiled
 from .auth import Authenticator
-from .config import Config
+from .config import Config, parse_hostport
 from .dispatch import RequestCounts, RequestDispatch
+from .edge_guard import EdgeGuard, GuardPolicy, open_ban_list
 from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_service
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
@@ -29,7 +31,7 @@ from .registrar import Registrar, RegistrarPolicy
 from .tasks import TaskSet
 from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
-from .web import WebPhoneSite
+from .web import RefusedRequestLog, SettingsAuthenticator, WebPhoneSite
 from .websocket import WebSocketPolicy, make_handler
 
 log = logging.getLogger("ws2sip")
@@ -54,6 +56,14 @@ class Gateway:
             self.users, config.domain.lower(), secret, config.nonce_lifetime,
             config.digest_algorithms,
         )
+        self.guard = EdgeGuard(GuardPolicy.from_config(config), open_ban_list(config.redis),
+                               self.transport.send_response)
+        self.auth.on_verified = self.guard.authenticated
+        self.auth.on_failed = self.guard.authentication_failed
+        self._settings_auth = SettingsAuthenticator(
+            self.users, config.domain.lower(), secret, config.nonce_lifetime,
+            self.guard.failed_from, self.guard.is_banned,
+        ) if config.turn_uris else None
         relay = self._media_relay(config)
         self._media_workers = relay if isinstance(relay, MediaWorkers) else None
         self.proxy = Proxy(
@@ -74,6 +84,7 @@ class Gateway:
             for trunk in config.trunks if trunk.register
         ]
         request_counts = RequestCounts()
+        guard_counts = self.guard.counts
         self.metrics = GatewayMetrics(request_counts, {
             "ws2sip_flows": ("open SIP flows (WebSocket, TCP, TLS, UDP peers)",
                              lambda: self.transport.flow_count),
@@ -83,6 +94,25 @@ class Gateway:
                                lambda: len(self.proxy.dialogs)),
             "ws2sip_media_sessions": ("calls whose media this node anchors",
                                       lambda: self.proxy.media_sessions),
+            "ws2sip_banned_sources": ("source IPs banned after authentication failures",
+                                      lambda: self.guard.banned_count),
+        }, counters={
+            "ws2sip_connections_refused": (
+                "WebSockets refused: over max_connections_per_ip, or from a banned IP",
+                lambda: guard_counts.connections_refused),
+            "ws2sip_unauthenticated_closed": (
+                "WebSockets closed for not authenticating within unauthenticated_timeout",
+                lambda: guard_counts.unauthenticated_closed),
+            "ws2sip_requests_rate_limited": (
+                "SIP requests dropped or answered 503 over max_requests_per_ip",
+                lambda: guard_counts.rate_limited),
+            "ws2sip_auth_failures": ("wrong passwords and unknown users (SIP and /config.json)",
+                                     lambda: guard_counts.auth_failures),
+            "ws2sip_bans": ("source IPs this node banned after auth_failures_before_ban",
+                            lambda: guard_counts.bans),
+        }, async_gauges={
+            "ws2sip_bindings": ("registered contacts in the location service",
+                                self.location.count),
         })
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
@@ -92,12 +122,16 @@ class Gateway:
             answer_register_eagerly=self.location.in_process and self.users.in_process,
             counts=request_counts,
         )
+        # After the transaction layer set it: the guard sees every message first.
+        self.transport.on_message = self.guard.guarding(self.transport.on_message)
+        self.transport.admit_connection = self.guard.admit_stream
         self.transport.on_flow_closed = self._on_flow_closed
 
     async def start(self) -> None:
         if self._media_workers is not None:
             await self._media_workers.start()
         await self._ensure_users()
+        await self.guard.start()
         listeners = self.config.listeners()
         for host, port in listeners["udp"]:
             log.info("SIP/UDP on %s:%d", *await self.transport.listen_udp(host, port))
@@ -109,6 +143,8 @@ class Gateway:
         for kind in ("ws", "wss"):
             for host, port in listeners[kind]:
                 await self._start_http(kind, host, port)
+        if self.config.metrics:
+            await self._start_metrics(*parse_hostport(self.config.metrics, "metrics"))
         for kind, host, port in self._local_addresses():
             self.proxy.add_listener(kind, host, port)
         self._heartbeat = NodeHeartbeat(
@@ -141,6 +177,7 @@ class Gateway:
         await self.proxy.media_relay_close()
         await self.transport.close()
         self._tasks.cancel_all()
+        await self.guard.close()
         await self.location.close()
         await self.users.close()
 
@@ -154,13 +191,18 @@ class Gateway:
             ping_interval=config.ws_ping_interval,
             idle_timeout=config.ws_idle_timeout,
         )
-        ws_handler = make_handler(self.transport, policy, secure=secure)
+        ws_handler = make_handler(self.transport, policy, secure=secure, guard=self.guard)
         app = web.Application()
         app.router.add_get("/ws", ws_handler)
-        WebPhoneSite(config, secure=secure).add_routes(app, ws_handler)
+        WebPhoneSite(
+            config, secure=secure, listen=(host, port), settings_auth=self._settings_auth,
+        ).add_routes(app, ws_handler)
         app.router.add_get("/healthz", self._health)
-        app.router.add_get("/metrics", self.metrics.handle)
-        runner = web.AppRunner(app, access_log=None)
+        # aiohttp's keep-alive timeout also runs from a connection's start until its first
+        # complete request: the guard against half-sent requests (slowloris), which aiohttp
+        # would otherwise keep for an hour.
+        runner = web.AppRunner(app, access_log=None, logger=RefusedRequestLog(),
+                               keepalive_timeout=config.http_header_timeout)
         await runner.setup()
         site = web.TCPSite(runner, host, port, ssl_context=self._server_ssl() if secure else None)
         await site.start()
@@ -170,10 +212,20 @@ class Gateway:
             self.transport.add_sent_by(via_host, port)
         log.info("SIP/%s and HTTP on %s:%d (path /ws)", kind.upper(), host, port)
 
+    async def _start_metrics(self, host: str, port: int) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics.handle)
+        app.router.add_get("/healthz", self._health)
+        runner = web.AppRunner(app, access_log=None, logger=RefusedRequestLog(),
+                               keepalive_timeout=self.config.http_header_timeout)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        self._runners.append(runner)
+        log.info("metrics on http://%s/metrics", format_address((host, port)))
+
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"node": self.node_id, "bindings": await self.location.count()}
-        )
+        # Public: liveness only. Counts are for /metrics, on its own listener.
+        return web.json_response({"status": "ok", "node": self.node_id})
 
     def _server_ssl(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -189,6 +241,7 @@ class Gateway:
 
     # --- flows -------------------------------------------------------------------------------
     def _on_flow_closed(self, flow: Flow) -> None:
+        self.guard.flow_closed(flow)
         if flow.reliable:
             self._tasks.spawn(self._drop_flow_bindings(flow))
         self.proxy.flow_closed(flow)
@@ -208,9 +261,10 @@ class Gateway:
             password = generate_password()
             await self.users.add(name, self.config.domain, password)
             lines.append(f"  {name}@{self.config.domain}  password: {password}")
+        # Our own text, lines included: no arguments, which the log filter would escape.
         log.warning(
-            "empty user store: created demo users (passwords shown only this once):\n%s\n"
-            "manage users with `ws2sip user add|del|passwd|list`", "\n".join(lines),
+            "empty user store: created demo users (passwords shown only this once):\n"
+            + "\n".join(lines) + "\nmanage users with `ws2sip user add|del|passwd|list`"
         )
 
     def _local_addresses(self) -> list[tuple[str, str, int]]:

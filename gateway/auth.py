@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from sip.digest import DigestServer, VerifyOutcome, parse_credentials
@@ -16,6 +17,10 @@ log = logging.getLogger("ws2sip.auth")
 
 
 _AUTH_OUTCOME_FIELDS = ("username", "refusal")
+
+
+def _ignore(username: str) -> None:
+    pass
 
 
 class AuthOutcome(Record):
@@ -39,6 +44,11 @@ class Authenticator:
         self._digest = DigestServer(
             realm, secret, nonce_lifetime=nonce_lifetime, algorithms=algorithms
         )
+        # Told the user name of every request that authenticated and of every wrong password
+        # or unknown user: the deadline for unauthenticated connections and the bans after
+        # repeated failures (gateway/edge_guard.py) hang on these.
+        self.on_verified: Callable[[str], None] = _ignore
+        self.on_failed: Callable[[str], None] = _ignore
 
     async def authenticate(self, request: Request, *, proxy: bool) -> AuthOutcome:
         """Check Authorization (registrar) or Proxy-Authorization (proxy) against the user store."""
@@ -62,6 +72,7 @@ class Authenticator:
                 credentials.username, request.top_via.params.get("received")
                 or request.top_via.host, request.method, request.call_id,
             )
+            self.on_failed(credentials.username)
             return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
         try:
             ha1 = user.ha1(credentials.algorithm)
@@ -69,6 +80,7 @@ class Authenticator:
             return AuthOutcome(None, request.response(400, "Unsupported digest algorithm"))
         outcome = self._digest.verify(credentials, request.method, ha1)
         if outcome is VerifyOutcome.OK:
+            self.on_verified(credentials.username)
             return AuthOutcome(credentials.username, None)
         if outcome is VerifyOutcome.STALE:
             return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=True))
@@ -76,6 +88,7 @@ class Authenticator:
             "auth failed: wrong credentials for %r@%s (%s, Call-ID %s)",
             credentials.username, self.realm, request.method, request.call_id,
         )
+        self.on_failed(credentials.username)
         # RFC 3261 §22.1: a failed attempt is challenged again; the client gives up.
         return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
 

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from .config import Config, ConfigError, add_run_arguments, load_config
+from .logsafe import NetworkTextFilter
 from .users import UnknownUser, UserExists, UserStore, generate_password, open_user_store
 
 
@@ -78,6 +79,8 @@ def _run(config: Config) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(NetworkTextFilter())
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on every platform)

@@ -79,6 +79,17 @@ class Config:
     turn_uris: tuple[str, ...] = ()
     turn_secret: str = ""
     turn_ttl: int = 86_400
+    # Abuse limits (gateway/edge_guard.py); 0 turns a limit off.
+    max_connections_per_ip: int = 100  # WebSocket+TCP+TLS; a NAT or reverse proxy: more, or 0
+    unauthenticated_timeout: float = 30.0  # close a WebSocket that has not authenticated
+    http_header_timeout: float = 10.0  # close an HTTP connection with no complete request
+    max_requests_per_ip: int = 100  # SIP requests per source IP per request_window (pike)
+    request_window: float = 2.0
+    auth_failures_before_ban: int = 10  # wrong digests per source IP within the window...
+    auth_failure_window: float = 600.0
+    ban_time: float = 600.0  # ...ban the address this long (on every node, with Redis)
+    # /metrics on its own listener (HOST:PORT), never on the public HTTP ones; "" = off.
+    metrics: str = ""
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
 
     def listeners(self) -> dict[str, list[tuple[str, int]]]:
@@ -188,7 +199,14 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"max_message_size: at least {MIN_MESSAGE_SIZE} bytes, got {config.max_message_size}"
         )
-    for name in ("flow_timer", "ws_idle_timeout", "nonce_lifetime"):
+    for name in ("max_connections_per_ip", "unauthenticated_timeout", "max_requests_per_ip",
+                 "auth_failures_before_ban"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name}: expected 0 (off) or more, got {getattr(config, name)}")
+    if config.metrics:
+        parse_hostport(config.metrics, "metrics")
+    for name in ("flow_timer", "ws_idle_timeout", "nonce_lifetime", "http_header_timeout",
+                 "request_window", "auth_failure_window", "ban_time"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name}: expected seconds > 0, got {getattr(config, name)}")
     if config.ws_ping_interval < 0:
@@ -279,6 +297,48 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "TURN credentials (TURN REST API)",
     )
     parser.add_argument("--turn-ttl", type=int, help="lifetime of TURN credentials in seconds")
+    parser.add_argument(
+        "--max-connections-per-ip", type=int, metavar="N",
+        help="WebSocket, SIP TCP and TLS connections one source IP may hold (default 100; "
+        "0 = unlimited)",
+    )
+    parser.add_argument(
+        "--unauthenticated-timeout", type=float, metavar="S",
+        help="close a WebSocket with no authenticated request after S seconds (default 30; "
+        "0 = never)",
+    )
+    parser.add_argument(
+        "--http-header-timeout", type=float, metavar="S",
+        help="close an HTTP connection that sent no complete request within S seconds, and an "
+        "idle keep-alive one (default 10)",
+    )
+    parser.add_argument(
+        "--max-requests-per-ip", type=int, metavar="N",
+        help="SIP requests per source IP per --request-window; more are dropped (UDP) or "
+        "answered 503 (default 100; 0 = unlimited)",
+    )
+    parser.add_argument(
+        "--request-window", type=float, metavar="S",
+        help="the window of --max-requests-per-ip in seconds (default 2)",
+    )
+    parser.add_argument(
+        "--auth-failures-before-ban", type=int, metavar="N",
+        help="ban a source IP after N authentication failures within --auth-failure-window "
+        "(default 10; 0 = never)",
+    )
+    parser.add_argument(
+        "--auth-failure-window", type=float, metavar="S",
+        help="window for counting authentication failures in seconds (default 600)",
+    )
+    parser.add_argument(
+        "--ban-time", type=float, metavar="S",
+        help="how long a banned source IP is refused, on every node with --redis (default 600)",
+    )
+    parser.add_argument(
+        "--metrics", metavar="HOST:PORT",
+        help="serve Prometheus /metrics on this separate listener, e.g. 127.0.0.1:9090 "
+        "(default: not served)",
+    )
     parser.add_argument(
         "--no-demo-users", dest="demo_users", action="store_false", default=None,
         help="do not create alice and bob on first start with an empty user store",

@@ -18,6 +18,7 @@ from sip.flow import Flow
 from sip.transport import TransportLayer
 
 from . import ws_delivery
+from .edge_guard import EdgeGuard
 from .ws_delivery import DeliveringWebSocketResponse
 from .ws_keepalive import WebSocketKeepalive
 
@@ -184,9 +185,11 @@ def make_handler(
     transport: TransportLayer, policy: WebSocketPolicy, *, secure: bool,
     on_flow_open: Callable[[WebSocketFlow], None] | None = None,
     direct_delivery: bool = ws_delivery.supported(),
+    guard: EdgeGuard | None = None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """direct_delivery: SIP frames go from aiohttp's parser straight to the transport layer
-    (gateway/ws_delivery.py) instead of through ws.receive()."""
+    (gateway/ws_delivery.py) instead of through ws.receive(). guard: the per-IP connection
+    cap, bans and the deadline for authenticating (gateway/edge_guard.py)."""
     keepalive = WebSocketKeepalive(policy.ping_interval) if policy.ping_interval > 0 else None
     batch = _FrameBatch()
 
@@ -208,6 +211,20 @@ def make_handler(
                 request.remote, request.headers.get("Origin"),
             )
             return web.Response(status=403, text="Origin not allowed\n")
+        source_ip = request.remote or ""
+        if guard is not None:
+            refusal = guard.connection_refusal(source_ip)
+            if refusal is not None:
+                status, reason = refusal
+                return web.Response(status=status, text=f"{reason}\n",
+                                    headers={"Retry-After": "60"})
+        try:
+            return await serve(request)
+        finally:
+            if guard is not None:
+                guard.connection_closed(source_ip)
+
+    async def serve(request: web.Request) -> web.WebSocketResponse:
         # Pings are the keepalive's (gateway/ws_keepalive.py), not aiohttp's heartbeat; pings
         # and pongs from the peer come out of receive() to _pump.
         options: dict[str, Any] = {
@@ -232,6 +249,8 @@ def make_handler(
         log.debug("%s open from %s", flow.id, flow.remote)
         if keepalive is not None:
             keepalive.add(flow)
+        if guard is not None:
+            guard.await_authentication(flow)
         try:
             await _pump(ws, flow, policy.idle_timeout, keepalive)
         finally:

@@ -47,6 +47,30 @@ def _ignore_flow(flow: Flow) -> None:
     pass
 
 
+def _accept_any(flow: Flow) -> bool:
+    return True
+
+
+class _AcceptingOwner:
+    """The owner of the connections a TCP/TLS listener accepts: the layer itself, except that
+    a connection its admit_connection refuses is closed before it is ever registered."""
+
+    def __init__(self, layer: TransportLayer) -> None:
+        self._layer = layer
+
+    def receive(self, data: bytes, flow: Flow) -> None:
+        self._layer.receive(data, flow)
+
+    def register_flow(self, flow: Flow) -> None:
+        if self._layer.admit_connection(flow):
+            self._layer.register_flow(flow)
+        else:
+            flow.close()
+
+    def unregister_flow(self, flow: Flow) -> None:
+        self._layer.unregister_flow(flow)
+
+
 class TransportLayer:
     def __init__(
         self,
@@ -60,6 +84,9 @@ class TransportLayer:
         self.idle_timeout = idle_timeout
         self.on_message: Callable[[Request | Response, Flow], None] = _ignore_message
         self.on_flow_closed: Callable[[Flow], None] = _ignore_flow
+        # Asked about each connection a TCP/TLS listener accepts (not those we open): False
+        # closes it at once, e.g. over a per-source-address cap.
+        self.admit_connection: Callable[[Flow], bool] = _accept_any
         self._udp: list[UdpEndpoint] = []
         self._servers: list[tuple[str, asyncio.Server]] = []
         self._listening: dict[str, list[Address]] = {}
@@ -90,8 +117,9 @@ class TransportLayer:
         self, transport: str, host: str, port: int, ssl_context: ssl.SSLContext | None
     ) -> Address:
         loop = asyncio.get_running_loop()
+        accepting = _AcceptingOwner(self)
         server = await loop.create_server(
-            lambda: StreamFlow(self, transport, self.limits), host, port, ssl=ssl_context
+            lambda: StreamFlow(accepting, transport, self.limits), host, port, ssl=ssl_context
         )
         self._servers.append((transport, server))
         # getattr: typeshed declares a tuple, uvloop returns a list, and compiled code (mypyc)

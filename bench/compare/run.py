@@ -226,7 +226,8 @@ async def ws2sip_calls(workdir: Path, users: dict[str, str], args: argparse.Name
         workdir / "calls", users=users, domain=CALL_DOMAIN, transports=("ws",),
         # As call_bench runs it; info is the least the fixture needs (it waits for the ready
         # line), and the gateway logs nothing per call at info.
-        extra_args=["--log-level", "info", "--rtp-ports", "40000-40999"],
+        extra_args=["--log-level", "info", "--rtp-ports", "40000-40999",
+                    *call_bench.UNLIMITED_SOURCE],
     )
     try:
         assert gateway.process is not None

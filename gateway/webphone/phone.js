@@ -70,7 +70,7 @@ class Phone {
     const server = $("server").value.trim();
     const domain = $("domain").value.trim();
     try {
-      this.settings = await fetchSettings(user);
+      this.settings = await fetchSettings({ username: user, password: $("password").value });
     } catch (error) {
       this.#showError(`Cannot load the gateway's settings: ${error.message}`);
       return;
@@ -336,7 +336,9 @@ class Phone {
   async #refreshSettings() {
     if (!this.settings || !isStale(this.settings)) return;
     try {
-      this.settings = await fetchSettings($("user").value.trim());
+      this.settings = await fetchSettings({
+        username: $("user").value.trim(), password: $("password").value,
+      });
     } catch (error) {
       // Calls on loopback or open networks still work without fresh TURN credentials.
       console.warn(`keeping the old ICE servers: ${error.message}`);

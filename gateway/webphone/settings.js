@@ -1,14 +1,31 @@
-// The gateway's settings for this page: WebSocket URL, SIP domain and ICE servers (with
-// time-limited TURN credentials for the signed-in user when a TURN server is configured).
+// The gateway's settings for this page: WebSocket URL, SIP domain and ICE servers. TURN
+// credentials (time-limited) come only for a signed-in user: the gateway challenges with HTTP
+// digest on the SIP realm, answered here with JsSIP's own digest code and the SIP password.
+import DigestAuthentication from "jssip/lib/DigestAuthentication.js";
 
-export async function fetchSettings(user) {
-  const query = user ? `?user=${encodeURIComponent(user)}` : "";
-  const response = await fetch(`/config.json${query}`, { cache: "no-store" });
+const SETTINGS_PATH = "/config.json";
+
+async function getSettings(headers = {}) {
+  const response = await fetch(SETTINGS_PATH, { cache: "no-store", headers });
+  const body = await response.text();
+  return { response, body };
+}
+
+// credentials: { username, password } to get TURN credentials; without, the public settings.
+export async function fetchSettings(credentials) {
+  let { response, body } = await getSettings();
   if (!response.ok) {
-    throw new Error(`the gateway refused /config.json: ${response.status} ` +
-      `${(await response.text()).trim()}`);
+    throw new Error(`the gateway refused ${SETTINGS_PATH}: ${response.status} ${body.trim()}`);
   }
-  const settings = await response.json();
+  let settings = JSON.parse(body);
+  if (credentials?.username && credentials.password && settings.turn_challenge) {
+    const digest = new DigestAuthentication(credentials);
+    if (digest.authenticate({ method: "GET", ruri: SETTINGS_PATH }, settings.turn_challenge)) {
+      ({ response, body } = await getSettings({ Authorization: digest.toString() }));
+      // Refused (a wrong password): sign-in goes on without TURN, and REGISTER says why.
+      if (response.ok) settings = JSON.parse(body);
+    }
+  }
   // TURN credentials expire: remember when, so a call never starts with stale ones.
   const ttlMs = (settings.turn_ttl ?? Infinity) * 1000;
   settings.refreshAfter = Date.now() + ttlMs / 2;

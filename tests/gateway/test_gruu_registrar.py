@@ -11,7 +11,7 @@ from sip.uri import SipUri
 from tests.fixtures.gateway import GatewayProcess
 from tests.gateway import test_websocket_edge as edge
 from tests.gateway.test_websocket_edge import DOMAIN, ClientFactory
-from tests.support.healthz import bindings_count, gateway_http_url
+from tests.support.healthz import bindings_count, gateway_metrics_url
 from tests.support.ws_sip import ws_contact
 
 WITH_GRUU = [("Supported", "path, gruu, outbound")]  # what JsSIP sends
@@ -102,7 +102,7 @@ async def test_registering_one_of_our_gruus_as_a_contact_is_403(
     ok = await client.register("alice", password, contacts=[ws_contact(str(uuid.uuid4()))],
                                headers=WITH_GRUU)
     ((public, temporary),) = gruu_params(ok).values()
-    base = gateway_http_url(backend_gateway)
+    base = gateway_metrics_url(backend_gateway)
     for gruu in (public, temporary):
         looped = await client.register("alice", password, contacts=[f"<{gruu}>"],
                                        headers=WITH_GRUU)

@@ -1,4 +1,5 @@
-"""/metrics reflects what the node is doing."""
+"""/metrics reflects what the node is doing, and only on its own listener (--metrics): the
+public HTTP listener serves neither it nor more than liveness on /healthz."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import aiohttp
 
 from tests.fixtures.gateway import GatewayProcess
+from tests.support.healthz import gateway_http_url, gateway_metrics_url
 
 OPTIONS = (
     "OPTIONS sip:{domain} SIP/2.0\r\n"
@@ -23,7 +25,7 @@ def metric(text: str, name: str) -> float:
 
 
 async def test_metrics_count_flows_and_requests(gateway: GatewayProcess) -> None:
-    base = f"http://127.0.0.1:{gateway.ws_port}"
+    base = gateway_metrics_url(gateway)
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{base}/metrics") as response:
             assert response.status == 200
@@ -36,3 +38,21 @@ async def test_metrics_count_flows_and_requests(gateway: GatewayProcess) -> None
                 during = await response.text()
     assert metric(during, "ws2sip_flows") == metric(before, "ws2sip_flows") + 1
     assert metric(during, 'ws2sip_sip_requests_total{method="OPTIONS"}') == 1
+    assert metric(during, "ws2sip_bindings") == 0
+    for name in ("ws2sip_connections_refused_total", "ws2sip_unauthenticated_closed_total",
+                 "ws2sip_requests_rate_limited_total", "ws2sip_auth_failures_total",
+                 "ws2sip_bans_total", "ws2sip_banned_sources"):
+        assert metric(during, name) == 0
+
+
+async def test_public_listener_serves_no_metrics_and_a_minimal_healthz(
+    gateway: GatewayProcess,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{gateway_http_url(gateway)}/metrics") as response:
+            assert response.status == 404
+        async with session.get(f"{gateway_http_url(gateway)}/healthz") as response:
+            assert response.status == 200
+            health = await response.json()
+    assert health["status"] == "ok"
+    assert set(health) == {"status", "node"}  # no counts: those are for /metrics

@@ -17,7 +17,12 @@ import aiohttp
 import pytest
 
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
-from tests.support.healthz import bindings_count, gateway_http_url, wait_for_bindings
+from tests.support.healthz import (
+    bindings_count,
+    gateway_http_url,
+    gateway_metrics_url,
+    wait_for_bindings,
+)
 from tests.support.ws_sip import WsSipUa
 
 RESPONSE_TIMEOUT = 10.0
@@ -265,7 +270,7 @@ async def test_options_to_the_gateway_is_200_with_allow(
 async def test_closing_a_websocket_drops_its_bindings_only(
     backend_gateway: GatewayProcess, client_factory: ClientFactory,
 ) -> None:
-    base = gateway_http_url(backend_gateway)
+    base = gateway_metrics_url(backend_gateway)
     leaving = await client_factory(backend_gateway)
     staying = await client_factory(backend_gateway)
     assert (await leaving.register("alice", backend_gateway.users["alice"])).status == 200

@@ -10,7 +10,7 @@ import secrets
 import pytest
 
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
-from tests.support.healthz import bindings_count, gateway_http_url, wait_for_bindings
+from tests.support.healthz import bindings_count, gateway_metrics_url, wait_for_bindings
 from tests.support.jssip import JsSipAgent
 from tests.support.pjsua_phone import PjsuaPhone
 from tests.support.sipp import run_sipp
@@ -32,7 +32,7 @@ async def client_gateway(
 
 
 async def test_jssip_registers_refreshes_and_unregisters(client_gateway: GatewayProcess) -> None:
-    base = gateway_http_url(client_gateway)
+    base = gateway_metrics_url(client_gateway)
     alice = await JsSipAgent.start(f"reg-alice-{secrets.token_hex(3)}")
     bob = await JsSipAgent.start(f"reg-bob-{secrets.token_hex(3)}")
     try:
@@ -78,7 +78,7 @@ async def test_jssip_with_a_wrong_password_is_refused_and_binds_nothing(
         refused = await intruder.register(client_gateway.ws_url, f"sip:alice@{DOMAIN}",
                                           "not-alice's-password")
         assert (refused["outcome"], refused["status"]) == ("registrationFailed", 401)
-        assert await bindings_count(gateway_http_url(client_gateway)) == 0
+        assert await bindings_count(gateway_metrics_url(client_gateway)) == 0
         assert (await bob.register(client_gateway.ws_url, f"sip:bob@{DOMAIN}",
                                    client_gateway.users["bob"]))["status"] == 200
         unreachable = await bob.send_message(f"sip:alice@{DOMAIN}", "hello?")
@@ -96,7 +96,7 @@ async def test_sipp_registers_over_udp_with_digest(client_gateway: GatewayProces
         timeout=20.0,
     )
     result.assert_success()
-    assert await bindings_count(gateway_http_url(client_gateway)) == 1
+    assert await bindings_count(gateway_metrics_url(client_gateway)) == 1
 
 
 async def test_sipp_with_a_wrong_password_gets_no_200(client_gateway: GatewayProcess) -> None:
@@ -105,14 +105,14 @@ async def test_sipp_with_a_wrong_password_gets_no_200(client_gateway: GatewayPro
         auth=("alice", "wrong"), keys={"domain": DOMAIN, "expires": "300"}, timeout=10.0,
     )
     assert result.failed_calls == 1 and result.successful_calls == 0, result.describe()
-    assert await bindings_count(gateway_http_url(client_gateway)) == 0
+    assert await bindings_count(gateway_metrics_url(client_gateway)) == 0
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_pjsua_registers_and_unregisters(
     client_gateway: GatewayProcess, transport: str,
 ) -> None:
-    base = gateway_http_url(client_gateway)
+    base = gateway_metrics_url(client_gateway)
     phone = await PjsuaPhone.start(f"reg-{transport}-{secrets.token_hex(3)}", transport=transport)
     try:
         port = getattr(client_gateway, f"{transport}_port")

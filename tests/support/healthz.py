@@ -1,8 +1,10 @@
-"""The gateway's HTTP side as tests see it: its base URL and the live bindings /healthz counts."""
+"""The gateway's HTTP side as tests see it: its base URL, its metrics listener, and the live
+bindings that /metrics counts (ws2sip_bindings)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 
@@ -10,22 +12,35 @@ from tests.fixtures.gateway import GatewayProcess
 
 
 def gateway_http_url(gateway: GatewayProcess) -> str:
-    """The gateway's HTTP base (WebSocket listener: /healthz, /metrics, the web phone)."""
+    """The gateway's HTTP base (WebSocket listener: /healthz, the web phone)."""
     return f"http://127.0.0.1:{gateway.ws_port}"
 
 
-async def bindings_count(http_base: str) -> int:
-    """The gateway's own count of live bindings (GET /healthz)."""
-    async with aiohttp.ClientSession() as session, session.get(f"{http_base}/healthz") as reply:
-        return (await reply.json())["bindings"]
+def gateway_metrics_url(gateway: GatewayProcess) -> str:
+    """The gateway's metrics listener (--metrics, which the test fixture always sets)."""
+    return f"http://127.0.0.1:{gateway.metrics_port}"
 
 
-async def wait_for_bindings(http_base: str, expected: int, timeout: float = 10.0) -> int:
-    """Poll /healthz until it reports `expected` (work after a close is asynchronous)."""
+async def metric_value(metrics_base: str, name: str) -> float:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{metrics_base}/metrics") as reply:
+        text = await reply.text()
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    assert match, f"{name} missing from /metrics"
+    return float(match[1])
+
+
+async def bindings_count(metrics_base: str) -> int:
+    """The gateway's own count of live bindings (ws2sip_bindings on /metrics)."""
+    return int(await metric_value(metrics_base, "ws2sip_bindings"))
+
+
+async def wait_for_bindings(metrics_base: str, expected: int, timeout: float = 10.0) -> int:
+    """Poll /metrics until it reports `expected` (work after a close is asynchronous)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    count = await bindings_count(http_base)
+    count = await bindings_count(metrics_base)
     while count != expected and loop.time() < deadline:
         await asyncio.sleep(0.1)
-        count = await bindings_count(http_base)
+        count = await bindings_count(metrics_base)
     return count
