@@ -670,6 +670,15 @@ def _sip_factories() -> dict[str, Check]:
         _expect(transport.via_value("udp", "z9hG4bKx", rport=False),
                 f"SIP/2.0/UDP 127.0.0.1:{bound[1]};branch=z9hG4bKx", "a Via through it")
 
+    async def make_accepting_owner(kit: Kit) -> Any:
+        from sip.transport import _AcceptingOwner
+
+        return _AcceptingOwner(await kit.transport())
+
+    async def use_accepting_owner(owner: Any, kit: Kit) -> None:
+        flow = await kit.flow()
+        owner.unregister_flow(flow)  # not registered with this layer: a no-op that must not fail
+
     async def make_udp_flow(kit: Kit) -> UdpFlow:
         host, port = kit.udp_socket().getsockname()  # not the peer: the kit has a flow there
         return UdpFlow(await kit.endpoint(), (host, port))
@@ -791,6 +800,7 @@ def _sip_factories() -> dict[str, Check]:
             make_client_transaction, use_client_transaction),
         # sip/transport.py, sip/udp.py, sip/stream.py
         "sip.transport.TransportLayer": new(make_transport, use_transport),
+        "sip.transport._AcceptingOwner": new(make_accepting_owner, use_accepting_owner),
         "sip.udp.FlowOwner": conforming(
             lambda k: k.transport(),
             lambda owner, k: _expect(owner.flow_by_id("udp:nobody"), None, "an unknown flow")),
