@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 from dataclasses import dataclass, field
 
+from sip.branch import is_signed_branch, signed_branch
 from sip.digest import build_authorization, select_challenge
 from sip.errors import SipError
 from sip.flow import Flow
@@ -31,6 +33,7 @@ from .routing import (
     TrunkTrust,
     loop_hash,
     side_of_sdp,
+    upstream_hop,
 )
 from .tasks import TaskSet
 
@@ -40,6 +43,10 @@ DIALOG_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 NO_AUTH_METHODS = frozenset(("ACK", "CANCEL", "BYE", "PRACK"))
 SUBSCRIPTION_LIFETIME = 3600.0
 MAX_FORWARDS = 70
+# Identities a sender asserts or asks for (RFC 3325 §9, and Remote-Party-ID, its predecessor
+# that PBXs still read): only trusted trunks may send them; toward a trunk the gateway asserts
+# the authenticated user itself.
+ASSERTED_IDENTITY_HEADERS = ("p-asserted-identity", "p-preferred-identity", "remote-party-id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,7 @@ class Forwarding:
     sender_kind: str = "plain"  # media kind of whoever sent the request
     exchange: Exchange | None = None  # the offer/answer crossing the media anchor, if any
     cseq_offset: int = 0  # added toward a trunk that made us authenticate the dialog's INVITE
+    asserted_identity: str | None = None  # the authenticated caller's AoR, asserted to trunks
     # Responses wait for SDP rewriting; the lock keeps them in arrival order (183 before 200).
     response_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -106,6 +114,9 @@ class Proxy:
         self._location = location
         self._auth = auth
         self._tokens = FlowTokens(secret)
+        # Our Via branches are signed (Call-ID and the upstream Via): a 2xx arriving after its
+        # transaction ended is relayed only if it answers a request we really forwarded.
+        self._branch_key = hmac.digest(secret, b"ws2sip via branch", "sha256")
         self.gruus = Gruus(secret)
         self.addresses = LocalAddresses(
             policy.domain, policy.public_address, self._tokens, policy.node_id
@@ -185,7 +196,10 @@ class Proxy:
                 420, "Bad Extension", headers=[("Unsupported", ", ".join(sorted(unsupported)))]
             )
         tokens = self._pop_own_routes(request)
+        from_trunk = self._trust.trunk_of(server.flow) is not None
         if request.to.tag is not None:
+            if not from_trunk:
+                _strip_asserted_identity(request)
             await self._route_in_dialog(request, server, tokens)
             return
         # Another node of the cluster hands us a request for a flow we hold. Only a hop token
@@ -193,8 +207,11 @@ class Proxy:
         # is routed as any other, with digest or trunk trust.
         hop = self._tokens.decode(tokens[-1], request.call_id, HOP) if tokens else None
         if hop is not None:
+            # The node that took the request in from outside has already stripped it.
             await self._deliver_internal(request, server, hop)
             return
+        if not from_trunk:
+            _strip_asserted_identity(request)
         await self._route_initial(request, server)
 
     def _check_loop(self, request: Request) -> None:
@@ -349,7 +366,7 @@ class Proxy:
             destinations = self._trunk_destinations(request, ruri)
             if not destinations:
                 raise SipError(403, f"Relaying to {ruri.host} is not allowed")
-        forwarding = Forwarding(request, server)
+        forwarding = Forwarding(request, server, asserted_identity=caller_aor)
         if request.method in DIALOG_METHODS:
             dialog_trunk = next((d.trunk for d in destinations if d.trunk), None) or trunk
             self._check_limits(request, caller_aor, callee_aor, dialog_trunk)
@@ -513,6 +530,8 @@ class Proxy:
             )
             if anchored_offer is not None and destination.kind != forwarding.sender_kind:
                 branch_request.set_body(anchored_offer, "application/sdp")
+            if destination.trunk is not None and forwarding.asserted_identity is not None:
+                branch_request.set("P-Asserted-Identity", f"<{forwarding.asserted_identity}>")
             branch = Branch(destination, branch_request)
             if dialog is not None and creates_dialog:
                 branch.party = Party(destination.target,
@@ -549,9 +568,14 @@ class Proxy:
             out.prepend("Record-Route", outbound)
         for route in reversed(destination.routes):
             out.prepend("Route", route)
-        branch_id = f"{self._transactions.new_branch()}.{loop_hash(request)}"
-        out.prepend("Via", self._via(destination, branch_id))
+        out.prepend("Via", self._via(destination, self._branch(request)))
         return out
+
+    def _branch(self, request: Request) -> str:
+        """Our branch for a request forwarded on: signed for its upstream hop, then the loop
+        marker (§16.6 step 8)."""
+        signed = signed_branch(self._branch_key, upstream_hop(request.call_id, request.top_via))
+        return f"{signed}.{loop_hash(request)}"
 
     def _via(self, destination: Destination, branch: str) -> str:
         transport = destination.transport
@@ -689,9 +713,7 @@ class Proxy:
             return False
         retry = branch.request.copy()
         retry.remove_first_value("via")
-        retry.prepend("Via", self._via(branch.destination,
-                                        f"{self._transactions.new_branch()}."
-                                        f"{loop_hash(forwarding.request)}"))
+        retry.prepend("Via", self._via(branch.destination, self._branch(forwarding.request)))
         cseq = branch.request.cseq
         retry.set("CSeq", f"{cseq.number + 1} {cseq.method}")
         retry.add(
@@ -722,8 +744,20 @@ class Proxy:
                         upstream.add(name, value)
 
     def _on_stray_response(self, response: Response, flow: Flow) -> None:
-        """2xx retransmissions after the client transaction ended: relay statelessly."""
+        """2xx retransmissions after the client transaction ended: relay statelessly, only when
+        our top Via's branch is one we signed for the Via below it (anything else is forged or
+        not ours, and would make us a reflector)."""
         if response.status < 200 or response.status >= 300:
+            return
+        try:
+            vias = response.vias
+            ours = len(vias) >= 2 and is_signed_branch(
+                vias[0].branch, self._branch_key, upstream_hop(response.call_id, vias[1]))
+        except SipError:
+            ours = False
+        if not ours:
+            log.debug("stray %d for %s from %s dropped: not a branch of ours", response.status,
+                      response.call_id, flow.remote)
             return
         upstream = response.copy()
         upstream.remove_first_value("via")
@@ -792,6 +826,8 @@ class Proxy:
     async def _forward_ack(self, ack: Request, flow: Flow) -> None:
         try:
             tokens = self._pop_own_routes(ack)
+            if self._trust.trunk_of(flow) is None:
+                _strip_asserted_identity(ack)
             dialog = self.dialogs.get(ack.call_id)
             if dialog is None:
                 log.debug("ACK for unknown dialog %s dropped", ack.call_id)
@@ -851,6 +887,12 @@ class Proxy:
 
 def _ignore_response(response: Response, client: ClientTransaction) -> None:
     """Responses to our own CANCELs need no action: the INVITE's 487 ends the branch."""
+
+
+def _strip_asserted_identity(request: Request) -> None:
+    for name in ASSERTED_IDENTITY_HEADERS:
+        if request.has(name):
+            request.remove(name)
 
 
 def _kind(transport: str) -> str:

@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from sip.flow import Flow, format_address
-from sip.headers import NameAddr
+from sip.headers import NameAddr, Via
 from sip.message import Request
 from sip.resolver import Target
 from sip.uri import SipUri
@@ -121,6 +121,17 @@ def loop_hash(request: Request) -> str:
          str(request.cseq.number), ",".join(request.get_all("proxy-require")))
     )
     return hashlib.blake2b(material.encode(), digest_size=6).hexdigest()
+
+
+def upstream_hop(call_id: str, via: Via) -> str:
+    """What our branch toward the next hop is signed over: the request's Call-ID and the Via
+    its responses return to (sent-by, received, rport, branch), as parsed, so that a peer that
+    re-serialises Vias still echoes the same values."""
+    params = via.params
+    return "\n".join((
+        call_id, via.transport.upper(), via.host.lower(), str(via.port),
+        params.get("received") or "", params.get("rport") or "", params.get("branch") or "",
+    ))
 
 
 def side_of_sdp(body: bytes, transport: str) -> str:
