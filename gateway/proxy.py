@@ -872,7 +872,8 @@ class Proxy:
         when it is a connection, at its source address over UDP (an idle UDP flow is
         forgotten; the address stays)."""
         trunk = self._trust.trunk_of(flow)
-        target: Flow | Target = flow if flow.reliable else Target(flow.transport, *flow.remote)
+        host, port = flow.remote
+        target: Flow | Target = flow if flow.reliable else Target(flow.transport, host, port)
         return Party(target, trunk.name if trunk is not None else None)
 
     def _reply(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 
@@ -38,7 +37,7 @@ def is_signed_branch(branch: str | None, key: bytes, material: str) -> bool:
 
 def _signature(key: bytes, nonce: str, material: str) -> str:
     data = f"{nonce}\n{material}".encode(errors="surrogatepass")
-    return hmac.digest(key, data, hashlib.sha256)[:SIGNATURE_HEX // 2].hex()
+    return hmac.digest(key, data, "sha256")[:SIGNATURE_HEX // 2].hex()
 
 
 def is_rfc3261_branch(branch: str | None) -> bool:
