@@ -224,3 +224,56 @@ async def test_a_record_route_flow_token_opens_nothing_outside_its_dialog(
         stranger.peer.close()
         await bob.close()
 
+
+
+async def test_subscription_notify_from_the_notifier_passes_and_a_strangers_does_not(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """A NOTIFY from a tag the gateway never saw (the 200 to SUBSCRIBE had none, as a NOTIFY
+    may precede it) is accepted from the SUBSCRIBE's own branch, and only from there."""
+    gateway = await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"))
+    bob = await browser(gateway, "bob")  # answers the SUBSCRIBE 200 without a To-tag
+    alice = await open_party(gateway, "alice")
+    stranger = await open_party(gateway, "mallory")
+    try:
+        alice.call_id, alice.local_tag = secrets.token_hex(8), secrets.token_hex(4)
+        ruri = alice.remote_uri = f"sip:bob@{DOMAIN}"
+        event = "Event: presence\r\nExpires: 600\r\n"
+        alice.send(alice.text("SUBSCRIBE", ruri, cseq=1, from_tag=alice.local_tag, to_tag=None,
+                              extra=event))
+        challenge = await alice.final("SUBSCRIBE", 1)
+        assert challenge.status == 407
+        credentials = build_authorization(
+            select_challenge(challenge.get_all("proxy-authenticate")), method="SUBSCRIBE",
+            uri=ruri, username="alice", password=gateway.users["alice"])
+        alice.send(alice.text("SUBSCRIBE", ruri, cseq=2, from_tag=alice.local_tag, to_tag=None,
+                              extra=event + f"Proxy-Authorization: {credentials}\r\n"))
+        subscribe = await bob.next_request("SUBSCRIBE")
+        assert (await alice.final("SUBSCRIBE", 2)).status == 200
+
+        stranger.call_id, stranger.remote_uri = alice.call_id, f"sip:alice@{DOMAIN}"
+        stranger.send(stranger.text("NOTIFY", alice.contact, cseq=1, from_tag="notifier",
+                                    to_tag=alice.local_tag, from_uri=f"sip:bob@{DOMAIN}",
+                                    extra="Event: presence\r\nSubscription-State: active\r\n"))
+        assert (await stranger.final("NOTIFY", 1)).status == 481
+        assert await alice.peer.nothing_within(SILENCE), "a stranger's NOTIFY reached alice"
+
+        notify = Request("NOTIFY", subscribe.contacts[0].uri_text)
+        notify.add("Via", f"SIP/2.0/WS {bob.host};branch=z9hG4bK{secrets.token_hex(8)}")
+        for route in subscribe.get_all("record-route"):
+            notify.add("Route", route)
+        notify.add("Max-Forwards", "70")
+        notify.add("From", f"{subscribe.get('to')};tag=notifier")
+        notify.add("To", subscribe.get("from") or "")
+        notify.add("Call-ID", subscribe.call_id)
+        notify.add("CSeq", "1 NOTIFY")
+        notify.add("Event", "presence")
+        notify.add("Subscription-State", "active;expires=600")
+        await bob.send(notify)
+        at_alice = await alice.next_request("NOTIFY")
+        alice.peer.send(at_alice.response(200).to_bytes(), alice.gateway)
+        assert (await bob.response()).status == 200
+    finally:
+        alice.peer.close()
+        stranger.peer.close()
+        await bob.close()
