@@ -117,11 +117,13 @@ class Gateway:
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks = TaskSet(log, "request handling")
-        self.transactions.on_request = RequestDispatch(
+        dispatch = RequestDispatch(
             domain=config.domain, registrar=self.registrar, proxy=self.proxy, tasks=self._tasks,
             answer_register_eagerly=self.location.in_process and self.users.in_process,
             counts=request_counts,
         )
+        self.transactions.on_request = dispatch
+        self.transactions.on_stray_ack = dispatch.stray_ack
         # After the transaction layer set it: the guard sees every message first.
         self.transport.on_message = self.guard.guarding(self.transport.on_message)
         self.transport.admit_connection = self.guard.admit_stream

@@ -6,6 +6,7 @@ Every setting has the same name in both places (`--public-address` ⇔ `public_a
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import socket
@@ -32,11 +33,70 @@ class Trunk:
     transport: str = "udp"
     match: str = ""  # regex on the dialled user part for outbound calls ("" = never)
     strip_prefix: str = ""
-    trusted_sources: tuple[str, ...] = ()  # source IPs whose requests are trusted as this trunk
+    # Sources whose requests are trusted as this trunk, never over WebSocket (TrustedSource).
+    trusted_sources: tuple[str, ...] = ()
     username: str = ""  # digest credentials the gateway answers the trunk's challenges with
     password: str = ""
     register: bool = False  # REGISTER to the trunk as `username`
     max_calls: int = 0  # concurrent calls through this trunk (0 = unlimited)
+
+
+SOURCE_TRANSPORTS = ("udp", "tcp", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedSource:
+    """One entry of a trunk's trusted_sources: `[TRANSPORT:]ADDRESS[/PREFIX][:PORT]`, e.g.
+    "10.0.0.20", "10.0.0.0/24", "udp:192.0.2.10:5060", "tls:[2001:db8::1]:5061". Without a
+    transport it matches UDP, TCP and TLS; without a port, any port. WebSocket flows never
+    match: browsers may share the trunk's address (one NAT, a reverse proxy on the PBX)."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    port: int | None = None
+    transport: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> TrustedSource:
+        rest = text.strip()
+        transport: str | None = None
+        head, sep, tail = rest.partition(":")
+        if sep and head.lower() in SOURCE_TRANSPORTS:
+            transport, rest = head.lower(), tail
+        elif sep and head.lower() in ("ws", "wss"):
+            raise ConfigError(f"trusted source {text!r}: WebSocket flows are never trusted")
+        port: int | None = None
+        if rest.startswith("["):  # [IPv6] or [IPv6]:port or [IPv6/prefix]:port
+            address, _, after = rest[1:].partition("]")
+            if after:
+                port = _source_port(after.removeprefix(":"), text, after.startswith(":"))
+        elif rest.count(":") == 1:  # IPv4 with a port
+            address, _, port_text = rest.partition(":")
+            port = _source_port(port_text, text, True)
+        else:  # IPv4 or bare IPv6, no port
+            address = rest
+        try:
+            network = ipaddress.ip_network(address, strict=False)
+        except ValueError as error:
+            raise ConfigError(
+                f"trusted source {text!r}: expected [udp|tcp|tls:]IP[/PREFIX][:PORT] ({error})"
+            ) from error
+        return cls(network, port, transport)
+
+    def matches(self, transport: str, host: str, port: int) -> bool:
+        if self.transport is not None and transport != self.transport:
+            return False
+        if self.port is not None and port != self.port:
+            return False
+        try:
+            return ipaddress.ip_address(host) in self.network
+        except ValueError:
+            return False
+
+
+def _source_port(text: str, source: str, present: bool) -> int:
+    if not present or not text.isdigit() or not 0 < int(text) <= 65535:
+        raise ConfigError(f"trusted source {source!r}: expected a port 1-65535 after ':'")
+    return int(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +235,10 @@ def _trunk(entry: dict[str, Any], path: str) -> Trunk:
     parse_hostport(trunk.address, f"trunk {trunk.name} address")
     if trunk.transport not in ("udp", "tcp", "tls"):
         raise ConfigError(f"trunk {trunk.name}: transport must be udp, tcp or tls")
+    for source in trunk.trusted_sources:
+        if not isinstance(source, str):
+            raise ConfigError(f"trunk {trunk.name}: trusted_sources holds strings, got {source!r}")
+        TrustedSource.parse(source)
     if trunk.match:
         try:
             re.compile(trunk.match)

@@ -1,6 +1,7 @@
-"""Dialogs the proxy has Record-Routed: in-dialog requests are only relayed for these (no open
-relay through forged Route headers), call limits are counted on them, and they hold the call's
-media anchor so that hang-up, failure or expiry frees its ports."""
+"""Dialogs the proxy has Record-Routed: in-dialog requests are only relayed for these, between
+their two recorded parties (no open relay through forged tags, Route headers or Request-URIs),
+call limits are counted on them, and they hold the call's media anchor so that hang-up, failure
+or expiry frees its ports."""
 
 from __future__ import annotations
 
@@ -12,11 +13,45 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from sip.flow import Flow
+from sip.resolver import Target
+
 log = logging.getLogger("ws2sip.dialogs")
 
 # A dialog nobody ends (lost BYE, crashed phone) is forgotten after this long.
 INVITE_DIALOG_LIFETIME = 12 * 3600.0
 EARLY_DIALOG_LIFETIME = 300.0
+# Early dialogs a forked request may create (one To-tag each); more tags are not learned.
+MAX_CALLEE_TAGS = 16
+
+
+@dataclass(eq=False, slots=True)
+class Party:
+    """One end of a dialog as the proxy met it: the next hop its requests go to (the flow or
+    address its dialog-creating request came from or was sent to) and, by the same token, the
+    only flow or address its own in-dialog requests are accepted from. A trunk's party is
+    also accepted from any of that trunk's trusted sources."""
+
+    target: Flow | Target
+    trunk: str | None = None  # name of the trunk it is
+
+    def sent(self, flow: Flow) -> bool:
+        """Whether a request that arrived on `flow` comes from this party's own flow/address."""
+        target = self.target
+        if isinstance(target, Flow):
+            return flow is target or flow.id == target.id
+        return flow.transport == target.transport.lower() and \
+            flow.remote == (target.host, target.port)
+
+    def is_at(self, target: Flow | Target) -> bool:
+        """Whether `target` is this party's next hop (the same flow, or the same address)."""
+        if isinstance(target, Flow):
+            return self.sent(target)
+        own = self.target
+        if isinstance(own, Flow):
+            return False
+        return (own.transport.lower(), own.host, own.port) == \
+            (target.transport.lower(), target.host, target.port)
 
 
 @dataclass(eq=False, slots=True)
@@ -32,7 +67,19 @@ class Dialog:
     caller_kind: str = "plain"  # "webrtc" or "plain"
     callee_kind: str = "plain"
     flow_ids: set[str] = field(default_factory=set)  # WebSocket/TCP flows the call lives on
+    caller_tag: str | None = None  # From-tag of the request that created the dialog
+    caller_party: Party | None = None
+    # To-tag → the callee (branch) that answered with it: provisional responses of every fork,
+    # then the 2xx. In-dialog requests toward the callee go to the party of their To-tag.
+    callee_parties: dict[str, Party] = field(default_factory=dict)
+    # Where the dialog-creating request was sent: a notifier's NOTIFY may come before the 2xx
+    # of its SUBSCRIBE/REFER (RFC 6665 §4.1.2.4), from one of these, with a tag not yet seen.
+    branch_parties: list[Party] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def learn_callee(self, tag: str, party: Party) -> None:
+        if tag not in self.callee_parties and len(self.callee_parties) < MAX_CALLEE_TAGS:
+            self.callee_parties[tag] = party
 
 
 class DialogTable:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+from sip.flow import Flow
 from sip.message import Request, Response
 from sip.server_transaction import ServerTransaction
 
@@ -38,7 +39,7 @@ class RequestCounts:
 
 
 class RequestDispatch:
-    """The transaction layer's on_request."""
+    """The transaction layer's on_request (and on_stray_ack)."""
 
     def __init__(
         self, *, domain: str, registrar: Registrar, proxy: Proxy, tasks: TaskSet,
@@ -56,10 +57,9 @@ class RequestDispatch:
         )
 
     def __call__(self, request: Request, transaction: ServerTransaction | None) -> None:
-        self._counts.count(request.method)
         if transaction is None:
-            self._proxy.handle_stateless(request)
-            return
+            return  # stray ACKs come through stray_ack, with their flow
+        self._counts.count(request.method)
         method = request.method
         if method == "REGISTER" and self._is_for_us(request):
             self._answer_register(self._registrar.answer(request, transaction))
@@ -67,6 +67,11 @@ class RequestDispatch:
             transaction.respond(_options_response(request))
         else:
             self._tasks.spawn(self._proxy.handle_request(request, transaction))
+
+    def stray_ack(self, ack: Request, flow: Flow) -> None:
+        """The transaction layer's on_stray_ack: an ACK for a 2xx, relayed by the proxy."""
+        self._counts.count("ACK")
+        self._proxy.handle_stateless(ack, flow)
 
     def _is_for_us(self, request: Request) -> bool:
         host = request.ruri.host.lower()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 from dataclasses import dataclass, field
 
+from sip.branch import is_signed_branch, signed_branch
 from sip.digest import build_authorization, select_challenge
 from sip.errors import SipError
 from sip.flow import Flow
@@ -18,12 +20,21 @@ from sip.uri import SipUri
 
 from .auth import Authenticator
 from .config import Config, Trunk
-from .dialogs import EARLY_DIALOG_LIFETIME, INVITE_DIALOG_LIFETIME, Dialog, DialogTable
-from .flowtoken import FlowRef, FlowTokens
+from .dialogs import EARLY_DIALOG_LIFETIME, INVITE_DIALOG_LIFETIME, Dialog, DialogTable, Party
+from .flowtoken import DIALOG, HOP, FlowRef, FlowTokens
+from .flowtoken import PARAM as FLOW_PARAM
 from .gruu import Gruus, GruuTarget
 from .location import Binding, LocationService
 from .media import Exchange, MediaAnchor
-from .routing import WEBRTC_TRANSPORTS, Destination, LocalAddresses, loop_hash, side_of_sdp
+from .routing import (
+    WEBRTC_TRANSPORTS,
+    Destination,
+    LocalAddresses,
+    TrunkTrust,
+    loop_hash,
+    side_of_sdp,
+    upstream_hop,
+)
 from .tasks import TaskSet
 
 log = logging.getLogger("ws2sip.proxy")
@@ -32,6 +43,10 @@ DIALOG_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 NO_AUTH_METHODS = frozenset(("ACK", "CANCEL", "BYE", "PRACK"))
 SUBSCRIPTION_LIFETIME = 3600.0
 MAX_FORWARDS = 70
+# Identities a sender asserts or asks for (RFC 3325 §9, and Remote-Party-ID, its predecessor
+# that PBXs still read): only trusted trunks may send them; toward a trunk the gateway asserts
+# the authenticated user itself.
+ASSERTED_IDENTITY_HEADERS = ("p-asserted-identity", "p-preferred-identity", "remote-party-id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +76,7 @@ class Branch:
     final: Response | None = None
     cancel_wanted: bool = False
     authenticated: bool = False  # already answered a trunk's digest challenge
+    party: Party | None = None  # the callee side of a dialog-creating request's branch
 
 
 @dataclass(eq=False, slots=True)
@@ -76,6 +92,7 @@ class Forwarding:
     sender_kind: str = "plain"  # media kind of whoever sent the request
     exchange: Exchange | None = None  # the offer/answer crossing the media anchor, if any
     cseq_offset: int = 0  # added toward a trunk that made us authenticate the dialog's INVITE
+    asserted_identity: str | None = None  # the authenticated caller's AoR, asserted to trunks
     # Responses wait for SDP rewriting; the lock keeps them in arrival order (183 before 200).
     response_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -97,6 +114,9 @@ class Proxy:
         self._location = location
         self._auth = auth
         self._tokens = FlowTokens(secret)
+        # Our Via branches are signed (Call-ID and the upstream Via): a 2xx arriving after its
+        # transaction ended is relayed only if it answers a request we really forwarded.
+        self._branch_key = hmac.digest(secret, b"ws2sip via branch", "sha256")
         self.gruus = Gruus(secret)
         self.addresses = LocalAddresses(
             policy.domain, policy.public_address, self._tokens, policy.node_id
@@ -104,9 +124,7 @@ class Proxy:
         self._media = media
         self.dialogs = DialogTable(self._release_dialog)
         self._forwardings: dict[ServerTransaction, Forwarding] = {}
-        self._trunk_sources = {
-            source: trunk for trunk in policy.trunks for source in trunk.trusted_sources
-        }
+        self._trust = TrunkTrust(policy.trunks)
         self._trunk_matchers = [
             (re.compile(trunk.match), trunk) for trunk in policy.trunks if trunk.match
         ]
@@ -150,11 +168,11 @@ class Proxy:
                          server.flow.remote, error.status, error.reason)
             self._reply(server, request, error.status, error.reason, error.headers)
 
-    def handle_stateless(self, request: Request) -> None:
-        """ACK for a 2xx (end to end, no transaction): follow the dialog's route."""
+    def handle_stateless(self, request: Request, flow: Flow) -> None:
+        """ACK for a 2xx (end to end, no transaction): on to the dialog's other party."""
         if request.method != "ACK":
             return
-        self._tasks.spawn(self._forward_ack(request))
+        self._tasks.spawn(self._forward_ack(request, flow))
 
     def flow_closed(self, flow: Flow) -> None:
         """A browser that lost its WebSocket has left its calls: free their media."""
@@ -177,14 +195,23 @@ class Proxy:
             raise SipError(
                 420, "Bad Extension", headers=[("Unsupported", ", ".join(sorted(unsupported)))]
             )
-        flow_ref = self._pop_own_routes(request)
+        tokens = self._pop_own_routes(request)
+        from_trunk = self._trust.trunk_of(server.flow) is not None
         if request.to.tag is not None:
-            await self._route_in_dialog(request, server, flow_ref)
+            if not from_trunk:
+                _strip_asserted_identity(request)
+            await self._route_in_dialog(request, server, tokens)
             return
-        if flow_ref is not None:
-            # Another node of the cluster hands us a request for a flow we hold.
-            await self._deliver_internal(request, server, flow_ref)
+        # Another node of the cluster hands us a request for a flow we hold. Only a hop token
+        # does that; a Record-Route token replayed in a new request opens nothing: the request
+        # is routed as any other, with digest or trunk trust.
+        hop = self._tokens.decode(tokens[-1], request.call_id, HOP) if tokens else None
+        if hop is not None:
+            # The node that took the request in from outside has already stripped it.
+            await self._deliver_internal(request, server, hop)
             return
+        if not from_trunk:
+            _strip_asserted_identity(request)
         await self._route_initial(request, server)
 
     def _check_loop(self, request: Request) -> None:
@@ -203,24 +230,74 @@ class Proxy:
         return host.lower() in self.addresses.hosts and (port is None or port in
                                                          self.addresses.ports)
 
-    def _pop_own_routes(self, request: Request) -> FlowRef | None:
-        """Remove our own Route entries from the top (two when we double Record-Routed). The
-        last one faces the side the request leaves on: its flow token, if any, names the flow."""
-        flow_ref: FlowRef | None = None
+    def _pop_own_routes(self, request: Request) -> list[str]:
+        """Remove our own Route entries from the top (two when we double Record-Routed) and
+        return the flow tokens they carried, top first."""
+        tokens: list[str] = []
         while True:
             routes = request.name_addrs("route")
             if not routes or not self.addresses.is_local_uri(routes[0].uri):
-                return flow_ref
-            flow_ref = self.addresses.flow_of(routes[0])
+                return tokens
+            token = self.addresses.flow_token(routes[0])
+            if token is not None:
+                tokens.append(token)
             request.remove_first_value("route")
 
+    def _dialog_receiver(
+        self, dialog: Dialog, request: Request, flow: Flow, tokens: list[str]
+    ) -> Party:
+        """The party an in-dialog request goes to. It must name the dialog by both tags (481
+        otherwise), come from the other party's own flow or address, and carry only flow tokens
+        issued for this dialog (403 otherwise). The Request-URI never chooses the next hop."""
+        from_tag = request.from_.tag
+        to_tag = request.to.tag
+        sender: Party | None = None
+        receiver: Party | None = None
+        if from_tag is not None and from_tag == dialog.caller_tag:
+            sender = dialog.caller_party
+            receiver = dialog.callee_parties.get(to_tag or "")
+        elif from_tag is not None and to_tag == dialog.caller_tag:
+            receiver = dialog.caller_party
+            sender = dialog.callee_parties.get(from_tag)
+            if sender is None:
+                # A NOTIFY ahead of its SUBSCRIBE's 2xx: from one of the request's branches.
+                sender = next((p for p in dialog.branch_parties if self._sent_by(p, flow)), None)
+                if sender is not None:
+                    dialog.learn_callee(from_tag, sender)
+        if sender is None or receiver is None:
+            raise SipError(481, "Call/Transaction Does Not Exist")
+        if not self._sent_by(sender, flow):
+            raise SipError(403, "Forbidden (not a party of this dialog)")
+        for token in tokens:
+            if self._tokens.decode(token, request.call_id, DIALOG) is None:
+                raise SipError(403, "Forbidden (flow token not issued for this dialog)")
+        return receiver
+
+    async def _in_dialog_ruri(self, request: Request, receiver: Party) -> str:
+        """The Request-URI toward the receiver: unchanged, unless the peer lost our route and
+        named one of our GRUUs, which is retargeted to that device's contact."""
+        uri = request.ruri
+        gruu = self.gruus.resolve(uri) if self._is_local_domain(uri) else None
+        if gruu is not None:
+            for candidate in await self._gruu_destinations(uri, gruu, request.call_id):
+                if receiver.is_at(candidate.target):
+                    return candidate.ruri
+        return request.uri
+
+    def _sent_by(self, party: Party, flow: Flow) -> bool:
+        if party.sent(flow):
+            return True
+        trunk = self._trust.trunk_of(flow) if party.trunk is not None else None
+        return trunk is not None and trunk.name == party.trunk
+
     async def _route_in_dialog(
-        self, request: Request, server: ServerTransaction, flow_ref: FlowRef | None
+        self, request: Request, server: ServerTransaction, tokens: list[str]
     ) -> None:
         dialog = self.dialogs.get(request.call_id)
         if dialog is None:
             raise SipError(481, "Call/Transaction Does Not Exist")
-        destination = await self._next_hop(request, flow_ref)
+        receiver = self._dialog_receiver(dialog, request, server.flow, tokens)
+        destination = Destination(await self._in_dialog_ruri(request, receiver), receiver.target)
         if request.method == "BYE":
             self.dialogs.extend(dialog, EARLY_DIALOG_LIFETIME)
         forwarding = Forwarding(request, server, dialog=dialog)
@@ -228,40 +305,18 @@ class Proxy:
         forwarding.cseq_offset = _cseq_offset(dialog, request)
         await self._forward(forwarding, [destination], record_route=False)
 
-    async def _next_hop(self, request: Request, flow_ref: FlowRef | None) -> Destination:
-        """Loose routing (§16.12): the next Route if any, else the Request-URI."""
-        routes = request.name_addrs("route")
-        if routes:
-            uri = routes[0].uri
-            target = await self._resolve(uri)
-            return Destination(request.uri, target, kind=_kind(target.transport))
-        if flow_ref is not None:
-            return await self._flow_destination(request.uri, flow_ref)
-        uri = request.ruri
-        gruu = self.gruus.resolve(uri) if self._is_local_domain(uri) else None
-        if gruu is not None:
-            # A target refresh named one of our GRUUs and the peer sent it without our Route.
-            return (await self._gruu_destinations(uri, gruu))[0]
-        target = await self._resolve(uri)
-        return Destination(request.uri, target, kind=_kind(target.transport))
-
-    async def _flow_destination(self, ruri: str, flow_ref: FlowRef) -> Destination:
-        if flow_ref.node_id == self.policy.node_id:
-            flow = self._transport.flow_by_id(flow_ref.flow_id)
-            if flow is None or flow.closed:
-                raise SipError(430, "Flow Failed")
-            return Destination(ruri, flow, kind=_kind(flow.transport))
-        return await self._via_node(ruri, flow_ref, kind="webrtc")
-
-    async def _via_node(self, ruri: str, flow_ref: FlowRef, kind: str) -> Destination:
+    async def _via_node(
+        self, ruri: str, flow_ref: FlowRef, kind: str, call_id: str
+    ) -> Destination:
         nodes = await self._location.live_nodes()
         node = nodes.get(flow_ref.node_id)
         if node is None or not node.sip_address:
             raise SipError(480, f"Node {flow_ref.node_id} holding the flow is gone")
         uri = SipUri.parse(f"sip:{node.sip_address}")
         target = await self._resolve(uri)
-        token = self._tokens.encode(flow_ref)
-        route = f"<sip:{node.sip_address};lr;ws2sip-flow={token}>"
+        # The hop token is what makes the other node deliver without a challenge of its own.
+        token = self._tokens.encode(flow_ref, call_id, HOP)
+        route = f"<sip:{node.sip_address};lr;{FLOW_PARAM}={token}>"
         return Destination(ruri, target, routes=[route], kind=kind)
 
     async def _deliver_internal(
@@ -269,7 +324,10 @@ class Proxy:
     ) -> None:
         if flow_ref.node_id != self.policy.node_id:
             raise SipError(403, "Flow token for another node")
-        destination = await self._flow_destination(request.uri, flow_ref)
+        flow = self._transport.flow_by_id(flow_ref.flow_id)
+        if flow is None or flow.closed:
+            raise SipError(430, "Flow Failed")
+        destination = Destination(request.uri, flow, kind=_kind(flow.transport))
         forwarding = Forwarding(request, server)
         if request.method in DIALOG_METHODS:
             forwarding.dialog = self.dialogs.add(
@@ -280,7 +338,7 @@ class Proxy:
     async def _route_initial(self, request: Request, server: ServerTransaction) -> None:
         if request.method in ("BYE", "PRACK", "ACK"):
             raise SipError(481, "Call/Transaction Does Not Exist")
-        trunk = self._trunk_sources.get(server.flow.remote[0])
+        trunk = self._trust.trunk_of(server.flow)
         caller_aor: str | None = None
         if trunk is None:
             caller_aor = await self._authenticate_user(request, server)
@@ -294,10 +352,10 @@ class Proxy:
             if gruu is not None:
                 # Only the named instance, never its AoR's other devices nor a trunk (§8.4.1).
                 callee_aor = gruu.aor
-                destinations = await self._gruu_destinations(ruri, gruu)
+                destinations = await self._gruu_destinations(ruri, gruu, request.call_id)
             else:
                 callee_aor = ruri.address_of_record
-                destinations = await self._local_destinations(callee_aor)
+                destinations = await self._local_destinations(callee_aor, request.call_id)
                 if not destinations and trunk is None:
                     destinations = self._trunk_destinations(request, ruri)
                 if not destinations:
@@ -308,7 +366,7 @@ class Proxy:
             destinations = self._trunk_destinations(request, ruri)
             if not destinations:
                 raise SipError(403, f"Relaying to {ruri.host} is not allowed")
-        forwarding = Forwarding(request, server)
+        forwarding = Forwarding(request, server, asserted_identity=caller_aor)
         if request.method in DIALOG_METHODS:
             dialog_trunk = next((d.trunk for d in destinations if d.trunk), None) or trunk
             self._check_limits(request, caller_aor, callee_aor, dialog_trunk)
@@ -339,28 +397,30 @@ class Proxy:
     def _is_local_domain(self, uri: SipUri) -> bool:
         return uri.host.lower() == self.policy.domain or self.addresses.is_local_uri(uri)
 
-    async def _local_destinations(self, aor: str) -> list[Destination]:
+    async def _local_destinations(self, aor: str, call_id: str) -> list[Destination]:
         return await self._destinations(
-            await self._location.lookup(_domain_aor(aor, self.policy.domain))
+            await self._location.lookup(_domain_aor(aor, self.policy.domain)), call_id
         )
 
-    async def _destinations(self, bindings: list[Binding]) -> list[Destination]:
+    async def _destinations(self, bindings: list[Binding], call_id: str) -> list[Destination]:
         """A branch per binding; a binding that cannot be reached is logged and left out."""
         destinations: list[Destination] = []
         for binding in bindings:
             try:
-                destinations.append(await self._binding_destination(binding))
+                destinations.append(await self._binding_destination(binding, call_id))
             except SipError as error:
                 log.info("binding %s of %s unusable: %s", binding.contact, binding.aor,
                          error.reason)
         return destinations
 
-    async def _gruu_destinations(self, ruri: SipUri, gruu: GruuTarget) -> list[Destination]:
+    async def _gruu_destinations(
+        self, ruri: SipUri, gruu: GruuTarget, call_id: str
+    ) -> list[Destination]:
         """The bindings of the GRUU's instance; 480 when it has none (§8.4.1), 404 for a
         temporary GRUU whose instance registered again with a new Call-ID (§5.3)."""
         bindings = await self._location.lookup(_domain_aor(gruu.aor, self.policy.domain))
         destinations = await self._destinations(
-            [b for b in bindings if gruu.admits(b.instance_id, b.call_id)]
+            [b for b in bindings if gruu.admits(b.instance_id, b.call_id)], call_id
         )
         if destinations:
             return destinations
@@ -370,7 +430,7 @@ class Proxy:
             raise SipError(404, "Not Found")
         raise SipError(480, "Temporarily Unavailable (GRUU instance not registered)")
 
-    async def _binding_destination(self, binding: Binding) -> Destination:
+    async def _binding_destination(self, binding: Binding, call_id: str) -> Destination:
         kind = _kind(binding.transport)
         if binding.transport == "udp":
             # Connectionless: any node reaches the client at the address it registered from.
@@ -379,7 +439,7 @@ class Proxy:
                                       kind=kind)
         elif binding.node_id != self.policy.node_id:
             destination = await self._via_node(
-                binding.contact, FlowRef(binding.node_id, binding.connection_id), kind
+                binding.contact, FlowRef(binding.node_id, binding.connection_id), kind, call_id
             )
         else:
             flow = self._transport.flow_by_id(binding.connection_id)
@@ -454,11 +514,14 @@ class Proxy:
 
         server.on_terminated = forget
         incoming = server.flow
-        if request.to.tag is None and forwarding.dialog is not None:
+        dialog = forwarding.dialog
+        creates_dialog = request.to.tag is None and dialog is not None
+        if dialog is not None and creates_dialog:
             forwarding.sender_kind = side_of_sdp(request.body, incoming.transport)
-            forwarding.dialog.caller_kind = forwarding.sender_kind
-            forwarding.dialog.extra["caller_tag"] = request.from_.tag
-            self.dialogs.attach_flow(forwarding.dialog, incoming.id)
+            dialog.caller_kind = forwarding.sender_kind
+            dialog.caller_tag = request.from_.tag
+            dialog.caller_party = self._party_of(incoming)
+            self.dialogs.attach_flow(dialog, incoming.id)
         anchored_offer = await self._media_offer(forwarding, destinations)
         for destination in destinations:
             branch_request = self._branch_request(
@@ -467,7 +530,13 @@ class Proxy:
             )
             if anchored_offer is not None and destination.kind != forwarding.sender_kind:
                 branch_request.set_body(anchored_offer, "application/sdp")
+            if destination.trunk is not None and forwarding.asserted_identity is not None:
+                branch_request.set("P-Asserted-Identity", f"<{forwarding.asserted_identity}>")
             branch = Branch(destination, branch_request)
+            if dialog is not None and creates_dialog:
+                branch.party = Party(destination.target,
+                                     destination.trunk.name if destination.trunk else None)
+                dialog.branch_parties.append(branch.party)
             forwarding.branches.append(branch)
         for branch in list(forwarding.branches):
             self._start_branch(forwarding, branch)
@@ -488,9 +557,10 @@ class Proxy:
         max_forwards = request.max_forwards
         out.set("Max-Forwards", str(MAX_FORWARDS if max_forwards is None else max_forwards - 1))
         if record_route and incoming is not None and request.method in DIALOG_METHODS:
-            inbound = self.addresses.record_route(incoming.transport, incoming)
+            call_id = request.call_id
+            inbound = self.addresses.record_route(incoming.transport, call_id, incoming)
             outbound_flow = destination.target if isinstance(destination.target, Flow) else None
-            outbound = self.addresses.record_route(destination.transport, outbound_flow)
+            outbound = self.addresses.record_route(destination.transport, call_id, outbound_flow)
             # Two entries when the transport changes (WS in, UDP out), so that in-dialog
             # requests from either side come back in on the right interface (RFC 5658).
             if inbound != outbound:
@@ -498,9 +568,14 @@ class Proxy:
             out.prepend("Record-Route", outbound)
         for route in reversed(destination.routes):
             out.prepend("Route", route)
-        branch_id = f"{self._transactions.new_branch()}.{loop_hash(request)}"
-        out.prepend("Via", self._via(destination, branch_id))
+        out.prepend("Via", self._via(destination, self._branch(request)))
         return out
+
+    def _branch(self, request: Request) -> str:
+        """Our branch for a request forwarded on: signed for its upstream hop, then the loop
+        marker (§16.6 step 8)."""
+        signed = signed_branch(self._branch_key, upstream_hop(request.call_id, request.top_via))
+        return f"{signed}.{loop_hash(request)}"
 
     def _via(self, destination: Destination, branch: str) -> str:
         transport = destination.transport
@@ -527,6 +602,10 @@ class Proxy:
         self, forwarding: Forwarding, branch: Branch, response: Response
     ) -> None:
         status = response.status
+        if branch.party is not None and forwarding.dialog is not None and 100 < status < 300:
+            tag = response.to.tag
+            if tag is not None:
+                forwarding.dialog.learn_callee(tag, branch.party)
         if status < 200:
             branch.provisional = True
             if branch.cancel_wanted:
@@ -634,9 +713,7 @@ class Proxy:
             return False
         retry = branch.request.copy()
         retry.remove_first_value("via")
-        retry.prepend("Via", self._via(branch.destination,
-                                        f"{self._transactions.new_branch()}."
-                                        f"{loop_hash(forwarding.request)}"))
+        retry.prepend("Via", self._via(branch.destination, self._branch(forwarding.request)))
         cseq = branch.request.cseq
         retry.set("CSeq", f"{cseq.number + 1} {cseq.method}")
         retry.add(
@@ -667,8 +744,20 @@ class Proxy:
                         upstream.add(name, value)
 
     def _on_stray_response(self, response: Response, flow: Flow) -> None:
-        """2xx retransmissions after the client transaction ended: relay statelessly."""
+        """2xx retransmissions after the client transaction ended: relay statelessly, only when
+        our top Via's branch is one we signed for the Via below it (anything else is forged or
+        not ours, and would make us a reflector)."""
         if response.status < 200 or response.status >= 300:
+            return
+        try:
+            vias = response.vias
+            ours = len(vias) >= 2 and is_signed_branch(
+                vias[0].branch, self._branch_key, upstream_hop(response.call_id, vias[1]))
+        except SipError:
+            ours = False
+        if not ours:
+            log.debug("stray %d for %s from %s dropped: not a branch of ours", response.status,
+                      response.call_id, flow.remote)
             return
         upstream = response.copy()
         upstream.remove_first_value("via")
@@ -734,14 +823,17 @@ class Proxy:
             self.dialogs.release(forwarding.dialog.call_id)
 
     # --- ACK for 2xx -------------------------------------------------------------------------
-    async def _forward_ack(self, ack: Request) -> None:
+    async def _forward_ack(self, ack: Request, flow: Flow) -> None:
         try:
-            flow_ref = self._pop_own_routes(ack)
+            tokens = self._pop_own_routes(ack)
+            if self._trust.trunk_of(flow) is None:
+                _strip_asserted_identity(ack)
             dialog = self.dialogs.get(ack.call_id)
             if dialog is None:
                 log.debug("ACK for unknown dialog %s dropped", ack.call_id)
                 return
-            destination = await self._next_hop(ack, flow_ref)
+            receiver = self._dialog_receiver(dialog, ack, flow, tokens)
+            destination = Destination(await self._in_dialog_ruri(ack, receiver), receiver.target)
             out = self._branch_request(ack, destination, None, record_route=False,
                                        cseq_offset=_cseq_offset(dialog, ack))
             if dialog.media is not None and self._media is not None:
@@ -775,6 +867,15 @@ class Proxy:
         return body
 
     # --- helpers -----------------------------------------------------------------------------
+    def _party_of(self, flow: Flow) -> Party:
+        """The party that sent a dialog-creating request on `flow`: reached again on that flow
+        when it is a connection, at its source address over UDP (an idle UDP flow is
+        forgotten; the address stays)."""
+        trunk = self._trust.trunk_of(flow)
+        host, port = flow.remote
+        target: Flow | Target = flow if flow.reliable else Target(flow.transport, host, port)
+        return Party(target, trunk.name if trunk is not None else None)
+
     def _reply(
         self, server: ServerTransaction, request: Request, status: int, reason: str,
         headers: list[tuple[str, str]] | None = None,
@@ -787,6 +888,12 @@ class Proxy:
 
 def _ignore_response(response: Response, client: ClientTransaction) -> None:
     """Responses to our own CANCELs need no action: the INVITE's 487 ends the branch."""
+
+
+def _strip_asserted_identity(request: Request) -> None:
+    for name in ASSERTED_IDENTITY_HEADERS:
+        if request.has(name):
+            request.remove(name)
 
 
 def _kind(transport: str) -> str:
@@ -831,13 +938,13 @@ def _best_response(finals: list[Response]) -> Response:
 
 def _kinds_in_dialog(dialog: Dialog, request: Request) -> tuple[str, str]:
     """(sender kind, receiver kind) of an in-dialog request, by who sent the dialog's INVITE."""
-    if request.from_.tag == dialog.extra.get("caller_tag"):
+    if request.from_.tag == dialog.caller_tag:
         return dialog.caller_kind, dialog.callee_kind
     return dialog.callee_kind, dialog.caller_kind
 
 
 def _cseq_offset(dialog: Dialog, request: Request) -> int:
     """The CSeq shift for the caller's requests toward a trunk that made us authenticate."""
-    if request.from_.tag == dialog.extra.get("caller_tag"):
+    if request.from_.tag == dialog.caller_tag:
         return int(dialog.extra.get("trunk_cseq_offset", 0))
     return 0

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
 from sip.flow import Flow, format_address
-from sip.headers import NameAddr
+from sip.headers import NameAddr, Via
 from sip.message import Request
 from sip.resolver import Target
 from sip.uri import SipUri
 
-from .config import Trunk
+from .config import Trunk, TrustedSource
+from .flowtoken import DIALOG, FlowRef, FlowTokens
 from .flowtoken import PARAM as FLOW_PARAM
-from .flowtoken import FlowRef, FlowTokens
 
 WEBRTC_TRANSPORTS = frozenset(("ws", "wss"))
+# Sources seen recently and the trunk they matched (or None): a request from a trunk or a
+# phone is matched against the rules once, not each time.
+TRUST_CACHE_SIZE = 1024
 
 
 @dataclass(slots=True)
@@ -32,6 +36,30 @@ class Destination:
     @property
     def transport(self) -> str:
         return self.target.transport.lower()
+
+
+class TrunkTrust:
+    """Which trunk, if any, a flow speaks for: its transport, source address and port against
+    each trunk's trusted_sources (first match wins). WebSocket flows are never a trunk."""
+
+    def __init__(self, trunks: tuple[Trunk, ...]) -> None:
+        self._rules = [
+            (TrustedSource.parse(source), trunk)
+            for trunk in trunks for source in trunk.trusted_sources
+        ]
+        self._match = functools.lru_cache(maxsize=TRUST_CACHE_SIZE)(self._first_match)
+
+    def trunk_of(self, flow: Flow) -> Trunk | None:
+        if not self._rules or flow.transport in WEBRTC_TRANSPORTS:
+            return None
+        host, port = flow.remote
+        return self._match(flow.transport, host, port)
+
+    def _first_match(self, transport: str, host: str, port: int) -> Trunk | None:
+        for rule, trunk in self._rules:
+            if rule.matches(transport, host, port):
+                return trunk
+        return None
 
 
 class LocalAddresses:
@@ -66,9 +94,9 @@ class LocalAddresses:
             return uri.host.lower() == self.domain or 5060 in self.ports or 5061 in self.ports
         return uri.port in self.ports
 
-    def record_route(self, transport: str, flow: Flow | None = None) -> str:
+    def record_route(self, transport: str, call_id: str, flow: Flow | None = None) -> str:
         """Our Record-Route entry facing a peer on `transport`; toward a flow-bound peer
-        (browser, NATed client) it carries the signed flow token."""
+        (browser, NATed client) it carries a flow token signed for this dialog only."""
         if transport in WEBRTC_TRANSPORTS and flow is not None:
             host, port = self.public_address or flow.local[0], flow.local[1]
         else:
@@ -76,12 +104,13 @@ class LocalAddresses:
             host, port = bound
         uri = f"sip:{format_address((host, port))};transport={transport};lr"
         if flow is not None and flow.reliable:
-            uri += f";{FLOW_PARAM}={self._tokens.encode(FlowRef(self.node_id, flow.id))}"
+            token = self._tokens.encode(FlowRef(self.node_id, flow.id), call_id, DIALOG)
+            uri += f";{FLOW_PARAM}={token}"
         return f"<{uri}>"
 
-    def flow_of(self, route: NameAddr) -> FlowRef | None:
-        token = route.uri.params.get(FLOW_PARAM)
-        return self._tokens.decode(token) if token else None
+    @staticmethod
+    def flow_token(route: NameAddr) -> str | None:
+        return route.uri.params.get(FLOW_PARAM)
 
 
 def loop_hash(request: Request) -> str:
@@ -92,6 +121,17 @@ def loop_hash(request: Request) -> str:
          str(request.cseq.number), ",".join(request.get_all("proxy-require")))
     )
     return hashlib.blake2b(material.encode(), digest_size=6).hexdigest()
+
+
+def upstream_hop(call_id: str, via: Via) -> str:
+    """What our branch toward the next hop is signed over: the request's Call-ID and the Via
+    its responses return to (sent-by, received, rport, branch), as parsed, so that a peer that
+    re-serialises Vias still echoes the same values."""
+    params = via.params
+    return "\n".join((
+        call_id, via.transport.upper(), via.host.lower(), str(via.port),
+        params.get("received") or "", params.get("rport") or "", params.get("branch") or "",
+    ))
 
 
 def side_of_sdp(body: bytes, transport: str) -> str:

@@ -37,6 +37,9 @@ class TransactionLayer:
         self.timers = timers or Timers()
         self.on_request: Callable[[Request, ServerTransaction | None], None] = _unhandled_request
         self.on_stray_response: Callable[[Response, Flow], None] = _unhandled_response
+        # An ACK that matches no INVITE server transaction (the ACK of a 2xx, end to end): a
+        # proxy needs the flow it came on to know who sent it. By default the TU's on_request.
+        self.on_stray_ack: Callable[[Request, Flow], None] = self._ack_to_core
         self._clients: dict[tuple[str, str], ClientTransaction] = {}
         self._servers: dict[ServerKey, ServerTransaction] = {}
         # UAS 2xx retransmissions wait for an ACK that has its own branch (§13.3.1.4): matched
@@ -145,6 +148,9 @@ class TransactionLayer:
         waiting = self._awaiting_ack.pop((ack.call_id, ack.cseq.number), None)
         if waiting is not None:
             waiting.ack_received()
+        self.on_stray_ack(ack, flow)
+
+    def _ack_to_core(self, ack: Request, flow: Flow) -> None:
         self.on_request(ack, None)
 
     async def close(self) -> None:
