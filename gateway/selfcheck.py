@@ -813,7 +813,7 @@ def _sip_factories() -> dict[str, Check]:
 def _gateway_factories() -> dict[str, Check]:
     from gateway.auth import AuthOutcome
     from gateway.config import Trunk
-    from gateway.dialogs import Dialog, DialogTable
+    from gateway.dialogs import Dialog, DialogTable, Party
     from gateway.dispatch import ALLOWED_METHODS, RequestCounts, RequestDispatch
     from gateway.flowtoken import FlowRef, FlowTokens
     from gateway.location.memory import MemoryLocationService
@@ -828,7 +828,7 @@ def _gateway_factories() -> dict[str, Check]:
     from gateway.media import Exchange, MediaAnchor
     from gateway.proxy import Branch, Forwarding, ProxyPolicy
     from gateway.registrar import RegistrarPolicy
-    from gateway.routing import Destination, LocalAddresses
+    from gateway.routing import Destination, LocalAddresses, TrunkTrust
     from gateway.tasks import TaskSet
     from sip.digest import build_authorization, select_challenge
     from sip.resolver import Target
@@ -899,7 +899,8 @@ def _gateway_factories() -> dict[str, Check]:
 
     def use_local_addresses(addresses: LocalAddresses, kit: Kit) -> None:
         addresses.add_listener("udp", "0.0.0.0", 5060)
-        _expect(addresses.record_route("udp"), "<sip:203.0.113.7:5060;transport=udp;lr>",
+        _expect(addresses.record_route("udp", "a84b4c76e66710@pc33"),
+                "<sip:203.0.113.7:5060;transport=udp;lr>",
                 "its Record-Route toward UDP")
         _expect(addresses.is_local_uri(SipUri.parse("sip:203.0.113.7")), True,
                 "whether its public address is local")
@@ -910,6 +911,17 @@ def _gateway_factories() -> dict[str, Check]:
         dialog.extra["ack_answer_pending"] = True
         _expect((dialog.confirmed, dialog.flow_ids, dialog.media), (True, {"ws:1"}, None),
                 "confirmed, flows, media")
+
+    async def make_party(kit: Kit) -> Party:
+        return Party(await kit.flow())
+
+    async def use_party(party: Party, kit: Kit) -> None:
+        flow = await kit.flow()
+        _expect((party.sent(flow), party.is_at(flow)), (True, True), "its own flow")
+
+    async def use_trunk_trust(trust: TrunkTrust, kit: Kit) -> None:
+        trunk = trust.trunk_of(await kit.flow())  # a UDP flow from 127.0.0.1
+        _expect(trunk and trunk.name, "pbx", "the trunk a loopback UDP flow speaks for")
 
     def use_dialog_table(table: DialogTable, kit: Kit) -> None:
         dialog = Dialog("a84b4c76e66710@pc33", "INVITE", caller=ALICE)
@@ -922,9 +934,12 @@ def _gateway_factories() -> dict[str, Check]:
 
     def use_flow_tokens(tokens: FlowTokens, kit: Kit) -> None:
         ref = FlowRef(NODE_ID, "ws:7")
-        token = tokens.encode(ref)
-        _expect(tokens.decode(token), ref, "the token decoded")
-        _expect(FlowTokens(os.urandom(32)).decode(token), None, "the token, decoded elsewhere")
+        call_id = "a84b4c76e66710@pc33"
+        token = tokens.encode(ref, call_id)
+        _expect(tokens.decode(token, call_id), ref, "the token decoded")
+        _expect(tokens.decode(token, "another call"), None, "the token, for another dialog")
+        _expect(FlowTokens(os.urandom(32)).decode(token, call_id), None,
+                "the token, decoded elsewhere")
 
     def make_task_set(kit: Kit) -> TaskSet:
         tasks = TaskSet(logging.getLogger("ws2sip.selfcheck"), "selfcheck task")
@@ -1020,6 +1035,10 @@ def _gateway_factories() -> dict[str, Check]:
         "gateway.auth.Authenticator": new(lambda k: k.auth(), use_auth),
         # gateway/routing.py
         "gateway.routing.Destination": new(lambda k: destination(), use_destination),
+        "gateway.routing.TrunkTrust": new(
+            lambda k: TrunkTrust((Trunk("pbx", "192.0.2.10:5060",
+                                        trusted_sources=("udp:127.0.0.0/8",)),)),
+            use_trunk_trust),
         "gateway.routing.LocalAddresses": new(
             lambda k: LocalAddresses(DOMAIN, "203.0.113.7", FlowTokens(k.secret), NODE_ID),
             use_local_addresses),
@@ -1029,6 +1048,7 @@ def _gateway_factories() -> dict[str, Check]:
                              callee=f"sip:bob@{DOMAIN}"),
             use_dialog),
         "gateway.dialogs.DialogTable": new(lambda k: DialogTable(), use_dialog_table),
+        "gateway.dialogs.Party": new(make_party, use_party),
         # gateway/flowtoken.py
         "gateway.flowtoken.FlowRef": new(
             lambda k: FlowRef(NODE_ID, "ws:7"),
