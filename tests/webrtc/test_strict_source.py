@@ -138,22 +138,25 @@ async def test_a_phone_behind_nat_is_learned_among_junk_and_keeps_the_call(
             await asyncio.sleep(0.6)
             await attacker.play_tone(ATTACKER_TONE, 1.0)  # within the window, phone alive
             await asyncio.gather(junk, talking)
-            plain: PlainLeg = session._streams["audio"].plain
-            assert plain.rtp_source == ("127.0.0.1", phone.port)
-            sprayer.setblocking(True)
-            sprayer.settimeout(0.2)
-            with pytest.raises(TimeoutError):
-                sprayer.recv(2048)  # nothing ever went to the junk's address
-
-        assert len(phone.packets) > 60
-        assert attacker.packets == []
-        assert_hears(phone.heard(0), 8000, BROWSER_TONE)
-        assert_hears(browser.heard(), browser.rate, PHONE_TONE)
-        assert session.stats()["foreign_dropped"] >= 100 + 50
+            await asyncio.sleep(0.1)
+            try:
+                sprayer.recv(2048)
+                junk_received = True
+            except BlockingIOError:
+                junk_received = False  # nothing ever went to the junk's address
+        latched = session._streams["audio"].plain.rtp_source
+        stats = session.stats()
         assert_relayed_in_c(session)
     finally:
         await decoy.close()
         await attacker.close()
+    assert latched == ("127.0.0.1", phone.port)
+    assert not junk_received
+    assert attacker.packets == []
+    assert len(phone.packets) > 60
+    assert_hears(phone.heard(0), 8000, BROWSER_TONE)
+    assert_hears(browser.heard(), browser.rate, PHONE_TONE)
+    assert stats["foreign_dropped"] >= 100 + 50
 
 
 # -- the latching rule on a bare leg, with short timings ------------------------------------
