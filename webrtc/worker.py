@@ -21,6 +21,7 @@ from typing import Any
 
 from .channel import Channel, ChannelClosed
 from .errors import MediaError
+from .plain import LatchPolicy
 from .relay import MediaRelay
 from .session import MediaSession
 
@@ -37,6 +38,7 @@ class WorkerConfig:
     stun_servers: list[str] | None
     gc_threshold: tuple[int, int, int] | None  # the gateway's collector settings, if it has any
     log_level: int
+    latch: LatchPolicy | None = None  # the relay's default when None
 
 
 def run_worker(connection: Connection, config: WorkerConfig) -> None:
@@ -58,7 +60,7 @@ def run_worker(connection: Connection, config: WorkerConfig) -> None:
 async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
     relay = MediaRelay(bind_host=config.bind_host, public_host=config.public_host,
                        port_min=config.port_min, port_max=config.port_max,
-                       stun_servers=config.stun_servers)
+                       stun_servers=config.stun_servers, latch=config.latch)
     channel = await Channel.open(sock)
     if config.gc_threshold is not None:
         gc.freeze()
