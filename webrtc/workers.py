@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -260,7 +261,7 @@ class MediaWorkers:
             WorkerConfig(index=index, bind_host=bind_host, public_host=public_host,
                          port_min=low, port_max=high, stun_servers=stun_servers,
                          gc_threshold=gc_threshold, log_level=logging.getLogger().level,
-                         latch=latch)
+                         latch=dataclasses.asdict(latch) if latch is not None else None)
             for index, (low, high) in enumerate(port_slices(port_min, port_max, count))
         ]
         self._workers: list[_Worker] = []
