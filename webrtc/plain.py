@@ -264,13 +264,13 @@ class PlainLeg:
     def _may_latch_rtp(self, data: bytes, addr: SocketAddress) -> bool:
         if not self._sdp_known:
             return False  # where the peer is comes from its SDP: nothing before
+        now = time.monotonic()
+        if self._learning_ends is None:  # the call's first packet, whoever sent it
+            self._learning_ends = now + self._policy.learn_seconds
         if _is_signalled(self._signalled_rtp, addr):
             return True
         if self.rtcp_mux and is_rtcp(data):
             return False  # only RTP shows a consistent stream
-        now = time.monotonic()
-        if self._learning_ends is None:
-            self._learning_ends = now + self._policy.learn_seconds
         if now > self._learning_ends or self._source_alive(now):
             return False
         return self._on_probation(data, addr, now)

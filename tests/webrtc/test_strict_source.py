@@ -240,6 +240,29 @@ async def test_nothing_is_learned_before_the_sdp_and_the_sdp_address_always_wins
         phone.sock.close()
 
 
+async def test_a_phone_silent_on_hold_is_not_replaced_once_the_window_is_over() -> None:
+    """The window runs from the call's first packet, the phone's own included: a stream that
+    starts later, while the phone is silent (on hold), is not learned."""
+    phone, stranger = Sender(), Sender()
+    base = random.randrange(30000, 60000, 2)
+    leg = PlainLeg(PortPool("127.0.0.1", base, base + 40),
+                   LatchPolicy(learn_seconds=0.5, probation_seconds=0.05, alive_seconds=0.2))
+    await leg.open()
+    leg.on_rtp = [].append
+    try:
+        leg.set_remote(*phone.address, None, False)
+        await phone.stream(leg.port, 5)
+        assert leg.rtp_source == phone.address
+        await asyncio.sleep(0.7)  # on hold: silent, and the window is over
+        await stranger.stream(leg.port, 30)  # longer than alive_seconds: the phone is silent
+        assert leg.rtp_source == phone.address
+        assert leg.foreign_packets == 30
+    finally:
+        leg.close()
+        phone.sock.close()
+        stranger.sock.close()
+
+
 # -- ports -----------------------------------------------------------------------------------
 
 
@@ -295,4 +318,4 @@ def test_the_python_path_holds_the_same_line() -> None:
         capture_output=True, text=True, timeout=150, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "7 passed" in result.stdout, result.stdout
+    assert "8 passed" in result.stdout, result.stdout
