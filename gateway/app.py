@@ -294,13 +294,14 @@ class Gateway:
             return MediaWorkers(
                 config.media_workers, bind_host=bind_host, public_host=public_host,
                 port_min=port_min, port_max=port_max,
-                gc_threshold=(GC_YOUNG_THRESHOLD, 20, 100),
+                gc_threshold=(GC_YOUNG_THRESHOLD, 20, 100), latch=config.latch_policy,
             )
         return MediaRelay(
             bind_host=bind_host,
             public_host=public_host,
             port_min=port_min,
             port_max=port_max,
+            latch=config.latch_policy,
         )
 
     def _internal_address(self) -> str:

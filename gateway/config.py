@@ -13,7 +13,10 @@ import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from webrtc.plain import LatchPolicy
 
 LISTENER_KINDS = ("udp", "tcp", "tls", "ws", "wss")
 MIN_MESSAGE_SIZE = 1024  # below this not even a plain REGISTER fits
@@ -116,6 +119,11 @@ class Config:
     rtp_ports: str = "20000-40000"
     media_address: str = ""  # where media sockets bind; default: the first specific SIP listener
     media_workers: int = 0  # relay processes sharing rtp_ports; 0: media in the gateway process
+    # Strict source on the plain RTP port (webrtc.plain.LatchPolicy): which sender is the phone.
+    rtp_learn_seconds: float = 3.0
+    rtp_probation_packets: int = 4
+    rtp_probation_seconds: float = 0.2
+    rtp_alive_seconds: float = 1.0
     log_level: str = "info"
     allowed_origins: tuple[str, ...] = ()
     max_message_size: int = 65_535
@@ -167,6 +175,15 @@ class Config:
                 f"rtp_ports: expected MIN-MAX within 1024-65535, got {self.rtp_ports!r}"
             )
         return int(match[1]), int(match[2])
+
+    @property
+    def latch_policy(self) -> LatchPolicy:
+        from webrtc.plain import LatchPolicy  # the media plane only where media runs
+
+        return LatchPolicy(
+            learn_seconds=self.rtp_learn_seconds, probation_packets=self.rtp_probation_packets,
+            probation_seconds=self.rtp_probation_seconds, alive_seconds=self.rtp_alive_seconds,
+        )
 
     @property
     def users_path(self) -> Path:
@@ -256,6 +273,12 @@ def _check(config: Config) -> None:
     if (port_max - port_min + 1) // max(config.media_workers, 1) < 4:  # a call needs 3 ports
         raise ConfigError(f"rtp_ports {config.rtp_ports}: too few ports, at least 4 per "
                           f"media worker ({config.media_workers})")
+    for name in ("rtp_learn_seconds", "rtp_probation_seconds", "rtp_alive_seconds"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name}: expected seconds >= 0, got {getattr(config, name)}")
+    if config.rtp_probation_packets < 1:
+        raise ConfigError(
+            f"rtp_probation_packets: expected 1 or more, got {config.rtp_probation_packets}")
     if not 0 < config.min_expires <= config.default_expires <= config.max_expires:
         raise ConfigError("expires: need 0 < min_expires <= default_expires <= max_expires")
     # aiohttp reads a WebSocket limit of 0 as "unlimited": refuse it rather than drop the limit.
@@ -313,6 +336,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-address", help="address announced in SDP, Via and Record-Route")
     parser.add_argument("--rtp-ports", metavar="MIN-MAX", help="UDP port range for media")
     parser.add_argument("--media-address", help="IP the media sockets bind to")
+    parser.add_argument(
+        "--rtp-learn-seconds", type=float, metavar="S",
+        help="a phone's RTP from an address other than its SDP's (NAT) is learned only this "
+        "long after the first packet (default 3)",
+    )
+    parser.add_argument(
+        "--rtp-probation-packets", type=int, metavar="N",
+        help="in-sequence RTP packets of one SSRC needed to learn such a source (default 4)",
+    )
+    parser.add_argument(
+        "--rtp-probation-seconds", type=float, metavar="S",
+        help="...spanning at least this long (default 0.2)",
+    )
+    parser.add_argument(
+        "--rtp-alive-seconds", type=float, metavar="S",
+        help="a learned source heard within this long is never replaced (default 1)",
+    )
     parser.add_argument(
         "--media-workers", type=int, metavar="N",
         help="relay media in N worker processes, each with a share of --rtp-ports, so media "

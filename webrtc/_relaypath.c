@@ -14,6 +14,13 @@ destination pump's socket. Everything else goes, unchanged, to the Python path t
 take without a pump: on_packet(packet) when set, else on_datagram(packet, source_address).
 webrtc/relay_pumps.py decides when a pump may relay and keeps it configured.
 
+Strict source: a pump given a `source` address (a plain leg's latched peer) relays, and hands
+to on_packet, only datagrams from that address; every other datagram goes to
+on_datagram(packet, source_address), where the leg's latching rule drops it or learns its
+sender (webrtc.plain.LatchPolicy). So injected packets are never relayed in C. It costs a
+recvfrom instead of a recv and an address comparison per datagram. `source_packets` counts
+the datagrams from the source (the leg reads liveness from it).
+
 Counters: loss is counted on a SequenceTable, one per Forwarder while its pumps relay, shared
 by all of them (an ICE restart's old and new sockets feed one Forwarder) and used by the
 Forwarder's own Python path meanwhile (webrtc.forwarding), so the count stays continuous
@@ -255,6 +262,9 @@ struct RelayPump {
     PyObject *on_datagram;    /* callable(packet, address) */
     PyObject *on_error;       /* callable(OSError): the socket's protocol.error_received */
     PyObject *poller;         /* the RelayPoller whose epoll set has the fd, or NULL */
+    PyObject *source_object;  /* the `source` address as given, or NULL: no filter */
+    struct sockaddr_storage source;  /* parsed: only datagrams from here relay / on_packet */
+    unsigned long long source_packets;  /* datagrams from `source`, never reset */
     int relaying;
     SrtpOperation srtp_in;
     SrtpOperation srtp_out;
@@ -526,6 +536,7 @@ static PyObject *pump_close(RelayPump *self, PyObject *unused) {
         failed = -1;
     }
     self->fd = -1;
+    Py_CLEAR(self->source_object);
     Py_CLEAR(self->lag);
     Py_CLEAR(self->on_packet);
     Py_CLEAR(self->on_datagram);
@@ -646,14 +657,37 @@ static PyObject *source_address(const struct sockaddr_storage *source, socklen_t
     return Py_BuildValue("si", host, ntohs(((const struct sockaddr_in *)source)->sin_port));
 }
 
+/* Whether a datagram's source is the pump's `source` (address and port). */
+static int from_source(const RelayPump *self, const struct sockaddr_storage *source,
+                       socklen_t length) {
+    const struct sockaddr_storage *expected = &self->source;
+    if (source->ss_family != expected->ss_family) {
+        return 0;
+    }
+    if (source->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)source;
+        const struct sockaddr_in *b = (const struct sockaddr_in *)expected;
+        return length >= (socklen_t)sizeof *a && a->sin_port == b->sin_port &&
+               a->sin_addr.s_addr == b->sin_addr.s_addr;
+    }
+    if (source->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)source;
+        const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)expected;
+        return length >= (socklen_t)sizeof *a && a->sin6_port == b->sin6_port &&
+               memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr) == 0;
+    }
+    return 0;
+}
+
 /* Reads and hands on one datagram: 1, or 0 when none was waiting, -1 with an exception set. */
 static int read_one(RelayPump *self) {
     struct sockaddr_storage source;
     socklen_t source_length = sizeof source;
     PyObject *on_packet = self->on_packet;
+    int filtered = self->source_object != NULL;
     ssize_t size;
     do {
-        if (on_packet != NULL) {
+        if (on_packet != NULL && !filtered) {
             size = recv(self->fd, self->datagram, MAX_DATAGRAM, 0);
         } else {
             size = recvfrom(self->fd, self->datagram, MAX_DATAGRAM, 0,
@@ -667,12 +701,22 @@ static int read_one(RelayPump *self) {
         /* e.g. ICMP port unreachable reported on a later read */
         return report_error(self->on_error) < 0 ? -1 : 1;
     }
+    if (filtered) {
+        if (from_source(self, &source, source_length)) {
+            self->source_packets++;
+        } else {
+            /* Not the latched peer: never relayed, and to the leg with its address. */
+            on_packet = NULL;
+            goto python_path;
+        }
+    }
     if (self->relaying) {
         int relayed = relay(self, self->datagram, size);
         if (relayed != 0) {
             return relayed;
         }
     }
+python_path:;
     PyObject *packet = PyBytes_FromStringAndSize((const char *)self->datagram, size);
     if (packet == NULL) {
         return -1;
@@ -800,6 +844,7 @@ static PyObject *pump_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
 static int pump_traverse(RelayPump *self, visitproc visit, void *arg) {
     Py_VISIT(self->lag);
     Py_VISIT(self->poller);
+    Py_VISIT(self->source_object);
     Py_VISIT(self->on_packet);
     Py_VISIT(self->on_datagram);
     Py_VISIT(self->on_error);
@@ -816,6 +861,7 @@ static int pump_traverse(RelayPump *self, visitproc visit, void *arg) {
 static int pump_clear(RelayPump *self) {
     clear_relay(self);
     Py_CLEAR(self->poller);
+    Py_CLEAR(self->source_object);
     Py_CLEAR(self->lag);
     Py_CLEAR(self->on_packet);
     Py_CLEAR(self->on_datagram);
@@ -848,6 +894,34 @@ static int pump_set_on_packet(RelayPump *self, PyObject *value, void *closure) {
     return 0;
 }
 
+static PyObject *pump_get_source(RelayPump *self, void *closure) {
+    if (self->source_object == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(self->source_object);
+    return self->source_object;
+}
+
+/* An address of the socket's family, numeric (as relay()'s destinations), or None. */
+static int pump_set_source(RelayPump *self, PyObject *value, void *closure) {
+    if (value == NULL || value == Py_None || self->fd < 0) {
+        Py_CLEAR(self->source_object);
+        return 0;
+    }
+    Destination parsed;
+    if (parse_address(self->fd, value, &parsed) < 0) {
+        return -1;
+    }
+    memcpy(&self->source, &parsed.address, sizeof self->source);
+    Py_INCREF(value);
+    Py_XSETREF(self->source_object, value);
+    return 0;
+}
+
+static PyObject *pump_get_source_packets(RelayPump *self, void *closure) {
+    return PyLong_FromUnsignedLongLong(self->source_packets);
+}
+
 static PyObject *pump_get_relaying(RelayPump *self, void *closure) {
     return PyBool_FromLong(self->relaying);
 }
@@ -863,6 +937,11 @@ static PyObject *pump_get_relayed(RelayPump *self, void *closure) {
 static PyGetSetDef pump_getset[] = {
     {"on_packet", (getter)pump_get_on_packet, (setter)pump_set_on_packet,
      "Takes the datagrams the pump does not relay, without their source, while set.", NULL},
+    {"source", (getter)pump_get_source, (setter)pump_set_source,
+     "While set, only datagrams from this (host, port) are relayed or go to on_packet; the "
+     "others go to on_datagram with their address.", NULL},
+    {"source_packets", (getter)pump_get_source_packets, NULL,
+     "Datagrams from `source` read, ever.", NULL},
     {"relaying", (getter)pump_get_relaying, NULL, "Whether relay() configured a route.", NULL},
     {"closed", (getter)pump_get_closed, NULL, "Whether close() was called.", NULL},
     {"relayed", (getter)pump_get_relayed, NULL, "Packets relayed in C, ever.", NULL},

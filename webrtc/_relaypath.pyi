@@ -17,6 +17,9 @@ class SequenceTable:
 
 class RelayPump:
     on_packet: Callable[[bytes], None] | None
+    source: tuple[Any, ...] | None
+    @property
+    def source_packets(self) -> int: ...
     @property
     def relaying(self) -> bool: ...
     @property

@@ -131,8 +131,11 @@ class DatagramSocket:
 
     Datagrams go to the protocol's datagram_received with their source address, or, while
     `on_packet` is set, to `on_packet` without it (no address to build for the packets of a
-    latched call). A full send buffer drops the datagram instead of queueing it: real-time
-    media would arrive too late, and STUN and DTLS retransmit.
+    latched call). While `source` is set too, only datagrams from that address take on_packet
+    (and the C relay path); the others go to datagram_received with their address, so that a
+    latched leg decides about them (strict source: nobody else's packets get relayed). A full
+    send buffer drops the datagram instead of queueing it: real-time media would arrive too
+    late, and STUN and DTLS retransmit.
 
     `pump`, where the C relay path exists, is the socket's reader (through `poller` when given
     and available); webrtc.relay_pumps configures it to relay a call's packets itself.
@@ -149,6 +152,8 @@ class DatagramSocket:
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self._on_packet: PacketHandler | None = None
+        self._source: Address | None = None
+        self._source_packets = 0
         protocol.connection_made(self)  # type: ignore[arg-type]  # the part aioice uses
         lag.acquire(self._loop)
         self.pump: RelayPump | None = None
@@ -174,6 +179,23 @@ class DatagramSocket:
         if self.pump is not None:
             self.pump.on_packet = handler
 
+    @property
+    def source(self) -> Address | None:
+        return self._source
+
+    @source.setter
+    def source(self, address: Address | None) -> None:
+        self._source = address
+        if self.pump is not None:
+            self.pump.source = address
+
+    @property
+    def source_packets(self) -> int:
+        """Datagrams from `source` taken so far, by either path: moves while it is alive."""
+        if self.pump is not None:
+            return self.pump.source_packets
+        return self._source_packets
+
     def _readable(self) -> None:
         if not self._lag.behind:
             self._read()
@@ -185,9 +207,11 @@ class DatagramSocket:
     def _read(self) -> bool:
         """Reads and hands on one datagram; False when none was waiting."""
         on_packet = self._on_packet
+        expected = self._source
         try:
-            if on_packet is not None:
+            if on_packet is not None and expected is None:
                 packet = self._sock.recv(_MAX_DATAGRAM)
+                source: Address = ()  # not read: on_packet takes every datagram
             else:
                 packet, source = self._sock.recvfrom(_MAX_DATAGRAM)
         except (BlockingIOError, InterruptedError):
@@ -195,7 +219,10 @@ class DatagramSocket:
         except OSError as exc:  # e.g. ICMP port unreachable reported on a later read
             self._protocol.error_received(exc)
             return True
-        if on_packet is not None:
+        if on_packet is not None and (expected is None or (
+                source[1] == expected[1] and source[0] == expected[0])):
+            if expected is not None:
+                self._source_packets += 1
             on_packet(packet)
         else:
             self._protocol.datagram_received(packet, source)

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
+import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .datagram import DatagramSocket, LoopLag, SocketPoller
 from .errors import MediaError
 
 ProtocolFactory = Callable[[], asyncio.DatagramProtocol]
+_RANDOM_PROBES = 16  # random draws before the exhaustive pass
 
 
 class PortPool:
     """Binds UDP sockets on even/odd ports of [port_min, port_max] and remembers which are open.
 
-    Ports are probed round-robin from a moving start so consecutive calls and concurrent
-    gateway processes rarely collide; a port the OS refuses (taken by someone else) is skipped.
+    Ports are drawn at random (from the OS's CSPRNG): a relay port handed out in order is easy
+    to guess, and whoever guesses it can send media to it before the phone does (RTP bleed; the
+    plain leg's latching is the other half of the defence). A few random probes find a free
+    pair while the range is far from full; after them one pass over every pair from a random
+    start, so a nearly full range still finds its last free pair and the search is bounded. A
+    port the OS refuses (taken by someone else) is skipped.
     """
 
     def __init__(self, host: str, port_min: int, port_max: int) -> None:
@@ -26,7 +31,7 @@ class PortPool:
         self.host = host
         first_even = port_min + (port_min % 2)
         self._even_ports = range(first_even, port_max, 2)
-        self._cursor = itertools.cycle(range(len(self._even_ports)))
+        self._random = random.SystemRandom()
         self._open: set[int] = set()
         self._lag = LoopLag()
         self._poller = SocketPoller(self._lag)
@@ -39,8 +44,7 @@ class PortPool:
         self, rtp_factory: ProtocolFactory, rtcp_factory: ProtocolFactory
     ) -> tuple[DatagramSocket, DatagramSocket]:
         """An even RTP port and RTP+1 for RTCP, both bound, as RFC 3550 recommends."""
-        for _ in range(len(self._even_ports)):
-            port = self._even_ports[next(self._cursor)]
+        for port in self._candidates():
             if port in self._open or port + 1 in self._open:
                 continue
             rtp = self._try_bind(port, rtp_factory)
@@ -55,8 +59,7 @@ class PortPool:
 
     def bind_single(self, factory: ProtocolFactory) -> DatagramSocket:
         """One port (ICE uses a single muxed port), also from the configured range."""
-        for _ in range(len(self._even_ports)):
-            port = self._even_ports[next(self._cursor)]
+        for port in self._candidates():
             for candidate in (port, port + 1):
                 if candidate in self._open:
                     continue
@@ -64,6 +67,17 @@ class PortPool:
                 if transport is not None:
                     return transport
         raise MediaError(status=503, reason=f"no free ICE port on {self.host}")
+
+    def _candidates(self) -> Iterator[int]:
+        """Even ports to try: _RANDOM_PROBES random ones, then each one once from a random
+        start (a port may come twice; the callers skip the ones they hold)."""
+        even_ports = self._even_ports
+        count = len(even_ports)
+        for _ in range(min(_RANDOM_PROBES, count)):
+            yield even_ports[self._random.randrange(count)]
+        start = self._random.randrange(count)
+        for offset in range(count):
+            yield even_ports[(start + offset) % count]
 
     def release(self, transport: DatagramSocket) -> None:
         sockname = transport.get_extra_info("sockname")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from .dtls import DtlsCertificate
+from .plain import LatchPolicy
 from .ports import PortPool
 from .session import MediaSession, RelayContext
 
@@ -17,6 +18,7 @@ class MediaRelay:
     def __init__(
         self, *, bind_host: str = "127.0.0.1", public_host: str | None = None,
         port_min: int = 20000, port_max: int = 40000, stun_servers: list[str] | None = None,
+        latch: LatchPolicy | None = None,
     ) -> None:
         if public_host is None and ipaddress.ip_address(bind_host).is_unspecified:
             raise ValueError(f"bind_host {bind_host} needs a public_host to put into SDP")
@@ -27,6 +29,7 @@ class MediaRelay:
             pool=self._pool, public_host=public_host or bind_host,
             certificate=self._current_certificate,
             stun_server=_stun_address(stun_servers[0]) if stun_servers else None,
+            latch=latch if latch is not None else LatchPolicy(),
         )
 
     def create_session(self, session_id: str) -> MediaSession:

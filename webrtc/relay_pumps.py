@@ -5,7 +5,9 @@ it: the route has no transcoder, its destination socket is open and known (a pla
 target, the WebRTC leg's nominated ICE pair), SRTP is keyed, and, for packets from a plain
 leg, the leg has latched (before that, its first packet must go through the latching handler).
 The C path then does what the Python path does for such a packet (unprotect or protect, payload
-type, Forwarder's counters) and hands everything else to Python.
+type, Forwarder's counters) and hands everything else to Python. A plain leg's pump relays
+only once the leg has latched and set the pump's `source` to the latched peer: the pump then
+relays nothing from any other address (strict source, webrtc.plain.LatchPolicy).
 
 Loss is counted on one SequenceTable per Forwarder whose direction the C path relays, shared by
 all its pumps (during an ICE restart the old and the new generation's sockets both feed the
@@ -77,7 +79,8 @@ class RelayPumps:
         target_socket, address = destination
         target = target_socket.pump
         if (not isinstance(forwarder, Forwarder) or pump is None or pump.closed
-                or not plain.rtp_latched or target is None or target.closed):
+                or not plain.rtp_latched or pump.source is None or target is None
+                or target.closed):
             return
         routes = {payload_type: (route.payload_type, 0)
                   for payload_type, route in forwarder.routes.items()

@@ -12,7 +12,7 @@ from .dtls import DtlsCertificate, DtlsRole
 from .errors import MediaError
 from .forwarding import DirectionStats, Forwarder, Route
 from .negotiation import Agreement, agree, offer_codecs, relayable, webrtc_feedback
-from .plain import PlainLeg
+from .plain import LatchPolicy, PlainLeg
 from .ports import PortPool
 from .relay_pumps import RelayPumps
 from .rtcp import without_bye
@@ -48,6 +48,7 @@ class RelayContext:
     public_host: str
     certificate: Callable[[], DtlsCertificate]
     stun_server: tuple[str, int] | None
+    latch: LatchPolicy = field(default_factory=LatchPolicy)
 
 
 @dataclass
@@ -178,6 +179,8 @@ class MediaSession:
             "lost": self._to_plain_stats.lost + self._to_webrtc_stats.lost,
             "dropped": self._to_plain_stats.dropped + self._to_webrtc_stats.dropped,
             "srtp_errors": srtp_errors,
+            # included in "dropped": packets from a source the plain leg did not latch onto
+            "foreign_dropped": sum(s.plain.foreign_packets for s in self._streams.values()),
         }
 
     @property
@@ -432,7 +435,7 @@ class MediaSession:
     async def _stream(self, kind: str) -> _Stream:
         stream = self._streams.get(kind)
         if stream is None:
-            plain = PlainLeg(self._context.pool)
+            plain = PlainLeg(self._context.pool, self._context.latch)
             plain.on_change = self._refresh_pumps
             await plain.open()
             stream = _Stream(kind=kind, plain=plain, mid=str(len(self._streams)))

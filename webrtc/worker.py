@@ -21,6 +21,7 @@ from typing import Any
 
 from .channel import Channel, ChannelClosed
 from .errors import MediaError
+from .plain import LatchPolicy
 from .relay import MediaRelay
 from .session import MediaSession
 
@@ -37,6 +38,8 @@ class WorkerConfig:
     stun_servers: list[str] | None
     gc_threshold: tuple[int, int, int] | None  # the gateway's collector settings, if it has any
     log_level: int
+    # LatchPolicy's fields (compiled, a frozen dataclass does not unpickle); None: the default
+    latch: dict[str, Any] | None = None
 
 
 def run_worker(connection: Connection, config: WorkerConfig) -> None:
@@ -58,7 +61,8 @@ def run_worker(connection: Connection, config: WorkerConfig) -> None:
 async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
     relay = MediaRelay(bind_host=config.bind_host, public_host=config.public_host,
                        port_min=config.port_min, port_max=config.port_max,
-                       stun_servers=config.stun_servers)
+                       stun_servers=config.stun_servers,
+                       latch=LatchPolicy(**config.latch) if config.latch is not None else None)
     channel = await Channel.open(sock)
     if config.gc_threshold is not None:
         gc.freeze()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -28,6 +29,7 @@ from typing import Any
 
 from .channel import Channel, ChannelClosed
 from .errors import MediaError
+from .plain import LatchPolicy
 from .session import Side
 from .worker import WorkerConfig, run_worker
 
@@ -251,14 +253,15 @@ class MediaWorkers:
     def __init__(
         self, count: int, *, bind_host: str = "127.0.0.1", public_host: str | None = None,
         port_min: int = 20000, port_max: int = 40000, stun_servers: list[str] | None = None,
-        gc_threshold: tuple[int, int, int] | None = None,
+        gc_threshold: tuple[int, int, int] | None = None, latch: LatchPolicy | None = None,
     ) -> None:
         if count < 1:
             raise ValueError(f"media workers: need at least 1, got {count}")
         self._configs = [
             WorkerConfig(index=index, bind_host=bind_host, public_host=public_host,
                          port_min=low, port_max=high, stun_servers=stun_servers,
-                         gc_threshold=gc_threshold, log_level=logging.getLogger().level)
+                         gc_threshold=gc_threshold, log_level=logging.getLogger().level,
+                         latch=dataclasses.asdict(latch) if latch is not None else None)
             for index, (low, high) in enumerate(port_slices(port_min, port_max, count))
         ]
         self._workers: list[_Worker] = []

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser
-from gateway.config import Config
+from gateway.config import Config, load_config
 from gateway.users import FileUserStore, RedisUserStore, UserStore
 from sip.digest import compute_ha1
 from tests.fixtures.gateway import REPO_ROOT, GatewayProcess
@@ -146,6 +146,8 @@ def test_every_setting_has_a_run_flag() -> None:
         (["--udp", "nonsense"], "udp: expected HOST:PORT, got 'nonsense'"),
         (["--ws", "127.0.0.1:99999"], "ws: expected HOST:PORT"),
         (["--rtp-ports", "9000-3000"], "rtp_ports"),
+        (["--rtp-probation-packets", "0"], "rtp_probation_packets"),
+        (["--rtp-learn-seconds", "-1"], "rtp_learn_seconds"),
         (["--wss", "127.0.0.1:0"], "tls_cert and tls_key"),
         (["--max-message-size", "0"], "max_message_size"),
         (["--log-level", "loud"], "--log-level"),
@@ -169,6 +171,17 @@ def test_bad_config_file_exits_2_naming_the_setting(tmp_path: Path) -> None:
     config.write_text("domain = \n")
     broken = ws2sip("run", "--config", str(config))
     assert broken.code == 2 and str(config) in broken.stderr
+
+
+def test_strict_source_settings_reach_the_media_relays_policy(tmp_path: Path) -> None:
+    from webrtc.plain import LatchPolicy
+
+    assert Config().latch_policy == LatchPolicy()
+    config_file = tmp_path / "ws2sip.toml"
+    config_file.write_text("rtp_learn_seconds = 5.0\nrtp_probation_packets = 6\n")
+    config = load_config(str(config_file), {"rtp_alive_seconds": 2.5})
+    assert config.latch_policy == LatchPolicy(learn_seconds=5.0, probation_packets=6,
+                                              alive_seconds=2.5)
 
 
 class DemoUsersGateway(GatewayProcess):

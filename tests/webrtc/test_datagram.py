@@ -42,6 +42,11 @@ def peer() -> Iterator[socket.socket]:
         yield sock
 
 
+def rtp(sequence: int, ssrc: int = 0x1234) -> bytes:
+    """A minimal RTP packet (PCMU, empty payload)."""
+    return bytes([0x80, 0]) + sequence.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
+
+
 def bound_socket(protocol: asyncio.DatagramProtocol, lag: LoopLag) -> DatagramSocket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -75,6 +80,26 @@ async def test_on_packet_takes_datagrams_without_their_source(peer: socket.socke
     await wait_for(lambda: packets)
     assert packets == [b"\x80direct"]
     assert recorder.datagrams == []
+    relay_socket.close()
+
+
+async def test_with_a_source_on_packet_takes_only_its_datagrams(peer: socket.socket) -> None:
+    """A latched leg's socket: the others' datagrams reach datagram_received with their
+    address, whichever path reads (Python here, or the C pump where built)."""
+    recorder = Recorder()
+    relay_socket = bound_socket(recorder, LoopLag())
+    packets: list[bytes] = []
+    relay_socket.on_packet = packets.append
+    relay_socket.source = peer.getsockname()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        other.bind(("127.0.0.1", 0))
+        other.sendto(b"\x80other", relay_socket.get_extra_info("sockname"))
+        await wait_for(lambda: recorder.datagrams)
+        peer.sendto(b"\x80source", relay_socket.get_extra_info("sockname"))
+        await wait_for(lambda: packets)
+        assert recorder.datagrams == [(b"\x80other", other.getsockname())]
+    assert packets == [b"\x80source"]
+    assert relay_socket.source_packets == 1
     relay_socket.close()
 
 
@@ -117,8 +142,12 @@ async def test_plain_leg_with_a_host_name_sends_only_once_the_peer_is_heard(
     leg.send_rtp(b"\x80\x00before")
     assert leg.rtp_target is None
 
-    peer.sendto(b"\x80\x00hello", ("127.0.0.1", leg.port))
+    # No address to compare with: the source is learned from a consistent stream (LatchPolicy).
+    for sequence in range(5):
+        peer.sendto(rtp(sequence), ("127.0.0.1", leg.port))
+        await asyncio.sleep(0.06)
     await wait_for(lambda: received)
+    assert received == [rtp(4)]  # the ones on probation were dropped
     assert leg.rtp_target == peer.getsockname()
     leg.send_rtp(b"\x80\x00after")
     assert peer.recv(2048) == b"\x80\x00after"  # nothing was sent before the latch

@@ -350,6 +350,43 @@ async def test_on_packet_takes_what_is_not_relayed_without_source(relay_pair: Re
 
 
 @c_path
+async def test_with_a_source_only_its_packets_are_relayed_and_others_reach_python(
+    relay_pair: Relay, sockets_to_close: list[socket.socket],
+) -> None:
+    """Strict source (RTP bleed): a latched leg's pump relays nothing from anyone else, and
+    hands it to Python with its address, even where on_packet would take the source's."""
+    intruder = udp_peer()
+    sockets_to_close.append(intruder)
+    relay_pair.configure()
+    on_packet: list[bytes] = []
+    relay_pair.source.on_packet = on_packet.append
+    relay_pair.source.source = relay_pair.sender.getsockname()
+    await relayed(relay_pair, 1)
+    injected = rtp(2, ssrc=0x66)
+    intruder.sendto(injected, relay_pair.source.get_extra_info("sockname"))
+    await relayed(relay_pair, 2)  # the source's next packet overtakes nothing
+    await wait_for(lambda: relay_pair.source_python.datagrams)
+
+    assert relay_pair.source_python.datagrams == [(injected, intruder.getsockname())]
+    assert on_packet == []
+    assert relay_pair.pump.relayed == 2
+    assert relay_pair.source.source_packets == 2
+    relay_pair.receiver.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        relay_pair.receiver.recv(4096)  # the injected packet was not relayed
+
+    relay_pair.send(rtp(3, payload_type=9))  # the source's, not relayable: to on_packet
+    await wait_for(lambda: on_packet)
+    assert on_packet == [rtp(3, payload_type=9)]
+    relay_pair.source.source = None  # no filter: everyone's relayed again
+    assert relay_pair.pump.source is None
+    intruder.sendto(rtp(4), relay_pair.source.get_extra_info("sockname"))
+    relay_pair.receiver.settimeout(5)
+    await relay_pair.received()
+    assert relay_pair.pump.relayed == 3
+
+
+@c_path
 async def test_srtp_that_fails_authentication_is_not_sent_but_goes_to_python(
     relay_pair: Relay,
 ) -> None:
