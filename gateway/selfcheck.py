@@ -1094,7 +1094,7 @@ def _webrtc_factories() -> dict[str, Check]:
     from webrtc.datagram import DatagramSocket, LoopLag, SocketPoller
     from webrtc.forwarding import DirectionStats, Forwarder, Route
     from webrtc.ice_media import COMPONENT, MediaFirstProtocol, NominatedRoute
-    from webrtc.plain import PlainLeg, _Socket
+    from webrtc.plain import LatchPolicy, PlainLeg, _Candidate, _Socket
     from webrtc.srtp import SrtpSessions, SrtpTransform
     from webrtc.webrtc_leg import WebRtcLeg
 
@@ -1260,6 +1260,15 @@ def _webrtc_factories() -> dict[str, Check]:
         # webrtc/plain.py
         "webrtc.plain._Socket": new(lambda k: _Socket(_ignore_datagram), use_plain_socket),
         "webrtc.plain.PlainLeg": new(make_plain_leg, use_plain_leg),
+        "webrtc.plain.LatchPolicy": new(
+            lambda k: LatchPolicy(learn_seconds=2.0),
+            lambda p, k: _expect((p.learn_seconds, p.probation_packets), (2.0, 4),
+                                 "its learning window and probation")),
+        "webrtc.plain._Candidate": new(
+            lambda k: _Candidate(SSRC, 100, 1.0),
+            lambda c, k: (c.restart(SSRC, 7, 2.0),
+                          _expect((c.next_seq, c.count, c.since), (7, 1, 2.0),
+                                  "its stream once restarted"))),
         # webrtc/webrtc_leg.py
         "webrtc.webrtc_leg.WebRtcLeg": new(make_webrtc_leg, use_webrtc_leg),
     }
