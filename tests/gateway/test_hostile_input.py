@@ -1,0 +1,168 @@
+"""Hostile input against the real gateway over UDP (issue 14, Low items): every bad request
+gets a final error response with a reason, leaves nothing behind, and logs no traceback."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import aiohttp
+import pytest
+
+from sip.digest import build_authorization, select_challenge
+from sip.message import Response, parse_message
+from tests.fixtures.gateway import GatewayFactory, GatewayProcess
+from tests.sip.core_peer import RawUdpPeer
+from tests.support.healthz import bindings_count, gateway_http_url
+
+DOMAIN = "example.test"
+REPLY_TIMEOUT = 5.0
+
+
+def users() -> dict[str, str]:
+    return {name: secrets.token_urlsafe(9) for name in ("alice", "bob")}
+
+
+class UdpClient:
+    """A UDP user agent writing its requests as bytes, so that they can hold any byte."""
+
+    def __init__(self, peer: RawUdpPeer, gateway: GatewayProcess) -> None:
+        assert gateway.udp_port is not None
+        self.peer = peer
+        self.gateway = ("127.0.0.1", gateway.udp_port)
+
+    @classmethod
+    async def open(cls, gateway: GatewayProcess) -> UdpClient:
+        return cls(await RawUdpPeer.open(), gateway)
+
+    def close(self) -> None:
+        self.peer.close()
+
+    def request(self, method: str, *, ruri: bytes = b"sip:bob@" + DOMAIN.encode(),
+                user: bytes = b"alice", call_id: bytes | None = None, cseq: int = 1,
+                from_tag: bytes = b"f1", extra: bytes = b"", body: bytes = b"") -> bytes:
+        host, port = self.peer.address
+        branch = f"z9hG4bK{secrets.token_hex(6)}".encode()
+        call_id = call_id or secrets.token_hex(8).encode()
+        return (
+            method.encode() + b" " + ruri + b" SIP/2.0\r\n"
+            + f"Via: SIP/2.0/UDP {host}:{port};branch=".encode() + branch + b";rport\r\n"
+            b"Max-Forwards: 70\r\n"
+            b"From: <sip:" + user + b"@" + DOMAIN.encode() + b">;tag=" + from_tag + b"\r\n"
+            b"To: <sip:" + (user if method == "REGISTER" else b"bob") + b"@"
+            + DOMAIN.encode() + b">\r\n"
+            b"Call-ID: " + call_id + b"\r\n"
+            + f"CSeq: {cseq} {method}\r\n".encode()
+            + f"Contact: <sip:alice@{host}:{port}>\r\n".encode()
+            + extra
+            + (b"Content-Type: application/sdp\r\n" if body else b"")
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+
+    async def exchange(self, data: bytes, method: str = "") -> Response:
+        """Send, return the first final response (provisionals skipped)."""
+        self.peer.send(data, self.gateway)
+        while True:
+            message = await self.peer.next_message(timeout=REPLY_TIMEOUT)
+            if isinstance(message, Response) and message.status >= 200:
+                return message
+
+    async def authenticated(self, method: str, password: str, **fields: object) -> Response:
+        """Draw a 401/407 with a plain request, then send this one with alice's credentials
+        answering it; the final answer to that."""
+        call_id = secrets.token_hex(8).encode()
+        extra = fields.pop("extra", b"")
+        body = fields.pop("body", b"")
+        assert isinstance(extra, bytes) and isinstance(body, bytes)
+        challenge = await self.exchange(self.request(method, call_id=call_id, **fields))  # type: ignore[arg-type]
+        assert challenge.status in (401, 407), challenge.start_line()
+        header = "WWW-Authenticate" if challenge.status == 401 else "Proxy-Authenticate"
+        ruri = fields.get("ruri", b"sip:bob@" + DOMAIN.encode())
+        assert isinstance(ruri, bytes)
+        credentials = build_authorization(
+            select_challenge(challenge.get_all(header.lower())), method=method,
+            uri=ruri.decode("utf-8", "surrogateescape"), username="alice", password=password)
+        answer_header = "Authorization" if challenge.status == 401 else "Proxy-Authorization"
+        return await self.exchange(self.request(
+            method, call_id=call_id, cseq=2, body=body,
+            extra=extra + f"{answer_header}: {credentials}\r\n".encode(), **fields))  # type: ignore[arg-type]
+
+
+def tracebacks(gateway: GatewayProcess) -> list[str]:
+    return re.findall(r"Traceback \(most recent call last\)", gateway.log_text())
+
+
+async def metric(gateway: GatewayProcess, name: str) -> float:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{gateway_http_url(gateway)}/metrics") as reply:
+        text = await reply.text()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match[1])
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory) -> GatewayProcess:
+    return await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"))
+
+
+# --- bytes that are not UTF-8 -------------------------------------------------------------------
+NON_UTF8 = b"\xa4"
+
+
+@pytest.mark.parametrize(("method", "where"), [
+    ("INVITE", "call-id"), ("INVITE", "from-tag"), ("INVITE", "ruri"),
+    ("REGISTER", "call-id"), ("REGISTER", "from-tag"), ("MESSAGE", "ruri"),
+    ("REGISTER", "digest-uri"),
+])
+async def test_non_utf8_bytes_in_identifiers_are_400(
+    gateway: GatewayProcess, method: str, where: str,
+) -> None:
+    client = await UdpClient.open(gateway)
+    try:
+        fields: dict[str, bytes] = {}
+        if where == "call-id":
+            fields["call_id"] = b"bad" + NON_UTF8 + b"call"
+        elif where == "from-tag":
+            fields["from_tag"] = b"t" + NON_UTF8
+        elif where == "ruri":
+            fields["ruri"] = b"sip:b" + NON_UTF8 + b"b@" + DOMAIN.encode()
+        else:
+            fields["extra"] = (
+                b'Authorization: Digest username="alice", realm="example.test", nonce="abc", '
+                b'uri="sip:' + NON_UTF8 + b'@example.test", response="0123456789abcdef'
+                b'0123456789abcdef"\r\n')
+        refused = await client.exchange(client.request(method, **fields))
+        assert refused.status == 400
+        assert "not UTF-8" in refused.reason
+    finally:
+        client.close()
+    assert tracebacks(gateway) == []
+
+
+async def test_non_utf8_instance_id_is_refused_and_binds_nothing(gateway: GatewayProcess) -> None:
+    client = await UdpClient.open(gateway)
+    host, port = client.peer.address
+    try:
+        contact = (f"Contact: <sip:alice@{host}:{port}>;+sip.instance=\"<urn:uuid:".encode()
+                   + NON_UTF8 + b'>";reg-id=1\r\n')
+        refused = await client.authenticated(
+            "REGISTER", gateway.users["alice"], ruri=b"sip:" + DOMAIN.encode(),
+            extra=contact + b"Supported: gruu, outbound\r\n")
+        assert refused.status == 400, refused.start_line()
+        assert "not UTF-8" in refused.reason
+    finally:
+        client.close()
+    assert await bindings_count(gateway_http_url(gateway)) == 0
+    assert tracebacks(gateway) == []
+
+
+async def test_latin1_subject_is_still_relayed_as_free_text() -> None:
+    """Legacy phones write Subject or User-Agent in Latin-1: that stays allowed."""
+    message = parse_message(
+        b"MESSAGE sip:bob@example.test SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n"
+        b"From: <sip:alice@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\n"
+        b"Call-ID: c1\r\nCSeq: 1 MESSAGE\r\nSubject: Gr\xfc\xdfe\r\nContent-Length: 0\r\n\r\n")
+    message.validate()
+    assert b"Subject: Gr\xfc\xdfe\r\n" in message.to_bytes()
