@@ -309,15 +309,22 @@ class Proxy:
             if not destinations:
                 raise SipError(403, f"Relaying to {ruri.host} is not allowed")
         forwarding = Forwarding(request, server)
+        created: Dialog | None = None
         if request.method in DIALOG_METHODS:
             dialog_trunk = next((d.trunk for d in destinations if d.trunk), None) or trunk
             self._check_limits(request, caller_aor, callee_aor, dialog_trunk)
-            forwarding.dialog = self.dialogs.add(
-                Dialog(request.call_id, request.method, caller=caller_aor, callee=callee_aor,
-                       trunk=dialog_trunk.name if dialog_trunk else None),
-                _lifetime(request),
-            )
-        await self._forward(forwarding, destinations, record_route=True)
+            created = Dialog(request.call_id, request.method, caller=caller_aor,
+                             callee=callee_aor, trunk=dialog_trunk.name if dialog_trunk else None)
+            forwarding.dialog = self.dialogs.add(created, _lifetime(request))
+        try:
+            await self._forward(forwarding, destinations, record_route=True)
+        except SipError:
+            # Refused before any branch went out (e.g. 488 for a malformed SDP offer): the
+            # dialog this request created, and the media session it holds, go with it. One that
+            # already existed under that Call-ID is not this request's to end.
+            if created is not None and forwarding.dialog is created and not created.confirmed:
+                self.dialogs.release(created.call_id)
+            raise
 
     async def _authenticate_user(self, request: Request, server: ServerTransaction) -> str | None:
         """The caller's AoR, or None when a challenge or refusal was sent."""

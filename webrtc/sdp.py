@@ -99,13 +99,31 @@ def parse(text: str) -> SessionDescription:
             bundle_mids = str(group.get("mids", "")).split()
     credentials = _ice_credentials(text)
     session_credentials = credentials[0]
-    media = [
-        _parse_media(raw, session, session_address,
-                     {**session_credentials, **(credentials[index + 1]
-                                                if index + 1 < len(credentials) else {})})
-        for index, raw in enumerate(session["media"])
-    ]
+    media = []
+    for index, raw in enumerate(session["media"]):
+        if "type" not in raw or "port" not in raw:
+            raise MediaError(reason=f"malformed SDP: m= line {index + 1} is not "
+                                    "'m=<media> <port> <proto> <fmt>...'")
+        try:
+            media.append(_parse_media(
+                raw, session, session_address,
+                {**session_credentials, **(credentials[index + 1]
+                                           if index + 1 < len(credentials) else {})}))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            # The grammar leaves out fields it could not match (m=audio -1, a=rtpmap:0 PCMU
+            # without a clock rate): a field missing or not a number is a malformed SDP.
+            raise MediaError(reason=f"malformed SDP in m= section {index + 1}: "
+                                    f"{type(exc).__name__} {str(exc)[:60]}") from exc
     return SessionDescription(media=media, bundle_mids=bundle_mids)
+
+
+def _number(value: Any, what: str, low: int, high: int) -> int:
+    """An SDP number within [low, high]; a MediaError (488) naming the field otherwise."""
+    text = "" if value is None else str(value)
+    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+        shown = repr(text[:20]) if text else "missing"
+        raise MediaError(reason=f"malformed SDP: {what} {shown}, expected a number {low}-{high}")
+    return int(text)
 
 
 def _ice_credentials(text: str) -> list[dict[str, str]]:
@@ -135,21 +153,23 @@ def _parse_media(
         if entry["payload"] == "*":
             continue
         value = entry["type"] + (f" {entry['subtype']}" if entry.get("subtype") else "")
-        feedback.setdefault(int(entry["payload"]), []).append(value)
+        feedback.setdefault(_number(entry["payload"], "a=rtcp-fb payload", 0, 127),
+                            []).append(value)
     rtpmap = {entry["payload"]: entry for entry in raw.get("rtp", [])}
     codecs = []
     for token in str(raw.get("payloads", "")).split():
         if not token.isdigit():
             continue
-        payload_type = int(token)
+        payload_type = _number(token, "payload type", 0, 127)
         mapping = rtpmap.get(payload_type) or _STATIC_PAYLOADS.get(payload_type)
         if mapping is None:
             continue
         codecs.append(Codec(
             payload_type=payload_type,
             name=mapping["codec"],
-            clock_rate=int(mapping["rate"]),
-            channels=int(mapping.get("encoding") or 1),
+            clock_rate=_number(mapping.get("rate"), f"clock rate of payload {token}", 1,
+                               1_000_000),
+            channels=_number(mapping.get("encoding") or 1, f"channels of payload {token}", 1, 8),
             fmtp=fmtp.get(payload_type),
             rtcp_feedback=tuple(feedback.get(payload_type, [])),
         ))
@@ -161,14 +181,14 @@ def _parse_media(
     rtcp = raw.get("rtcp") or {}
     return MediaDescription(
         kind=raw["type"],
-        port=int(raw["port"]),
+        port=_number(raw["port"], "m= port", 0, 65535),
         protocol=raw["protocol"],
         payloads=str(raw.get("payloads", "")),
         address=(raw.get("connection") or {}).get("ip") or session_address,
         codecs=codecs,
         direction=raw.get("direction") or session.get("direction") or "sendrecv",
         mid=str(raw["mid"]) if raw.get("mid") is not None else None,
-        rtcp_port=int(rtcp["port"]) if rtcp.get("port") else None,
+        rtcp_port=_number(rtcp["port"], "a=rtcp port", 1, 65535) if rtcp.get("port") else None,
         rtcp_mux=bool(raw.get("rtcpMux")),
         ice_ufrag=credentials.get("ice-ufrag") or None,
         ice_pwd=credentials.get("ice-pwd") or None,
@@ -176,7 +196,7 @@ def _parse_media(
         fingerprints=fingerprints,
         setup=raw.get("setup") or session.get("setup"),
         ssrcs=list(raw.get("ssrcs", [])),
-        ptime=int(raw["ptime"]) if raw.get("ptime") else None,
+        ptime=_number(raw["ptime"], "a=ptime", 1, 1000) if raw.get("ptime") else None,
     )
 
 

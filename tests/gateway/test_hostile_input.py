@@ -3,6 +3,7 @@ gets a final error response with a reason, leaves nothing behind, and logs no tr
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 
@@ -67,24 +68,26 @@ class UdpClient:
             if isinstance(message, Response) and message.status >= 200:
                 return message
 
-    async def authenticated(self, method: str, password: str, **fields: object) -> Response:
-        """Draw a 401/407 with a plain request, then send this one with alice's credentials
+    async def authenticated(self, method: str, password: str, *, user: bytes = b"alice",
+                            **fields: object) -> Response:
+        """Draw a 401/407 with a plain request, then send this one with user's credentials
         answering it; the final answer to that."""
         call_id = secrets.token_hex(8).encode()
         extra = fields.pop("extra", b"")
         body = fields.pop("body", b"")
         assert isinstance(extra, bytes) and isinstance(body, bytes)
-        challenge = await self.exchange(self.request(method, call_id=call_id, **fields))  # type: ignore[arg-type]
+        challenge = await self.exchange(self.request(method, call_id=call_id, user=user,
+                                                     **fields))  # type: ignore[arg-type]
         assert challenge.status in (401, 407), challenge.start_line()
         header = "WWW-Authenticate" if challenge.status == 401 else "Proxy-Authenticate"
         ruri = fields.get("ruri", b"sip:bob@" + DOMAIN.encode())
         assert isinstance(ruri, bytes)
         credentials = build_authorization(
             select_challenge(challenge.get_all(header.lower())), method=method,
-            uri=ruri.decode("utf-8", "surrogateescape"), username="alice", password=password)
+            uri=ruri.decode("utf-8", "surrogateescape"), username=user.decode(), password=password)
         answer_header = "Authorization" if challenge.status == 401 else "Proxy-Authorization"
         return await self.exchange(self.request(
-            method, call_id=call_id, cseq=2, body=body,
+            method, call_id=call_id, cseq=2, body=body, user=user,
             extra=extra + f"{answer_header}: {credentials}\r\n".encode(), **fields))  # type: ignore[arg-type]
 
 
@@ -166,3 +169,60 @@ async def test_latin1_subject_is_still_relayed_as_free_text() -> None:
         b"Call-ID: c1\r\nCSeq: 1 MESSAGE\r\nSubject: Gr\xfc\xdfe\r\nContent-Length: 0\r\n\r\n")
     message.validate()
     assert b"Subject: Gr\xfc\xdfe\r\n" in message.to_bytes()
+
+
+# --- malformed SDP ------------------------------------------------------------------------------
+WEBRTC_OFFER_HEAD = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "a=fingerprint:sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:64:1A:24:"
+    "C2:43:F0:A1:58:D0:A1:2C:19:08\r\na=setup:actpass\r\na=ice-ufrag:Qb7x\r\n"
+    "a=ice-pwd:V0Zl3Y2p8kH9fJq1mN4rT6wX\r\n"
+)
+MALFORMED_MEDIA = {
+    "negative port": "m=audio -1 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n",
+    "no clock rate": "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU\r\na=rtcp-mux\r\n",
+    "clock not a number": "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/abc\r\n",
+}
+
+
+async def register_over_udp(gateway: GatewayProcess, user: str) -> UdpClient:
+    """A UDP phone registered as user; the caller keeps it open to see what reaches it."""
+    phone = await UdpClient.open(gateway)
+    host, port = phone.peer.address
+    ok = await phone.authenticated(
+        "REGISTER", gateway.users[user], user=user.encode(), ruri=b"sip:" + DOMAIN.encode(),
+        extra=f"Expires: 300\r\nContact: <sip:{user}@{host}:{port}>\r\n".encode())
+    assert ok.status == 200, ok.start_line()
+    return phone
+
+
+async def wait_for_metric(gateway: GatewayProcess, name: str, expected: float,
+                          timeout: float = 3.0) -> float:
+    deadline = asyncio.get_running_loop().time() + timeout
+    value = await metric(gateway, name)
+    while value != expected and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+        value = await metric(gateway, name)
+    return value
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_MEDIA))
+async def test_malformed_sdp_offer_is_488_and_leaves_no_dialog_or_media(
+    gateway: GatewayProcess, case: str,
+) -> None:
+    """A browser-style offer from a UDP caller to a UDP phone is anchored: its SDP is parsed."""
+    bob = await register_over_udp(gateway, "bob")
+    alice = await UdpClient.open(gateway)
+    try:
+        refused = await alice.authenticated(
+            "INVITE", gateway.users["alice"],
+            body=(WEBRTC_OFFER_HEAD + MALFORMED_MEDIA[case]).encode())
+        assert refused.status == 488, refused.start_line()
+        assert "malformed SDP" in refused.reason
+        assert await bob.peer.nothing_within(0.5), "bob was sent a malformed offer"
+    finally:
+        alice.close()
+        bob.close()
+    assert await wait_for_metric(gateway, "ws2sip_dialogs", 0) == 0
+    assert await wait_for_metric(gateway, "ws2sip_media_sessions", 0) == 0
+    assert tracebacks(gateway) == []
