@@ -46,7 +46,9 @@ class Gateway:
             limits=Limits(max_message_size=config.max_message_size), resolver=Resolver(),
             idle_timeout=config.ws_idle_timeout,
         )
-        self.transactions = TransactionLayer(self.transport)
+        # A challenge is sent statelessly before any 100 (gateway.proxy): one response for an
+        # unauthenticated INVITE, never an amplifier toward a spoofed source.
+        self.transactions = TransactionLayer(self.transport, trying_after_tu=True)
         self.location: LocationService = open_location_service(config.redis or None)
         self.users: UserStore = open_user_store(config.redis or None, config.users_path)
         secret = config.auth_secret.encode() if config.auth_secret else secrets.token_bytes(32)

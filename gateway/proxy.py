@@ -332,7 +332,7 @@ class Proxy:
             raise SipError(403, f"{request.method} outside a dialog")
         outcome = await self._auth.authenticate(request, proxy=True)
         if outcome.refusal is not None:
-            server.respond(outcome.refusal)
+            server.respond_statelessly(outcome.refusal)  # no 407 retransmissions to amplify
             return None
         from_uri = request.from_.uri
         aor = f"sip:{outcome.username}@{self.policy.domain}"

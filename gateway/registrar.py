@@ -74,7 +74,11 @@ class Registrar:
             log.exception("REGISTER %s from %s failed", request.call_id, flow.remote)
             response = request.response(503, to_tag=request.stable_tag())
             response.add("Retry-After", str(STORE_RETRY_AFTER))
-        transaction.respond(response)
+        if response.status == 401:
+            # A challenge keeps no transaction: a spoofed source costs no memory for timer J.
+            transaction.respond_statelessly(response)
+        else:
+            transaction.respond(response)
 
     async def _register(self, request: Request, flow: Flow) -> Response:
         ruri = request.ruri

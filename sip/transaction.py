@@ -32,9 +32,16 @@ def _unhandled_response(response: Response, flow: Flow) -> None:
 
 
 class TransactionLayer:
-    def __init__(self, transport: TransportLayer, timers: Timers | None = None) -> None:
+    def __init__(
+        self, transport: TransportLayer, timers: Timers | None = None, *,
+        trying_after_tu: bool = False,
+    ) -> None:
         self.transport = transport
         self.timers = timers or Timers()
+        # False: an INVITE's 100 goes out before the TU sees it. True: right after the TU's
+        # first step (same loop turn, well within §17.2.1's 200 ms), so that a TU answering at
+        # once, e.g. with a stateless challenge, sends one response and no 100.
+        self.trying_after_tu = trying_after_tu
         self.on_request: Callable[[Request, ServerTransaction | None], None] = _unhandled_request
         self.on_stray_response: Callable[[Response, Flow], None] = _unhandled_response
         self._clients: dict[tuple[str, str], ClientTransaction] = {}
@@ -131,7 +138,12 @@ class TransactionLayer:
         if method == "INVITE":
             # §17.2.1: a 100 at once stops the client's timer A while the TU (often a proxy
             # waiting on the next hop) takes its time.
-            transaction.respond(request.response(100, "Trying"))
+            if self.trying_after_tu:
+                self.on_request(request, transaction)
+                # Queued after the first step of any task the TU started for it.
+                self.loop.call_soon(transaction.send_trying)
+                return
+            transaction.send_trying()
         elif method == "CANCEL":
             invite = self.find_invite_for_cancel(request)
             if invite is not None:

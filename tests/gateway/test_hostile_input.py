@@ -226,3 +226,42 @@ async def test_malformed_sdp_offer_is_488_and_leaves_no_dialog_or_media(
     assert await wait_for_metric(gateway, "ws2sip_dialogs", 0) == 0
     assert await wait_for_metric(gateway, "ws2sip_media_sessions", 0) == 0
     assert tracebacks(gateway) == []
+
+
+# --- challenges do not amplify ------------------------------------------------------------------
+AMPLIFICATION_WATCH = 3.0  # seconds: timer G would have resent a stateful 407 three times
+
+
+async def responses_within(client: UdpClient, seconds: float) -> list[Response]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    received: list[Response] = []
+    while (left := deadline - loop.time()) > 0:
+        try:
+            _, data = await client.peer.next(timeout=left)
+        except TimeoutError:
+            break
+        message = parse_message(data)
+        assert isinstance(message, Response)
+        received.append(message)
+    return received
+
+
+@pytest.mark.parametrize(("method", "challenge"), [("INVITE", 407), ("REGISTER", 401)])
+async def test_unauthenticated_request_draws_one_stateless_challenge(
+    gateway: GatewayProcess, method: str, challenge: int,
+) -> None:
+    client = await UdpClient.open(gateway)
+    try:
+        ruri = b"sip:" + DOMAIN.encode() if method == "REGISTER" else b"sip:bob@" + DOMAIN.encode()
+        request = client.request(method, ruri=ruri)
+        client.peer.send(request, client.gateway)
+        answers = await responses_within(client, AMPLIFICATION_WATCH)
+        assert [r.status for r in answers] == [challenge]
+        assert await metric(gateway, "ws2sip_transactions") == 0, "the challenge kept state"
+        # A retransmission of the request is answered again, once: 1:1, never more.
+        client.peer.send(request, client.gateway)
+        assert [r.status for r in await responses_within(client, 1.0)] == [challenge]
+    finally:
+        client.close()
+
