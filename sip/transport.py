@@ -316,12 +316,19 @@ class TransportLayer:
 
     def send_response(self, response: Response, flow: Flow | None) -> None:
         """§18.2.2 with RFC 3581: reliable → the request's flow (or a new connection to
-        received/rport), UDP → received/rport from our listening socket."""
+        received/rport), UDP → received/rport from our listening socket; a request that came
+        over UDP whatever its Via says is answered over UDP to its source."""
         if flow is not None and flow.reliable and not flow.closed:
             _emit(flow, response)
             return
         via = response.top_via
         transport = via.transport.lower()
+        if isinstance(flow, UdpFlow) and transport != "udp":
+            # Arrived over UDP with a TCP/TLS Via (RFC 4475 bext01, a NATed or broken client):
+            # a new connection to the Via host would never reach it. Back to the source over
+            # UDP, as Kamailio does.
+            _emit(flow, response)
+            return
         destination = _response_destination(via)
         if transport == "udp":
             if isinstance(flow, UdpFlow):

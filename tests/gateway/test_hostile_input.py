@@ -14,6 +14,7 @@ from sip.digest import build_authorization, select_challenge
 from sip.message import Response, parse_message
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.sip.core_peer import RawUdpPeer
+from tests.sip.torture.generate import load as load_torture
 from tests.support.healthz import bindings_count, gateway_http_url
 
 DOMAIN = "example.test"
@@ -265,3 +266,20 @@ async def test_unauthenticated_request_draws_one_stateless_challenge(
     finally:
         client.close()
 
+
+# --- replies go back over the transport the request came on -------------------------------------
+async def test_udp_request_with_a_tls_via_gets_its_420_over_udp(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """RFC 4475 bext01 (a TLS Via, unsupported Proxy-Require) sent over UDP: the 420 reaches the
+    sender instead of a TLS connection attempt to fold-and-staple.example.com."""
+    gateway = await gateway_factory(users=users(), domain="example.com", transports=("udp",))
+    client = await UdpClient.open(gateway)
+    try:
+        answer = await client.exchange(load_torture("bext01"))
+        assert answer.status == 420
+        assert answer.call_id == "bext01.0ha0isndaksdj"
+        assert answer.get("unsupported") == "noproxiessupportthis, nordoanyproxiessupportthis"
+    finally:
+        client.close()
+    assert tracebacks(gateway) == []
