@@ -72,6 +72,11 @@ class Config:
     digest_algorithms: tuple[str, ...] = ("MD5",)
     invite_timeout: float = 60.0
     max_calls_per_user: int = 0
+    # Table bounds: past them new peers and requests get 503 with Retry-After.
+    max_flows: int = 50_000
+    max_transactions: int = 20_000
+    max_dialogs: int = 20_000
+    max_media_sessions: int = 2_000
     demo_users: bool = True
     # ICE servers handed to the web phone by /config.json. TURN credentials follow the TURN REST
     # API scheme coturn implements (use-auth-secret): HMAC-SHA1 of "<expiry>:<user>".
@@ -147,6 +152,10 @@ RANGES: dict[str, tuple[int, int]] = {
     "max_calls_per_user": (0, 1_000_000),
     "turn_ttl": (1, 7 * DAY),
     "max_calls": (0, 1_000_000),  # trunks
+    "max_flows": (1, 10_000_000),
+    "max_transactions": (1, 10_000_000),
+    "max_dialogs": (1, 10_000_000),
+    "max_media_sessions": (1, 1_000_000),
 }
 
 
@@ -333,6 +342,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-calls-per-user", type=int, help="concurrent calls per user (0 = unlimited)"
     )
+    parser.add_argument("--max-flows", type=int,
+                        help="SIP flows (UDP peers, TCP/TLS, WebSockets) at once; then 503")
+    parser.add_argument("--max-transactions", type=int,
+                        help="SIP transactions in progress at once; then 503")
+    parser.add_argument("--max-dialogs", type=int,
+                        help="dialogs (calls, subscriptions) tracked at once; then 503")
+    parser.add_argument("--max-media-sessions", type=int,
+                        help="calls with anchored media at once; then 503")
     parser.add_argument(
         "--stun-uri", dest="stun_uris", action="append", metavar="URI",
         help="STUN server for the web phone, e.g. stun:stun.example.org:3478 (repeatable)",

@@ -18,7 +18,13 @@ from sip.uri import SipUri
 
 from .auth import Authenticator
 from .config import Config, Trunk
-from .dialogs import EARLY_DIALOG_LIFETIME, INVITE_DIALOG_LIFETIME, Dialog, DialogTable
+from .dialogs import (
+    EARLY_DIALOG_LIFETIME,
+    INVITE_DIALOG_LIFETIME,
+    Dialog,
+    DialogTable,
+    subscription_lifetime,
+)
 from .flowtoken import FlowRef, FlowTokens
 from .gruu import Gruus, GruuTarget
 from .location import Binding, LocationService
@@ -30,7 +36,6 @@ log = logging.getLogger("ws2sip.proxy")
 
 DIALOG_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 NO_AUTH_METHODS = frozenset(("ACK", "CANCEL", "BYE", "PRACK"))
-SUBSCRIPTION_LIFETIME = 3600.0
 MAX_FORWARDS = 70
 
 
@@ -134,6 +139,7 @@ class Proxy:
                 forwarding.timer.cancel()
         for dialog in self.dialogs.all():
             self.dialogs.release(dialog.call_id)
+        self.dialogs.close()
         await asyncio.sleep(0)
 
     # --- entry points ------------------------------------------------------------------------
@@ -223,6 +229,8 @@ class Proxy:
         destination = await self._next_hop(request, flow_ref)
         if request.method == "BYE":
             self.dialogs.extend(dialog, EARLY_DIALOG_LIFETIME)
+        elif request.method == "SUBSCRIBE":  # a refresh (or Expires: 0, an unsubscribe)
+            self.dialogs.extend(dialog, subscription_lifetime(request.expires))
         forwarding = Forwarding(request, server, dialog=dialog)
         forwarding.sender_kind, destination.kind = _kinds_in_dialog(dialog, request)
         forwarding.cseq_offset = _cseq_offset(dialog, request)
@@ -803,8 +811,7 @@ def _kind(transport: str) -> str:
 def _lifetime(request: Request) -> float:
     if request.method == "INVITE":
         return EARLY_DIALOG_LIFETIME
-    expires = request.expires
-    return max(float(expires or 0), SUBSCRIPTION_LIFETIME)
+    return subscription_lifetime(request.expires)
 
 
 def _domain_aor(aor: str, domain: str) -> str:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from sip.digest import build_authorization, select_challenge
-from sip.message import Response, parse_message
+from sip.message import Request, Response, parse_message
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.sip.core_peer import RawUdpPeer
 from tests.sip.torture.generate import load as load_torture
@@ -73,6 +73,12 @@ class UdpClient:
                             **fields: object) -> Response:
         """Draw a 401/407 with a plain request, then send this one with user's credentials
         answering it; the final answer to that."""
+        request = await self.authenticated_request(method, password, user=user, **fields)
+        return await self.exchange(request)
+
+    async def authenticated_request(self, method: str, password: str, *,
+                                    user: bytes = b"alice", **fields: object) -> bytes:
+        """The request with user's credentials answering the challenge a plain one drew."""
         call_id = secrets.token_hex(8).encode()
         extra = fields.pop("extra", b"")
         body = fields.pop("body", b"")
@@ -87,9 +93,9 @@ class UdpClient:
             select_challenge(challenge.get_all(header.lower())), method=method,
             uri=ruri.decode("utf-8", "surrogateescape"), username=user.decode(), password=password)
         answer_header = "Authorization" if challenge.status == 401 else "Proxy-Authorization"
-        return await self.exchange(self.request(
+        return self.request(
             method, call_id=call_id, cseq=2, body=body, user=user,
-            extra=extra + f"{answer_header}: {credentials}\r\n".encode(), **fields))  # type: ignore[arg-type]
+            extra=extra + f"{answer_header}: {credentials}\r\n".encode(), **fields)  # type: ignore[arg-type]
 
 
 def tracebacks(gateway: GatewayProcess) -> list[str]:
@@ -283,3 +289,118 @@ async def test_udp_request_with_a_tls_via_gets_its_420_over_udp(
     finally:
         client.close()
     assert tracebacks(gateway) == []
+
+
+
+# --- bounded tables -----------------------------------------------------------------------------
+VALID_WEBRTC_AUDIO = ("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+                      "a=rtcp-mux\r\na=mid:0\r\na=sendrecv\r\n")
+
+
+def assert_full(response: Response, what: str) -> None:
+    assert response.status == 503, response.start_line()
+    assert what in response.reason
+    assert response.get("retry-after") == "10"
+
+
+async def options_to_the_gateway(client: UdpClient) -> Response:
+    return await client.exchange(client.request("OPTIONS", ruri=b"sip:" + DOMAIN.encode()))
+
+
+async def test_flow_table_is_bounded(gateway_factory: GatewayFactory) -> None:
+    gateway = await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"),
+                                    extra_args=["--max-flows", "2"])
+    clients = [await UdpClient.open(gateway) for _ in range(3)]
+    try:
+        for client in clients[:2]:
+            assert (await options_to_the_gateway(client)).status == 200
+        assert_full(await options_to_the_gateway(clients[2]), "too many peers")
+        assert await metric(gateway, "ws2sip_flows") == 2
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                gateway.ws_url.replace("http", "ws"), protocols=("sip",)) as _:
+            pytest.fail("a WebSocket was accepted past the flow bound")
+    except aiohttp.WSServerHandshakeError as refused:
+        assert refused.status == 503
+    finally:
+        for client in clients:
+            client.close()
+    assert tracebacks(gateway) == []
+
+
+async def test_transaction_table_is_bounded(gateway_factory: GatewayFactory) -> None:
+    """An OPTIONS answered over UDP keeps its transaction for timer J (32 s)."""
+    gateway = await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"),
+                                    extra_args=["--max-transactions", "2"])
+    client = await UdpClient.open(gateway)
+    try:
+        for _ in range(2):
+            assert (await options_to_the_gateway(client)).status == 200
+        assert_full(await options_to_the_gateway(client), "too many transactions")
+        assert await metric(gateway, "ws2sip_transactions") == 2
+    finally:
+        client.close()
+    assert tracebacks(gateway) == []
+
+
+async def test_dialog_table_is_bounded(gateway_factory: GatewayFactory) -> None:
+    gateway = await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"),
+                                    extra_args=["--max-dialogs", "1"])
+    bob = await register_over_udp(gateway, "bob")
+    alice = await UdpClient.open(gateway)
+    try:
+        password = gateway.users["alice"]
+        alice.peer.send(await alice.authenticated_request("INVITE", password), alice.gateway)
+        ringing = await bob.peer.next_message()  # bob never answers: the dialog stays early
+        assert ringing.start_line().startswith("INVITE ")  # type: ignore[union-attr]
+        assert_full(await alice.authenticated("INVITE", password), "too many dialogs")
+        assert await metric(gateway, "ws2sip_dialogs") == 1
+    finally:
+        alice.close()
+        bob.close()
+    assert tracebacks(gateway) == []
+
+
+async def test_media_sessions_are_bounded(gateway_factory: GatewayFactory) -> None:
+    gateway = await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"),
+                                    extra_args=["--max-media-sessions", "1"])
+    bob = await register_over_udp(gateway, "bob")
+    alice = await UdpClient.open(gateway)
+    offer = (WEBRTC_OFFER_HEAD + VALID_WEBRTC_AUDIO).encode()
+    try:
+        password = gateway.users["alice"]
+        alice.peer.send(await alice.authenticated_request("INVITE", password, body=offer),
+                        alice.gateway)
+        anchored = await bob.peer.next_message()
+        assert anchored.start_line().startswith("INVITE ")  # type: ignore[union-attr]
+        assert b"RTP/AVP" in anchored.body  # the offer was rewritten for the plain phone
+        assert_full(await alice.authenticated("INVITE", password, body=offer),
+                    "too many media sessions")
+        assert await metric(gateway, "ws2sip_media_sessions") == 1
+        assert await wait_for_metric(gateway, "ws2sip_dialogs", 1) == 1  # the refused one went
+    finally:
+        alice.close()
+        bob.close()
+    assert tracebacks(gateway) == []
+
+
+async def test_subscription_dialog_lasts_as_long_as_its_expires(gateway: GatewayProcess) -> None:
+    """SUBSCRIBE with Expires: 1, accepted: its dialog goes after the Expires and the grace for
+    the final NOTIFY (10 s), not after an hour or more."""
+    bob = await register_over_udp(gateway, "bob")
+    alice = await UdpClient.open(gateway)
+    try:
+        alice.peer.send(await alice.authenticated_request(
+            "SUBSCRIBE", gateway.users["alice"], extra=b"Event: presence\r\nExpires: 1\r\n"),
+            alice.gateway)
+        subscribe = await bob.peer.next_message()
+        assert isinstance(subscribe, Request) and subscribe.method == "SUBSCRIBE"
+        accepted = subscribe.response(200, to_tag="bobtag")
+        accepted.add("Expires", "1")
+        accepted.add("Contact", f"<sip:bob@{bob.peer.address[0]}:{bob.peer.address[1]}>")
+        bob.peer.send(accepted.to_bytes(), bob.gateway)
+        assert (await alice.peer.next_message()).status == 200  # type: ignore[union-attr]
+        assert await metric(gateway, "ws2sip_dialogs") == 1
+        assert await wait_for_metric(gateway, "ws2sip_dialogs", 0, timeout=20.0) == 0
+    finally:
+        alice.close()
+        bob.close()
