@@ -92,7 +92,7 @@ def parse(text: str) -> SessionDescription:
         raise MediaError(reason=f"unparseable SDP: {exc}") from exc
     if not session.get("media"):
         raise MediaError(reason="SDP has no m= line")
-    session_address = (session.get("connection") or {}).get("ip")
+    session_address = _optional_text((session.get("connection") or {}).get("ip"))
     bundle_mids: list[str] = []
     for group in session.get("groups", []):
         if group.get("type") == "BUNDLE":
@@ -115,6 +115,10 @@ def parse(text: str) -> SessionDescription:
             raise MediaError(reason=f"malformed SDP in m= section {index + 1}: "
                                     f"{type(exc).__name__} {str(exc)[:60]}") from exc
     return SessionDescription(media=media, bundle_mids=bundle_mids)
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def _number(value: Any, what: str, low: int, high: int) -> int:
@@ -147,12 +151,14 @@ def _parse_media(
     raw: dict[str, Any], session: dict[str, Any], session_address: str | None,
     credentials: dict[str, str],
 ) -> MediaDescription:
-    fmtp = {entry["payload"]: entry["config"] for entry in raw.get("fmtp", [])}
+    # The grammar turns any all-digit value into an int ("a=rtpmap:111 123/48000", "a=setup:1"):
+    # every text field is read through str().
+    fmtp = {entry["payload"]: str(entry["config"]) for entry in raw.get("fmtp", [])}
     feedback: dict[int, list[str]] = {}
     for entry in raw.get("rtcpFb", []):
         if entry["payload"] == "*":
             continue
-        value = entry["type"] + (f" {entry['subtype']}" if entry.get("subtype") else "")
+        value = str(entry["type"]) + (f" {entry['subtype']}" if entry.get("subtype") else "")
         feedback.setdefault(_number(entry["payload"], "a=rtcp-fb payload", 0, 127),
                             []).append(value)
     rtpmap = {entry["payload"]: entry for entry in raw.get("rtp", [])}
@@ -166,7 +172,7 @@ def _parse_media(
             continue
         codecs.append(Codec(
             payload_type=payload_type,
-            name=mapping["codec"],
+            name=str(mapping["codec"]),
             clock_rate=_number(mapping.get("rate"), f"clock rate of payload {token}", 1,
                                1_000_000),
             channels=_number(mapping.get("encoding") or 1, f"channels of payload {token}", 1, 8),
@@ -175,18 +181,18 @@ def _parse_media(
         ))
     fingerprint = raw.get("fingerprint") or session.get("fingerprint")
     fingerprints = (
-        [Fingerprint(fingerprint["type"].lower(), fingerprint["hash"].upper())]
+        [Fingerprint(str(fingerprint["type"]).lower(), str(fingerprint["hash"]).upper())]
         if fingerprint else []
     )
     rtcp = raw.get("rtcp") or {}
     return MediaDescription(
-        kind=raw["type"],
+        kind=str(raw["type"]),
         port=_number(raw["port"], "m= port", 0, 65535),
-        protocol=raw["protocol"],
+        protocol=str(raw["protocol"]),
         payloads=str(raw.get("payloads", "")),
-        address=(raw.get("connection") or {}).get("ip") or session_address,
+        address=_optional_text((raw.get("connection") or {}).get("ip")) or session_address,
         codecs=codecs,
-        direction=raw.get("direction") or session.get("direction") or "sendrecv",
+        direction=str(raw.get("direction") or session.get("direction") or "sendrecv"),
         mid=str(raw["mid"]) if raw.get("mid") is not None else None,
         rtcp_port=_number(rtcp["port"], "a=rtcp port", 1, 65535) if rtcp.get("port") else None,
         rtcp_mux=bool(raw.get("rtcpMux")),
@@ -194,7 +200,7 @@ def _parse_media(
         ice_pwd=credentials.get("ice-pwd") or None,
         candidates=list(raw.get("candidates", [])),
         fingerprints=fingerprints,
-        setup=raw.get("setup") or session.get("setup"),
+        setup=_optional_text(raw.get("setup") or session.get("setup")),
         ssrcs=list(raw.get("ssrcs", [])),
         ptime=_number(raw["ptime"], "a=ptime", 1, 1000) if raw.get("ptime") else None,
     )

@@ -16,6 +16,8 @@ from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.sip.core_peer import RawUdpPeer
 from tests.sip.torture.generate import load as load_torture
 from tests.support.healthz import bindings_count, gateway_http_url
+from webrtc import sdp
+from webrtc.negotiation import relayable
 
 DOMAIN = "example.test"
 REPLY_TIMEOUT = 5.0
@@ -404,3 +406,16 @@ async def test_subscription_dialog_lasts_as_long_as_its_expires(gateway: Gateway
     finally:
         alice.close()
         bob.close()
+
+
+def test_sdp_text_fields_that_look_like_numbers_stay_text() -> None:
+    """sdp_transform turns all-digit values into ints; the model keeps them text, or the
+    codec matching raised AttributeError (found by tests/gateway/test_fuzz_full_path.py)."""
+    parsed = sdp.parse(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        "m=audio 4000 RTP/AVP 111 0\r\na=rtpmap:111 123/48000\r\na=fmtp:111 7\r\n"
+        "a=setup:1\r\n")
+    (media,) = parsed.media
+    assert [codec.name for codec in media.codecs] == ["123", "PCMU"]
+    assert media.codecs[0].fmtp == "7" and media.setup == "1"
+    assert [codec.name for codec in relayable("audio", media.codecs)] == ["PCMU"]
