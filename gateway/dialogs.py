@@ -117,7 +117,9 @@ class DialogTable:
         now = time.monotonic()
         expired = [d for d in self._dialogs.values() if d.deadline < now]
         for dialog in expired:
-            log.info("dialog %s expired without BYE; releasing it", dialog.call_id)
+            # %r and a cut: a Call-ID is the sender's text (control characters, any length).
+            log.info("%s dialog %r expired (no BYE, or its subscription ran out); releasing it",
+                     dialog.method, dialog.call_id[:80])
             self._forget(dialog)
         return len(expired)
 
