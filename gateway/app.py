@@ -69,7 +69,7 @@ class Gateway:
             RegistrarPolicy(
                 domain=config.domain, node_id=self.node_id, min_expires=config.min_expires,
                 max_expires=config.max_expires, default_expires=config.default_expires,
-                flow_timer=config.flow_timer,
+                flow_timer=config.flow_timer, max_contacts=config.max_contacts,
             ),
             self.location, self.auth, self.proxy.addresses.is_local_uri, self.proxy.gruus,
         )

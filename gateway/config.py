@@ -77,6 +77,7 @@ class Config:
     max_transactions: int = 20_000
     max_dialogs: int = 20_000
     max_media_sessions: int = 2_000
+    max_contacts: int = 32  # bindings per address-of-record; the oldest go first
     demo_users: bool = True
     # ICE servers handed to the web phone by /config.json. TURN credentials follow the TURN REST
     # API scheme coturn implements (use-auth-secret): HMAC-SHA1 of "<expiry>:<user>".
@@ -156,6 +157,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "max_transactions": (1, 10_000_000),
     "max_dialogs": (1, 10_000_000),
     "max_media_sessions": (1, 1_000_000),
+    "max_contacts": (1, 1_000),
 }
 
 
@@ -350,6 +352,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dialogs (calls, subscriptions) tracked at once; then 503")
     parser.add_argument("--max-media-sessions", type=int,
                         help="calls with anchored media at once; then 503")
+    parser.add_argument("--max-contacts", type=int,
+                        help="bindings kept per address-of-record; the oldest go first "
+                        "(default 32)")
     parser.add_argument(
         "--stun-uri", dest="stun_uris", action="append", metavar="URI",
         help="STUN server for the web phone, e.g. stun:stun.example.org:3478 (repeatable)",

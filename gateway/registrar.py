@@ -20,6 +20,7 @@ from .auth import Authenticator
 from .gruu import PARAM as GRUU_PARAM
 from .gruu import Gruus
 from .location import (
+    DEFAULT_MAX_CONTACTS,
     Binding,
     ContactChange,
     LocationService,
@@ -42,6 +43,7 @@ class RegistrarPolicy:
     max_expires: int
     default_expires: int
     flow_timer: int
+    max_contacts: int = DEFAULT_MAX_CONTACTS
 
 
 class Registrar:
@@ -156,6 +158,7 @@ class Registrar:
             path=tuple(request.get_all("path")) if "path" in supported else (),
             user_agent=request.get("user-agent") or "",
             now=time.time(),
+            max_contacts=policy.max_contacts,
         )
 
     def _is_ours(self, uri: SipUri) -> bool:

@@ -419,3 +419,24 @@ def test_sdp_text_fields_that_look_like_numbers_stay_text() -> None:
     assert [codec.name for codec in media.codecs] == ["123", "PCMU"]
     assert media.codecs[0].fmtp == "7" and media.setup == "1"
     assert [codec.name for codec in relayable("audio", media.codecs)] == ["PCMU"]
+
+
+async def test_bindings_per_address_of_record_are_bounded(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """Registering new contacts without end keeps the newest max_contacts, not all of them."""
+    gateway = await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"),
+                                    extra_args=["--max-contacts", "2"])
+    client = await UdpClient.open(gateway)
+    host, port = client.peer.address
+    try:
+        for device in range(4):
+            contact = f"Contact: <sip:alice-{device}@{host}:{port}>\r\nExpires: 300\r\n"
+            ok = await client.authenticated("REGISTER", gateway.users["alice"],
+                                            ruri=b"sip:" + DOMAIN.encode(), extra=contact.encode())
+            assert ok.status == 200, ok.start_line()
+        kept = " ".join(ok.get_all("contact"))
+        assert f"alice-3@{host}" in kept and "alice-0@" not in kept and "alice-1@" not in kept
+    finally:
+        client.close()
+    assert await bindings_count(gateway_http_url(gateway)) == 2
