@@ -117,6 +117,28 @@ def parse(text: str) -> SessionDescription:
     return SessionDescription(media=media, bundle_mids=bundle_mids)
 
 
+def _checked_candidate(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """An a=candidate with its numbers as ints, or None for one that cannot be used (a
+    component, priority or port that is not a number in range, no address): skipped like an
+    unresolvable one, the call goes on with the others and peer-reflexive learning."""
+    try:
+        numbers = {
+            "component": _number(entry.get("component"), "candidate component", 1, 256),
+            "priority": _number(entry.get("priority"), "candidate priority", 0, 2**32 - 1),
+            "port": _number(entry.get("port"), "candidate port", 0, 65535),
+        }
+    except MediaError:
+        return None
+    if not entry.get("ip") or entry.get("foundation") is None or not entry.get("type"):
+        return None
+    checked = {**entry, **numbers, "ip": str(entry["ip"]), "type": str(entry["type"])}
+    if entry.get("rport") is not None:
+        if not str(entry["rport"]).isdigit() or int(entry["rport"]) > 65535:
+            return None
+        checked["rport"] = int(entry["rport"])
+    return checked
+
+
 def _optional_text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
@@ -198,7 +220,7 @@ def _parse_media(
         rtcp_mux=bool(raw.get("rtcpMux")),
         ice_ufrag=credentials.get("ice-ufrag") or None,
         ice_pwd=credentials.get("ice-pwd") or None,
-        candidates=list(raw.get("candidates", [])),
+        candidates=[c for c in map(_checked_candidate, raw.get("candidates", [])) if c],
         fingerprints=fingerprints,
         setup=_optional_text(raw.get("setup") or session.get("setup")),
         ssrcs=list(raw.get("ssrcs", [])),

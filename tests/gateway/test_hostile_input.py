@@ -440,3 +440,16 @@ async def test_bindings_per_address_of_record_are_bounded(
     finally:
         client.close()
     assert await bindings_count(gateway_http_url(gateway)) == 2
+
+
+def test_unusable_ice_candidates_are_skipped() -> None:
+    """'a=candidate:1  udp …' (no component) raised ValueError in the ICE leg, after the media
+    session was made (found by bench/fuzz_run.py); it is skipped like an unresolvable one."""
+    parsed = sdp.parse(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        "a=candidate:1  udp 2122260223 127.0.0.1 54402 typ host\r\n"
+        "a=candidate:2 1 udp 2122260223 127.0.0.1 99999 typ host\r\n"
+        "a=candidate:3 1 udp 2122260223 127.0.0.1 54404 typ host\r\n")
+    (media,) = parsed.media
+    assert [(c["component"], c["port"]) for c in media.candidates] == [(1, 54404)]
