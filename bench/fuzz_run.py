@@ -4,7 +4,8 @@ REGISTER / INVITE / SUBSCRIBE / MESSAGE over UDP, with a registered phone answer
 
 Run: `python bench/fuzz_run.py [--cases N] [--seconds S] [--seed K]` (default 1,000,000 cases or
 one hour, whichever ends first). Prints a progress line every 10 s (cases, cases/s, tracebacks,
-dialogs/transactions/media sessions in flight, RSS) and at the end every distinct traceback
+dialogs/transactions/media sessions in flight, RSS) and the RSS before, at the end of the load and
+once drained and at the end every distinct traceback
 (grouped by exception type and the line that raised it) with one example, and what was left
 behind once the transaction timers ran out. Exit code 1 when a traceback or a leak was seen.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import resource
 import sys
 import tempfile
@@ -29,13 +31,16 @@ DRAIN_TIMEOUT = 30.0
 
 
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's resident memory now (gateway and fuzzer together), in MB."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 async def main(cases: int, seconds: float, seed: int) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         gateway = FuzzGateway(Path(workdir))
         await gateway.start()
+        baseline = rss_mb()
         total = FuzzRun()
         started = last_report = time.monotonic()
         chunk = 0
@@ -52,15 +57,20 @@ async def main(cases: int, seconds: float, seed: int) -> int:
                     elapsed = last_report - started
                     print(f"{total.cases:>9,} cases  {total.cases / elapsed:7.0f} cases/s  "
                           f"tracebacks {gateway.recorder.total}  in flight {gateway.counts()}  "
-                          f"max RSS {rss_mb():.0f} MB", flush=True)
+                          f"RSS {rss_mb():.0f} MB", flush=True)
             elapsed = time.monotonic() - started
+            loaded = rss_mb()
             left_behind = await gateway.drained(DRAIN_TIMEOUT)
+            gc.collect()
+            drained = rss_mb()
         finally:
             await gateway.stop()
     print(f"\n{total.cases:,} cases in {elapsed:.0f} s: {total.cases / elapsed:.0f} cases/s "
           f"(seed {seed}; pure Python or compiled as installed)")
     print("answers by status:", dict(sorted(total.statuses.items())))
     print(f"left after {DRAIN_TIMEOUT:.0f} s of timers: {left_behind}")
+    print(f"RSS: {baseline:.0f} MB before, {loaded:.0f} MB at the end of the load, "
+          f"{drained:.0f} MB once drained (bindings of alice's last 300 s stay: max_contacts)")
     recorder = gateway.recorder
     print(f"distinct tracebacks: {len(recorder.counts)} ({recorder.total} in all)")
     for signature, count in recorder.counts.most_common():

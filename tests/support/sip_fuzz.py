@@ -129,7 +129,7 @@ class Collector(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.address: tuple[str, int] = ("", 0)
         self.statuses: collections.Counter[int] = collections.Counter()
-        self.challenges: asyncio.Queue[Response] = asyncio.Queue()
+        self.challenges: asyncio.Queue[Response] = asyncio.Queue()  # 407s to challenge_for()
         self.answered = 0  # requests (Call-IDs) answered at least once: the pace of the run
         self._recent_calls: collections.OrderedDict[str, None] = collections.OrderedDict()
 
@@ -154,7 +154,7 @@ class Collector(asyncio.DatagramProtocol):
                 self._recent_calls[call_id] = None
                 if len(self._recent_calls) > 4096:
                     self._recent_calls.popitem(last=False)
-            if message.status in (401, 407):
+            if message.status == 407 and call_id.startswith("challenge-"):
                 self.challenges.put_nowait(message)
             if message.status >= 300 and message.cseq.method == "INVITE":
                 self._ack(message, addr)
@@ -388,16 +388,19 @@ class FuzzRun:
 async def challenge_for(sock: Collector, gateway: tuple[str, int]) -> DigestChallenge:
     """A nonce for alice: the 407 to a plain MESSAGE."""
     host, port = sock.address
+    call_id = f"challenge-{secrets.token_hex(6)}"
     request = (
         f"MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{port};branch=z9hG4bKch"
         f"{secrets.token_hex(4)};rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=c\r\n"
-        f"To: <sip:bob@{DOMAIN}>\r\nCall-ID: challenge-{secrets.token_hex(6)}\r\n"
+        f"To: <sip:bob@{DOMAIN}>\r\nCall-ID: {call_id}\r\n"
         "CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
     )
     assert sock.transport is not None
     sock.transport.sendto(request.encode(), gateway)
-    challenge = await asyncio.wait_for(sock.challenges.get(), 5.0)
-    return select_challenge(challenge.get_all("proxy-authenticate"))
+    while True:  # challenges to mutated cases may be queued before ours
+        challenge = await asyncio.wait_for(sock.challenges.get(), 5.0)
+        if challenge.call_id == call_id:
+            return select_challenge(challenge.get_all("proxy-authenticate"))
 
 
 async def register_phone(phone: AnsweringPhone, gateway: tuple[str, int]) -> None:
