@@ -70,7 +70,7 @@ async def main(cases: int, seconds: float, seed: int) -> int:
     print("answers by status:", dict(sorted(total.statuses.items())))
     print(f"left after {DRAIN_TIMEOUT:.0f} s of timers: {left_behind}")
     print(f"RSS: {baseline:.0f} MB before, {loaded:.0f} MB at the end of the load, "
-          f"{drained:.0f} MB once drained (bindings of alice's last 300 s stay: max_contacts)")
+          f"{drained:.0f} MB once drained")
     recorder = gateway.recorder
     print(f"distinct tracebacks: {len(recorder.counts)} ({recorder.total} in all)")
     for signature, count in recorder.counts.most_common():
