@@ -46,9 +46,12 @@ class Gateway:
         self.node_id = config.effective_node_id
         self.transport = TransportLayer(
             limits=Limits(max_message_size=config.max_message_size), resolver=Resolver(),
-            idle_timeout=config.ws_idle_timeout,
+            idle_timeout=config.ws_idle_timeout, max_flows=config.max_flows,
         )
-        self.transactions = TransactionLayer(self.transport)
+        # A challenge is sent statelessly before any 100 (gateway.proxy): one response for an
+        # unauthenticated INVITE, never an amplifier toward a spoofed source.
+        self.transactions = TransactionLayer(self.transport, trying_after_tu=True,
+                                             max_transactions=config.max_transactions)
         self.location: LocationService = open_location_service(config.redis or None)
         self.users: UserStore = open_user_store(config.redis or None, config.users_path)
         secret = config.auth_secret.encode() if config.auth_secret else secrets.token_bytes(32)
@@ -69,13 +72,14 @@ class Gateway:
         self.proxy = Proxy(
             ProxyPolicy.from_config(config, self.node_id),
             self.transactions, self.transport, self.location, self.auth, secret,
-            MediaAnchor(relay),
+            MediaAnchor(relay, config.max_media_sessions),
         )
+        self.proxy.dialogs.max_dialogs = config.max_dialogs
         self.registrar = Registrar(
             RegistrarPolicy(
                 domain=config.domain, node_id=self.node_id, min_expires=config.min_expires,
                 max_expires=config.max_expires, default_expires=config.default_expires,
-                flow_timer=config.flow_timer,
+                flow_timer=config.flow_timer, max_contacts=config.max_contacts,
             ),
             self.location, self.auth, self.proxy.addresses.is_local_uri, self.proxy.gruus,
         )

@@ -140,6 +140,12 @@ class Config:
     digest_algorithms: tuple[str, ...] = ("MD5",)
     invite_timeout: float = 60.0
     max_calls_per_user: int = 0
+    # Table bounds: past them new peers and requests get 503 with Retry-After.
+    max_flows: int = 50_000
+    max_transactions: int = 20_000
+    max_dialogs: int = 20_000
+    max_media_sessions: int = 2_000
+    max_contacts: int = 32  # bindings per address-of-record; the oldest go first
     demo_users: bool = True
     # ICE servers handed to the web phone by /config.json. TURN credentials follow the TURN REST
     # API scheme coturn implements (use-auth-secret): HMAC-SHA1 of "<expiry>:<user>".
@@ -208,6 +214,98 @@ def parse_hostport(text: str, setting: str) -> tuple[str, int]:
 
 
 _SCALARS = {f.name: f for f in fields(Config) if f.name != "trunks"}
+COMMAND_LINE = "command line"  # where a setting came from, when not from a file
+
+# What each annotated type of Config and Trunk accepts, and how an error message says it.
+_EXPECTED_TYPES: dict[str, str] = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "tuple[str, ...]": "a list of strings",
+}
+# Numeric settings: the inclusive range each accepts (checked on TOML values and flags alike).
+DAY = 86_400
+RANGES: dict[str, tuple[int, int]] = {
+    "media_workers": (0, 64),
+    # aiohttp reads a WebSocket limit of 0 as "unlimited": refused rather than the limit dropped.
+    "max_message_size": (MIN_MESSAGE_SIZE, 1_048_576),
+    "ws_ping_interval": (0, DAY),
+    "ws_idle_timeout": (1, 7 * DAY),
+    "min_expires": (1, DAY),
+    "max_expires": (1, DAY),
+    "default_expires": (1, DAY),
+    "flow_timer": (1, DAY),
+    "nonce_lifetime": (1, DAY),
+    "invite_timeout": (0, DAY),
+    "max_calls_per_user": (0, 1_000_000),
+    "turn_ttl": (1, 7 * DAY),
+    "max_calls": (0, 1_000_000),  # trunks
+    "max_flows": (1, 10_000_000),
+    "max_transactions": (1, 10_000_000),
+    "max_dialogs": (1, 10_000_000),
+    "max_media_sessions": (1, 1_000_000),
+    "max_contacts": (1, 1_000),
+    # The edge guard's limits: 0 switches a limit off.
+    "max_connections_per_ip": (0, 10_000_000),
+    "max_requests_per_ip": (0, 2_000_000_000),
+    "auth_failures_before_ban": (0, 1_000_000),
+    "unauthenticated_timeout": (0, DAY),
+    "http_header_timeout": (0, DAY),
+    "request_window": (0, DAY),
+    "auth_failure_window": (0, 7 * DAY),
+    "ban_time": (0, 365 * DAY),
+    # Strict source on plain RTP (webrtc.plain.LatchPolicy).
+    "rtp_learn_seconds": (0, DAY),
+    "rtp_probation_packets": (1, 1_000),
+    "rtp_probation_seconds": (0, DAY),
+    "rtp_alive_seconds": (0, DAY),
+}
+
+
+def expected_type(annotation: str) -> str:
+    """'an integer', 'a list of strings'…: what a setting of that annotation accepts."""
+    return _EXPECTED_TYPES[annotation]
+
+
+def _type_matches(annotation: str, value: Any) -> bool:
+    if annotation == "str":
+        return isinstance(value, str)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation == "bool":
+        return isinstance(value, bool)
+    return isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
+
+
+def _checked_value(source: str, key: str, annotation: str, value: Any) -> Any:
+    """value as the setting stores it, or a ConfigError naming where it came from, the key and
+    what is expected."""
+    if not _type_matches(annotation, value):
+        raise ConfigError(f"{source}: {key}: expected {_describe(annotation, key)}, "
+                          f"got {_shown(value)}")
+    limits = RANGES.get(key.rpartition(".")[2])
+    if limits is not None and not limits[0] <= value <= limits[1]:
+        raise ConfigError(f"{source}: {key}: expected {_describe(annotation, key)}, "
+                          f"got {_shown(value)}")
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _describe(annotation: str, key: str) -> str:
+    limits = RANGES.get(key.rpartition(".")[2])
+    text = expected_type(annotation)
+    return f"{text} {limits[0]}-{limits[1]}" if limits else text
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it (TOML spelling: strings in double quotes), cut short."""
+    if isinstance(value, str):
+        return '"' + value[:60].replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)[:60]
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
@@ -216,12 +314,12 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
     if path:
         try:
             raw = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as error:
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"config file {path}: {error}") from error
         values.update(_from_toml(raw, path))
     for name, value in overrides.items():
         if value is not None and name in _SCALARS:
-            values[name] = tuple(value) if isinstance(value, list) else value
+            values[name] = _checked_value(COMMAND_LINE, name, str(_SCALARS[name].type), value)
     config = Config(**values)
     _check(config)
     return config
@@ -232,22 +330,30 @@ def _from_toml(raw: dict[str, Any], path: str) -> dict[str, Any]:
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name in ("trunks", "trunk"):
-            values["trunks"] = tuple(_trunk(entry, path) for entry in value)
+            if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+                raise ConfigError(f"{path}: {key}: expected [[trunks]] tables, got "
+                                  f"{_shown(value)}")
+            values["trunks"] = tuple(_trunk(entry, path, index)
+                                     for index, entry in enumerate(value))
         elif name in _SCALARS:
-            values[name] = tuple(value) if isinstance(value, list) else value
+            values[name] = _checked_value(path, name, str(_SCALARS[name].type), value)
         else:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
     return values
 
 
-def _trunk(entry: dict[str, Any], path: str) -> Trunk:
-    known = {f.name for f in fields(Trunk)}
-    unknown = set(entry) - known
+_TRUNK_FIELDS = {f.name: f for f in fields(Trunk)}
+
+
+def _trunk(entry: dict[str, Any], path: str, index: int) -> Trunk:
+    unknown = set(entry) - set(_TRUNK_FIELDS)
     if unknown or "name" not in entry or "address" not in entry:
         raise ConfigError(
             f"config file {path}: trunk needs name and address; unknown keys {sorted(unknown)}"
         )
-    entry = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+    entry = {key: _checked_value(path, f"trunks[{index}].{key}", str(_TRUNK_FIELDS[key].type),
+                                 value)
+             for key, value in entry.items()}
     trunk = Trunk(**entry)
     parse_hostport(trunk.address, f"trunk {trunk.name} address")
     if trunk.transport not in ("udp", "tcp", "tls"):
@@ -265,39 +371,21 @@ def _trunk(entry: dict[str, Any], path: str) -> Trunk:
 
 
 def _check(config: Config) -> None:
+    """Checks across settings (each one's type and range were checked as it was read)."""
     config.listeners()
     config.rtp_port_range  # noqa: B018 - validates
-    if config.media_workers < 0:
-        raise ConfigError(f"media_workers: expected 0 or more, got {config.media_workers}")
     port_min, port_max = config.rtp_port_range
     if (port_max - port_min + 1) // max(config.media_workers, 1) < 4:  # a call needs 3 ports
         raise ConfigError(f"rtp_ports {config.rtp_ports}: too few ports, at least 4 per "
                           f"media worker ({config.media_workers})")
-    for name in ("rtp_learn_seconds", "rtp_probation_seconds", "rtp_alive_seconds"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name}: expected seconds >= 0, got {getattr(config, name)}")
-    if config.rtp_probation_packets < 1:
-        raise ConfigError(
-            f"rtp_probation_packets: expected 1 or more, got {config.rtp_probation_packets}")
     if not 0 < config.min_expires <= config.default_expires <= config.max_expires:
         raise ConfigError("expires: need 0 < min_expires <= default_expires <= max_expires")
-    # aiohttp reads a WebSocket limit of 0 as "unlimited": refuse it rather than drop the limit.
-    if config.max_message_size < MIN_MESSAGE_SIZE:
-        raise ConfigError(
-            f"max_message_size: at least {MIN_MESSAGE_SIZE} bytes, got {config.max_message_size}"
-        )
-    for name in ("max_connections_per_ip", "unauthenticated_timeout", "max_requests_per_ip",
-                 "auth_failures_before_ban"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name}: expected 0 (off) or more, got {getattr(config, name)}")
-    if config.metrics:
-        parse_hostport(config.metrics, "metrics")
-    for name in ("flow_timer", "ws_idle_timeout", "nonce_lifetime", "http_header_timeout",
-                 "request_window", "auth_failure_window", "ban_time"):
+    # Seconds that must be more than 0 (the range table's bounds are whole and inclusive).
+    for name in ("http_header_timeout", "request_window", "auth_failure_window", "ban_time"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name}: expected seconds > 0, got {getattr(config, name)}")
-    if config.ws_ping_interval < 0:
-        raise ConfigError(f"ws_ping_interval: expected seconds >= 0, got {config.ws_ping_interval}")
+    if config.metrics:
+        parse_hostport(config.metrics, "metrics")
     if (config.tls or config.wss) and not (config.tls_cert and config.tls_key):
         raise ConfigError("tls/wss listeners need tls_cert and tls_key")
     if not config.digest_algorithms or not set(config.digest_algorithms) <= {"MD5", "SHA-256"}:
@@ -315,8 +403,6 @@ def _check_ice_servers(config: Config) -> None:
                 raise ConfigError(f"{setting}: {uri!r} does not start with {' or '.join(schemes)}")
     if config.turn_uris and not config.turn_secret:
         raise ConfigError("turn_uris need turn_secret (the static-auth-secret of coturn)")
-    if config.turn_ttl <= 0:
-        raise ConfigError(f"turn_ttl: expected seconds > 0, got {config.turn_ttl}")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -387,6 +473,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-calls-per-user", type=int, help="concurrent calls per user (0 = unlimited)"
     )
+    parser.add_argument("--max-flows", type=int,
+                        help="SIP flows (UDP peers, TCP/TLS, WebSockets) at once; then 503")
+    parser.add_argument("--max-transactions", type=int,
+                        help="SIP transactions in progress at once; then 503")
+    parser.add_argument("--max-dialogs", type=int,
+                        help="dialogs (calls, subscriptions) tracked at once; then 503")
+    parser.add_argument("--max-media-sessions", type=int,
+                        help="calls with anchored media at once; then 503")
+    parser.add_argument("--max-contacts", type=int,
+                        help="bindings kept per address-of-record; the oldest go first "
+                        "(default 32)")
     parser.add_argument(
         "--stun-uri", dest="stun_uris", action="append", metavar="URI",
         help="STUN server for the web phone, e.g. stun:stun.example.org:3478 (repeatable)",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from sip.errors import SipError
 from sip.flow import Flow
 from sip.resolver import Target
 
@@ -52,6 +53,20 @@ class Party:
             return False
         return (own.transport.lower(), own.host, own.port) == \
             (target.transport.lower(), target.host, target.port)
+# A subscription lives as long as its Expires says (RFC 6665 §4.1.2.1), plus time for the
+# final NOTIFY the notifier sends when it ends; without Expires, the usual event default.
+DEFAULT_SUBSCRIPTION_EXPIRES = 3600
+SUBSCRIPTION_GRACE = 10.0
+DEFAULT_MAX_DIALOGS = 20_000
+RETRY_AFTER_WHEN_FULL = 10  # seconds (Retry-After of the 503 for a full table)
+SWEEP_INTERVAL = 5.0  # expired dialogs are removed this often while any exist
+
+
+def subscription_lifetime(expires: int | None) -> float:
+    """How long a SUBSCRIBE (or REFER) dialog is kept: its granted Expires, capped at the
+    default, plus the grace for the final NOTIFY."""
+    granted = DEFAULT_SUBSCRIPTION_EXPIRES if expires is None else expires
+    return min(granted, DEFAULT_SUBSCRIPTION_EXPIRES) + SUBSCRIPTION_GRACE
 
 
 @dataclass(eq=False, slots=True)
@@ -83,8 +98,11 @@ class Dialog:
 
 
 class DialogTable:
-    def __init__(self, on_released: Callable[[Dialog], Coroutine[Any, Any, None]] | None = None
-                 ) -> None:
+    def __init__(self, on_released: Callable[[Dialog], Coroutine[Any, Any, None]] | None = None,
+                 max_dialogs: int = DEFAULT_MAX_DIALOGS) -> None:
+        self.max_dialogs = max_dialogs
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._full_logged_at = -60.0
         self._dialogs: dict[str, Dialog] = {}
         self._per_user: Counter[str] = Counter()
         self._per_trunk: Counter[str] = Counter()
@@ -105,8 +123,12 @@ class DialogTable:
         existing = self._dialogs.get(dialog.call_id)
         if existing is not None:
             return existing
+        if len(self._dialogs) >= self.max_dialogs and not self.sweep():
+            self._refuse_when_full()
         dialog.deadline = time.monotonic() + lifetime
         self._dialogs[dialog.call_id] = dialog
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep_tick)
         if dialog.method == "INVITE":
             for user in {dialog.caller, dialog.callee} - {None}:
                 self._per_user[user] += 1  # type: ignore[index]
@@ -141,9 +163,32 @@ class DialogTable:
         now = time.monotonic()
         expired = [d for d in self._dialogs.values() if d.deadline < now]
         for dialog in expired:
-            log.info("dialog %s expired without BYE; releasing it", dialog.call_id)
+            # %r and a cut: a Call-ID is the sender's text (control characters, any length).
+            log.info("%s dialog %r expired (no BYE, or its subscription ran out); releasing it",
+                     dialog.method, dialog.call_id[:80])
             self._forget(dialog)
         return len(expired)
+
+    def _sweep_tick(self) -> None:
+        """Expired dialogs go even when nobody asks for their Call-ID again."""
+        self._sweeper = None
+        self.sweep()
+        if self._dialogs:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep_tick)
+
+    def _refuse_when_full(self) -> None:
+        now = time.monotonic()
+        if now - self._full_logged_at >= 60.0:
+            self._full_logged_at = now
+            log.warning("dialog table full (%d): new dialogs refused with 503 (logged once a "
+                        "minute)", self.max_dialogs)
+        raise SipError(503, "Service Unavailable (too many dialogs)",
+                       headers=[("Retry-After", str(RETRY_AFTER_WHEN_FULL))])
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     def all(self) -> list[Dialog]:
         return list(self._dialogs.values())

@@ -36,9 +36,15 @@ def has_sdp(message: Message) -> bool:
     return bool(message.body) and message.content_type == SDP
 
 
+DEFAULT_MAX_SESSIONS = 2_000
+RETRY_AFTER_WHEN_FULL = 10  # seconds
+
+
 class MediaAnchor:
-    def __init__(self, relay: RelayHandle) -> None:
+    def __init__(self, relay: RelayHandle, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
         self.relay = relay
+        # Anchored calls at once (each holds 2-4 relay ports); past it new ones get 503.
+        self.max_sessions = max_sessions
 
     async def offer(
         self, dialog: Dialog, request: Message, sender: str, receiver: str
@@ -87,6 +93,11 @@ class MediaAnchor:
 
     def _session(self, dialog: Dialog) -> SessionHandle:
         if dialog.media is None:
+            if self.relay.active_sessions >= self.max_sessions:
+                log.warning("media sessions full (%d): call %s refused with 503",
+                            self.max_sessions, dialog.call_id[:80])
+                raise SipError(503, "Service Unavailable (too many media sessions)",
+                               headers=[("Retry-After", str(RETRY_AFTER_WHEN_FULL))])
             dialog.media = self.relay.create_session(dialog.call_id)
         return dialog.media
 

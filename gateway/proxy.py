@@ -20,7 +20,14 @@ from sip.uri import SipUri
 
 from .auth import Authenticator
 from .config import Config, Trunk
-from .dialogs import EARLY_DIALOG_LIFETIME, INVITE_DIALOG_LIFETIME, Dialog, DialogTable, Party
+from .dialogs import (
+    EARLY_DIALOG_LIFETIME,
+    INVITE_DIALOG_LIFETIME,
+    Dialog,
+    DialogTable,
+    Party,
+    subscription_lifetime,
+)
 from .flowtoken import DIALOG, HOP, FlowRef, FlowTokens
 from .flowtoken import PARAM as FLOW_PARAM
 from .gruu import Gruus, GruuTarget
@@ -41,7 +48,6 @@ log = logging.getLogger("ws2sip.proxy")
 
 DIALOG_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 NO_AUTH_METHODS = frozenset(("ACK", "CANCEL", "BYE", "PRACK"))
-SUBSCRIPTION_LIFETIME = 3600.0
 MAX_FORWARDS = 70
 # Identities a sender asserts or asks for (RFC 3325 §9, and Remote-Party-ID, its predecessor
 # that PBXs still read): only trusted trunks may send them; toward a trunk the gateway asserts
@@ -152,6 +158,7 @@ class Proxy:
                 forwarding.timer.cancel()
         for dialog in self.dialogs.all():
             self.dialogs.release(dialog.call_id)
+        self.dialogs.close()
         await asyncio.sleep(0)
 
     # --- entry points ------------------------------------------------------------------------
@@ -300,6 +307,8 @@ class Proxy:
         destination = Destination(await self._in_dialog_ruri(request, receiver), receiver.target)
         if request.method == "BYE":
             self.dialogs.extend(dialog, EARLY_DIALOG_LIFETIME)
+        elif request.method == "SUBSCRIBE":  # a refresh (or Expires: 0, an unsubscribe)
+            self.dialogs.extend(dialog, subscription_lifetime(request.expires))
         forwarding = Forwarding(request, server, dialog=dialog)
         forwarding.sender_kind, destination.kind = _kinds_in_dialog(dialog, request)
         forwarding.cseq_offset = _cseq_offset(dialog, request)
@@ -367,15 +376,22 @@ class Proxy:
             if not destinations:
                 raise SipError(403, f"Relaying to {ruri.host} is not allowed")
         forwarding = Forwarding(request, server, asserted_identity=caller_aor)
+        created: Dialog | None = None
         if request.method in DIALOG_METHODS:
             dialog_trunk = next((d.trunk for d in destinations if d.trunk), None) or trunk
             self._check_limits(request, caller_aor, callee_aor, dialog_trunk)
-            forwarding.dialog = self.dialogs.add(
-                Dialog(request.call_id, request.method, caller=caller_aor, callee=callee_aor,
-                       trunk=dialog_trunk.name if dialog_trunk else None),
-                _lifetime(request),
-            )
-        await self._forward(forwarding, destinations, record_route=True)
+            created = Dialog(request.call_id, request.method, caller=caller_aor,
+                             callee=callee_aor, trunk=dialog_trunk.name if dialog_trunk else None)
+            forwarding.dialog = self.dialogs.add(created, _lifetime(request))
+        try:
+            await self._forward(forwarding, destinations, record_route=True)
+        except SipError:
+            # Refused before any branch went out (e.g. 488 for a malformed SDP offer): the
+            # dialog this request created, and the media session it holds, go with it. One that
+            # already existed under that Call-ID is not this request's to end.
+            if created is not None and forwarding.dialog is created and not created.confirmed:
+                self.dialogs.release(created.call_id)
+            raise
 
     async def _authenticate_user(self, request: Request, server: ServerTransaction) -> str | None:
         """The caller's AoR, or None when a challenge or refusal was sent."""
@@ -383,7 +399,7 @@ class Proxy:
             raise SipError(403, f"{request.method} outside a dialog")
         outcome = await self._auth.authenticate(request, proxy=True)
         if outcome.refusal is not None:
-            server.respond(outcome.refusal)
+            server.respond_statelessly(outcome.refusal)  # no 407 retransmissions to amplify
             return None
         from_uri = request.from_.uri
         aor = f"sip:{outcome.username}@{self.policy.domain}"
@@ -903,8 +919,7 @@ def _kind(transport: str) -> str:
 def _lifetime(request: Request) -> float:
     if request.method == "INVITE":
         return EARLY_DIALOG_LIFETIME
-    expires = request.expires
-    return max(float(expires or 0), SUBSCRIPTION_LIFETIME)
+    return subscription_lifetime(request.expires)
 
 
 def _domain_aor(aor: str, domain: str) -> str:

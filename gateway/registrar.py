@@ -20,6 +20,7 @@ from .auth import Authenticator
 from .gruu import PARAM as GRUU_PARAM
 from .gruu import Gruus
 from .location import (
+    DEFAULT_MAX_CONTACTS,
     Binding,
     ContactChange,
     LocationService,
@@ -42,6 +43,7 @@ class RegistrarPolicy:
     max_expires: int
     default_expires: int
     flow_timer: int
+    max_contacts: int = DEFAULT_MAX_CONTACTS
 
 
 class Registrar:
@@ -74,7 +76,11 @@ class Registrar:
             log.exception("REGISTER %s from %s failed", request.call_id, flow.remote)
             response = request.response(503, to_tag=request.stable_tag())
             response.add("Retry-After", str(STORE_RETRY_AFTER))
-        transaction.respond(response)
+        if response.status == 401:
+            # A challenge keeps no transaction: a spoofed source costs no memory for timer J.
+            transaction.respond_statelessly(response)
+        else:
+            transaction.respond(response)
 
     async def _register(self, request: Request, flow: Flow) -> Response:
         ruri = request.ruri
@@ -152,6 +158,7 @@ class Registrar:
             path=tuple(request.get_all("path")) if "path" in supported else (),
             user_agent=request.get("user-agent") or "",
             now=time.time(),
+            max_contacts=policy.max_contacts,
         )
 
     def _is_ours(self, uri: SipUri) -> bool:

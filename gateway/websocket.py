@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sip.flow import Flow
-from sip.transport import TransportLayer
+from sip.transport import OVERLOAD_RETRY_AFTER, TransportLayer
 
 from . import ws_delivery
 from .edge_guard import EdgeGuard
@@ -211,6 +211,10 @@ def make_handler(
                 request.remote, request.headers.get("Origin"),
             )
             return web.Response(status=403, text="Origin not allowed\n")
+        if not transport.has_room_for_flow():
+            transport.log_overload(f"flow table full ({transport.max_flows} flows)")
+            return web.Response(status=503, text="Too many connections\n",
+                                headers={"Retry-After": str(OVERLOAD_RETRY_AFTER)})
         source_ip = request.remote or ""
         if guard is not None:
             refusal = guard.connection_refusal(source_ip)

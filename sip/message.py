@@ -500,7 +500,10 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
             head_bytes, body = data[:end], data[end + 2 :]
         else:
             head_bytes, body = data.rstrip(b"\r\n"), b""
-    head = head_bytes.decode("utf-8", "surrogateescape")
+    try:
+        head = head_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        head = _decode_non_utf8_head(head_bytes)
     lines = head.split("\r\n")
     if head.count("\n") != len(lines) - 1:
         # Bare LFs (alone or mixed with CRLFs): split on LF and drop the CRs.
@@ -542,6 +545,36 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
         append((known[0], known[1], value.strip(" \t")))
     message.body = _frame_body(message, body)
     return message
+
+
+# Headers that are free text for people (RFC 3261 §20): legacy phones and PBXs send them in
+# Latin-1, and the gateway only forwards them, so their bytes are kept as they came.
+_FREE_TEXT_HEADERS: Final = frozenset(
+    ("subject", "s", "user-agent", "server", "organization", "warning")
+)
+
+
+def _decode_non_utf8_head(head_bytes: bytes) -> str:
+    """The head of a message that is not all UTF-8: refused (400) when the bytes sit in the
+    start line or in any header the gateway interprets, since Call-IDs, tags, URIs, digest
+    parameters and instance ids are hashed, compared and stored as text; otherwise decoded with
+    surrogateescape so that the free text is relayed byte for byte."""
+    name = ""
+    for number, line in enumerate(head_bytes.split(b"\n")):
+        if number > 0 and line[:1] not in (b" ", b"\t"):  # not a continuation: a new header
+            name = line.partition(b":")[0].strip(b" \t\r").decode("latin-1").lower()
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            if number > 0 and name in _FREE_TEXT_HEADERS:
+                continue
+            if number == 0:
+                raise SipError(400, "Start line is not UTF-8") from None
+            if not is_token(name):
+                raise SipError(400, "Header line is not UTF-8") from None
+            shown = CANONICAL_NAMES.get(name, name)[:40]
+            raise SipError(400, f"{shown} header is not UTF-8") from None
+    return head_bytes.decode("utf-8", "surrogateescape")
 
 
 def _parse_start_line(line: str) -> Request | Response:

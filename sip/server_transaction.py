@@ -105,6 +105,25 @@ class ServerTransaction(TimedTransaction):
             if not self.flow.reliable:
                 self._schedule_retransmit()
 
+    def respond_statelessly(self, response: Response) -> None:
+        """Send a final response once and end the transaction at once, as Kamailio's
+        sl_send_reply does: nothing retransmits it and nothing is kept. For challenges to
+        unauthenticated requests, whose source may be spoofed: a 407 to an INVITE sent through
+        the state machine over UDP is resent (timer G) until timer H, about 20 times the
+        request's size toward the victim. A retransmitted request is simply answered again."""
+        if self.state != TRYING and self.state != PROCEEDING:
+            log.info("%r: dropping %d sent after the final response", self, response.status)
+            return
+        self._last_response = response
+        self._send(response)
+        self.terminate()
+
+    def send_trying(self) -> None:
+        """§17.2.1's 100 for an INVITE, unless the TU has answered it already: a stateless
+        challenge then goes out alone (one response per request, no amplification)."""
+        if self.state == PROCEEDING and self._last_response is None:
+            self.respond(self.request.response(100, "Trying"))
+
     def _send(self, response: Response) -> None:
         try:
             self._layer.transport.send_response(response, self.flow)

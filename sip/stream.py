@@ -39,9 +39,16 @@ class StreamFlow(asyncio.Protocol, Flow):
             address(transport.get_extra_info("peername")),
             secure=self._transport_name == "tls",
         )
+        if not self._owner.has_room_for_flow():
+            self._owner.refuse_over_capacity(b"", self)  # logs; nothing to answer yet
+            self._closed = True
+            self._transport.close()
+            return
         self._owner.register_flow(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return  # refused for want of room, or closing: nothing more is read
         self.touch()
         try:
             for item in self._framer.feed(data):

@@ -14,11 +14,12 @@ from .flow import Flow, Target
 from .message import Request, Response
 from .server_transaction import ServerKey, ServerTransaction
 from .timers import Timers
-from .transport import TransportLayer
+from .transport import OVERLOAD_RETRY_AFTER, TransportLayer
 
 __all__ = ["ClientTransaction", "ServerTransaction", "Timers", "TransactionLayer"]
 
 log: Final = logging.getLogger(__name__)
+DEFAULT_MAX_TRANSACTIONS: Final = 20_000
 
 
 def _unhandled_request(request: Request, transaction: ServerTransaction | None) -> None:
@@ -32,9 +33,18 @@ def _unhandled_response(response: Response, flow: Flow) -> None:
 
 
 class TransactionLayer:
-    def __init__(self, transport: TransportLayer, timers: Timers | None = None) -> None:
+    def __init__(
+        self, transport: TransportLayer, timers: Timers | None = None, *,
+        trying_after_tu: bool = False, max_transactions: int = DEFAULT_MAX_TRANSACTIONS,
+    ) -> None:
         self.transport = transport
         self.timers = timers or Timers()
+        # False: an INVITE's 100 goes out before the TU sees it. True: right after the TU's
+        # first step (same loop turn, well within §17.2.1's 200 ms), so that a TU answering at
+        # once, e.g. with a stateless challenge, sends one response and no 100.
+        self.trying_after_tu = trying_after_tu
+        # Server + client transactions; past it new requests are answered 503 statelessly.
+        self.max_transactions = max_transactions
         self.on_request: Callable[[Request, ServerTransaction | None], None] = _unhandled_request
         self.on_stray_response: Callable[[Response, Flow], None] = _unhandled_response
         # An ACK that matches no INVITE server transaction (the ACK of a 2xx, end to end): a
@@ -130,16 +140,32 @@ class TransactionLayer:
         if transaction is not None:
             transaction.handle_retransmission()
             return
+        if len(self._clients) + len(self._servers) >= self.max_transactions:
+            self._refuse_over_capacity(request, flow)
+            return
         transaction = self._servers[key] = ServerTransaction(self, request, flow, key)
         if method == "INVITE":
             # §17.2.1: a 100 at once stops the client's timer A while the TU (often a proxy
             # waiting on the next hop) takes its time.
-            transaction.respond(request.response(100, "Trying"))
+            if self.trying_after_tu:
+                self.on_request(request, transaction)
+                # Queued after the first step of any task the TU started for it.
+                self.loop.call_soon(transaction.send_trying)
+                return
+            transaction.send_trying()
         elif method == "CANCEL":
             invite = self.find_invite_for_cancel(request)
             if invite is not None:
                 invite.mark_cancelled()
         self.on_request(request, transaction)
+
+    def _refuse_over_capacity(self, request: Request, flow: Flow) -> None:
+        """503 with Retry-After, sent statelessly: a full table keeps nothing more."""
+        self.transport.log_overload(f"transaction table full ({self.max_transactions})")
+        response = request.response(503, "Service Unavailable (too many transactions)",
+                                     to_tag=request.stable_tag())
+        response.add("Retry-After", str(OVERLOAD_RETRY_AFTER))
+        self.transport.send_response(response, flow)
 
     def _on_ack(self, ack: Request, flow: Flow) -> None:
         transaction = self._servers.get(_server_key(ack, "INVITE"))

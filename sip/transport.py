@@ -32,6 +32,11 @@ wire_log: Final = logging.getLogger("ws2sip.sip.wire")
 
 DEFAULT_PORTS: Final = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 80, "wss": 443}
 CONNECT_TIMEOUT = 5.0
+DEFAULT_MAX_FLOWS: Final = 50_000
+# Seconds a client is asked to wait (Retry-After) when a table is full, and between two log
+# lines saying so: one per interval, not one per refused packet.
+OVERLOAD_RETRY_AFTER: Final = 10
+OVERLOAD_LOG_INTERVAL: Final = 60.0
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 # Headers a 4xx needs to be matched by the sender (§8.2.6.2), read from a message that did not
 # parse as a whole.
@@ -78,10 +83,14 @@ class TransportLayer:
         limits: Limits = DEFAULT_LIMITS,
         resolver: Resolver | None = None,
         idle_timeout: float = 3600.0,
+        max_flows: int = DEFAULT_MAX_FLOWS,
     ) -> None:
         self.limits = limits
         self.resolver = resolver
         self.idle_timeout = idle_timeout
+        # UDP peers, TCP/TLS connections and WebSockets together; past it new peers get 503.
+        self.max_flows = max_flows
+        self._refusal_logged_at = -OVERLOAD_LOG_INTERVAL
         self.on_message: Callable[[Request | Response, Flow], None] = _ignore_message
         self.on_flow_closed: Callable[[Flow], None] = _ignore_flow
         # Asked about each connection a TCP/TLS listener accepts (not those we open): False
@@ -170,6 +179,27 @@ class TransportLayer:
             self.on_flow_closed(flow)
         except Exception:
             log.exception("on_flow_closed failed for %s", flow.id)
+
+    def has_room_for_flow(self) -> bool:
+        return len(self._flows) < self.max_flows
+
+    def refuse_over_capacity(self, data: bytes, flow: Flow) -> None:
+        """A message from a peer the full flow table has no room for (a flow never registered):
+        a request gets 503 with Retry-After, straight back; anything else is dropped."""
+        self.log_overload(f"flow table full ({self.max_flows} flows)")
+        error = SipError(503, "Service Unavailable (too many peers)",
+                         headers=[("Retry-After", str(OVERLOAD_RETRY_AFTER))])
+        response = _error_response(data, error)
+        if response is not None:
+            _emit(flow, response)
+
+    def log_overload(self, what: str) -> None:
+        """One warning per OVERLOAD_LOG_INTERVAL for a full table, however many are refused."""
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= OVERLOAD_LOG_INTERVAL:
+            self._refusal_logged_at = now
+            log.warning("%s: refusing new peers and requests with 503 (logged once a minute)",
+                        what)
 
     def flow_by_id(self, flow_id: str) -> Flow | None:
         return self._flows.get(flow_id)
@@ -344,12 +374,19 @@ class TransportLayer:
 
     def send_response(self, response: Response, flow: Flow | None) -> None:
         """§18.2.2 with RFC 3581: reliable → the request's flow (or a new connection to
-        received/rport), UDP → received/rport from our listening socket."""
+        received/rport), UDP → received/rport from our listening socket; a request that came
+        over UDP whatever its Via says is answered over UDP to its source."""
         if flow is not None and flow.reliable and not flow.closed:
             _emit(flow, response)
             return
         via = response.top_via
         transport = via.transport.lower()
+        if isinstance(flow, UdpFlow) and transport != "udp":
+            # Arrived over UDP with a TCP/TLS Via (RFC 4475 bext01, a NATed or broken client):
+            # a new connection to the Via host would never reach it. Back to the source over
+            # UDP, as Kamailio does.
+            _emit(flow, response)
+            return
         destination = _response_destination(via)
         if transport == "udp":
             if isinstance(flow, UdpFlow):

@@ -15,6 +15,8 @@ class FlowOwner(Protocol):
     def receive(self, data: bytes, flow: Flow) -> None: ...
     def register_flow(self, flow: Flow) -> None: ...
     def unregister_flow(self, flow: Flow) -> None: ...
+    def has_room_for_flow(self) -> bool: ...
+    def refuse_over_capacity(self, data: bytes, flow: Flow) -> None: ...
 
 
 class UdpFlow(Flow):
@@ -58,7 +60,14 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.local = address(transport.get_extra_info("sockname"))
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
-        flow = self.flow_to(address(addr))
+        remote = address(addr)
+        flow = self._flows.get(remote)
+        if flow is None:
+            if not self._owner.has_room_for_flow():
+                # Answered through a flow that is never registered: nothing is kept.
+                self._owner.refuse_over_capacity(data, UdpFlow(self, remote))
+                return
+            flow = self.flow_to(remote)
         flow.touch()
         self._owner.receive(data, flow)
 

@@ -92,20 +92,64 @@ def parse(text: str) -> SessionDescription:
         raise MediaError(reason=f"unparseable SDP: {exc}") from exc
     if not session.get("media"):
         raise MediaError(reason="SDP has no m= line")
-    session_address = (session.get("connection") or {}).get("ip")
+    session_address = _optional_text((session.get("connection") or {}).get("ip"))
     bundle_mids: list[str] = []
     for group in session.get("groups", []):
         if group.get("type") == "BUNDLE":
             bundle_mids = str(group.get("mids", "")).split()
     credentials = _ice_credentials(text)
     session_credentials = credentials[0]
-    media = [
-        _parse_media(raw, session, session_address,
-                     {**session_credentials, **(credentials[index + 1]
-                                                if index + 1 < len(credentials) else {})})
-        for index, raw in enumerate(session["media"])
-    ]
+    media = []
+    for index, raw in enumerate(session["media"]):
+        if "type" not in raw or "port" not in raw:
+            raise MediaError(reason=f"malformed SDP: m= line {index + 1} is not "
+                                    "'m=<media> <port> <proto> <fmt>...'")
+        try:
+            media.append(_parse_media(
+                raw, session, session_address,
+                {**session_credentials, **(credentials[index + 1]
+                                           if index + 1 < len(credentials) else {})}))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            # The grammar leaves out fields it could not match (m=audio -1, a=rtpmap:0 PCMU
+            # without a clock rate): a field missing or not a number is a malformed SDP.
+            raise MediaError(reason=f"malformed SDP in m= section {index + 1}: "
+                                    f"{type(exc).__name__} {str(exc)[:60]}") from exc
     return SessionDescription(media=media, bundle_mids=bundle_mids)
+
+
+def _checked_candidate(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """An a=candidate with its numbers as ints, or None for one that cannot be used (a
+    component, priority or port that is not a number in range, no address): skipped like an
+    unresolvable one, the call goes on with the others and peer-reflexive learning."""
+    try:
+        numbers = {
+            "component": _number(entry.get("component"), "candidate component", 1, 256),
+            "priority": _number(entry.get("priority"), "candidate priority", 0, 2**32 - 1),
+            "port": _number(entry.get("port"), "candidate port", 0, 65535),
+        }
+    except MediaError:
+        return None
+    if not entry.get("ip") or entry.get("foundation") is None or not entry.get("type"):
+        return None
+    checked = {**entry, **numbers, "ip": str(entry["ip"]), "type": str(entry["type"])}
+    if entry.get("rport") is not None:
+        if not str(entry["rport"]).isdigit() or int(entry["rport"]) > 65535:
+            return None
+        checked["rport"] = int(entry["rport"])
+    return checked
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _number(value: Any, what: str, low: int, high: int) -> int:
+    """An SDP number within [low, high]; a MediaError (488) naming the field otherwise."""
+    text = "" if value is None else str(value)
+    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+        shown = repr(text[:20]) if text else "missing"
+        raise MediaError(reason=f"malformed SDP: {what} {shown}, expected a number {low}-{high}")
+    return int(text)
 
 
 def _ice_credentials(text: str) -> list[dict[str, str]]:
@@ -129,54 +173,58 @@ def _parse_media(
     raw: dict[str, Any], session: dict[str, Any], session_address: str | None,
     credentials: dict[str, str],
 ) -> MediaDescription:
-    fmtp = {entry["payload"]: entry["config"] for entry in raw.get("fmtp", [])}
+    # The grammar turns any all-digit value into an int ("a=rtpmap:111 123/48000", "a=setup:1"):
+    # every text field is read through str().
+    fmtp = {entry["payload"]: str(entry["config"]) for entry in raw.get("fmtp", [])}
     feedback: dict[int, list[str]] = {}
     for entry in raw.get("rtcpFb", []):
         if entry["payload"] == "*":
             continue
-        value = entry["type"] + (f" {entry['subtype']}" if entry.get("subtype") else "")
-        feedback.setdefault(int(entry["payload"]), []).append(value)
+        value = str(entry["type"]) + (f" {entry['subtype']}" if entry.get("subtype") else "")
+        feedback.setdefault(_number(entry["payload"], "a=rtcp-fb payload", 0, 127),
+                            []).append(value)
     rtpmap = {entry["payload"]: entry for entry in raw.get("rtp", [])}
     codecs = []
     for token in str(raw.get("payloads", "")).split():
         if not token.isdigit():
             continue
-        payload_type = int(token)
+        payload_type = _number(token, "payload type", 0, 127)
         mapping = rtpmap.get(payload_type) or _STATIC_PAYLOADS.get(payload_type)
         if mapping is None:
             continue
         codecs.append(Codec(
             payload_type=payload_type,
-            name=mapping["codec"],
-            clock_rate=int(mapping["rate"]),
-            channels=int(mapping.get("encoding") or 1),
+            name=str(mapping["codec"]),
+            clock_rate=_number(mapping.get("rate"), f"clock rate of payload {token}", 1,
+                               1_000_000),
+            channels=_number(mapping.get("encoding") or 1, f"channels of payload {token}", 1, 8),
             fmtp=fmtp.get(payload_type),
             rtcp_feedback=tuple(feedback.get(payload_type, [])),
         ))
     fingerprint = raw.get("fingerprint") or session.get("fingerprint")
     fingerprints = (
-        [Fingerprint(fingerprint["type"].lower(), fingerprint["hash"].upper())]
+        [Fingerprint(str(fingerprint["type"]).lower(), str(fingerprint["hash"]).upper())]
         if fingerprint else []
     )
     rtcp = raw.get("rtcp") or {}
     return MediaDescription(
-        kind=raw["type"],
-        port=int(raw["port"]),
-        protocol=raw["protocol"],
+        kind=str(raw["type"]),
+        port=_number(raw["port"], "m= port", 0, 65535),
+        protocol=str(raw["protocol"]),
         payloads=str(raw.get("payloads", "")),
-        address=(raw.get("connection") or {}).get("ip") or session_address,
+        address=_optional_text((raw.get("connection") or {}).get("ip")) or session_address,
         codecs=codecs,
-        direction=raw.get("direction") or session.get("direction") or "sendrecv",
+        direction=str(raw.get("direction") or session.get("direction") or "sendrecv"),
         mid=str(raw["mid"]) if raw.get("mid") is not None else None,
-        rtcp_port=int(rtcp["port"]) if rtcp.get("port") else None,
+        rtcp_port=_number(rtcp["port"], "a=rtcp port", 1, 65535) if rtcp.get("port") else None,
         rtcp_mux=bool(raw.get("rtcpMux")),
         ice_ufrag=credentials.get("ice-ufrag") or None,
         ice_pwd=credentials.get("ice-pwd") or None,
-        candidates=list(raw.get("candidates", [])),
+        candidates=[c for c in map(_checked_candidate, raw.get("candidates", [])) if c],
         fingerprints=fingerprints,
-        setup=raw.get("setup") or session.get("setup"),
+        setup=_optional_text(raw.get("setup") or session.get("setup")),
         ssrcs=list(raw.get("ssrcs", [])),
-        ptime=int(raw["ptime"]) if raw.get("ptime") else None,
+        ptime=_number(raw["ptime"], "a=ptime", 1, 1000) if raw.get("ptime") else None,
     )
 
 

@@ -234,8 +234,10 @@ class WebRtcLeg:
             self._dtls = None
         if self._ice_task is not None:
             self._ice_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._ice_task
+            # Not awaited: a connect() cancelled while aioice runs its checks may not finish
+            # (seen with an offer refused for its fingerprint after ICE started), and closing
+            # the session must not wait for it. Closing the connections below ends it.
+            self._ice_task = None
         for ice in (self._ice, self._old_ice):
             await self._retire(ice)
         self._ice = self._old_ice = None

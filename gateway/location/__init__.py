@@ -6,6 +6,7 @@ from .base import LocationService
 from .heartbeat import NodeHeartbeat
 from .memory import MemoryLocationService
 from .model import (
+    DEFAULT_MAX_CONTACTS,
     Binding,
     ContactChange,
     NodeInfo,
@@ -17,6 +18,7 @@ from .model import (
 from .redis_store import LocationContention, RedisLocationService
 
 __all__ = [
+    "DEFAULT_MAX_CONTACTS",
     "Binding",
     "ContactChange",
     "LocationContention",

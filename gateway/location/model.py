@@ -42,8 +42,10 @@ class ContactChange(Record):
 
 _REGISTER_CHANGE_FIELDS = (
     "aor", "call_id", "cseq", "contacts", "remove_all", "node_id", "connection_id",
-    "transport", "received", "path", "user_agent", "now",
+    "transport", "received", "path", "user_agent", "now", "max_contacts",
 )
+# Bindings kept per AoR (Kamailio's and Asterisk's max_contacts): past it the oldest go.
+DEFAULT_MAX_CONTACTS = 32
 
 
 class RegisterChange(Record):
@@ -59,6 +61,7 @@ class RegisterChange(Record):
         self, aor: str, call_id: str, cseq: int, contacts: tuple[ContactChange, ...],
         remove_all: bool, node_id: str, connection_id: str, transport: str, received: str,
         path: tuple[str, ...], user_agent: str, now: float,
+        max_contacts: int = DEFAULT_MAX_CONTACTS,
     ) -> None:
         self.aor: Final = aor
         self.call_id: Final = call_id
@@ -72,6 +75,7 @@ class RegisterChange(Record):
         self.path: Final = path
         self.user_agent: Final = user_agent
         self.now: Final = now
+        self.max_contacts: Final = max_contacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +191,16 @@ def apply_register(current: list[Binding], change: RegisterChange) -> list[Bindi
             user_agent=change.user_agent,
             registered_at=now,
         )
+    if len(bindings) > change.max_contacts:
+        # The least recently registered go first (Asterisk's max_contacts with remove_existing):
+        # a client that registers new instance ids or contacts without end cannot grow its AoR.
+        newest = sorted(bindings.values(), key=_registered_at, reverse=True)
+        return newest[:change.max_contacts]
     return list(bindings.values())
+
+
+def _registered_at(binding: Binding) -> float:
+    return binding.registered_at
 
 
 def _check_order(binding: Binding, change: RegisterChange) -> None:

@@ -53,6 +53,7 @@ def change(
     node: str = "node-a",
     connection: str = "ws-1",
     now: float | None = None,
+    max_contacts: int = 100,  # above the gateway's default: some tests bind 60 devices
 ) -> RegisterChange:
     return RegisterChange(
         aor=aor,
@@ -67,6 +68,7 @@ def change(
         path=("<sip:edge.example.com;lr>",),
         user_agent="JsSIP 3.10.0",
         now=time.time() if now is None else now,
+        max_contacts=max_contacts,
     )
 
 
@@ -249,6 +251,19 @@ async def test_concurrent_registers_lose_nothing(location_backend: LocationServi
         f"sip:dev{i}@10.0.1.{i}" for i in range(devices)
     )
     assert await location_backend.count() == devices
+
+
+async def test_bindings_past_max_contacts_drop_the_least_recently_registered(
+    location_backend: LocationService,
+) -> None:
+    now = time.time()
+    for index in range(4):
+        await location_backend.register(change(
+            contact(f"sip:dev{index}@10.0.2.{index}"), call_id=f"c{index}",
+            now=now + index, max_contacts=2))
+    bindings = await location_backend.lookup(ALICE)
+    assert sorted(b.contact for b in bindings) == ["sip:dev2@10.0.2.2", "sip:dev3@10.0.2.3"]
+    assert await location_backend.count() == 2
 
 
 async def test_remove_connection_drops_only_its_bindings(
