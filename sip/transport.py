@@ -75,6 +75,12 @@ class _AcceptingOwner:
     def unregister_flow(self, flow: Flow) -> None:
         self._layer.unregister_flow(flow)
 
+    def has_room_for_flow(self) -> bool:
+        return self._layer.has_room_for_flow()
+
+    def refuse_over_capacity(self, data: bytes, flow: Flow) -> None:
+        self._layer.refuse_over_capacity(data, flow)
+
 
 class TransportLayer:
     def __init__(
