@@ -29,11 +29,26 @@ def _stale_compiled_modules() -> list[str]:
     return stale
 
 
+def _stale_web_phone_bundle() -> list[str]:
+    """Web phone sources newer than the bundle the gateway serves (esbuild, npm's build)."""
+    bundle = REPO_ROOT / "gateway" / "webphone" / "dist" / "phone.bundle.js"
+    if not bundle.exists():
+        return []  # the tests that need it say so
+    return [str(source.relative_to(REPO_ROOT))
+            for source in sorted(bundle.parent.parent.glob("*.js"))
+            if source.stat().st_mtime > bundle.stat().st_mtime]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     stale = _stale_compiled_modules()
     if stale:
         pytest.exit(f"compiled modules older than {', '.join(stale)}: rebuild them with "
                     f"`bash tests/bootstrap.sh` (or `pip install -e .`)", returncode=4)
+    stale = _stale_web_phone_bundle()
+    if stale:
+        pytest.exit(f"the web phone bundle is older than {', '.join(stale)}: rebuild it with "
+                    "`bash tests/bootstrap.sh` (or `npm run --prefix gateway/webphone build`)",
+                    returncode=4)
 
 
 def pytest_report_header() -> str:
