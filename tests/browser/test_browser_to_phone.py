@@ -5,7 +5,6 @@ the browser through an AnalyserNode on the remote stream, the phone in its recor
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from tests.fixtures.gateway import GatewayProcess
 from tests.support.audio import assert_hears, dominant_frequency, read_wav_pcm
 from tests.support.browser import BrowserSession, write_browser_tone
 from tests.support.healthz import gateway_http_url
-from tests.support.pjsua_phone import PjsuaPhone
+from tests.support.pjsua_phone import PjsuaPhone, registered_phone
 
 BROWSER_TONE = 440.0
 PHONE_TONE = 1000.0
@@ -34,15 +33,8 @@ async def browser(tmp_path: Path) -> AsyncIterator[BrowserSession]:
 
 @pytest.fixture
 async def phone(gateway: GatewayProcess, tmp_path: Path) -> AsyncIterator[PjsuaPhone]:
-    phone = await PjsuaPhone.start(f"webphone-bob-{uuid.uuid4().hex[:6]}")
-    try:
-        registered = await phone.register("127.0.0.1", gateway.udp_port, "bob",
-                                          gateway.users["bob"], gateway.domain)
-        assert registered["code"] == 200, registered
-        await phone.play_tone(PHONE_TONE)
+    async with registered_phone(gateway, "bob", PHONE_TONE) as phone:
         yield phone
-    finally:
-        await phone.stop()
 
 
 async def assert_both_hear(web: WebPhone, phone: PjsuaPhone, recording: Path) -> None:

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tests.browser.webphone import WebPhone, launch_private_browser
 from tests.fixtures.gateway import REPO_ROOT, GatewayProcess, start_gateway
 from tests.support.browser import write_browser_tone
 from tests.support.healthz import gateway_http_url
-from tests.support.pjsua_phone import PjsuaPhone
+from tests.support.pjsua_phone import registered_phone
 
 INSTALL_TIMEOUT = 900  # a compiled install builds 34 modules with mypyc on 2 cores
 # The install, then a call; pyproject's 120 s per test is for tests that install nothing.
@@ -97,25 +96,18 @@ def assert_runs_from(venv: Path, gateway: GatewayProcess) -> None:
 async def call_browser_to_phone(gateway: GatewayProcess, tmp_path: Path) -> None:
     """The web phone the installed gateway serves calls a pjsua2 phone; both hear each other."""
     tone = write_browser_tone(tmp_path / "browser.wav", BROWSER_TONE)
-    phone = await PjsuaPhone.start(f"installed-bob-{uuid.uuid4().hex[:6]}")
-    try:
-        registered = await phone.register("127.0.0.1", gateway.udp_port, "bob",
-                                          gateway.users["bob"], gateway.domain)
-        assert registered["code"] == 200, registered
-        await phone.play_tone(PHONE_TONE)
-        async with launch_private_browser(tone, name="installed") as browser:
-            web = await WebPhone.open(browser, gateway_http_url(gateway), "alice")
-            await web.sign_in_and_wait("alice", gateway.users["alice"])
-            await web.call("bob")
-            await phone.wait_for("incoming_call", 15)
-            await phone.answer(200)
-            assert await web.wait_call_state("active") == "In call with bob"
-            await phone.wait_for("call_state", 15, state="CONFIRMED")
-            await assert_both_hear(web, phone, tmp_path / "phone-heard.wav")
-            await phone.hangup()
-            assert await web.wait_call_state("idle") == "bob hung up"
-    finally:
-        await phone.stop()
+    async with registered_phone(gateway, "bob", PHONE_TONE) as phone, \
+            launch_private_browser(tone, name="installed") as browser:
+        web = await WebPhone.open(browser, gateway_http_url(gateway), "alice")
+        await web.sign_in_and_wait("alice", gateway.users["alice"])
+        await web.call("bob")
+        await phone.wait_for("incoming_call", 15)
+        await phone.answer(200)
+        assert await web.wait_call_state("active") == "In call with bob"
+        await phone.wait_for("call_state", 15, state="CONFIRMED")
+        await assert_both_hear(web, phone, tmp_path / "phone-heard.wav")
+        await phone.hangup()
+        assert await web.wait_call_state("idle") == "bob hung up"
 
 
 async def test_compiled_install_serves_a_call_with_two_way_audio(tmp_path: Path) -> None:
@@ -157,12 +149,7 @@ async def test_install_without_a_working_compiler_runs_as_pure_python(tmp_path: 
         assert_runs_from(venv, gateway)
         log = gateway.log_text()
         assert PURE_PYTHON_LINE in log and "no C compiler at install time" in log, log[-3000:]
-        phone = await PjsuaPhone.start(f"nocc-bob-{uuid.uuid4().hex[:6]}")
-        try:
-            registered = await phone.register("127.0.0.1", gateway.udp_port, "bob",
-                                              gateway.users["bob"], gateway.domain)
-            assert registered["code"] == 200, registered
-        finally:
-            await phone.stop()
+        async with registered_phone(gateway, "bob", PHONE_TONE):
+            pass  # registered: the pure-Python registrar answered 200
     finally:
         await gateway.stop()

@@ -20,6 +20,9 @@ Events (wait_for(name, timeout, **fields_to_match)):
 from __future__ import annotations
 
 import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +138,18 @@ class PjsuaPhone:
     async def stop(self) -> None:
         """Hang up everything, unregister and end the process."""
         await self._agent.shutdown("quit", timeout=10.0)
+
+
+@asynccontextmanager
+async def registered_phone(gateway: Any, user: str, tone: float) -> AsyncIterator[PjsuaPhone]:
+    """A pjsua2 phone registered over UDP to a tests.fixtures.gateway.GatewayProcess as `user`
+    (one of its users), playing a tone of `tone` Hz; stopped on exit."""
+    phone = await PjsuaPhone.start(f"{user}-{uuid.uuid4().hex[:6]}")
+    try:
+        registered = await phone.register("127.0.0.1", gateway.udp_port, user,
+                                          gateway.users[user], gateway.domain)
+        assert registered["code"] == 200, registered
+        await phone.play_tone(tone)
+        yield phone
+    finally:
+        await phone.stop()

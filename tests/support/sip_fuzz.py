@@ -90,20 +90,27 @@ class LoopbackOnlyResolver(Resolver):
         return []
 
 
-class AnsweringPhone(asyncio.DatagramProtocol):
-    """bob's phone over UDP: answers every request at once (INVITE 486, SUBSCRIBE 489, others
-    200), so that no call or subscription outlives its case."""
+class LoopbackSocket(asyncio.DatagramProtocol):
+    """A UDP socket of the fuzz run that knows its transport and its own address."""
 
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
         self.address: tuple[str, int] = ("", 0)
-        self.responses: asyncio.Queue[Response] = asyncio.Queue()
-        self.requests = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sockname = transport.get_extra_info("sockname")
         self.address = (sockname[0], sockname[1])
+
+
+class AnsweringPhone(LoopbackSocket):
+    """bob's phone over UDP: answers every request at once (INVITE 486, SUBSCRIBE 489, others
+    200), so that no call or subscription outlives its case."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.responses: asyncio.Queue[Response] = asyncio.Queue()
+        self.requests = 0
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
         try:
@@ -122,21 +129,15 @@ class AnsweringPhone(asyncio.DatagramProtocol):
             pass  # the gateway relayed something this phone cannot read: a phone ignores it
 
 
-class Collector(asyncio.DatagramProtocol):
+class Collector(LoopbackSocket):
     """alice's socket: counts the gateway's answers by status."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.address: tuple[str, int] = ("", 0)
+        super().__init__()
         self.statuses: collections.Counter[int] = collections.Counter()
         self.challenges: asyncio.Queue[Response] = asyncio.Queue()  # 407s to challenge_for()
         self.answered = 0  # requests (Call-IDs) answered at least once: the pace of the run
         self._recent_calls: collections.OrderedDict[str, None] = collections.OrderedDict()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sockname = transport.get_extra_info("sockname")
-        self.address = (sockname[0], sockname[1])
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
         try:
