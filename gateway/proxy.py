@@ -797,7 +797,7 @@ class Proxy:
 
     # --- CANCEL (§16.10) ---------------------------------------------------------------------
     def _cancel(self, cancel: Request, server: ServerTransaction) -> None:
-        invite_server = self._transactions.find_invite_for_cancel(cancel)
+        invite_server = self._transactions.find_invite_for_cancel(cancel, server.flow)
         forwarding = self._forwardings.get(invite_server) if invite_server else None
         if forwarding is None:
             self._reply(server, cancel, 481, "Call/Transaction Does Not Exist")

@@ -98,8 +98,16 @@ class TransactionLayer:
         task.add_done_callback(self._tasks.discard)
 
     # --- server side -------------------------------------------------------------------------
-    def find_invite_for_cancel(self, cancel: Request) -> ServerTransaction | None:
-        return self._servers.get(_server_key(cancel, "INVITE"))
+    def find_invite_for_cancel(self, cancel: Request, flow: Flow) -> ServerTransaction | None:
+        """The INVITE server transaction a CANCEL that arrived on `flow` cancels (§9.2).
+
+        Besides the transaction key, the CANCEL must come over the INVITE's own flow (UDP: from
+        its source address), where a UAC sends it (§9.1): the branch is no secret to those who
+        saw the INVITE, and a stranger who learned it must not end someone else's call."""
+        invite = self._servers.get(_server_key(cancel, "INVITE"))
+        if invite is None or not (invite.flow is flow or invite.flow.id == flow.id):
+            return None
+        return invite
 
     def await_ack(self, transaction: ServerTransaction) -> None:
         request = transaction.request
@@ -154,7 +162,7 @@ class TransactionLayer:
                 return
             transaction.send_trying()
         elif method == "CANCEL":
-            invite = self.find_invite_for_cancel(request)
+            invite = self.find_invite_for_cancel(request, flow)
             if invite is not None:
                 invite.mark_cancelled()
         self.on_request(request, transaction)

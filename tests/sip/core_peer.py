@@ -69,7 +69,7 @@ class CorePeer:
                 ok.add("Contact", self._contact(transaction.flow))
                 transaction.respond(ok, retransmit_2xx=True)
         elif request.method == "CANCEL":
-            invite = self.transactions.find_invite_for_cancel(request)
+            invite = self.transactions.find_invite_for_cancel(request, transaction.flow)
             transaction.respond(request.response(200 if invite else 481))
             if invite is not None and invite.last_response is not None:
                 invite.respond(invite.request.response(487, to_tag=_to_tag(invite)))

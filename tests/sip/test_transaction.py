@@ -269,7 +269,8 @@ async def test_cancel_matches_the_invite_transaction(core: CorePeer, peer: RawUd
     cancel, cancel_transaction = await tu.next()
     assert cancel.method == "CANCEL" and cancel_transaction is not None
     assert cancel_transaction is not invite_transaction
-    assert core.transactions.find_invite_for_cancel(cancel) is invite_transaction
+    assert core.transactions.find_invite_for_cancel(
+        cancel, cancel_transaction.flow) is invite_transaction
     assert invite_transaction.cancelled
     cancel_transaction.respond(cancel.response(200, to_tag="r"))
     invite_transaction.respond(invite.response(487, to_tag="r"))
@@ -278,7 +279,37 @@ async def test_cancel_matches_the_invite_transaction(core: CorePeer, peer: RawUd
     peer.send(raw_request("ACK", via, branch="z9hG4bKcancelme", to_tag="r"), core.address("udp"))
     await until_no_transactions(core)
     unrelated = parse_message(raw_request("CANCEL", via, branch="z9hG4bKother").encode())
-    assert core.transactions.find_invite_for_cancel(unrelated) is None  # type: ignore[arg-type]
+    assert core.transactions.find_invite_for_cancel(
+        unrelated, cancel_transaction.flow) is None  # type: ignore[arg-type]
+
+
+async def test_a_cancel_from_another_source_cancels_nothing(
+    core: CorePeer, peer: RawUdpPeer
+) -> None:
+    # The same branch, Call-ID, tags and CSeq as the INVITE, but sent by a stranger's socket:
+    # the INVITE stays uncancelled, and the core's own UAS logic answers the CANCEL 481.
+    tu = ServerTu(core)
+    via = f"127.0.0.1:{peer.address[1]}"
+    peer.send(raw_request("INVITE", via, branch="z9hG4bKnotyours"), core.address("udp"))
+    await peer.next_message()  # 100
+    invite, invite_transaction = await tu.next()
+    assert invite_transaction is not None
+    invite_transaction.respond(invite.response(180, to_tag="r"))
+    await peer.next_message()
+    stranger = await RawUdpPeer.open()
+    try:
+        stranger.send(raw_request("CANCEL", via, branch="z9hG4bKnotyours"), core.address("udp"))
+        cancel, cancel_transaction = await tu.next()
+        assert cancel.method == "CANCEL" and cancel_transaction is not None
+        assert core.transactions.find_invite_for_cancel(cancel, cancel_transaction.flow) is None
+        assert not invite_transaction.cancelled
+        # The call goes on: the INVITE is still answered to its caller.
+        invite_transaction.respond(invite.response(200, to_tag="r"))
+        answer = await peer.next_message()
+        assert isinstance(answer, Response) and answer.status == 200
+        assert answer.cseq.method == "INVITE"
+    finally:
+        stranger.close()
 
 
 async def test_rfc2543_peer_without_magic_cookie_is_matched(
