@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ import redis.asyncio as aioredis
 from sip.flow import Flow
 from sip.message import Request, Response
 
-from .config import Config
+from .config import Config, TrustedSource
 
 log = logging.getLogger("ws2sip.guard")
 
@@ -60,7 +61,9 @@ class GuardPolicy:
     auth_failures_before_ban: int  # 0: never ban
     auth_failure_window: float
     ban_time: float
-    exempt: frozenset[str]  # source IPs never limited (trunks)
+    # The trunks' trusted sources (any transport or port): never limited. Parsed by the same
+    # rule as trunk trust, so CIDR ranges and "udp:IP:PORT" entries are exempt too.
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
     @classmethod
     def from_config(cls, config: Config) -> GuardPolicy:
@@ -72,8 +75,19 @@ class GuardPolicy:
             auth_failures_before_ban=config.auth_failures_before_ban,
             auth_failure_window=config.auth_failure_window,
             ban_time=config.ban_time,
-            exempt=frozenset(ip for trunk in config.trunks for ip in trunk.trusted_sources),
+            exempt=tuple(TrustedSource.parse(source).network
+                         for trunk in config.trunks for source in trunk.trusted_sources),
         )
+
+    def is_exempt(self, ip: str) -> bool:
+        """Asked only once a limit is reached, so the parse costs nothing per request."""
+        if not self.exempt:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.exempt)
 
 
 class GuardCounts:
@@ -229,7 +243,7 @@ class EdgeGuard:
             return 403, "address banned after repeated authentication failures"
         cap = self.policy.max_connections_per_ip
         count = self._connections.get(ip, 0)
-        if cap and count >= cap and ip not in self.policy.exempt:
+        if cap and count >= cap and not self.policy.is_exempt(ip):
             self.counts.connections_refused += 1
             if ip not in self._over_cap:
                 self._over_cap.add(ip)
@@ -302,7 +316,7 @@ class EdgeGuard:
     def failed_from(self, ip: str, username: str) -> None:
         """A wrong password (or unknown user) from `ip`: ban it after too many."""
         self.counts.auth_failures += 1
-        if self.policy.auth_failures_before_ban and ip not in self.policy.exempt:
+        if self.policy.auth_failures_before_ban and not self.policy.is_exempt(ip):
             task = asyncio.get_running_loop().create_task(self._count_failure(ip, username))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -344,7 +358,7 @@ class EdgeGuard:
         if self._window is None:
             self._window = asyncio.get_running_loop().call_later(
                 self.policy.request_window, self._next_window)
-        if count <= limit or ip in self.policy.exempt:
+        if count <= limit or self.policy.is_exempt(ip):
             return True
         self.counts.rate_limited += 1
         refused = self._limited.get(ip)

@@ -307,3 +307,18 @@ async def test_a_ban_reaches_every_node_through_redis(
         await asyncio.sleep(0.1)
     assert await metric_value(gateway_metrics_url(second), "ws2sip_bans_total") == 1
     assert await metric_value(gateway_metrics_url(first), "ws2sip_banned_sources") == 1
+
+
+def test_trunks_are_exempt_by_the_same_rule_as_trunk_trust() -> None:
+    # trusted_sources may name a transport, a port or a CIDR range (gateway.config.TrustedSource);
+    # the per-IP limits must exempt the same addresses, whatever the form.
+    from gateway.config import Config, Trunk
+    from gateway.edge_guard import GuardPolicy
+
+    trunk = Trunk("pbx", "10.0.0.20:5060",
+                  trusted_sources=("udp:10.0.0.20:5060", "192.0.2.0/24", "198.51.100.7"))
+    policy = GuardPolicy.from_config(Config(trunks=(trunk,)))
+    for ip in ("10.0.0.20", "192.0.2.99", "198.51.100.7"):
+        assert policy.is_exempt(ip), ip
+    for ip in ("10.0.0.21", "198.51.100.8", "not-an-address"):
+        assert not policy.is_exempt(ip), ip
