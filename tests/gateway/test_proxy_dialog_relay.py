@@ -132,6 +132,21 @@ async def set_up_call(gateway: GatewayProcess) -> tuple[UdpParty, WsSipUa, Reque
 def received(client: WsSipUa, method: str, call_id: str) -> list[Request]:
     return [r for r in client.requests if r.method == method and r.call_id == call_id]
 
+def callee_request(method: str, initial: Request, callee: WsSipUa, tag: str) -> Request:
+    """The callee's first in-dialog request (CSeq 1) toward the caller of `initial`, as it
+    received it: to the caller's Contact through the recorded route, from the callee's tag."""
+    request = Request(method, initial.contacts[0].uri_text)
+    request.add("Via", f"SIP/2.0/WS {callee.host};branch=z9hG4bK{secrets.token_hex(8)}")
+    for route in initial.get_all("record-route"):
+        request.add("Route", route)
+    request.add("Max-Forwards", "70")
+    request.add("From", f"{initial.get('to')};tag={tag}")
+    request.add("To", initial.get("from") or "")
+    request.add("Call-ID", initial.call_id)
+    request.add("CSeq", f"1 {method}")
+    return request
+
+
 
 async def test_strangers_in_dialog_requests_are_refused_and_never_relayed(
     gateway_factory: GatewayFactory,
@@ -178,16 +193,7 @@ async def test_strangers_in_dialog_requests_are_refused_and_never_relayed(
         assert await sink.nothing_within(0.2)
 
         # And the call still ends normally from bob's side.
-        bye = Request("BYE", invite.contacts[0].uri_text)
-        bye.add("Via", f"SIP/2.0/WS {bob.host};branch=z9hG4bK{secrets.token_hex(8)}")
-        for route in invite.get_all("record-route"):
-            bye.add("Route", route)
-        bye.add("Max-Forwards", "70")
-        bye.add("From", f"{invite.get('to')};tag={alice.remote_tag}")
-        bye.add("To", invite.get("from") or "")
-        bye.add("Call-ID", invite.call_id)
-        bye.add("CSeq", "1 BYE")
-        await bob.send(bye)
+        await bob.send(callee_request("BYE", invite, bob, alice.remote_tag))
         at_alice = await alice.next_request("BYE")
         alice.peer.send(at_alice.response(200).to_bytes(), alice.gateway)
         assert (await bob.response()).status == 200
@@ -258,15 +264,7 @@ async def test_subscription_notify_from_the_notifier_passes_and_a_strangers_does
         assert (await stranger.final("NOTIFY", 1)).status == 481
         assert await alice.peer.nothing_within(SILENCE), "a stranger's NOTIFY reached alice"
 
-        notify = Request("NOTIFY", subscribe.contacts[0].uri_text)
-        notify.add("Via", f"SIP/2.0/WS {bob.host};branch=z9hG4bK{secrets.token_hex(8)}")
-        for route in subscribe.get_all("record-route"):
-            notify.add("Route", route)
-        notify.add("Max-Forwards", "70")
-        notify.add("From", f"{subscribe.get('to')};tag=notifier")
-        notify.add("To", subscribe.get("from") or "")
-        notify.add("Call-ID", subscribe.call_id)
-        notify.add("CSeq", "1 NOTIFY")
+        notify = callee_request("NOTIFY", subscribe, bob, "notifier")
         notify.add("Event", "presence")
         notify.add("Subscription-State", "active;expires=600")
         await bob.send(notify)
