@@ -126,7 +126,11 @@ class ClientTransaction(TimedTransaction):
                 self._stop_timers()
                 self.state = COMPLETED
                 self._send_ack(response)
+                self._deliver(response)
+                # After the delivery: over a reliable transport this ends the transaction now,
+                # and an ended transaction delivers nothing more.
                 self._schedule_end(self._layer.timers.timer_d)
+                return
             self._deliver(response)
         elif state == ACCEPTED:
             if 200 <= status < 300:
@@ -139,11 +143,12 @@ class ClientTransaction(TimedTransaction):
             return
         if response.status < 200:
             self.state = PROCEEDING
+            self._deliver(response)
         else:
             self._stop_timers()
             self.state = COMPLETED
-            self._schedule_end(self._layer.timers.t4)
-        self._deliver(response)
+            self._deliver(response)
+            self._schedule_end(self._layer.timers.t4)  # after the delivery, as above
 
     def _schedule_end(self, linger: float) -> None:
         """Linger to absorb retransmitted responses on UDP; reliable transports end at once."""
@@ -202,12 +207,30 @@ class ClientTransaction(TimedTransaction):
         self._finish_with(self.request.response(503, "Service Unavailable"))
 
     def _finish_with(self, synthesized: Response) -> None:
-        self.terminate()
-        self._deliver(synthesized)
+        if self._end():
+            self._deliver(synthesized)
+            self._release_handler()
 
     def terminate(self) -> None:
+        if self._end():
+            self._release_handler()
+
+    def _end(self) -> bool:
+        """Moves to Terminated; False when the transaction had already ended."""
         if self.state == TERMINATED:
-            return
+            return False
         self.state = TERMINATED
         self._stop_timers()
         self._layer.forget_client(self)
+        return True
+
+    def _release_handler(self) -> None:
+        # The handler is usually a closure over the proxy's branch, which holds this
+        # transaction: a reference cycle that only a full collection would free, and full
+        # collections are rare under the gateway's collector settings (gateway/app.py).
+        # An ended transaction delivers nothing more, so it lets go of its handler.
+        self._on_response = _drop_response
+
+
+def _drop_response(response: Response, transaction: ClientTransaction) -> None:
+    """The handler of an ended client transaction: nothing is delivered after the end."""

@@ -187,8 +187,11 @@ class ServerTransaction(TimedTransaction):
         self.state = TERMINATED
         self._stop_timers()
         self._layer.forget_server(self)
-        if self.on_terminated is not None:
+        on_terminated, self.on_terminated = self.on_terminated, None
+        # Let go of the callback (usually a closure over this transaction, a reference cycle)
+        # so that reference counting frees the transaction.
+        if on_terminated is not None:
             try:
-                self.on_terminated()
+                on_terminated()
             except Exception:
                 log.exception("%r: on_terminated failed", self)
