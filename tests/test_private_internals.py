@@ -1,4 +1,4 @@
-"""The private internals of aiohttp and pylibsrtp that the fast paths touch, pinned.
+"""The private internals of aiohttp, pylibsrtp and aioice that ws2sip touches, pinned.
 
 gateway/ws_delivery.py replaces aiohttp's WebSocket frame queue and parser, gateway/websocket.py
 reads a response's size limit, webrtc/srtp.py and webrtc/_relaypath.c call libsrtp through
@@ -6,9 +6,11 @@ pylibsrtp's cffi binding on a Session's own context and buffer. None of that is 
 the locks (deploy/requirements.lock, tests/requirements.lock) pin both libraries exactly, and
 this test records what each internal looked like when the code using it was last checked: the
 source of each Python function the fast paths depend on (hashed), the C signatures of the libsrtp
-functions, the layout of a Session. A refreshed lock that changes any of them fails here, naming
-the library and the attribute: read the new code, adapt the fast path, then record the new
-fingerprint printed in the failure.
+functions, the layout of a Session. webrtc/ice.py extends aioice's Connection: it adds its own
+sockets to the connection's protocols, watches its nominated pairs and, once closed, drops the
+cancelled checks' tasks from its check list (see IceConnection.close). A refreshed lock that
+changes any of them fails here, naming the library and the attribute: read the new code, adapt
+the code using it, then record the new fingerprint printed in the failure.
 """
 
 from __future__ import annotations
@@ -80,9 +82,31 @@ def _pylibsrtp_internals() -> dict[str, Callable[[], str]]:
     return internals
 
 
+def _aioice_internals() -> dict[str, Callable[[], str]]:
+    import aioice
+    from aioice.ice import CandidatePair
+
+    connection = aioice.Connection(ice_controlling=True, components=1)
+    return {
+        "aioice.Connection (_protocols, _nominated, _check_list)":
+            lambda: str({name: type(getattr(connection, name)).__name__
+                         for name in ("_protocols", "_nominated", "_check_list")}),
+        # close() cancels the checks and keeps the pairs, each with its cancelled task.
+        "aioice.Connection.close": lambda: source_fingerprint(aioice.Connection.close),
+        "aioice.ice.CandidatePair.__init__ (task)":
+            lambda: source_fingerprint(CandidatePair.__init__),
+    }
+
+
 _SRTP_CALL = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 # What each internal was when the fast paths were last checked against it.
 RECORDED: dict[str, dict[str, str]] = {
+    "aioice": {
+        "aioice.Connection (_protocols, _nominated, _check_list)":
+            "{'_protocols': 'list', '_nominated': 'dict', '_check_list': 'list'}",
+        "aioice.Connection.close": "25dcfac536f5f37c",
+        "aioice.ice.CandidatePair.__init__ (task)": "897933a0565c1837",
+    },
     "aiohttp": {
         "aiohttp._websocket.reader.WebSocketDataQueue": "526af2531df720ee",
         "aiohttp._websocket.reader.WebSocketReader.__init__": "ea518c1cea91584e",
@@ -103,6 +127,7 @@ RECORDED: dict[str, dict[str, str]] = {
     },
 }
 PROBES: dict[str, Callable[[], dict[str, Callable[[], str]]]] = {
+    "aioice": _aioice_internals,
     "aiohttp": _aiohttp_internals, "pylibsrtp": _pylibsrtp_internals,
 }
 
@@ -129,6 +154,6 @@ def test_private_internals_are_as_recorded(library: str) -> None:
     changed = [f"{library} {version}: {name} is now {value!r} (recorded "
                f"{RECORDED[library][name]!r})"
                for name, value in current.items() if value != RECORDED[library][name]]
-    assert not changed, ("private internals the fast paths use changed; adapt "
-                         "gateway/ws_delivery.py, gateway/websocket.py, webrtc/srtp.py or "
-                         "webrtc/_relaypath.c, then record:\n" + "\n".join(changed))
+    assert not changed, ("private internals ws2sip uses changed; adapt gateway/ws_delivery.py, "
+                         "gateway/websocket.py, webrtc/srtp.py, webrtc/_relaypath.c or "
+                         "webrtc/ice.py, then record:\n" + "\n".join(changed))

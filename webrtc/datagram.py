@@ -27,7 +27,7 @@ import importlib
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from ._relaypath import RelayPump
@@ -63,6 +63,9 @@ def _relay_poller_type() -> Any:
 
 _RELAY_POLLER: Any = _relay_poller_type()
 
+
+# What a closed socket's protocol slot holds: nothing more is delivered after connection_lost.
+_CLOSED_PROTOCOL: Final = asyncio.DatagramProtocol()
 
 class LoopLag:
     """Whether the event loop runs behind, from how late a periodic timer fires. It runs
@@ -269,3 +272,6 @@ class DatagramSocket:
     def _closed(self) -> None:
         self._sock.close()
         self._protocol.connection_lost(None)
+        # The protocol holds this transport: let go of it, as asyncio's transports do, so that
+        # reference counting frees both rather than the rare full collection.
+        self._protocol = _CLOSED_PROTOCOL

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -95,7 +96,9 @@ class IceConnection(aioice.Connection):
     async def get_component_candidates(
         self, component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
-        protocol = MediaFirstProtocol(self, self._on_datagram)
+        # A weak receiver: this connection's check list holds the protocol, so a strong one
+        # would be a reference cycle that outlives the call until a full collection.
+        protocol = MediaFirstProtocol(weakref.proxy(self), self._on_datagram)
         transport = self._pool.bind_single(lambda: protocol)
         self._bound_port = transport.get_extra_info("sockname")[1]
         protocol.local_candidate = Candidate(
@@ -166,6 +169,12 @@ class IceConnection(aioice.Connection):
         for task in list(self._candidate_tasks):
             task.cancel()
         await super().close()
+        # aioice's close cancels the connectivity checks but keeps each pair's task, which holds
+        # its CancelledError, whose traceback holds the check's frame and so this connection and
+        # the whole call: a reference cycle that only the gateway's rare full collections would
+        # free (gateway/app.py). Dropping the tasks lets reference counting free the call now.
+        for pair in self._check_list:
+            pair.task = None
         if self._bound_port is not None:
             self._pool.forget(self._bound_port)
 

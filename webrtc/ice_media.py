@@ -27,6 +27,12 @@ class MediaFirstProtocol(StunProtocol):
         super().__init__(receiver)
         self.on_media = on_media
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # on_media leads back to the ICE connection, whose check list holds this protocol: a
+        # reference cycle per call that only the (rare) full collection would free otherwise.
+        self.on_media = _drop_media
+
     def datagram_received(self, data: bytes | str, addr: Address) -> None:
         # The event loop hands datagrams over as bytes; an empty one goes to aioice.
         if isinstance(data, bytes) and data and data[0] > 3:
@@ -61,3 +67,7 @@ class NominatedRoute:
             self._pair = pair
         sendto(data, self._address)
         return True
+
+
+def _drop_media(data: bytes) -> None:
+    """A closed socket's media handler: nothing arrives after connection_lost."""
