@@ -238,6 +238,10 @@ class PlainLeg:
                 self._pool.release(transport)
         self._rtp = self._rtcp = None
         self.on_change()
+        # The handlers lead back to the session that holds this leg: let go of them so that
+        # reference counting frees the ended call (full collections are rare in the gateway).
+        self._on_rtp = self._on_rtcp = _ignore
+        self.on_change = _nothing
 
     # -- latching --------------------------------------------------------------------------
 

@@ -163,6 +163,10 @@ class MediaSession:
         if self._webrtc is not None:
             await self._webrtc.close()
             self._webrtc = None
+        # The routes hold the plain legs, whose handlers led back here (each plain leg's
+        # forwarder to WebRTC went with its leg's close): dropped, the ended call is freed by
+        # reference counting rather than by a (rare) full collection.
+        self._to_plain.routes = {}
         self._on_closed(self.session_id)
 
     def stats(self) -> dict[str, int]:

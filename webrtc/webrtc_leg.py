@@ -243,6 +243,10 @@ class WebRtcLeg:
         self._ice = self._old_ice = None
         self._srtp = None
         self.on_change()
+        # As PlainLeg.close: the handlers lead back to the session that holds this leg.
+        self.on_rtp = self.on_rtcp = _ignore
+        self.on_failure = _ignore_reason
+        self.on_change = _nothing
 
 
 def _ignore(_: bytes) -> None:

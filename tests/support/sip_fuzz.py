@@ -20,6 +20,7 @@ import random
 import secrets
 import time
 import traceback
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,15 +241,17 @@ class FuzzGateway:
         return counts
 
 
-def cyclic_garbage() -> collections.Counter[str]:
+def cyclic_garbage(existing: Container[int] = ()) -> collections.Counter[str]:
     """What a full collection finds unreachable now, by type: objects in reference cycles,
     which the gateway's collector settings (gateway/app.py) free only in rare full collections.
-    Collected with the objects saved, so that they can be counted; then let go."""
+    Collected with the objects saved, so that they can be counted; then let go. Objects whose
+    id is in `existing` (gc.get_objects() before the code under test ran) are not counted."""
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()
         found = collections.Counter(
-            f"{type(thing).__module__}.{type(thing).__qualname__}" for thing in gc.garbage)
+            f"{type(thing).__module__}.{type(thing).__qualname__}" for thing in gc.garbage
+            if id(thing) not in existing)
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
