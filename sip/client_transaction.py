@@ -7,16 +7,13 @@ little more than their messages.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from .errors import SipError
 from .flow import Flow, Target
 from .message import Request, Response
-from .timers import TimedTransaction
-
-if TYPE_CHECKING:
-    from .transaction import TransactionLayer
+from .timers import TimedTransaction, TransactionHost
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +25,22 @@ COMPLETED = "completed"
 TERMINATED = "terminated"
 
 
+class ClientTransactionHost(TransactionHost, Protocol):
+    """What a client transaction hands back to its layer."""
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run the coroutine as a task the layer keeps (and cancels when it closes)."""
+        ...
+
+    def forget_client(self, transaction: ClientTransaction) -> None:
+        """The transaction has terminated: drop it from the layer's table."""
+        ...
+
+
 class ClientTransaction(TimedTransaction):
     def __init__(
         self,
-        layer: TransactionLayer,
+        layer: ClientTransactionHost,
         request: Request,
         target: Target | Flow,
         on_response: Callable[[Response, ClientTransaction], None],

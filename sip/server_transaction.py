@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from .flow import Flow
 from .message import Request, Response
-from .timers import TimedTransaction
-
-if TYPE_CHECKING:
-    from .transaction import TransactionLayer
+from .timers import TimedTransaction, TransactionHost
 
 log: Final = logging.getLogger(__name__)
 
@@ -26,9 +23,21 @@ TERMINATED: Final = "terminated"
 ServerKey = tuple[str, ...]
 
 
+class ServerTransactionHost(TransactionHost, Protocol):
+    """What a server transaction hands back to its layer."""
+
+    def await_ack(self, transaction: ServerTransaction) -> None:
+        """Match the ACK of this transaction's 2xx by dialog (it has a branch of its own)."""
+        ...
+
+    def forget_server(self, transaction: ServerTransaction) -> None:
+        """The transaction has terminated: drop it from the layer's tables."""
+        ...
+
+
 class ServerTransaction(TimedTransaction):
     def __init__(
-        self, layer: TransactionLayer, request: Request, flow: Flow, key: ServerKey
+        self, layer: ServerTransactionHost, request: Request, flow: Flow, key: ServerKey
     ) -> None:
         self.request = request
         self.flow = flow

@@ -1,9 +1,14 @@
-"""Transaction timer values (RFC 3261 §17 and Table 4, RFC 6026 §8.4 and §8.5)."""
+"""What every transaction shares: the timer values (RFC 3261 §17 and Table 4, RFC 6026 §8.4 and
+§8.5), the two timers it runs, and what it needs from the layer that runs it (TransactionHost)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .transport import TransportLayer
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +67,16 @@ class TimedTransaction:
         if self._state_timer is not None:
             self._state_timer.cancel()
             self._state_timer = None
+
+
+class TransactionHost(Protocol):
+    """What both state machines need from the layer that runs them (sip/transaction.py's
+    TransactionLayer): its timer values, its event loop, and the transport they send through.
+    Each side adds what it hands back to the layer (ServerTransactionHost, ClientTransactionHost),
+    so the state machines never import the layer, which imports them."""
+
+    timers: Timers
+    transport: TransportLayer
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
