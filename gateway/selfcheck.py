@@ -1235,6 +1235,11 @@ def _webrtc_factories() -> dict[str, Check]:
         protocol.error_received(ConnectionRefusedError())
         _expect(received, [(_rtp(1), ("192.0.2.4", 5004))], "the datagrams handed on")
 
+    def use_candidate(candidate: _Candidate, kit: Kit) -> None:
+        candidate.restart(SSRC, 7, 2.0)
+        _expect((candidate.next_seq, candidate.count, candidate.since), (7, 1, 2.0),
+                "its stream once restarted")
+
     def make_plain_leg(kit: Kit) -> PlainLeg:
         leg = PlainLeg(kit.pool())
         return kit.closing(leg, leg.close)
@@ -1298,11 +1303,7 @@ def _webrtc_factories() -> dict[str, Check]:
             lambda k: LatchPolicy(learn_seconds=2.0),
             lambda p, k: _expect((p.learn_seconds, p.probation_packets), (2.0, 4),
                                  "its learning window and probation")),
-        "webrtc.plain._Candidate": new(
-            lambda k: _Candidate(SSRC, 100, 1.0),
-            lambda c, k: (c.restart(SSRC, 7, 2.0),
-                          _expect((c.next_seq, c.count, c.since), (7, 1, 2.0),
-                                  "its stream once restarted"))),
+        "webrtc.plain._Candidate": new(lambda k: _Candidate(SSRC, 100, 1.0), use_candidate),
         # webrtc/webrtc_leg.py
         "webrtc.webrtc_leg.WebRtcLeg": new(make_webrtc_leg, use_webrtc_leg),
     }

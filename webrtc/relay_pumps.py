@@ -128,9 +128,11 @@ class RelayPumps:
 
     def _sequences(self, forwarder: Forwarder) -> SequenceTable:
         """The Forwarder's table, attached on its first pump of this configuration."""
-        if forwarder.sequences is None:
+        sequences: SequenceTable | None = forwarder.sequences
+        if sequences is None:
             from ._relaypath import SequenceTable  # built, since there is a pump
 
-            forwarder.sequences = SequenceTable(forwarder.expected_seq, MAX_TRACKED_SSRCS)
+            sequences = forwarder.sequences = SequenceTable(forwarder.expected_seq,
+                                                            MAX_TRACKED_SSRCS)
             self._counted.append(forwarder)
-        return forwarder.sequences
+        return sequences
