@@ -863,9 +863,9 @@ def _gateway_factories() -> dict[str, Check]:
     from gateway.proxy import Branch, Forwarding, ProxyPolicy
     from gateway.registrar import RegistrarPolicy
     from gateway.routing import Destination, LocalAddresses, TrunkTrust
-    from gateway.tasks import TaskSet
     from sip.digest import build_authorization, select_challenge
     from sip.resolver import Target
+    from sip.tasks import TaskSet
     from sip.uri import SipUri
 
     contact = "sip:alice@192.0.2.4:5060"
@@ -1089,8 +1089,8 @@ def _gateway_factories() -> dict[str, Check]:
             lambda r, k: _expect({r: 1}.get(FlowRef(NODE_ID, "ws:7")), 1,
                                  "a look-up by an equal reference")),
         "gateway.flowtoken.FlowTokens": new(lambda k: FlowTokens(k.secret), use_flow_tokens),
-        # gateway/tasks.py
-        "gateway.tasks.TaskSet": new(make_task_set, use_task_set),
+        # sip/tasks.py
+        "sip.tasks.TaskSet": new(make_task_set, use_task_set),
         # gateway/dispatch.py
         "gateway.dispatch.RequestCounts": new(lambda k: RequestCounts(), use_counts),
         "gateway.dispatch.RequestDispatch": new(make_dispatch, use_dispatch),

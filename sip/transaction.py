@@ -13,6 +13,7 @@ from .client_transaction import ClientTransaction
 from .flow import Flow, Target
 from .message import Request, Response
 from .server_transaction import ServerKey, ServerTransaction
+from .tasks import TaskSet
 from .timers import Timers
 from .transport import OVERLOAD_RETRY_AFTER, TransportLayer
 
@@ -55,7 +56,7 @@ class TransactionLayer:
         # UAS 2xx retransmissions wait for an ACK that has its own branch (§13.3.1.4): matched
         # by Call-ID and CSeq number instead.
         self._awaiting_ack: dict[tuple[str, int], ServerTransaction] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "transaction task")
         self._loop: asyncio.AbstractEventLoop | None = None
         transport.on_message = self._on_message
 
@@ -93,9 +94,7 @@ class TransactionLayer:
             del self._clients[transaction.key]
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coroutine)
 
     # --- server side -------------------------------------------------------------------------
     def find_invite_for_cancel(self, cancel: Request, flow: Flow) -> ServerTransaction | None:
@@ -192,8 +191,7 @@ class TransactionLayer:
             transaction.terminate()
         for server in list(self._servers.values()):
             server.terminate()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
 
 
 def _server_key(request: Request, method: str) -> ServerKey:
