@@ -35,7 +35,7 @@ from sip.tasks import TaskSet
 
 from .config import Config, TrustedSource
 
-log = logging.getLogger("ws2sip.guard")
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 # The flow the request being handled came in on: set around each message's dispatch, and
 # inherited by the tasks that dispatch spawns, so that the authenticator's verdict reaches the

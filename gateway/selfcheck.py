@@ -976,7 +976,7 @@ def _gateway_factories() -> dict[str, Check]:
                 "the token, decoded elsewhere")
 
     def make_task_set(kit: Kit) -> TaskSet:
-        tasks = TaskSet(logging.getLogger("ws2sip.selfcheck"), "selfcheck task")
+        tasks = TaskSet(logging.getLogger(f"ws2sip.{__name__}"), "selfcheck task")
         return kit.closing(tasks, tasks.cancel_all)
 
     async def use_task_set(tasks: TaskSet, kit: Kit) -> None:

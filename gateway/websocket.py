@@ -23,7 +23,7 @@ from .edge_guard import EdgeGuard
 from .ws_delivery import DeliveringWebSocketResponse
 from .ws_keepalive import WebSocketKeepalive
 
-log = logging.getLogger("ws2sip.websocket")
+log = logging.getLogger(f"ws2sip.{__name__}")
 # The close handshakes the flows start on their own (bad UTF-8, closing a flow): one set for
 # all, as they outlive nothing but their connection.
 _closing = TaskSet(log, "closing a WebSocket")

@@ -15,7 +15,7 @@ from .flow import Flow, Target
 from .message import Request, Response
 from .timers import TimedTransaction, TransactionHost
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 CALLING = "calling"
 TRYING = "trying"

@@ -11,7 +11,7 @@ from .flow import Flow
 from .message import Request, Response
 from .timers import TimedTransaction, TransactionHost
 
-log: Final = logging.getLogger(__name__)
+log: Final = logging.getLogger(f"ws2sip.{__name__}")
 
 TRYING: Final = "trying"
 PROCEEDING: Final = "proceeding"

@@ -19,7 +19,7 @@ from .transport import OVERLOAD_RETRY_AFTER, TransportLayer
 
 __all__ = ["ClientTransaction", "ServerTransaction", "Timers", "TransactionLayer"]
 
-log: Final = logging.getLogger(__name__)
+log: Final = logging.getLogger(f"ws2sip.{__name__}")
 DEFAULT_MAX_TRANSACTIONS: Final = 20_000
 
 

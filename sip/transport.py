@@ -27,7 +27,7 @@ from .udp import UdpEndpoint, UdpFlow
 if TYPE_CHECKING:
     from .resolver import Resolver
 
-log: Final = logging.getLogger(__name__)
+log: Final = logging.getLogger(f"ws2sip.{__name__}")
 # Every SIP message in and out at DEBUG: what an operator reads to follow a call.
 wire_log: Final = logging.getLogger("ws2sip.sip.wire")
 

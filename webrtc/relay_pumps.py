@@ -33,7 +33,7 @@ from .webrtc_leg import WebRtcLeg
 if TYPE_CHECKING:
     from ._relaypath import RelayPump, SequenceTable
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 
 class RelayPumps:
@@ -122,7 +122,7 @@ class RelayPumps:
                        srtp_out=srtp_out, sequences=self._sequences(forwarder),
                        stats=forwarder.stats)
         except ValueError as error:  # e.g. an address C cannot send to: Python relays it
-            logger.debug("relaying in Python: %s", error)
+            log.debug("relaying in Python: %s", error)
             return
         self._relaying.append(pump)
 
