@@ -7,8 +7,7 @@ little more than their messages.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from collections.abc import Callable
 
 from .errors import SipError
 from .flow import Flow, Target
@@ -25,22 +24,10 @@ COMPLETED = "completed"
 TERMINATED = "terminated"
 
 
-class ClientTransactionHost(TransactionHost, Protocol):
-    """What a client transaction hands back to its layer."""
-
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        """Run the coroutine as a task the layer keeps (and cancels when it closes)."""
-        ...
-
-    def forget_client(self, transaction: ClientTransaction) -> None:
-        """The transaction has terminated: drop it from the layer's table."""
-        ...
-
-
 class ClientTransaction(TimedTransaction):
     def __init__(
         self,
-        layer: ClientTransactionHost,
+        layer: TransactionHost,
         request: Request,
         target: Target | Flow,
         on_response: Callable[[Response, ClientTransaction], None],
@@ -219,4 +206,4 @@ class ClientTransaction(TimedTransaction):
             return
         self.state = TERMINATED
         self._stop_timers()
-        self._layer.forget_client(self)
+        self._layer.forget(self)

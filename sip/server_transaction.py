@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final
 
 from .flow import Flow
 from .message import Request, Response
@@ -23,21 +23,9 @@ TERMINATED: Final = "terminated"
 ServerKey = tuple[str, ...]
 
 
-class ServerTransactionHost(TransactionHost, Protocol):
-    """What a server transaction hands back to its layer."""
-
-    def await_ack(self, transaction: ServerTransaction) -> None:
-        """Match the ACK of this transaction's 2xx by dialog (it has a branch of its own)."""
-        ...
-
-    def forget_server(self, transaction: ServerTransaction) -> None:
-        """The transaction has terminated: drop it from the layer's tables."""
-        ...
-
-
 class ServerTransaction(TimedTransaction):
     def __init__(
-        self, layer: ServerTransactionHost, request: Request, flow: Flow, key: ServerKey
+        self, layer: TransactionHost, request: Request, flow: Flow, key: ServerKey
     ) -> None:
         self.request = request
         self.flow = flow
@@ -195,7 +183,7 @@ class ServerTransaction(TimedTransaction):
             return
         self.state = TERMINATED
         self._stop_timers()
-        self._layer.forget_server(self)
+        self._layer.forget(self)
         if self.on_terminated is not None:
             try:
                 self.on_terminated()
