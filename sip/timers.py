@@ -70,7 +70,6 @@ class TimedTransaction:
             self._state_timer = None
 
 
-
 class TransactionHost:
     """What both state machines need from the layer that runs them (sip/transaction.py's
     TransactionLayer, the one subclass): its timer values, its event loop, the transport they
@@ -78,8 +77,9 @@ class TransactionHost:
     machines are typed against this class, not the layer, which imports them.
 
     A base class rather than a typing.Protocol: compiled by mypyc, a Protocol-typed value's
-    attributes and methods are looked up by name on every use, this class's are direct native
-    accesses and calls (the Protocol cost about 1,200 more instructions per transaction)."""
+    attributes and methods are looked up by name at every use, this class's are native accesses
+    and calls. Measured under callgrind, the Protocol cost 1,200 to 1,500 more instructions per
+    transaction (about 1 %); this class, none that the noise shows."""
 
     def __init__(self, transport: TransportLayer, timers: Timers) -> None:
         self.transport = transport
