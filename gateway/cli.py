@@ -14,6 +14,8 @@ from .config import Config, ConfigError, add_run_arguments, load_config
 from .logsafe import NetworkTextFilter
 from .users import UnknownUser, UserExists, UserStore, generate_password, open_user_store
 
+log = logging.getLogger(f"ws2sip.{__name__}")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -92,7 +94,7 @@ def _run(config: Config) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as error:
-        logging.getLogger("ws2sip").error("cannot start: %s", error)
+        log.error("cannot start: %s", error)
         return 1
     return 0
 
@@ -108,7 +110,7 @@ async def _serve(config: Config) -> None:
     try:
         await gateway.start()
         await stop.wait()
-        logging.getLogger("ws2sip").info("stopping")
+        log.info("stopping")
     finally:
         await gateway.stop()
 

@@ -31,10 +31,11 @@ import redis.asyncio as aioredis
 
 from sip.flow import Flow
 from sip.message import Request, Response
+from sip.tasks import TaskSet
 
 from .config import Config, TrustedSource
 
-log = logging.getLogger("ws2sip.guard")
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 # The flow the request being handled came in on: set around each message's dispatch, and
 # inherited by the tasks that dispatch spawns, so that the authenticator's verdict reaches the
@@ -213,7 +214,7 @@ class EdgeGuard:
         self._requests: dict[str, int] = {}  # requests per IP in the current window
         self._limited: dict[str, int] = {}  # IP -> requests refused in this episode
         self._window: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "counting an authentication failure")
 
     async def start(self) -> None:
         await self._bans.start(self._apply_ban)
@@ -223,8 +224,7 @@ class EdgeGuard:
             timer.cancel()
         if self._window is not None:
             self._window.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         await self._bans.close()
 
     def is_banned(self, ip: str) -> bool:
@@ -317,9 +317,7 @@ class EdgeGuard:
         """A wrong password (or unknown user) from `ip`: ban it after too many."""
         self.counts.auth_failures += 1
         if self.policy.auth_failures_before_ban and not self.policy.is_exempt(ip):
-            task = asyncio.get_running_loop().create_task(self._count_failure(ip, username))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._count_failure(ip, username))
 
     async def _count_failure(self, ip: str, username: str) -> None:
         policy = self.policy

@@ -547,7 +547,7 @@ def _sip_factories() -> dict[str, Check]:
     from sip.message import Limits, Message, Request, Response, parse_message
     from sip.record import Record
     from sip.stream import StreamFlow
-    from sip.timers import TimedTransaction, Timers
+    from sip.timers import TimedTransaction, Timers, TransactionHost
     from sip.transaction import TransactionLayer
     from sip.transport import TransportLayer
     from sip.udp import UdpEndpoint, UdpFlow
@@ -639,6 +639,30 @@ def _sip_factories() -> dict[str, Check]:
         _expect(layer.new_branch()[:7], MAGIC_COOKIE, "a new branch's magic cookie")
         _expect((layer.loop, layer.transaction_count), (asyncio.get_running_loop(), 0),
                 "its loop and transaction count")
+
+    async def use_transaction_host(host: TransactionHost, kit: Kit) -> None:
+        # Through the base class, as the state machines call it.
+        _expect((host.timers, host.loop, host.transport),
+                (Timers(), asyncio.get_running_loop(), await kit.transport()),
+                "its timers, loop and transport")
+        spawned: list[str] = []
+
+        async def record_run() -> None:
+            spawned.append("ran")
+
+        host.spawn(record_run())
+        await _until(lambda: spawned, "the spawned coroutine to run")
+        layer = await kit.layer()
+        server = await kit.server_transaction(kit.request("INVITE"))
+        host.await_ack(server)
+        _expect(layer.transaction_count, 1, "the transactions awaiting an ACK")
+        host.forget(server)
+        client = layer.create_client(kit.request("OPTIONS"), await kit.flow(),
+                                     lambda response, _: None)
+        _expect(layer.transaction_count, 1, "the transactions once a client one is created")
+        host.forget(client)
+        _expect(layer.transaction_count, 0, "the transactions left once both are forgotten")
+        client.terminate()  # its timers
 
     def use_server_transaction(transaction: ServerTransaction, kit: Kit) -> None:
         transaction.respond(transaction.request.response(200, to_tag="uas"))  # to the peer
@@ -792,6 +816,7 @@ def _sip_factories() -> dict[str, Check]:
             lambda k: Timers(t1=0.25, timer_b=10.0),
             lambda t, k: _expect((t.b, t.f), (10.0, 16.0), "timers B and F")),
         "sip.timers.TimedTransaction": new(lambda k: TimedTransaction(), use_timed),
+        "sip.timers.TransactionHost": subclass(lambda k: k.layer(), use_transaction_host),
         # sip/transaction.py, sip/server_transaction.py, sip/client_transaction.py
         "sip.transaction.TransactionLayer": new(make_layer, use_layer),
         "sip.server_transaction.ServerTransaction": new(
@@ -829,9 +854,9 @@ def _gateway_factories() -> dict[str, Check]:
     from gateway.proxy import Branch, Forwarding, ProxyPolicy
     from gateway.registrar import RegistrarPolicy
     from gateway.routing import Destination, LocalAddresses, TrunkTrust
-    from gateway.tasks import TaskSet
     from sip.digest import build_authorization, select_challenge
     from sip.resolver import Target
+    from sip.tasks import TaskSet
     from sip.uri import SipUri
 
     contact = "sip:alice@192.0.2.4:5060"
@@ -942,7 +967,7 @@ def _gateway_factories() -> dict[str, Check]:
                 "the token, decoded elsewhere")
 
     def make_task_set(kit: Kit) -> TaskSet:
-        tasks = TaskSet(logging.getLogger("ws2sip.selfcheck"), "selfcheck task")
+        tasks = TaskSet(logging.getLogger(f"ws2sip.{__name__}"), "selfcheck task")
         return kit.closing(tasks, tasks.cancel_all)
 
     async def use_task_set(tasks: TaskSet, kit: Kit) -> None:
@@ -1055,8 +1080,8 @@ def _gateway_factories() -> dict[str, Check]:
             lambda r, k: _expect({r: 1}.get(FlowRef(NODE_ID, "ws:7")), 1,
                                  "a look-up by an equal reference")),
         "gateway.flowtoken.FlowTokens": new(lambda k: FlowTokens(k.secret), use_flow_tokens),
-        # gateway/tasks.py
-        "gateway.tasks.TaskSet": new(make_task_set, use_task_set),
+        # sip/tasks.py
+        "sip.tasks.TaskSet": new(make_task_set, use_task_set),
         # gateway/dispatch.py
         "gateway.dispatch.RequestCounts": new(lambda k: RequestCounts(), use_counts),
         "gateway.dispatch.RequestDispatch": new(make_dispatch, use_dispatch),
@@ -1201,6 +1226,11 @@ def _webrtc_factories() -> dict[str, Check]:
         protocol.error_received(ConnectionRefusedError())
         _expect(received, [(_rtp(1), ("192.0.2.4", 5004))], "the datagrams handed on")
 
+    def use_candidate(candidate: _Candidate, kit: Kit) -> None:
+        candidate.restart(SSRC, 7, 2.0)
+        _expect((candidate.next_seq, candidate.count, candidate.since), (7, 1, 2.0),
+                "its stream once restarted")
+
     def make_plain_leg(kit: Kit) -> PlainLeg:
         leg = PlainLeg(kit.pool())
         return kit.closing(leg, leg.close)
@@ -1264,11 +1294,7 @@ def _webrtc_factories() -> dict[str, Check]:
             lambda k: LatchPolicy(learn_seconds=2.0),
             lambda p, k: _expect((p.learn_seconds, p.probation_packets), (2.0, 4),
                                  "its learning window and probation")),
-        "webrtc.plain._Candidate": new(
-            lambda k: _Candidate(SSRC, 100, 1.0),
-            lambda c, k: (c.restart(SSRC, 7, 2.0),
-                          _expect((c.next_seq, c.count, c.since), (7, 1, 2.0),
-                                  "its stream once restarted"))),
+        "webrtc.plain._Candidate": new(lambda k: _Candidate(SSRC, 100, 1.0), use_candidate),
         # webrtc/webrtc_leg.py
         "webrtc.webrtc_leg.WebRtcLeg": new(make_webrtc_leg, use_webrtc_leg),
     }

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -246,7 +246,9 @@ class RedisUserStore(UserStore):
         cached = self._cache.get(identity)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        fields = await self._redis.hgetall(self._user_key(username, domain))
+        # The pool decodes replies (decode_responses=True), so hashes and members are text;
+        # redis-py's types allow bytes or str, whichever mode the client runs in.
+        fields = cast("dict[str, str]", await self._redis.hgetall(self._user_key(username, domain)))
         record = _record_from_hash(username, domain, fields)
         self._cache.pop(identity, None)
         if record is not None and self._cache_seconds > 0:
@@ -276,21 +278,24 @@ class RedisUserStore(UserStore):
 
     async def list(self, domain: str | None = None) -> list[UserRecord]:
         if domain is None:
-            domains = sorted(await self._redis.smembers(self._domains_key))
+            domains = sorted(await self._text_members(self._domains_key))
         else:
             domains = [domain.lower()]
         records: list[UserRecord] = []
         for each_domain in domains:
-            usernames = sorted(await self._redis.smembers(self._members_key(each_domain)))
+            usernames = sorted(await self._text_members(self._members_key(each_domain)))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for username in usernames:
                     pipe.hgetall(self._user_key(username, each_domain))
-                hashes = await pipe.execute()
+                hashes: list[dict[str, str]] = await pipe.execute()
             for username, fields in zip(usernames, hashes, strict=True):
                 record = _record_from_hash(username, each_domain, fields)
                 if record is not None:
                     records.append(record)
         return records
+
+    async def _text_members(self, key: str) -> set[str]:
+        return cast("set[str]", await self._redis.smembers(key))  # text, as get() says
 
     async def close(self) -> None:
         self._cache.clear()
@@ -307,7 +312,7 @@ class RedisUserStore(UserStore):
                     raise UserExists(f"user {record.username}@{record.domain} already exists")
                 if must_exist and not exists:
                     raise UnknownUser(f"no user {record.username}@{record.domain}")
-                pipe.multi()
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                 pipe.hset(key, mapping={"ha1_md5": record.ha1_md5, "ha1_sha256": record.ha1_sha256})
                 pipe.sadd(self._members_key(record.domain), record.username)
                 try:

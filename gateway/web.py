@@ -27,7 +27,7 @@ from .config import Config
 from .logsafe import loggable
 from .users import UserStore
 
-log = logging.getLogger("ws2sip.web")
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 WEBPHONE_DIR = Path(__file__).resolve().parent / "webphone"
 BUNDLE_NAME = "phone.bundle.js"
@@ -252,7 +252,7 @@ class RefusedRequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     attempt; a handler's own failure (a bug: 500) keeps its traceback."""
 
     def __init__(self) -> None:
-        super().__init__(logging.getLogger("ws2sip.http"), {})
+        super().__init__(logging.getLogger(f"ws2sip.{__name__}.http"), {})
 
     def exception(self, msg: object, *args: object, exc_info: object = True,
                   **kwargs: object) -> None:

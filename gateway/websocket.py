@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from sip.flow import Flow
+from sip.tasks import TaskSet
 from sip.transport import OVERLOAD_RETRY_AFTER, TransportLayer
 
 from . import ws_delivery
@@ -22,7 +23,10 @@ from .edge_guard import EdgeGuard
 from .ws_delivery import DeliveringWebSocketResponse
 from .ws_keepalive import WebSocketKeepalive
 
-log = logging.getLogger("ws2sip.websocket")
+log = logging.getLogger(f"ws2sip.{__name__}")
+# The close handshakes the flows start on their own (bad UTF-8, closing a flow): one set for
+# all, as they outlive nothing but their connection.
+_closing = TaskSet(log, "closing a WebSocket")
 
 _flow_numbers = itertools.count(1)
 # A peer with this much unread data queued is not reading: close rather than buffer forever.
@@ -142,7 +146,7 @@ class WebSocketFlow(Flow):
         if text and not data.isascii() and not _is_utf8(data):
             # RFC 6455 §8.1, which aiohttp checks only when it decodes text itself.
             log.info("%s: text frame is not UTF-8; closing", self.id)
-            asyncio.get_running_loop().create_task(
+            _closing.spawn(
                 self._ws.close(code=WSCloseCode.INVALID_TEXT, message=b"text frame not UTF-8"))
             return
         self._layer.receive(data, self)
@@ -160,7 +164,7 @@ class WebSocketFlow(Flow):
 
     def close(self) -> None:
         if not self._ws.closed:
-            asyncio.get_running_loop().create_task(self._ws.close(code=WSCloseCode.GOING_AWAY))
+            _closing.spawn(self._ws.close(code=WSCloseCode.GOING_AWAY))
 
     @property
     def closed(self) -> bool:

@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 try:  # private modules: their absence means the fallback, not an error
     from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 except ImportError:  # pragma: no cover - depends on the installed aiohttp
-    WebSocketDataQueue = WebSocketReader = None  # type: ignore[assignment,misc]
+    WebSocketDataQueue = WebSocketReader = None  # type: ignore[assignment]
 
 FrameHandler = Callable[[bytes, bool], None]  # (payload, True for a text frame)
 _QUEUE_LIMIT = 1 << 16  # only close and control frames are queued now
@@ -40,7 +40,7 @@ def supported() -> bool:
             and all(name in handler_slots for name in _HANDLER_INTERNALS))
 
 
-class _DeliveringQueue(WebSocketDataQueue):  # type: ignore[misc,valid-type]
+class _DeliveringQueue(WebSocketDataQueue):
     def __init__(self, protocol: Any, limit: int, *, loop: Any, deliver: FrameHandler) -> None:
         super().__init__(protocol, limit, loop=loop)
         self.deliver = deliver

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Protocol
 
-log = logging.getLogger("ws2sip.websocket")
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 
 class PingedFlow(Protocol):

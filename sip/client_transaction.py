@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .errors import SipError
 from .flow import Flow, Target
 from .message import Request, Response
-from .timers import TimedTransaction
+from .timers import TimedTransaction, TransactionHost
 
-if TYPE_CHECKING:
-    from .transaction import TransactionLayer
-
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 CALLING = "calling"
 TRYING = "trying"
@@ -31,7 +27,7 @@ TERMINATED = "terminated"
 class ClientTransaction(TimedTransaction):
     def __init__(
         self,
-        layer: TransactionLayer,
+        layer: TransactionHost,
         request: Request,
         target: Target | Flow,
         on_response: Callable[[Response, ClientTransaction], None],
@@ -221,7 +217,7 @@ class ClientTransaction(TimedTransaction):
             return False
         self.state = TERMINATED
         self._stop_timers()
-        self._layer.forget_client(self)
+        self._layer.forget(self)
         return True
 
     def _release_handler(self) -> None:

@@ -460,7 +460,8 @@ class DigestServer:
         header, mac = raw[: _NONCE_HEADER.size], raw[_NONCE_HEADER.size :]
         if not hmac.compare_digest(mac, self._mac(header)):
             return None
-        return _NONCE_HEADER.unpack(header)[0]
+        issued: int = _NONCE_HEADER.unpack(header)[0]
+        return issued
 
     def verify(self, creds: DigestCredentials, method: str, ha1: str) -> VerifyOutcome:
         """Check creds for a request with this method; ha1 must use creds.algorithm's hash."""

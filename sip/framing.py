@@ -40,7 +40,7 @@ class StreamFramer:
         buffer = self._buffer
         buffer += data
         while buffer:
-            if buffer[:1] in (b"\r", b"\n"):
+            if buffer[0] in b"\r\n":
                 if buffer.startswith(PING):
                     del buffer[:4]
                     yield KEEPALIVE_PING

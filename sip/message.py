@@ -167,7 +167,8 @@ class Message:
         if vias is not None:
             if not vias:
                 raise SipError(400, "Missing Via header")
-            return vias[0]
+            first: Via = vias[0]
+            return first
         top = cache.get(_TOP_VIA)
         if top is None:
             value = self.get("via")

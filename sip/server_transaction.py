@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from .flow import Flow
 from .message import Request, Response
-from .timers import TimedTransaction
+from .timers import TimedTransaction, TransactionHost
 
-if TYPE_CHECKING:
-    from .transaction import TransactionLayer
-
-log: Final = logging.getLogger(__name__)
+log: Final = logging.getLogger(f"ws2sip.{__name__}")
 
 TRYING: Final = "trying"
 PROCEEDING: Final = "proceeding"
@@ -28,7 +25,7 @@ ServerKey = tuple[str, ...]
 
 class ServerTransaction(TimedTransaction):
     def __init__(
-        self, layer: TransactionLayer, request: Request, flow: Flow, key: ServerKey
+        self, layer: TransactionHost, request: Request, flow: Flow, key: ServerKey
     ) -> None:
         self.request = request
         self.flow = flow
@@ -186,7 +183,7 @@ class ServerTransaction(TimedTransaction):
             return
         self.state = TERMINATED
         self._stop_timers()
-        self._layer.forget_server(self)
+        self._layer.forget(self)
         on_terminated, self.on_terminated = self.on_terminated, None
         # Let go of the callback (usually a closure over this transaction, a reference cycle)
         # so that reference counting frees the transaction.

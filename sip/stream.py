@@ -13,7 +13,7 @@ from .framing import KEEPALIVE_PING, PONG, StreamFramer
 from .message import Limits
 from .udp import FlowOwner
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 # A peer that stops reading must not make us buffer without bound: past this, drop the flow.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024

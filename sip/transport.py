@@ -21,12 +21,13 @@ from .framing import PING, PONG
 from .headers import COMPACT_FORMS, Via
 from .message import DEFAULT_LIMITS, Limits, Message, Request, Response, parse_message
 from .stream import StreamFlow
+from .tasks import TaskSet
 from .udp import UdpEndpoint, UdpFlow
 
 if TYPE_CHECKING:
     from .resolver import Resolver
 
-log: Final = logging.getLogger(__name__)
+log: Final = logging.getLogger(f"ws2sip.{__name__}")
 # Every SIP message in and out at DEBUG: what an operator reads to follow a call.
 wire_log: Final = logging.getLogger("ws2sip.sip.wire")
 
@@ -112,6 +113,7 @@ class TransportLayer:
         self._wildcard_ports: set[int] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._client_ssl: ssl.SSLContext | None = None
+        self._tasks = TaskSet(log, "sending a response on a new connection")
 
     # --- listeners ---------------------------------------------------------------------------
     async def listen_udp(self, host: str, port: int) -> Address:
@@ -408,9 +410,7 @@ class TransportLayer:
             log.info("flow %s gone: cannot reach %s %s for %d response",
                      flow.id if flow else "-", transport, via.sent_by, response.status)
             return
-        asyncio.get_running_loop().create_task(
-            self._send_response_on_new_connection(response, transport, destination)
-        )
+        self._tasks.spawn(self._send_response_on_new_connection(response, transport, destination))
 
     async def _send_response_on_new_connection(
         self, response: Response, transport: str, destination: Address
@@ -431,6 +431,7 @@ class TransportLayer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self._tasks.cancel_all()
         for _, server in self._servers:
             server.close()
         for flow in list(self._flows.values()):

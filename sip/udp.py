@@ -8,7 +8,7 @@ from typing import Protocol, cast
 
 from .flow import Address, Flow, address, format_address
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 
 class FlowOwner(Protocol):

@@ -21,7 +21,9 @@ import inspect
 import os
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,15 +58,22 @@ def _aiohttp_internals() -> dict[str, Callable[[], str]]:
     }
 
 
+def _c_type_of(ffi: Any, lib: Any, name: str) -> str:
+    """The C type of one of a cffi library's functions."""
+    text: str = ffi.getctype(ffi.typeof(getattr(lib, name)))
+    return text
+
+
 def _pylibsrtp_internals() -> dict[str, Callable[[], str]]:
     import pylibsrtp
-    from pylibsrtp._binding import ffi, lib
+
+    # cffi's compiled binding: no types of its own (its ffi and lib are typed Any).
+    from pylibsrtp._binding import ffi, lib  # type: ignore[import-not-found]
 
     session = pylibsrtp.Session(pylibsrtp.Policy(
         key=os.urandom(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
     internals: dict[str, Callable[[], str]] = {
-        f"pylibsrtp._binding.lib.{name}": (lambda name=name: ffi.getctype(ffi.typeof(
-            getattr(lib, name))))
+        f"pylibsrtp._binding.lib.{name}": partial(_c_type_of, ffi, lib, name)
         for name in ("srtp_protect", "srtp_unprotect", "srtp_protect_rtcp",
                      "srtp_unprotect_rtcp")
     }

@@ -30,7 +30,7 @@ from .errors import MediaError
 from .sdp import Fingerprint
 from .srtp import SrtpSessions
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 DtlsRole = Literal["client", "server"]
 _CIPHERS = (
@@ -117,7 +117,7 @@ class DtlsEndpoint:
         try:
             self._ssl.recv(_MAX_DATAGRAM)  # retransmitted flights and alerts
         except SSL.ZeroReturnError:
-            logger.info("DTLS peer sent close_notify")
+            log.info("DTLS peer sent close_notify")
             self._state = "closed"
         except SSL.Error:
             pass
@@ -205,7 +205,7 @@ class DtlsEndpoint:
         self._arm_timer()
 
     def _fail(self, reason: str) -> None:
-        logger.warning("%s", reason)
+        log.warning("%s", reason)
         self._state = "failed"
         if self._timer is not None:
             self._timer.cancel()

@@ -28,7 +28,7 @@ from .datagram import DatagramSocket
 from .ice_media import COMPONENT, MediaFirstProtocol, NominatedRoute
 from .ports import PortPool
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 PEER_WAIT_SECONDS = 30.0
 
@@ -155,7 +155,7 @@ class IceConnection(aioice.Connection):
         try:
             await self.add_remote_candidate(candidate)
         except (OSError, ValueError) as exc:
-            logger.info("remote candidate %s unusable: %s", candidate, exc)
+            log.info("remote candidate %s unusable: %s", candidate, exc)
             return
         if self.remote_candidates:
             self._peer_seen.set()

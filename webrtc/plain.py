@@ -18,7 +18,7 @@ from .ports import PortPool
 if TYPE_CHECKING:
     from ._relaypath import RelayPump
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 Address = tuple[str, int]
 
@@ -339,7 +339,7 @@ class PlainLeg:
             forwarder.stats.dropped += 1
         if not self._foreign_logged:
             self._foreign_logged = True
-            logger.info("plain leg %s: dropping media from %s (signalled %s, latched %s)",
+            log.info("plain leg %s: dropping media from %s (signalled %s, latched %s)",
                         self.port if self._rtp is not None else "-", _shown(addr),
                         self._signalled, _shown(self._rtp_source))
 

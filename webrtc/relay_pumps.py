@@ -33,7 +33,7 @@ from .webrtc_leg import WebRtcLeg
 if TYPE_CHECKING:
     from ._relaypath import RelayPump, SequenceTable
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 
 class RelayPumps:
@@ -122,15 +122,17 @@ class RelayPumps:
                        srtp_out=srtp_out, sequences=self._sequences(forwarder),
                        stats=forwarder.stats)
         except ValueError as error:  # e.g. an address C cannot send to: Python relays it
-            logger.debug("relaying in Python: %s", error)
+            log.debug("relaying in Python: %s", error)
             return
         self._relaying.append(pump)
 
     def _sequences(self, forwarder: Forwarder) -> SequenceTable:
         """The Forwarder's table, attached on its first pump of this configuration."""
-        if forwarder.sequences is None:
+        sequences: SequenceTable | None = forwarder.sequences
+        if sequences is None:
             from ._relaypath import SequenceTable  # built, since there is a pump
 
-            forwarder.sequences = SequenceTable(forwarder.expected_seq, MAX_TRACKED_SSRCS)
+            sequences = forwarder.sequences = SequenceTable(forwarder.expected_seq,
+                                                            MAX_TRACKED_SSRCS)
             self._counted.append(forwarder)
-        return forwarder.sequences
+        return sequences

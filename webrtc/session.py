@@ -28,7 +28,7 @@ from .sdp import (
 from .transcoding import AudioTranscoder
 from .webrtc_leg import WebRtcLeg
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 Side = Literal["webrtc", "plain"]
 Offerer = Literal["webrtc", "plain", "gateway"]  # "gateway": its own late offer
@@ -156,7 +156,7 @@ class MediaSession:
             return
         self._closed = True
         self._pumps.stop()
-        logger.info("media %s closed: %s", self.session_id, self.stats())
+        log.info("media %s closed: %s", self.session_id, self.stats())
         for stream in self._streams.values():
             stream.plain.close()
         self._streams.clear()
@@ -295,7 +295,7 @@ class MediaSession:
         self._rewire()
         for stream in self._streams.values():
             if stream.agreement is not None:
-                logger.info(
+                log.info(
                     "media %s %s: webrtc %s / plain %s (%s), webrtc %s, plain %s",
                     self.session_id, stream.kind, stream.codec("webrtc")[0].name,
                     stream.codec("plain")[0].name,
@@ -426,7 +426,7 @@ class MediaSession:
         return self._webrtc
 
     def _leg_failed(self, reason: str) -> None:
-        logger.warning("session %s: %s", self.session_id, reason)
+        log.warning("session %s: %s", self.session_id, reason)
         self.failure = reason
         if self.on_failure is not None:
             self.on_failure(reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+from typing import Literal, cast
 
 import av
 from aiortc.codecs import get_decoder
@@ -21,7 +22,10 @@ from .codecs import Codec
 from .opus import FRAME_MS, OpusVoiceEncoder
 from .reorder import ReorderBuffer
 
-_G711_CODECS = {"pcmu": "pcm_mulaw", "pcma": "pcm_alaw"}
+# PyAV's names for them; as literals, its CodecContext.create types the result as audio.
+_G711_CODECS: dict[str, Literal["pcm_mulaw", "pcm_alaw"]] = {
+    "pcmu": "pcm_mulaw", "pcma": "pcm_alaw",
+}
 _G711_RATE = 8000
 
 
@@ -115,7 +119,9 @@ class AudioTranscoder:
         for ordered in self._reorder.push(rtp.sequence_number, rtp):
             for decoded in self._decoder.decode(JitterFrame(ordered.payload, ordered.timestamp)):
                 self.frames += 1
-                for payload in self._encoder.encode(decoded):
+                # An audio decoder's frames are audio frames; aiortc's Decoder base types
+                # them as PyAV's Frame, the base of audio and video frames.
+                for payload in self._encoder.encode(cast(av.AudioFrame, decoded)):
                     produced.append(self._packet(self._target.payload_type, payload,
                                                  self._first, self._timestamp))
                     self._first = False
@@ -132,7 +138,7 @@ class AudioTranscoder:
         event, flags, duration = struct.unpack_from("!BBH", rtp.payload)
         scaled = duration * self._target_events.clock_rate // self._source_events.clock_rate
         payload = struct.pack("!BBH", event, flags, min(scaled, 0xFFFF)) + rtp.payload[4:]
-        return [self._packet(self._target_events.payload_type, payload, rtp.marker,
+        return [self._packet(self._target_events.payload_type, payload, bool(rtp.marker),
                              self._event_timestamp)]
 
     def _packet(self, payload_type: int, payload: bytes, marker: bool, timestamp: int) -> bytes:

@@ -17,7 +17,7 @@ from .ports import PortPool
 from .sdp import Fingerprint, MediaDescription, WebRtcTransportParams
 from .srtp import SrtpSessions
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 _PENDING_LIMIT = 64  # DTLS records held while no ICE pair is nominated yet
 
@@ -159,7 +159,7 @@ class WebRtcLeg:
                 await ice.close()
 
     def _keys_ready(self, sessions: SrtpSessions) -> None:
-        logger.info("DTLS-SRTP keyed with %s (%s)", sessions.profile, self.dtls_role)
+        log.info("DTLS-SRTP keyed with %s (%s)", sessions.profile, self.dtls_role)
         self._srtp = sessions
         self.on_change()
 

@@ -25,7 +25,7 @@ from .plain import LatchPolicy
 from .relay import MediaRelay
 from .session import MediaSession
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
             try:
                 request_id, command, session_id, arguments = await channel.receive()
             except ChannelClosed:
-                logger.warning("gateway gone: media worker %d stops", config.index)
+                log.warning("gateway gone: media worker %d stops", config.index)
                 break
             if command == "stop":
                 break
@@ -98,7 +98,7 @@ async def _answer(relay: MediaRelay, channel: Channel, request_id: int, command:
     except MediaError as error:
         reply = ("reply", request_id, False, (error.status, error.reason))
     except Exception as error:  # the gateway answers the SIP request with a 500 for it
-        logger.exception("media command %s for %s failed", command, session_id)
+        log.exception("media command %s for %s failed", command, session_id)
         reply = ("reply", request_id, False, (500, f"media worker: {error!r}"))
     with contextlib.suppress(ChannelClosed):  # the gateway is gone; the serve loop stops
         channel.send(reply)

@@ -33,7 +33,7 @@ from .plain import LatchPolicy
 from .session import Side
 from .worker import WorkerConfig, run_worker
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 COMMAND_TIMEOUT = 10.0  # ICE gathering with an unanswered STUN server takes up to 5 s
 START_TIMEOUT = 30.0  # a spawned interpreter imports aiortc, aioice, libsrtp...
@@ -113,7 +113,7 @@ class _Worker:
             raise MediaError(status=503, reason=f"media worker {self.config.index} is gone"
                              ) from error
         except TimeoutError:
-            logger.error("media worker %d (pid %s) did not answer %s within %.0f s: killing it",
+            log.error("media worker %d (pid %s) did not answer %s within %.0f s: killing it",
                          self.config.index, self.pid, command, COMMAND_TIMEOUT)
             self.kill()
             raise MediaError(status=503, reason=f"media worker {self.config.index} stalled"
@@ -237,7 +237,7 @@ class RemoteSession:
             try:
                 await self._worker.request("close", self.session_id)
             except MediaError as error:  # its worker died meanwhile and took the ports along
-                logger.info("media %s closed without its worker: %s", self.session_id,
+                log.info("media %s closed without its worker: %s", self.session_id,
                             error.reason)
 
     async def _request(self, command: str, *arguments: Any) -> Any:
@@ -277,7 +277,7 @@ class MediaWorkers:
             await self.close()
             raise
         self._running = True
-        logger.info("media relay in %d worker processes (pids %s), ports %s",
+        log.info("media relay in %d worker processes (pids %s), ports %s",
                     len(self._workers), ", ".join(str(w.pid) for w in self._workers),
                     ", ".join(f"{c.port_min}-{c.port_max}" for c in self._configs))
 
@@ -337,7 +337,7 @@ class MediaWorkers:
         if not self._running:
             return
         code = worker.process.exitcode if worker.process is not None else None
-        logger.error("media worker %d (pid %s) exited (code %s): %d calls lose their media; "
+        log.error("media worker %d (pid %s) exited (code %s): %d calls lose their media; "
                      "restarting it", worker.config.index, worker.pid, code, len(worker.sessions))
         for session in worker.sessions.values():
             session.failure = f"media worker {worker.config.index} exited"
@@ -353,8 +353,8 @@ class MediaWorkers:
         try:
             await replacement.start()
         except (MediaError, TimeoutError, OSError) as error:
-            logger.error("media worker %d did not restart: %s", replacement.config.index, error)
+            log.error("media worker %d did not restart: %s", replacement.config.index, error)
             replacement.kill()
             return
-        logger.info("media worker %d restarted (pid %s)", replacement.config.index,
+        log.info("media worker %d restarted (pid %s)", replacement.config.index,
                     replacement.pid)

@@ -9,7 +9,7 @@ import logging
 from .base import LocationService
 from .model import NodeInfo
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 
 class NodeHeartbeat:

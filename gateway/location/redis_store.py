@@ -40,7 +40,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -141,7 +141,7 @@ class RedisLocationService(LocationService):
     async def remove_connection(self, node_id: str, connection_id: str) -> list[Binding]:
         flow_key = self._flow_key(node_id, connection_id)
         removed: list[Binding] = []
-        for aor in await self._redis.smembers(flow_key):
+        for aor in await self._text_members(flow_key):
             removed.extend(await self._remove_flow_bindings(aor, node_id, connection_id))
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(flow_key)
@@ -156,8 +156,13 @@ class RedisLocationService(LocationService):
             pipe.zremrangebyscore(self._flows_key(info.node_id), "-inf", _unix_ms(time.time()))
             await pipe.execute()
 
+    async def _text_members(self, key: str) -> set[str]:
+        # The pool decodes replies (decode_responses=True), so members are text; redis-py's
+        # types allow bytes or str, whichever mode the client runs in.
+        return cast("set[str]", await self._redis.smembers(key))
+
     async def live_nodes(self) -> dict[str, NodeInfo]:
-        node_ids = sorted(await self._redis.smembers(self._nodes_key))
+        node_ids = sorted(await self._text_members(self._nodes_key))
         async with self._redis.pipeline(transaction=False) as pipe:
             for node_id in node_ids:
                 pipe.get(self._node_key(node_id))
@@ -169,7 +174,7 @@ class RedisLocationService(LocationService):
         }
 
     async def purge_dead_nodes(self) -> int:
-        node_ids = sorted(await self._redis.smembers(self._nodes_key))
+        node_ids = sorted(await self._text_members(self._nodes_key))
         async with self._redis.pipeline(transaction=False) as pipe:
             for node_id in node_ids:
                 pipe.exists(self._node_key(node_id))
@@ -179,7 +184,9 @@ class RedisLocationService(LocationService):
             if is_alive:
                 continue
             flows_key = self._flows_key(node_id)
-            for connection_id in await self._redis.zrange(flows_key, 0, -1):
+            # Text, as _text_members says; without scores, zrange gives the members alone.
+            connection_ids = cast("list[str]", await self._redis.zrange(flows_key, 0, -1))
+            for connection_id in connection_ids:
                 purged += len(await self.remove_connection(node_id, connection_id))
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.delete(flows_key)

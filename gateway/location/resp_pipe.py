@@ -41,7 +41,9 @@ class _RespProtocol(asyncio.Protocol):
         if self._transport is None or self.closed:
             raise RespPipeError(f"Redis connection to {self._address} is closed")
         self._waiting.append((future, len(commands), []))
-        self._transport.write(b"".join(map(hiredis.pack_command, commands)))
+        # hiredis's stub types the command as a 1-tuple (Tuple[X], not Tuple[X, ...]).
+        packed = map(hiredis.pack_command, commands)  # type: ignore[arg-type]
+        self._transport.write(b"".join(packed))
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)

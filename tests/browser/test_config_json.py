@@ -11,6 +11,7 @@ import hmac
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -25,7 +26,7 @@ TURN_SECRET = "coturn-static-auth-secret"
 TURN_TTL = 600
 
 
-async def get_json(url: str, **headers: str) -> tuple[int, dict[str, object] | str]:
+async def get_json(url: str, **headers: str) -> tuple[int, dict[str, Any] | str]:
     async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as reply:
         if reply.content_type == "application/json":
             return reply.status, await reply.json()
@@ -73,7 +74,7 @@ async def test_settings_without_ice_servers(gateway: GatewayProcess) -> None:
         assert settings["ws_url"] == f"ws://127.0.0.1:{gateway.ws_port}/ws", forged
 
 
-def challenge_of(settings: dict[str, object]) -> DigestChallenge:
+def challenge_of(settings: dict[str, Any]) -> DigestChallenge:
     fields = settings["turn_challenge"]
     assert isinstance(fields, dict)
     return DigestChallenge(
@@ -101,6 +102,7 @@ async def test_turn_rest_credentials_only_for_the_sip_password(
         assert public["ice_servers"] == [{"urls": ["stun:127.0.0.1:3478"]}]
         assert public["turn_ttl"] is None
         assert public["ws_url"] == f"ws://127.0.0.1:{gateway.ws_port}/ws"
+    assert isinstance(public, dict)
     challenge = challenge_of(public)
     assert challenge.realm == "example.test" and challenge.algorithm == "MD5"
 

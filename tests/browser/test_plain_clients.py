@@ -111,7 +111,7 @@ async def test_bare_browser_stack_calls_a_sip_phone(
     phone = await PjsuaPhone.start(f"plain-{stack}-bob-{uuid.uuid4().hex[:6]}")
     tone = write_browser_tone(tmp_path / "browser.wav", BROWSER_TONE)
     try:
-        registered = await phone.register("127.0.0.1", gateway.udp_port, "bob",
+        registered = await phone.register("127.0.0.1", gateway.port("udp"), "bob",
                                           gateway.users["bob"], gateway.domain)
         assert registered["code"] == 200, registered
         await phone.play_tone(PHONE_TONE)

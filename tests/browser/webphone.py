@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Page
+from playwright.async_api import Page, ViewportSize
 
 from tests.fixtures.gateway import ARTIFACTS_DIR
 from tests.support.browser import (
@@ -28,7 +28,7 @@ from tests.support.browser import (
 )
 
 SCREENSHOTS_DIR = ARTIFACTS_DIR / "screenshots"
-VIEWPORT = {"width": 760, "height": 980}
+VIEWPORT: ViewportSize = {"width": 760, "height": 980}
 UI_TIMEOUT_MS = 15_000
 MEDIA_HELPERS = JS_DIR / "media_helpers.mjs"
 

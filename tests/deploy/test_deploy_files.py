@@ -6,6 +6,7 @@ import dataclasses
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_example_mentions_wss_certificates() -> None:
 
 # --- compose ------------------------------------------------------------------------------
 
-def _compose() -> dict:
+def _compose() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
 
 
@@ -109,7 +110,7 @@ def test_containerfile() -> None:
 
 # --- Kubernetes ---------------------------------------------------------------------------
 
-def _k8s() -> dict[tuple[str, str], dict]:
+def _k8s() -> dict[tuple[str, str], dict[str, Any]]:
     documents = yaml.safe_load_all((DEPLOY / "kubernetes" / "ws2sip.yaml").read_text())
     return {(d["kind"], d["metadata"]["name"]): d for d in documents if d}
 
@@ -173,7 +174,9 @@ def parse_asterisk_conf(text: str) -> list[tuple[str, dict[str, list[str]]]]:
     return sections
 
 
-def _typed(sections, kind: str) -> list[tuple[str, dict[str, list[str]]]]:
+def _typed(
+    sections: list[tuple[str, dict[str, list[str]]]], kind: str
+) -> list[tuple[str, dict[str, list[str]]]]:
     return [(name, options) for name, options in sections if options.get("type") == [kind]]
 
 

@@ -54,9 +54,12 @@ class Store:
 
     async def ha1_of(self, user: str) -> str | None:
         # A fresh store per look: the CLI wrote behind the back of any store opened earlier.
-        reader: UserStore = (
-            RedisUserStore(self.redis_url) if self.redis_url else FileUserStore(self.file)
-        )
+        reader: UserStore
+        if self.redis_url:
+            reader = RedisUserStore(self.redis_url)
+        else:
+            assert self.file is not None, "a store is Redis or a file"
+            reader = FileUserStore(self.file)
         try:
             record = await reader.get(user, DOMAIN)
         finally:

@@ -170,13 +170,13 @@ async def test_strangers_in_dialog_requests_are_refused_and_never_relayed(
                         from_uri=f"sip:alice@{DOMAIN}", to_uri=f"sip:bob@{DOMAIN}")
         as_bob = dict(from_tag=alice.remote_tag, to_tag=alice.local_tag,
                       from_uri=f"sip:bob@{DOMAIN}", to_uri=f"sip:alice@{DOMAIN}")
-        stranger.send(stranger.text("MESSAGE", elsewhere, cseq=20, **as_alice))  # type: ignore[arg-type]
+        stranger.send(stranger.text("MESSAGE", elsewhere, cseq=20, **as_alice))
         forged = await stranger.final("MESSAGE", 20)
         assert (forged.status, forged.reason) == (403, "Forbidden (not a party of this dialog)")
-        stranger.send(stranger.text("BYE", alice.contact, cseq=21, **as_bob))  # type: ignore[arg-type]
+        stranger.send(stranger.text("BYE", alice.contact, cseq=21, **as_bob))
         forged_bye = await stranger.final("BYE", 21)
         assert forged_bye.status == 403
-        stranger.send(stranger.text("ACK", elsewhere, cseq=22, **as_alice))  # type: ignore[arg-type]
+        stranger.send(stranger.text("ACK", elsewhere, cseq=22, **as_alice))
         assert await sink.nothing_within(SILENCE), "a stranger's request was relayed"
         assert await alice.peer.nothing_within(0.1), "a stranger's BYE reached alice"
         assert not received(bob, "BYE", alice.call_id)

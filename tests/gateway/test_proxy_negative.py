@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sip.digest import build_authorization, select_challenge
 from sip.message import Response
@@ -86,7 +87,7 @@ class RawUac:
 
     async def send_authenticated(
         self, method: str, ruri: str, *, user: str, password: str, from_user: str | None = None,
-        **options: object,
+        **options: Any,
     ) -> Response:
         """Send, answer the 407 with user's credentials, return the final response to that."""
         call_id = secrets.token_hex(8)

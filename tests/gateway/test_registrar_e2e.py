@@ -221,14 +221,14 @@ async def test_registrations_in_redis_survive_a_restart_and_stay_routable(
     callee = await PjsuaPhone.start("restart-alice", auto_answer=200)
     caller = await PjsuaPhone.start("restart-bob")
     try:
-        registered = await callee.register("127.0.0.1", gateway.udp_port, "alice",
+        registered = await callee.register("127.0.0.1", gateway.port("udp"), "alice",
                                            users["alice"], DOMAIN, expires=600)
         assert registered["code"] == 200
         async with aioredis.from_url(redis_url) as store:
             assert await store.exists(f"ws2sip:loc:{{sip:alice@{DOMAIN}}}")
         await gateway.restart()
         assert await bindings_count(gateway_metrics_url(gateway)) == 1
-        assert (await caller.register("127.0.0.1", gateway.udp_port, "bob", users["bob"],
+        assert (await caller.register("127.0.0.1", gateway.port("udp"), "bob", users["bob"],
                                       DOMAIN))["code"] == 200
         await caller.call(f"sip:alice@{DOMAIN}")
         incoming = await callee.wait_for("incoming_call", timeout=15.0)
@@ -250,7 +250,7 @@ async def test_memory_registrations_are_gone_after_a_restart(
     await client.close()
     phone = await PjsuaPhone.start("restart-memory-alice")
     try:
-        assert (await phone.register("127.0.0.1", backend_gateway.udp_port, "alice",
+        assert (await phone.register("127.0.0.1", backend_gateway.port("udp"), "alice",
                                      backend_gateway.users["alice"], DOMAIN))["code"] == 200
         await backend_gateway.restart()
         assert await bindings_count(gateway_metrics_url(backend_gateway)) == 0

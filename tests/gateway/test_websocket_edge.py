@@ -12,6 +12,7 @@ import base64
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
@@ -61,7 +62,7 @@ async def ws_gateway(gateway_factory: GatewayFactory) -> GatewayProcess:
 async def client_factory() -> AsyncIterator[Callable[..., Awaitable[WsSipUa]]]:
     clients: list[WsSipUa] = []
 
-    async def connect(gateway: GatewayProcess, path: str = "/ws", **options: object
+    async def connect(gateway: GatewayProcess, path: str = "/ws", **options: Any
                       ) -> WsSipUa:
         client = await WsSipUa.connect(f"ws://127.0.0.1:{gateway.ws_port}{path}",
                                        domain=DOMAIN, **options)
@@ -117,7 +118,7 @@ async def test_upgrade_without_sip_subprotocol_is_400_with_a_reason(
     ws_gateway: GatewayProcess,
 ) -> None:
     for offered in (None, "chat", "sipx, xsip", "SIP"):
-        reply = await handshake(ws_gateway.ws_port, protocols=offered)
+        reply = await handshake(ws_gateway.port("ws"), protocols=offered)
         assert reply.status == 400, offered
         assert "'sip' subprotocol" in reply.body and "RFC 7118" in reply.body
     assert ws_gateway.returncode is None
@@ -126,7 +127,7 @@ async def test_upgrade_without_sip_subprotocol_is_400_with_a_reason(
 async def test_sip_offered_among_others_is_answered_with_exactly_sip(
     ws_gateway: GatewayProcess, client_factory: ClientFactory,
 ) -> None:
-    reply = await handshake(ws_gateway.ws_port, protocols="chat, sip, wamp")
+    reply = await handshake(ws_gateway.port("ws"), protocols="chat, sip, wamp")
     assert reply.status == 101
     assert reply.headers["sec-websocket-protocol"] == "sip"
     client = await client_factory(ws_gateway)
@@ -136,7 +137,7 @@ async def test_sip_offered_among_others_is_answered_with_exactly_sip(
 async def test_foreign_origin_is_403_and_own_origin_is_accepted(
     ws_gateway: GatewayProcess,
 ) -> None:
-    port = ws_gateway.ws_port
+    port = ws_gateway.port("ws")
     foreign = await handshake(port, protocols="sip", origin="https://evil.example")
     assert (foreign.status, foreign.body) == (403, "Origin not allowed\n")
     own = await handshake(port, protocols="sip", origin=f"http://127.0.0.1:{port}")
@@ -151,7 +152,7 @@ async def test_allowed_origin_flag_admits_that_origin_only(
     gateway = await gateway_factory(
         transports=("ws",), extra_args=["--allowed-origin", "https://app.example"],
     )
-    port = gateway.ws_port
+    port = gateway.port("ws")
     assert (await handshake(port, protocols="sip", origin="https://app.example")).status == 101
     assert (await handshake(port, protocols="sip", origin="https://app.example/")).status == 101
     assert (await handshake(port, protocols="sip", origin="https://other.example")).status == 403

@@ -17,13 +17,13 @@ async def test_users_register_over_udp_and_ws_and_wrong_password_is_refused(
     browser = await JsSipAgent.start("fixture-bob")
     intruder = await PjsuaPhone.start("fixture-intruder")
     try:
-        registered = await phone.register("127.0.0.1", gateway.udp_port, "alice",
+        registered = await phone.register("127.0.0.1", gateway.port("udp"), "alice",
                                           gateway.users["alice"], gateway.domain)
         assert registered["code"] == 200
         outcome = await browser.register(gateway.ws_url, f"sip:bob@{gateway.domain}",
                                          gateway.users["bob"])
         assert (outcome["outcome"], outcome["status"]) == ("registered", 200)
-        refused = await intruder.register("127.0.0.1", gateway.udp_port, "alice", "wrong",
+        refused = await intruder.register("127.0.0.1", gateway.port("udp"), "alice", "wrong",
                                           gateway.domain)
         assert refused["code"] in (401, 403)
     finally:
@@ -37,7 +37,7 @@ async def test_restart_keeps_ports_and_users(gateway_factory: GatewayFactory) ->
     gateway = await gateway_factory(users={"carol": "carol-secret"}, transports=("tcp",))
     assert (gateway.udp_port, gateway.ws_port) == (None, None)
     first_pid = gateway.process.pid if gateway.process else None
-    tcp_port = gateway.tcp_port
+    tcp_port = gateway.port("tcp")
     await gateway.restart()
     assert gateway.tcp_port == tcp_port
     assert gateway.process is not None and gateway.process.pid != first_pid
@@ -57,7 +57,7 @@ async def test_users_can_live_in_redis(gateway_factory: GatewayFactory, redis_ur
                                     node_id="node-a", transports=("udp",))
     phone = await PjsuaPhone.start("fixture-dave")
     try:
-        registered = await phone.register("127.0.0.1", gateway.udp_port, "dave", "dave-secret",
+        registered = await phone.register("127.0.0.1", gateway.port("udp"), "dave", "dave-secret",
                                           gateway.domain)
         assert registered["code"] == 200
     finally:
@@ -82,7 +82,7 @@ async def test_sipp_scenarios_answer_the_gateways_challenges(gateway: GatewayPro
     registered.assert_success()
     bob = await PjsuaPhone.start("fixture-sipp-callee", auto_answer=200)
     try:
-        assert (await bob.register("127.0.0.1", gateway.udp_port, "bob", gateway.users["bob"],
+        assert (await bob.register("127.0.0.1", gateway.port("udp"), "bob", gateway.users["bob"],
                                    gateway.domain))["code"] == 200
         call = await run_sipp(
             "uac_call.xml", remote=f"127.0.0.1:{gateway.udp_port}", service="bob",

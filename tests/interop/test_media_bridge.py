@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sip.message import Request
 from tests.fixtures.gateway import GatewayProcess
 from tests.support.audio import assert_hears, read_wav_pcm
 from tests.support.pjsua_phone import PjsuaPhone
@@ -54,7 +55,7 @@ async def registered_pair(
     phone = await PjsuaPhone.start("bridge-bob")
     if phone_codecs:
         await phone.set_codecs(phone_codecs)
-    registered = await phone.register("127.0.0.1", gateway.udp_port, "bob",
+    registered = await phone.register("127.0.0.1", gateway.port("udp"), "bob",
                                       gateway.users["bob"], gateway.domain)
     assert registered["code"] == 200
     await phone.play_tone(PHONE_TONE)
@@ -214,8 +215,8 @@ async def test_hold_and_resume_through_reinvite(
         await phone.stop()
 
 
-async def _wait_for_ack(browser: WsSipUa, call_id: str, timeout: float = 10.0):  # noqa: ANN202
-    async def find():  # noqa: ANN202
+async def _wait_for_ack(browser: WsSipUa, call_id: str, timeout: float = 10.0) -> Request:
+    async def find() -> Request:
         while True:
             for request in browser.requests:
                 if request.method == "ACK" and request.call_id == call_id:

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def media_sockets_by_worker(gateway: GatewayProcess) -> dict[int, int]:
     return {pid: udp_sockets(pid) for pid in worker_pids(gateway)}
 
 
-async def eventually(condition, seconds: float, what: str) -> None:  # noqa: ANN001
+async def eventually(condition: Callable[[], object], seconds: float, what: str) -> None:
     for _ in range(int(seconds / 0.1)):
         if condition():
             return

@@ -37,6 +37,7 @@ def test_pipelined_messages_and_a_body_holding_blank_lines() -> None:
     framer = StreamFramer()
     items = feed_all(framer, [INVITE + REGISTER + INVITE[:30]])
     assert items == [INVITE, REGISTER]
+    assert isinstance(items[0], bytes)
     assert parse_message(items[0]).body == b"v=0\r\n\r\n\r\nxyz"
     assert framer.pending == 30
     assert feed_all(framer, [INVITE[30:]]) == [INVITE]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ LINGER = Timers(t4=1.0, timer_d=1.0, timer_j=1.0, timer_l=3.0, timer_m=3.0)
 
 
 @pytest.fixture
-async def core() -> CorePeer:
+async def core() -> AsyncIterator[CorePeer]:
     peer = CorePeer(LINGER)
     await peer.start()
     yield peer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -33,7 +34,7 @@ class ServerTu:
 
 
 @pytest.fixture
-async def core() -> CorePeer:
+async def core() -> AsyncIterator[CorePeer]:
     peer = CorePeer(FAST)
     await peer.start()
     yield peer
@@ -41,7 +42,7 @@ async def core() -> CorePeer:
 
 
 @pytest.fixture
-async def peer() -> RawUdpPeer:
+async def peer() -> AsyncIterator[RawUdpPeer]:
     raw = await RawUdpPeer.open()
     yield raw
     raw.close()
@@ -60,7 +61,7 @@ async def until_no_transactions(*cores: CorePeer) -> None:
     raise AssertionError(f"transactions left in the tables: {counts}")
 
 
-def collect(responses: list[Response]):  # noqa: ANN201 - a callback factory
+def collect(responses: list[Response]) -> Callable[[Response, ClientTransaction], None]:
     def on_response(response: Response, _: ClientTransaction) -> None:
         responses.append(response)
 
@@ -280,7 +281,7 @@ async def test_cancel_matches_the_invite_transaction(core: CorePeer, peer: RawUd
     await until_no_transactions(core)
     unrelated = parse_message(raw_request("CANCEL", via, branch="z9hG4bKother").encode())
     assert core.transactions.find_invite_for_cancel(
-        unrelated, cancel_transaction.flow) is None  # type: ignore[arg-type]
+        unrelated, cancel_transaction.flow) is None
 
 
 async def test_a_cancel_from_another_source_cancels_nothing(

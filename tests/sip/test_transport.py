@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ class LoopbackFlow(Flow):
 
 
 @pytest.fixture
-async def layer() -> TransportLayer:
+async def layer() -> AsyncIterator[TransportLayer]:
     transport = TransportLayer()
     await transport.listen_udp("127.0.0.1", 0)
     await transport.listen_tcp("127.0.0.1", 0)
@@ -67,7 +68,7 @@ async def layer() -> TransportLayer:
 
 
 @pytest.fixture
-async def peer() -> RawUdpPeer:
+async def peer() -> AsyncIterator[RawUdpPeer]:
     raw = await RawUdpPeer.open()
     yield raw
     raw.close()
@@ -245,6 +246,7 @@ async def test_gateway_flow_keepalive_messages_and_close(layer: TransportLayer) 
     message, via_flow = await inbox.next()
     assert via_flow is flow
     assert message.top_via.params["received"] == "127.0.0.1"
+    assert isinstance(message, Request)
     layer.send_response(message.response(200), flow)
     assert parse_message(flow.sent[-1]).status == 200  # type: ignore[union-attr]
     layer.unregister_flow(flow)

@@ -21,7 +21,13 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
-from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_playwright
+from playwright.async_api import (
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    ViewportSize,
+    async_playwright,
+)
 
 from tests.support.audio import write_tone_wav
 
@@ -125,7 +131,7 @@ class BrowserSession:
 async def launch_browser(
     tone_wav: Path, *, name: str = "browser", extra_args: tuple[str, ...] = (),
     mdns_host_candidates: bool = False, grant_media: bool = True,
-    viewport: dict[str, int] | None = None,
+    viewport: ViewportSize | None = None,
 ) -> AsyncIterator[BrowserSession]:
     """Chromium whose microphone plays tone_wav, in a temporary profile removed afterwards.
 

@@ -26,6 +26,7 @@ import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -120,12 +121,12 @@ class WsSipUa:
 
     @classmethod
     async def connect(cls, url: str, user: str = "", password: str = "", *,
-                      domain: str = DEFAULT_DOMAIN, **ws_options: object) -> WsSipUa:
+                      domain: str = DEFAULT_DOMAIN, **ws_options: Any) -> WsSipUa:
         """Open the WebSocket (subprotocol "sip"); user and password serve register() and
         calls, a raw client may leave them empty and pass them to register()."""
         session = aiohttp.ClientSession()
         try:
-            ws = await session.ws_connect(url, protocols=("sip",), **ws_options)  # type: ignore[arg-type]
+            ws = await session.ws_connect(url, protocols=("sip",), **ws_options)
         except BaseException:
             await session.close()
             raise

@@ -82,6 +82,7 @@ class BrowserPeer:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            assert isinstance(frame, AudioFrame)  # an audio track's
             channels = len(frame.layout.channels)
             data = frame.to_ndarray().reshape(-1, channels).mean(axis=1)
             self.rate = frame.sample_rate

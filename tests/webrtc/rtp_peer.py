@@ -147,6 +147,7 @@ class RtpPeer:
             if packet.payload_type != payload_type:
                 continue
             for frame in decoder.decode(JitterFrame(packet.payload, packet.timestamp)):
+                assert isinstance(frame, AudioFrame)  # an audio decoder's
                 channels = len(frame.layout.channels)
                 chunks.append(frame.to_ndarray().reshape(-1, channels).mean(axis=1))
                 rate = frame.sample_rate

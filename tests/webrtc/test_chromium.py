@@ -3,6 +3,7 @@ client, or offers actpass and is the DTLS server; each side hears the other's to
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tests.webrtc.rtp_peer import RtpPeer
 from tests.webrtc.sdp_samples import asterisk_sdp
 from tests.webrtc.test_media_relay import target_of, wait_for
 from webrtc import MediaRelay
+from webrtc.session import MediaSession
 
 BROWSER_TONE = 440.0
 PHONE_TONE = 1000.0
@@ -59,14 +61,14 @@ ANSWER_OFFER = """async (sdp) => {
 
 
 @pytest.fixture
-async def chromium_page(tmp_path: Path):  # noqa: ANN201
+async def chromium_page(tmp_path: Path) -> AsyncIterator[Page]:
     tone = write_browser_tone(tmp_path / "browser-tone.wav", BROWSER_TONE)
     async with StaticServer() as site, launch_browser(tone, name="media") as browser:
         page = await browser.open(site.url("webrtc.html"))
         yield page
 
 
-async def hear_each_other(page: Page, session, phone: RtpPeer) -> None:  # noqa: ANN001
+async def hear_each_other(page: Page, session: MediaSession, phone: RtpPeer) -> None:
     await wait_for(lambda: session.stats()["webrtc_to_plain_packets"] > 25, seconds=15)
     phone.play_in_background(PHONE_TONE, 4.0)
     assert abs(await dominant_frequency(page, "window.remoteStream", 2000) - PHONE_TONE) < 15

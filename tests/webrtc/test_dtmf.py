@@ -44,7 +44,7 @@ class BrowserEvents:
                 self.received.append((payload_type, event, flags >> 7, duration))
             await original(data, arrival_time_ms=arrival_time_ms)
 
-        self.transport._handle_rtp_data = capture
+        self.transport._handle_rtp_data = capture  # type: ignore[method-assign]  # a tap
         self.ssrc = secrets.randbits(32)
         self.sequence = 1000
         self.timestamp = 5000

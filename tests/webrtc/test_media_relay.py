@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from functools import partial
 
 import pytest
 
@@ -13,12 +15,20 @@ from tests.webrtc.rtp_peer import RtpPeer
 from tests.webrtc.sdp_samples import asterisk_sdp
 from webrtc import MediaRelay
 from webrtc.sdp import parse
+from webrtc.session import MediaSession
 
 PHONE_TONE = 1000.0
 BROWSER_TONE = 440.0
 
 
-async def wait_for(condition, seconds: float = 10.0, describe=None) -> None:  # noqa: ANN001
+def packets_to_phone_over(session: MediaSession, count: int) -> bool:
+    return session.stats()["webrtc_to_plain_packets"] > count
+
+
+async def wait_for(
+    condition: Callable[[], object], seconds: float = 10.0,
+    describe: Callable[[], str] | None = None,
+) -> None:
     deadline = asyncio.get_running_loop().time() + seconds
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
@@ -211,7 +221,7 @@ async def test_concurrent_sessions_are_isolated_and_free_all_ports(
                 await session.process_answer(asterisk_sdp(phone_peer.port, "0"), "plain"))
         assert relay.active_sessions == session_count
         for session in sessions:
-            await wait_for(lambda s=session: s.stats()["webrtc_to_plain_packets"] > 25)
+            await wait_for(partial(packets_to_phone_over, session, 25))
         for index, phone_peer in enumerate(phones):
             assert_hears(phone_peer.heard(0), 8000, 300.0 + 200 * index)
         ports = set(relay.open_ports)

@@ -65,7 +65,7 @@ def _opus_frame_ms(payload: bytes) -> tuple[float, int, bool]:
     toc = payload[0]
     config = toc >> 3
     if config < 12:
-        durations = (10.0, 20.0, 40.0, 60.0)  # SILK-only
+        durations: tuple[float, ...] = (10.0, 20.0, 40.0, 60.0)  # SILK-only
     elif config < 16:
         durations = (10.0, 20.0)  # hybrid
     else:

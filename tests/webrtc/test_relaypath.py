@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pylibsrtp import Policy, Session
@@ -25,6 +26,9 @@ from webrtc import MediaRelay
 from webrtc.datagram import Address, DatagramSocket, LoopLag, SocketPoller
 from webrtc.forwarding import MAX_TRACKED_SSRCS, DirectionStats, Forwarder, Route
 from webrtc.srtp import protect, unprotect
+
+if TYPE_CHECKING:
+    from webrtc._relaypath import RelayPump
 
 relaypath = pytest.importorskip("webrtc._relaypath")
 SWITCHED_OFF = os.environ.get("WS2SIP_RELAY_PUMP") == "0"
@@ -97,7 +101,7 @@ class Relay:
         return self.forwarder.expected_seq
 
     @property
-    def pump(self):  # noqa: ANN201  # the C type, only where it is built
+    def pump(self) -> RelayPump:  # the C type, only where it is built
         assert self.source.pump is not None
         return self.source.pump
 

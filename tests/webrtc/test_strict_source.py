@@ -29,6 +29,7 @@ from webrtc import MediaRelay
 from webrtc.errors import MediaError
 from webrtc.plain import LatchPolicy, PlainLeg
 from webrtc.ports import PortPool
+from webrtc.session import MediaSession
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 ATTACKER_TONE = 2000.0
@@ -51,7 +52,7 @@ async def send_paced(peer: RtpPeer, count: int) -> None:
         await asyncio.sleep(0.02)
 
 
-def assert_relayed_in_c(session) -> None:  # noqa: ANN001
+def assert_relayed_in_c(session: MediaSession) -> None:
     """Where the C path runs, the phone's packets went through it: the filter was in C."""
     pump = session._streams["audio"].plain.rtp_pump
     if c_path_relays():
@@ -129,6 +130,7 @@ async def test_a_phone_behind_nat_is_learned_among_junk_and_keeps_the_call(
 
             async def spray() -> None:  # random SSRC and sequence number every time
                 for _ in range(100):
+                    assert phone.target is not None
                     sprayer.sendto(rtp(secrets.randbits(16), secrets.randbits(32)),
                                    phone.target)
                     await asyncio.sleep(0.01)
@@ -248,7 +250,8 @@ async def test_a_phone_silent_on_hold_is_not_replaced_once_the_window_is_over() 
     leg = PlainLeg(PortPool("127.0.0.1", base, base + 40),
                    LatchPolicy(learn_seconds=0.5, probation_seconds=0.05, alive_seconds=0.2))
     await leg.open()
-    leg.on_rtp = [].append
+    received: list[bytes] = []
+    leg.on_rtp = received.append
     try:
         leg.set_remote(*phone.address, None, False)
         await phone.stream(leg.port, 5)

@@ -6,9 +6,11 @@ import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aioice import stun
+from aioice.utils import random_transaction_id
 
 from tests.support.audio import assert_hears
 from tests.webrtc.browser_peer import BrowserPeer
@@ -18,10 +20,11 @@ from tests.webrtc.sdp_samples import asterisk_sdp
 from tests.webrtc.test_media_relay import BROWSER_TONE, PHONE_TONE, target_of, wait_for
 from webrtc import MediaRelay
 from webrtc.sdp import parse
+from webrtc.session import MediaSession
 
 
-async def connect(session, browser: BrowserPeer, phone: RtpPeer, payloads: str = "0",  # noqa: ANN001
-                  **sdp_options) -> str:  # noqa: ANN003
+async def connect(session: MediaSession, browser: BrowserPeer, phone: RtpPeer,
+                  payloads: str = "0", **sdp_options: Any) -> str:
     """Browser offers, phone answers with `payloads`; returns once media flows to the phone."""
     plain_offer = await session.process_offer(await browser.offer(), "webrtc")
     phone.target = target_of(plain_offer)
@@ -46,7 +49,7 @@ async def test_rtcp_is_translated_both_ways(
         browser_rtcp.append(data)
         await original(data)
 
-    dtls._handle_rtcp_data = capture
+    dtls._handle_rtcp_data = capture  # type: ignore[method-assign]  # a tap on aiortc's handler
     await phone.play_tone(PHONE_TONE, 0.5)
     # aiortc sends sender/receiver reports every second or so: they reach the phone in clear.
     await wait_for(lambda: any(p[1] in (200, 201) for p in phone.rtcp_packets))
@@ -145,7 +148,7 @@ async def test_gateway_answers_consent_checks_during_the_call(
             assert response.message_class == stun.Class.RESPONSE
             assert response.transaction_id == request.transaction_id
             assert response.attributes["XOR-MAPPED-ADDRESS"] == checker.getsockname()
-            request.transaction_id = stun.random_transaction_id()
+            request.transaction_id = random_transaction_id()
             request.attributes.pop("MESSAGE-INTEGRITY")
             request.attributes.pop("FINGERPRINT")
             request.add_message_integrity(answer.ice_pwd.encode())

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from gateway.tasks import TaskSet
+from sip.tasks import TaskSet
 
 log = logging.getLogger("test.tasks")
 

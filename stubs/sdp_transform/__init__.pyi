@@ -1,0 +1,9 @@
+# sdp_transform ships no types (no py.typed): the two functions webrtc/sdp.py calls, as the
+# library defines them (sdp_transform/parser.py and writer.py). A session is a dictionary of
+# SDP fields, nested as the grammar (sdp_transform/grammar.py) names them.
+from typing import Any
+
+def parse(sdp: str) -> dict[str, Any]: ...
+def write(
+    session: dict[str, Any], outerOrder: list[str] = ..., innerOrder: list[str] = ...
+) -> str: ...
