@@ -155,7 +155,7 @@ class Config:
     turn_ttl: int = 86_400
     # Abuse limits (gateway/edge_guard.py); 0 turns a limit off.
     max_connections_per_ip: int = 100  # WebSocket+TCP+TLS; a NAT or reverse proxy: more, or 0
-    unauthenticated_timeout: float = 30.0  # close a WebSocket that has not authenticated
+    unauthenticated_timeout: float = 30.0  # close a WebSocket or SIP TCP/TLS flow not authenticated
     http_header_timeout: float = 10.0  # close an HTTP connection with no complete request
     max_requests_per_ip: int = 100  # SIP requests per source IP per request_window (pike)
     request_window: float = 2.0

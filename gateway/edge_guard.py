@@ -2,8 +2,10 @@
 
 - Connections per source IP: past `max_connections_per_ip`, a WebSocket upgrade is refused
   with 429 and a SIP TCP/TLS connection closed as soon as it is accepted.
-- A WebSocket that has not authenticated (a REGISTER or any request whose digest verified)
-  within `unauthenticated_timeout` is closed, however much it answers pings.
+- A WebSocket or SIP TCP/TLS connection that has not authenticated (a REGISTER or any request
+  whose digest verified, or for another node of the cluster a request with a valid hop token)
+  within `unauthenticated_timeout` is closed, however much it answers pings. Trunks' trusted
+  sources have no deadline: they never send digest.
 - SIP requests per source IP (Kamailio's pike): past `max_requests_per_ip` in one
   `request_window`, requests are dropped over UDP (answering would reflect toward a spoofed
   source) and answered `503` with Retry-After over connections (whose source is proven).
@@ -263,12 +265,16 @@ class EdgeGuard:
             self._over_cap.discard(ip)
 
     def admit_stream(self, flow: Flow) -> bool:
-        """The transport layer's admit_connection, for SIP over TCP/TLS: the same per-IP cap
-        and bans as WebSockets (no authentication deadline: trunks and the other nodes of a
-        cluster connect over TCP and never send digest)."""
-        if self.connection_refusal(flow.remote[0]) is not None:
+        """The transport layer's admit_connection, for SIP over TCP/TLS: the same per-IP cap,
+        bans and authentication deadline as WebSockets, except for trunks' trusted sources
+        (they never send digest). The other nodes of a cluster authenticate with their hop
+        tokens instead (`peer_trusted`)."""
+        ip = flow.remote[0]
+        if self.connection_refusal(ip) is not None:
             return False
         self._streams.add(flow)
+        if not self.policy.is_exempt(ip):
+            self.await_authentication(flow)
         return True
 
     def await_authentication(self, flow: Flow) -> None:
@@ -303,7 +309,12 @@ class EdgeGuard:
     # --- authentication (gateway.auth.Authenticator's observers) ------------------------------
     def authenticated(self, username: str) -> None:
         flow = source_flow.get()
-        if flow is not None and self._awaiting_auth:
+        if flow is not None:
+            self.peer_trusted(flow)
+
+    def peer_trusted(self, flow: Flow) -> None:
+        """A request on `flow` proved who sent it (digest, or another node's hop token)."""
+        if self._awaiting_auth:
             timer = self._awaiting_auth.pop(flow, None)
             if timer is not None:
                 timer.cancel()

@@ -16,7 +16,7 @@ import socket
 import aiohttp
 import pytest
 
-from sip.digest import DigestChallenge, build_authorization
+from sip.digest import DigestChallenge, build_authorization, parse_challenge
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.gateway.ws_edge import options_request
 from tests.support.healthz import gateway_metrics_url, metric_value
@@ -165,6 +165,68 @@ async def test_unauthenticated_websocket_is_closed_at_the_deadline(
     metrics = gateway_metrics_url(gateway)
     assert await metric_value(metrics, "ws2sip_unauthenticated_closed_total") == 2
     assert len(await log_lines(gateway, r"from 127\.0\.0\.2: no authenticated request")) == 1
+
+
+def tcp_register(domain: str, sock: socket.socket, call_id: str, authorization: str = "") -> bytes:
+    host, port = sock.getsockname()
+    return (
+        f"REGISTER sip:{domain} SIP/2.0\r\n"
+        f"Via: SIP/2.0/TCP {host}:{port};branch=z9hG4bK{secrets.token_hex(8)}\r\n"
+        f"Max-Forwards: 70\r\nTo: <sip:alice@{domain}>\r\nFrom: <sip:alice@{domain}>;tag=r1\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: {2 if authorization else 1} REGISTER\r\n"
+        f"Contact: <sip:alice@{host}:{port};transport=tcp>\r\nExpires: 300\r\n"
+        + (f"Authorization: {authorization}\r\n" if authorization else "")
+        + "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def tcp_response(sock: socket.socket) -> str:
+    """One response off a SIP TCP connection (no body), or "" once the gateway closed it."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 65535), 3.0)
+        if not chunk:
+            return ""
+        data += chunk
+    return data.decode()
+
+
+async def test_unauthenticated_sip_tcp_connection_is_closed_at_the_deadline(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """As for WebSockets: a SIP TCP connection must authenticate within the deadline, or it is
+    closed, however much it pings; one that registered with digest stays."""
+    password = secrets.token_urlsafe(12)
+    gateway = await gateway_factory(users={"alice": password}, transports=("tcp",),
+                                    extra_args=["--unauthenticated-timeout", "1"])
+    loop = asyncio.get_running_loop()
+    streams = [socket.create_connection(("127.0.0.1", gateway.tcp_port), timeout=5,
+                                        source_address=("127.0.0.2", 0)) for _ in range(2)]
+    silent, alice = streams
+    try:
+        for sock in streams:
+            sock.setblocking(False)
+        await loop.sock_sendall(alice, tcp_register(gateway.domain, alice, "tcp-reg"))
+        found = re.search(r"WWW-Authenticate: (.*)\r\n", await tcp_response(alice))
+        assert found is not None
+        challenge = parse_challenge(found.group(1))
+        authorization = build_authorization(
+            challenge, method="REGISTER", uri=f"sip:{gateway.domain}", username="alice",
+            password=password, nc=1, cnonce="0a1b2c3d")
+        await loop.sock_sendall(alice, tcp_register(gateway.domain, alice, "tcp-reg",
+                                                    authorization))
+        assert (await tcp_response(alice)).startswith("SIP/2.0 200 ")
+        await asyncio.sleep(1.5)
+        await loop.sock_sendall(silent, b"\r\n\r\n")  # a ping does not count
+        assert await tcp_response(silent) == ""
+        await loop.sock_sendall(alice, b"\r\n\r\n")  # RFC 5626 keep-alive: still answered
+        assert await asyncio.wait_for(loop.sock_recv(alice, 64), 2.0) == b"\r\n"
+    finally:
+        for sock in streams:
+            sock.close()
+    metrics = gateway_metrics_url(gateway)
+    assert await metric_value(metrics, "ws2sip_unauthenticated_closed_total") == 1
 
 
 async def test_half_sent_http_request_is_closed(gateway_factory: GatewayFactory) -> None:
