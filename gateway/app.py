@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from sip.flow import format_address
+from sip.flow import WILDCARD_HOSTS, announced_host, format_address
 from sip.message import Limits
 from sip.resolver import Resolver
 from sip.transaction import TransactionLayer
@@ -288,7 +288,7 @@ class Gateway:
         port_min, port_max = config.rtp_port_range
         bind_host = config.media_address or _first_specific_host(config) or "0.0.0.0"
         public_host = config.public_address or None
-        if public_host is None and bind_host in ("0.0.0.0", "::"):
+        if public_host is None and bind_host in WILDCARD_HOSTS:
             public_host = primary_address()
             log.warning(
                 "media: no --public-address; announcing %s in SDP (set --public-address "
@@ -312,17 +312,15 @@ class Gateway:
         for kind in ("tcp", "udp"):
             bound = self.transport.listening(kind)
             if bound is not None:
-                host = bound[0]
-                if host in ("0.0.0.0", "::"):
-                    host = self.config.public_address or "127.0.0.1"
-                return f"{host}:{bound[1]};transport={kind}"
+                host = announced_host(bound[0], self.config.public_address)
+                return f"{format_address((host, bound[1]))};transport={kind}"
         return ""
 
 
 def _first_specific_host(config: Config) -> str | None:
     for addresses in config.listeners().values():
         for host, _ in addresses:
-            if host not in ("0.0.0.0", "::"):
+            if host not in WILDCARD_HOSTS:
                 return host
     return None
 

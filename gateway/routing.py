@@ -6,7 +6,7 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 
-from sip.flow import Flow, format_address
+from sip.flow import WILDCARD_HOSTS, Flow, announced_host, format_address
 from sip.headers import NameAddr, Via
 from sip.message import Request
 from sip.resolver import Target
@@ -77,9 +77,9 @@ class LocalAddresses:
             self.hosts.add(public_address.lower())
 
     def add_listener(self, transport: str, host: str, port: int) -> None:
-        if host in ("0.0.0.0", "::", ""):
-            host = self.public_address or ("::1" if host == "::" else "127.0.0.1")
+        if host in WILDCARD_HOSTS:
             self.hosts.update(("127.0.0.1", "localhost", "::1"))
+        host = announced_host(host, self.public_address)
         self._by_transport.setdefault(transport, (host, port))
         self.hosts.add(host.lower())
         self.ports.add(port)
