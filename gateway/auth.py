@@ -19,6 +19,17 @@ log = logging.getLogger("ws2sip.auth")
 _AUTH_OUTCOME_FIELDS = ("username", "refusal")
 
 
+def auth_headers(*, proxy: bool) -> tuple[str, str]:
+    """(challenge header, credentials header) of RFC 3261 §22: a proxy challenges with 407 and
+    Proxy-Authenticate, answered in Proxy-Authorization; a registrar or UAS with 401 and
+    WWW-Authenticate, answered in Authorization."""
+    return PROXY_AUTH_HEADERS if proxy else UAS_AUTH_HEADERS
+
+
+PROXY_AUTH_HEADERS: Final = ("Proxy-Authenticate", "Proxy-Authorization")
+UAS_AUTH_HEADERS: Final = ("WWW-Authenticate", "Authorization")
+
+
 def _ignore(username: str) -> None:
     pass
 
@@ -52,7 +63,7 @@ class Authenticator:
 
     async def authenticate(self, request: Request, *, proxy: bool) -> AuthOutcome:
         """Check Authorization (registrar) or Proxy-Authorization (proxy) against the user store."""
-        header = "Proxy-Authorization" if proxy else "Authorization"
+        header = auth_headers(proxy=proxy)[1]
         credentials = None
         # Authorization is not a list header: get_all keeps each value whole (it contains commas).
         for value in request.get_all(header):
@@ -97,7 +108,7 @@ class Authenticator:
 
     def _challenge(self, request: Request, *, proxy: bool, stale: bool) -> Response:
         response = request.response(407 if proxy else 401, to_tag=request.stable_tag())
-        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        name = auth_headers(proxy=proxy)[0]
         for value in self._digest.challenge(stale=stale):
             response.add(name, value)
         return response
