@@ -26,13 +26,14 @@ from .edge_guard import EdgeGuard, GuardPolicy, open_ban_list
 from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_service
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
-from .proxy import Proxy, ProxyPolicy
-from .registrar import Registrar, RegistrarPolicy
+from .proxy import ProxyPolicy
+from .registrar import RegistrarPolicy
 from .tasks import TaskSet
 from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
 from .web import RefusedRequestLog, SettingsAuthenticator, WebPhoneSite
 from .websocket import WebSocketPolicy, make_handler
+from .wiring import wire_signalling
 
 log = logging.getLogger("ws2sip")
 
@@ -69,20 +70,19 @@ class Gateway:
         ) if config.turn_uris else None
         relay = self._media_relay(config)
         self._media_workers = relay if isinstance(relay, MediaWorkers) else None
-        self.proxy = Proxy(
-            ProxyPolicy.from_config(config, self.node_id),
-            self.transactions, self.transport, self.location, self.auth, secret,
-            MediaAnchor(relay, config.max_media_sessions),
-        )
-        self.proxy.dialogs.max_dialogs = config.max_dialogs
-        self.registrar = Registrar(
-            RegistrarPolicy(
+        self.media = MediaAnchor(relay, config.max_media_sessions)
+        self.signalling = wire_signalling(
+            proxy_policy=ProxyPolicy.from_config(config, self.node_id),
+            registrar_policy=RegistrarPolicy(
                 domain=config.domain, node_id=self.node_id, min_expires=config.min_expires,
                 max_expires=config.max_expires, default_expires=config.default_expires,
                 flow_timer=config.flow_timer, max_contacts=config.max_contacts,
             ),
-            self.location, self.auth, self.proxy.addresses.is_local_uri, self.proxy.gruus,
+            transactions=self.transactions, transport=self.transport, location=self.location,
+            auth=self.auth, secret=secret, media=self.media, max_dialogs=config.max_dialogs,
         )
+        self.proxy = self.signalling.proxy
+        self.registrar = self.signalling.registrar
         self.trunk_registrations = [
             TrunkRegistration(trunk, self.transactions, self.transport, config.public_address)
             for trunk in config.trunks if trunk.register
@@ -95,9 +95,9 @@ class Gateway:
             "ws2sip_transactions": ("SIP transactions in progress",
                                     lambda: self.transactions.transaction_count),
             "ws2sip_dialogs": ("dialogs routed through this node",
-                               lambda: len(self.proxy.dialogs)),
+                               lambda: len(self.signalling.dialogs)),
             "ws2sip_media_sessions": ("calls whose media this node anchors",
-                                      lambda: self.proxy.media_sessions),
+                                      lambda: self.media.relay.active_sessions),
             "ws2sip_banned_sources": ("source IPs banned after authentication failures",
                                       lambda: self.guard.banned_count),
         }, counters={
@@ -122,7 +122,8 @@ class Gateway:
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks = TaskSet(log, "request handling")
         dispatch = RequestDispatch(
-            domain=config.domain, registrar=self.registrar, proxy=self.proxy, tasks=self._tasks,
+            domain=config.domain, registrar=self.registrar, proxy=self.proxy,
+            addresses=self.signalling.addresses, tasks=self._tasks,
             answer_register_eagerly=self.location.in_process and self.users.in_process,
             counts=request_counts,
         )
@@ -152,7 +153,7 @@ class Gateway:
         if self.config.metrics:
             await self._start_metrics(*parse_hostport(self.config.metrics, "metrics"))
         for kind, host, port in self._local_addresses():
-            self.proxy.add_listener(kind, host, port)
+            self.signalling.addresses.add_listener(kind, host, port)
         self._heartbeat = NodeHeartbeat(
             self.location, NodeInfo(self.node_id, self._internal_address(), time.time())
         )
@@ -179,8 +180,8 @@ class Gateway:
             await self._heartbeat.stop()
         for runner in self._runners:
             await runner.cleanup()
-        await self.proxy.close()
-        await self.proxy.media_relay_close()
+        await self.signalling.close()
+        await self.media.relay.close()
         await self.transport.close()
         self._tasks.cancel_all()
         await self.guard.close()

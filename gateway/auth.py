@@ -10,6 +10,7 @@ from sip.digest import DigestServer, VerifyOutcome, parse_credentials
 from sip.errors import SipError
 from sip.message import Request, Response
 from sip.record import Record
+from sip.server_transaction import ServerTransaction
 
 from .users import UserStore
 
@@ -17,6 +18,8 @@ log = logging.getLogger("ws2sip.auth")
 
 
 _AUTH_OUTCOME_FIELDS = ("username", "refusal")
+# Requests that exist only inside a dialog or transaction: refused outside one, not challenged.
+NO_AUTH_METHODS = frozenset(("ACK", "CANCEL", "BYE", "PRACK"))
 
 
 def auth_headers(*, proxy: bool) -> tuple[str, str]:
@@ -102,6 +105,26 @@ class Authenticator:
         self.on_failed(credentials.username)
         # RFC 3261 §22.1: a failed attempt is challenged again; the client gives up.
         return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
+
+    async def authenticate_caller(
+        self, request: Request, server: ServerTransaction
+    ) -> str | None:
+        """The AoR of the local user who sent a request to the proxy, or None when a
+        challenge or refusal was sent. The From must name that user (403 otherwise)."""
+        if request.method in NO_AUTH_METHODS:
+            raise SipError(403, f"{request.method} outside a dialog")
+        outcome = await self.authenticate(request, proxy=True)
+        if outcome.refusal is not None:
+            server.respond_statelessly(outcome.refusal)  # no 407 retransmissions to amplify
+            return None
+        from_uri = request.from_.uri
+        aor = f"sip:{outcome.username}@{self.realm}"
+        if from_uri.address_of_record != aor:
+            log.warning("%s from %s: From %s does not match authenticated user %s",
+                        request.method, server.flow.remote, from_uri.address_of_record, aor)
+            raise SipError(403, "From identity does not match the authenticated user")
+        request.remove("proxy-authorization")
+        return aor
 
     async def user_exists(self, username: str) -> bool:
         return await self._users.get(username, self.realm) is not None

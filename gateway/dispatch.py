@@ -12,6 +12,7 @@ from sip.server_transaction import ServerTransaction
 
 from .proxy import Proxy
 from .registrar import SUPPORTED, Registrar
+from .routing import LocalAddresses
 from .tasks import TaskSet
 
 ALLOWED_METHODS: Final = (
@@ -42,10 +43,11 @@ class RequestDispatch:
     """The transaction layer's on_request (and on_stray_ack)."""
 
     def __init__(
-        self, *, domain: str, registrar: Registrar, proxy: Proxy, tasks: TaskSet,
-        answer_register_eagerly: bool, counts: RequestCounts,
+        self, *, domain: str, registrar: Registrar, proxy: Proxy, addresses: LocalAddresses,
+        tasks: TaskSet, answer_register_eagerly: bool, counts: RequestCounts,
     ) -> None:
         self._domain = domain.lower()
+        self._addresses = addresses
         self._registrar = registrar
         self._proxy = proxy
         self._tasks = tasks
@@ -75,7 +77,7 @@ class RequestDispatch:
 
     def _is_for_us(self, request: Request) -> bool:
         host = request.ruri.host.lower()
-        return host == self._domain or host in self._proxy.local_hosts
+        return host == self._domain or host in self._addresses.hosts
 
 
 def _options_response(request: Request) -> Response:
