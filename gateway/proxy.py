@@ -377,8 +377,8 @@ class ProxiedRequest:
         self.exchange: Exchange | None = None  # the offer/answer crossing the anchor, if any
         self.anchored_offer: bytes | None = None  # the offer for branches of the other side
         self.asserted_identity = asserted_identity  # the caller's AoR, asserted to trunks
-        # The callee side of each branch of a dialog-creating request.
-        self._parties: dict[Branch, Party] = {}
+        # The callee side of each branch of a dialog-creating request (None for others).
+        self._parties: dict[Branch, Party] | None = None
 
     def on_branch_request(self, branch: Branch) -> None:
         destination = branch.destination
@@ -391,13 +391,16 @@ class ProxiedRequest:
         if dialog is not None and self.creates_dialog:
             party = Party(destination.target,
                           destination.trunk.name if destination.trunk else None)
+            if self._parties is None:
+                self._parties = {}
             self._parties[branch] = party
             dialog.branch_parties.append(party)
 
     def on_branch_response(self, branch: Branch, response: Response) -> None:
         status = response.status
-        if 100 < status < 300 and self.dialog is not None:
-            party = self._parties.get(branch)
+        parties = self._parties
+        if 100 < status < 300 and self.dialog is not None and parties is not None:
+            party = parties.get(branch)
             tag = response.to.tag
             if party is not None and tag is not None:
                 self.dialog.learn_callee(tag, party)
