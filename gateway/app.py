@@ -11,11 +11,12 @@ import time
 
 from aiohttp import web
 
-from sip.flow import format_address
+from sip.flow import WILDCARD_HOSTS, Flow, announced_host, format_address
 from sip.message import Limits
 from sip.resolver import Resolver
+from sip.tasks import TaskSet
 from sip.transaction import TransactionLayer
-from sip.transport import Flow, TransportLayer
+from sip.transport import TransportLayer
 from webrtc import MediaRelay, MediaWorkers
 
 from . import compiled
@@ -26,15 +27,15 @@ from .edge_guard import EdgeGuard, GuardPolicy, open_ban_list
 from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_service
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
-from .proxy import Proxy, ProxyPolicy
-from .registrar import Registrar, RegistrarPolicy
-from .tasks import TaskSet
+from .proxy import ProxyPolicy
+from .registrar import RegistrarPolicy
 from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
 from .web import RefusedRequestLog, SettingsAuthenticator, WebPhoneSite
 from .websocket import WebSocketPolicy, make_handler
+from .wiring import wire_signalling
 
-log = logging.getLogger("ws2sip")
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 DEMO_USERS = ("alice", "bob")
 GC_YOUNG_THRESHOLD = 50_000
@@ -69,20 +70,19 @@ class Gateway:
         ) if config.turn_uris else None
         relay = self._media_relay(config)
         self._media_workers = relay if isinstance(relay, MediaWorkers) else None
-        self.proxy = Proxy(
-            ProxyPolicy.from_config(config, self.node_id),
-            self.transactions, self.transport, self.location, self.auth, secret,
-            MediaAnchor(relay, config.max_media_sessions),
-        )
-        self.proxy.dialogs.max_dialogs = config.max_dialogs
-        self.registrar = Registrar(
-            RegistrarPolicy(
+        self.media = MediaAnchor(relay, config.max_media_sessions)
+        self.signalling = wire_signalling(
+            proxy_policy=ProxyPolicy.from_config(config, self.node_id),
+            registrar_policy=RegistrarPolicy(
                 domain=config.domain, node_id=self.node_id, min_expires=config.min_expires,
                 max_expires=config.max_expires, default_expires=config.default_expires,
                 flow_timer=config.flow_timer, max_contacts=config.max_contacts,
             ),
-            self.location, self.auth, self.proxy.addresses.is_local_uri, self.proxy.gruus,
+            transactions=self.transactions, transport=self.transport, location=self.location,
+            auth=self.auth, secret=secret, media=self.media, max_dialogs=config.max_dialogs,
         )
+        self.proxy = self.signalling.proxy
+        self.registrar = self.signalling.registrar
         self.trunk_registrations = [
             TrunkRegistration(trunk, self.transactions, self.transport, config.public_address)
             for trunk in config.trunks if trunk.register
@@ -95,9 +95,9 @@ class Gateway:
             "ws2sip_transactions": ("SIP transactions in progress",
                                     lambda: self.transactions.transaction_count),
             "ws2sip_dialogs": ("dialogs routed through this node",
-                               lambda: len(self.proxy.dialogs)),
+                               lambda: len(self.signalling.dialogs)),
             "ws2sip_media_sessions": ("calls whose media this node anchors",
-                                      lambda: self.proxy.media_sessions),
+                                      lambda: self.media.relay.active_sessions),
             "ws2sip_banned_sources": ("source IPs banned after authentication failures",
                                       lambda: self.guard.banned_count),
         }, counters={
@@ -122,7 +122,8 @@ class Gateway:
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks = TaskSet(log, "request handling")
         dispatch = RequestDispatch(
-            domain=config.domain, registrar=self.registrar, proxy=self.proxy, tasks=self._tasks,
+            domain=config.domain, registrar=self.registrar, proxy=self.proxy,
+            addresses=self.signalling.addresses, tasks=self._tasks,
             answer_register_eagerly=self.location.in_process and self.users.in_process,
             counts=request_counts,
         )
@@ -131,6 +132,7 @@ class Gateway:
         # After the transaction layer set it: the guard sees every message first.
         self.transport.on_message = self.guard.guarding(self.transport.on_message)
         self.transport.admit_connection = self.guard.admit_stream
+        self.signalling.proxy.on_peer_trusted = self.guard.peer_trusted
         self.transport.on_flow_closed = self._on_flow_closed
 
     async def start(self) -> None:
@@ -152,7 +154,7 @@ class Gateway:
         if self.config.metrics:
             await self._start_metrics(*parse_hostport(self.config.metrics, "metrics"))
         for kind, host, port in self._local_addresses():
-            self.proxy.add_listener(kind, host, port)
+            self.signalling.addresses.add_listener(kind, host, port)
         self._heartbeat = NodeHeartbeat(
             self.location, NodeInfo(self.node_id, self._internal_address(), time.time())
         )
@@ -179,8 +181,8 @@ class Gateway:
             await self._heartbeat.stop()
         for runner in self._runners:
             await runner.cleanup()
-        await self.proxy.close()
-        await self.proxy.media_relay_close()
+        await self.signalling.close()
+        await self.media.relay.close()
         await self.transport.close()
         self._tasks.cancel_all()
         await self.guard.close()
@@ -288,7 +290,7 @@ class Gateway:
         port_min, port_max = config.rtp_port_range
         bind_host = config.media_address or _first_specific_host(config) or "0.0.0.0"
         public_host = config.public_address or None
-        if public_host is None and bind_host in ("0.0.0.0", "::"):
+        if public_host is None and bind_host in WILDCARD_HOSTS:
             public_host = primary_address()
             log.warning(
                 "media: no --public-address; announcing %s in SDP (set --public-address "
@@ -312,17 +314,15 @@ class Gateway:
         for kind in ("tcp", "udp"):
             bound = self.transport.listening(kind)
             if bound is not None:
-                host = bound[0]
-                if host in ("0.0.0.0", "::"):
-                    host = self.config.public_address or "127.0.0.1"
-                return f"{host}:{bound[1]};transport={kind}"
+                host = announced_host(bound[0], self.config.public_address)
+                return f"{format_address((host, bound[1]))};transport={kind}"
         return ""
 
 
 def _first_specific_host(config: Config) -> str | None:
     for addresses in config.listeners().values():
         for host, _ in addresses:
-            if host not in ("0.0.0.0", "::"):
+            if host not in WILDCARD_HOSTS:
                 return host
     return None
 
@@ -332,6 +332,7 @@ def primary_address() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
             probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only consults the routing table
-            return probe.getsockname()[0]
+            host: str = probe.getsockname()[0]
+            return host
         except OSError:
             return "127.0.0.1"

@@ -10,13 +10,27 @@ from sip.digest import DigestServer, VerifyOutcome, parse_credentials
 from sip.errors import SipError
 from sip.message import Request, Response
 from sip.record import Record
+from sip.server_transaction import ServerTransaction
 
 from .users import UserStore
 
-log = logging.getLogger("ws2sip.auth")
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 
 _AUTH_OUTCOME_FIELDS = ("username", "refusal")
+# Requests that exist only inside a dialog or transaction: refused outside one, not challenged.
+NO_AUTH_METHODS = frozenset(("ACK", "CANCEL", "BYE", "PRACK"))
+
+
+def auth_headers(*, proxy: bool) -> tuple[str, str]:
+    """(challenge header, credentials header) of RFC 3261 §22: a proxy challenges with 407 and
+    Proxy-Authenticate, answered in Proxy-Authorization; a registrar or UAS with 401 and
+    WWW-Authenticate, answered in Authorization."""
+    return PROXY_AUTH_HEADERS if proxy else UAS_AUTH_HEADERS
+
+
+PROXY_AUTH_HEADERS: Final = ("Proxy-Authenticate", "Proxy-Authorization")
+UAS_AUTH_HEADERS: Final = ("WWW-Authenticate", "Authorization")
 
 
 def _ignore(username: str) -> None:
@@ -52,7 +66,7 @@ class Authenticator:
 
     async def authenticate(self, request: Request, *, proxy: bool) -> AuthOutcome:
         """Check Authorization (registrar) or Proxy-Authorization (proxy) against the user store."""
-        header = "Proxy-Authorization" if proxy else "Authorization"
+        header = auth_headers(proxy=proxy)[1]
         credentials = None
         # Authorization is not a list header: get_all keeps each value whole (it contains commas).
         for value in request.get_all(header):
@@ -92,12 +106,32 @@ class Authenticator:
         # RFC 3261 §22.1: a failed attempt is challenged again; the client gives up.
         return AuthOutcome(None, self._challenge(request, proxy=proxy, stale=False))
 
+    async def authenticate_caller(
+        self, request: Request, server: ServerTransaction
+    ) -> str | None:
+        """The AoR of the local user who sent a request to the proxy, or None when a
+        challenge or refusal was sent. The From must name that user (403 otherwise)."""
+        if request.method in NO_AUTH_METHODS:
+            raise SipError(403, f"{request.method} outside a dialog")
+        outcome = await self.authenticate(request, proxy=True)
+        if outcome.refusal is not None:
+            server.respond_statelessly(outcome.refusal)  # no 407 retransmissions to amplify
+            return None
+        from_uri = request.from_.uri
+        aor = f"sip:{outcome.username}@{self.realm}"
+        if from_uri.address_of_record != aor:
+            log.warning("%s from %s: From %s does not match authenticated user %s",
+                        request.method, server.flow.remote, from_uri.address_of_record, aor)
+            raise SipError(403, "From identity does not match the authenticated user")
+        request.remove("proxy-authorization")
+        return aor
+
     async def user_exists(self, username: str) -> bool:
         return await self._users.get(username, self.realm) is not None
 
     def _challenge(self, request: Request, *, proxy: bool, stale: bool) -> Response:
         response = request.response(407 if proxy else 401, to_tag=request.stable_tag())
-        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        name = auth_headers(proxy=proxy)[0]
         for value in self._digest.challenge(stale=stale):
             response.add(name, value)
         return response

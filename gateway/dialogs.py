@@ -11,13 +11,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sip.errors import SipError
 from sip.flow import Flow
 from sip.resolver import Target
+from sip.tasks import TaskSet
 
-log = logging.getLogger("ws2sip.dialogs")
+from .routing import PLAIN, Side
+
+if TYPE_CHECKING:
+    from webrtc import SessionHandle
+
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 # A dialog nobody ends (lost BYE, crashed phone) is forgotten after this long.
 INVITE_DIALOG_LIFETIME = 12 * 3600.0
@@ -78,9 +84,9 @@ class Dialog:
     trunk: str | None = None
     confirmed: bool = False
     deadline: float = 0.0
-    media: Any = None  # webrtc.MediaSession when the call's media is anchored
-    caller_kind: str = "plain"  # "webrtc" or "plain"
-    callee_kind: str = "plain"
+    media: SessionHandle | None = None  # the relay session while the call's media is anchored
+    caller_side: Side = PLAIN
+    callee_side: Side = PLAIN
     flow_ids: set[str] = field(default_factory=set)  # WebSocket/TCP flows the call lives on
     caller_tag: str | None = None  # From-tag of the request that created the dialog
     caller_party: Party | None = None
@@ -90,7 +96,11 @@ class Dialog:
     # Where the dialog-creating request was sent: a notifier's NOTIFY may come before the 2xx
     # of its SUBSCRIBE/REFER (RFC 6665 §4.1.2.4), from one of these, with a tag not yet seen.
     branch_parties: list[Party] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Added to the caller's CSeq toward a trunk that made us authenticate the INVITE (RFC 3261
+    # §22.2: the authenticated retry is a new transaction with a higher CSeq).
+    trunk_cseq_offset: int = 0
+    # A late offer was answered by the callee's 2xx offer: the caller's answer comes in the ACK.
+    ack_answer_pending: bool = False
 
     def learn_callee(self, tag: str, party: Party) -> None:
         if tag not in self.callee_parties and len(self.callee_parties) < MAX_CALLEE_TAGS:
@@ -108,6 +118,7 @@ class DialogTable:
         self._per_trunk: Counter[str] = Counter()
         self._by_flow: dict[str, set[str]] = {}  # flow id → Call-IDs of the dialogs on it
         self._on_released = on_released
+        self._releases = TaskSet(log, "dialog release")
 
     def __len__(self) -> int:
         return len(self._dialogs)
@@ -130,8 +141,8 @@ class DialogTable:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep_tick)
         if dialog.method == "INVITE":
-            for user in {dialog.caller, dialog.callee} - {None}:
-                self._per_user[user] += 1  # type: ignore[index]
+            for user in _users_of(dialog):
+                self._per_user[user] += 1
             if dialog.trunk:
                 self._per_trunk[dialog.trunk] += 1
         return dialog
@@ -186,6 +197,9 @@ class DialogTable:
                        headers=[("Retry-After", str(RETRY_AFTER_WHEN_FULL))])
 
     def close(self) -> None:
+        """Release every dialog (their media goes with them) and stop sweeping."""
+        for dialog in list(self._dialogs.values()):
+            self._forget(dialog)
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -203,13 +217,18 @@ class DialogTable:
                 if not on_flow:
                     del self._by_flow[flow_id]
         if dialog.method == "INVITE":
-            for user in {dialog.caller, dialog.callee} - {None}:
-                self._per_user[user] -= 1  # type: ignore[index]
-                if self._per_user[user] <= 0:  # type: ignore[index]
-                    del self._per_user[user]  # type: ignore[arg-type]
+            for user in _users_of(dialog):
+                self._per_user[user] -= 1
+                if self._per_user[user] <= 0:
+                    del self._per_user[user]
             if dialog.trunk:
                 self._per_trunk[dialog.trunk] -= 1
                 if self._per_trunk[dialog.trunk] <= 0:
                     del self._per_trunk[dialog.trunk]
         if self._on_released is not None:
-            asyncio.get_running_loop().create_task(self._on_released(dialog))
+            self._releases.spawn(self._on_released(dialog))
+
+
+def _users_of(dialog: Dialog) -> set[str]:
+    """The users whose call limit a call counts against: each once, even calling oneself."""
+    return {user for user in (dialog.caller, dialog.callee) if user is not None}

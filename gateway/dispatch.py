@@ -9,10 +9,11 @@ from typing import Any, Final
 from sip.flow import Flow
 from sip.message import Request, Response
 from sip.server_transaction import ServerTransaction
+from sip.tasks import TaskSet
 
 from .proxy import Proxy
 from .registrar import SUPPORTED, Registrar
-from .tasks import TaskSet
+from .routing import LocalAddresses
 
 ALLOWED_METHODS: Final = (
     "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, PRACK, INFO, MESSAGE, REFER, "
@@ -42,10 +43,11 @@ class RequestDispatch:
     """The transaction layer's on_request (and on_stray_ack)."""
 
     def __init__(
-        self, *, domain: str, registrar: Registrar, proxy: Proxy, tasks: TaskSet,
-        answer_register_eagerly: bool, counts: RequestCounts,
+        self, *, domain: str, registrar: Registrar, proxy: Proxy, addresses: LocalAddresses,
+        tasks: TaskSet, answer_register_eagerly: bool, counts: RequestCounts,
     ) -> None:
         self._domain = domain.lower()
+        self._addresses = addresses
         self._registrar = registrar
         self._proxy = proxy
         self._tasks = tasks
@@ -75,7 +77,7 @@ class RequestDispatch:
 
     def _is_for_us(self, request: Request) -> bool:
         host = request.ruri.host.lower()
-        return host == self._domain or host in self._proxy.local_hosts
+        return host == self._domain or host in self._addresses.hosts
 
 
 def _options_response(request: Request) -> Response:

@@ -10,6 +10,7 @@ state survive hold/resume and codec changes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sip.errors import SipError
@@ -17,18 +18,19 @@ from sip.message import Message
 from webrtc import MediaError, RelayHandle, SessionHandle
 
 from .dialogs import Dialog
+from .routing import Side
 
-log = logging.getLogger("ws2sip.media")
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 SDP = "application/sdp"
 
 
 @dataclass(eq=False, slots=True)
 class Exchange:
-    """One offer/answer exchange across the anchor, between `offerer` and `answerer` kinds."""
+    """One offer/answer exchange across the anchor, between the `offerer` and `answerer` sides."""
 
-    offerer: str | None  # kind whose offer the session processed; None until a late offer
-    answerer: str | None
+    offerer: Side | None  # side whose offer the session processed; None until a late offer
+    answerer: Side | None
     rewritten_answer: bytes | None = None
 
 
@@ -47,11 +49,11 @@ class MediaAnchor:
         self.max_sessions = max_sessions
 
     async def offer(
-        self, dialog: Dialog, request: Message, sender: str, receiver: str
+        self, dialog: Dialog, request: Message, sender: Side, receiver: Side
     ) -> tuple[Exchange, bytes | None] | None:
-        """Start an exchange for a request crossing from `sender` to `receiver` kind. Returns
-        None when no anchoring is needed, else the exchange and the rewritten offer (None for a
-        request without SDP: a late offer, answered with an offer in the 2xx)."""
+        """Start an exchange for a request crossing from the `sender` to the `receiver` side.
+        Returns None when no anchoring is needed, else the exchange and the rewritten offer
+        (None for a request without SDP: a late offer, answered with an offer in the 2xx)."""
         if sender == receiver:
             return None
         if not has_sdp(request):
@@ -60,7 +62,7 @@ class MediaAnchor:
         return Exchange(sender, receiver), body
 
     async def response(
-        self, dialog: Dialog, exchange: Exchange, response: Message, responder: str
+        self, dialog: Dialog, exchange: Exchange, response: Message, responder: Side
     ) -> None:
         """SDP in a 18x/2xx: the answer to our offer, or (late offer) the responder's offer."""
         if not has_sdp(response):
@@ -68,7 +70,7 @@ class MediaAnchor:
         if exchange.offerer is None:
             body = await self._call(self._session(dialog).process_offer, response.body, responder)
             exchange.offerer, exchange.answerer = responder, None
-            dialog.extra["ack_answer_pending"] = True
+            dialog.ack_answer_pending = True
             response.set_body(body, SDP)
             return
         if exchange.rewritten_answer is None:
@@ -78,9 +80,10 @@ class MediaAnchor:
             )
         response.set_body(exchange.rewritten_answer, SDP)
 
-    async def ack(self, dialog: Dialog, ack: Message, sender: str) -> None:
+    async def ack(self, dialog: Dialog, ack: Message, sender: Side) -> None:
         """Late offer: the caller's answer arrives in the ACK for the 2xx."""
-        if not dialog.extra.pop("ack_answer_pending", False) or not has_sdp(ack):
+        pending, dialog.ack_answer_pending = dialog.ack_answer_pending, False
+        if not pending or not has_sdp(ack):
             return
         body = await self._call(self._session(dialog).process_answer, ack.body, sender)
         ack.set_body(body, SDP)
@@ -102,7 +105,9 @@ class MediaAnchor:
         return dialog.media
 
     @staticmethod
-    async def _call(step, body: bytes, side: str) -> bytes:  # noqa: ANN001 - session method
+    async def _call(
+        step: Callable[[str, Side], Awaitable[str]], body: bytes, side: Side
+    ) -> bytes:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as error:

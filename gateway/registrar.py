@@ -27,8 +27,9 @@ from .location import (
     OutOfOrderRegister,
     RegisterChange,
 )
+from .refusal import refusal
 
-log = logging.getLogger("ws2sip.registrar")
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 SUPPORTED_EXTENSIONS = frozenset(("path", "outbound", "gruu"))
 SUPPORTED = "path, outbound, gruu"
@@ -67,9 +68,7 @@ class Registrar:
             response = await self._register(request, flow)
         except SipError as error:
             log.info("REGISTER from %s refused: %d %s", flow.remote, error.status, error.reason)
-            response = request.response(error.status, error.reason, to_tag=request.stable_tag())
-            for name, value in error.headers:
-                response.add(name, value)
+            response = refusal(request, error)
         except Exception:
             # A failing user or location store (Redis down, connection pool exhausted) must
             # still answer: without a final response the client retransmits into the same failure.

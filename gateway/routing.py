@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
-from sip.flow import Flow, format_address
+from sip.flow import WILDCARD_HOSTS, Flow, announced_host, format_address
 from sip.headers import NameAddr, Via
 from sip.message import Request
 from sip.resolver import Target
@@ -17,6 +18,11 @@ from .flowtoken import DIALOG, FlowRef, FlowTokens
 from .flowtoken import PARAM as FLOW_PARAM
 
 WEBRTC_TRANSPORTS = frozenset(("ws", "wss"))
+# The side of the media anchor a party is on: a browser's DTLS-SRTP/ICE ("webrtc") or a phone's
+# or PBX's plain RTP ("plain"). The same values as webrtc.Side, which the anchor is handed.
+Side = Literal["webrtc", "plain"]
+WEBRTC: Final = "webrtc"
+PLAIN: Final = "plain"
 # Sources seen recently and the trunk they matched (or None): a request from a trunk or a
 # phone is matched against the rules once, not each time.
 TRUST_CACHE_SIZE = 1024
@@ -29,7 +35,7 @@ class Destination:
     ruri: str
     target: Flow | Target
     routes: list[str] = field(default_factory=list)  # Route values pushed above existing ones
-    kind: str = "plain"  # "webrtc" (browser over WebSocket) or "plain" (phone, PBX)
+    side: Side = PLAIN  # the media side of whoever is reached
     aor: str | None = None  # local user reached
     trunk: Trunk | None = None
 
@@ -77,9 +83,9 @@ class LocalAddresses:
             self.hosts.add(public_address.lower())
 
     def add_listener(self, transport: str, host: str, port: int) -> None:
-        if host in ("0.0.0.0", "::", ""):
-            host = self.public_address or ("::1" if host == "::" else "127.0.0.1")
+        if host in WILDCARD_HOSTS:
             self.hosts.update(("127.0.0.1", "localhost", "::1"))
+        host = announced_host(host, self.public_address)
         self._by_transport.setdefault(transport, (host, port))
         self.hosts.add(host.lower())
         self.ports.add(port)
@@ -134,9 +140,13 @@ def upstream_hop(call_id: str, via: Via) -> str:
     ))
 
 
-def side_of_sdp(body: bytes, transport: str) -> str:
+def side_of_sdp(body: bytes, transport: str) -> Side:
     """"webrtc" when the SDP speaks DTLS-SRTP with ICE (or, without SDP, the client came over
     WebSocket); otherwise "plain"."""
     if body:
-        return "webrtc" if b"UDP/TLS/RTP/SAVP" in body else "plain"
-    return "webrtc" if transport in WEBRTC_TRANSPORTS else "plain"
+        return WEBRTC if b"UDP/TLS/RTP/SAVP" in body else PLAIN
+    return side_of_transport(transport)
+
+
+def side_of_transport(transport: str) -> Side:
+    return WEBRTC if transport.lower() in WEBRTC_TRANSPORTS else PLAIN

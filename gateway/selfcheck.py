@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from gateway.proxy import Proxy
     from gateway.registrar import Registrar
     from gateway.users import FileUserStore
+    from gateway.wiring import Signalling
     from sip.digest import DigestServer
     from sip.message import Request
     from sip.server_transaction import ServerTransaction
@@ -307,8 +308,7 @@ class Kit:
         self._auth: Authenticator | None = None
         self._location: MemoryLocationService | None = None
         self._relay: MediaRelay | None = None
-        self._proxy: Proxy | None = None
-        self._registrar: Registrar | None = None
+        self._signalling: Signalling | None = None
         self._pool: PortPool | None = None
         self._certificate: DtlsCertificate | None = None
         self._srtp: dict[str, tuple[Session, Session]] = {}
@@ -459,33 +459,37 @@ class Kit:
             self._relay = self.closing(relay, relay.close)
         return self._relay
 
-    async def proxy(self) -> Proxy:
-        """Wired as gateway.app wires it."""
-        if self._proxy is None:
+    async def signalling(self) -> Signalling:
+        """Wired as gateway.app wires it (gateway.wiring)."""
+        if self._signalling is None:
             from gateway.config import Trunk
             from gateway.media import MediaAnchor
-            from gateway.proxy import Proxy, ProxyPolicy
+            from gateway.proxy import ProxyPolicy
+            from gateway.registrar import RegistrarPolicy
+            from gateway.wiring import wire_signalling
 
-            policy = ProxyPolicy(
-                domain=DOMAIN, node_id=NODE_ID, public_address="", invite_timeout=180.0,
-                max_calls_per_user=0, trunks=(Trunk("pbx", "192.0.2.10:5060", match=r"^0\d+"),),
+            signalling = wire_signalling(
+                proxy_policy=ProxyPolicy(
+                    domain=DOMAIN, node_id=NODE_ID, public_address="", invite_timeout=180.0,
+                    max_calls_per_user=0,
+                    trunks=(Trunk("pbx", "192.0.2.10:5060", match=r"^0\d+"),),
+                ),
+                registrar_policy=RegistrarPolicy(
+                    domain=DOMAIN, node_id=NODE_ID, min_expires=60, max_expires=7200,
+                    default_expires=3600, flow_timer=120,
+                ),
+                transactions=await self.layer(), transport=await self.transport(),
+                location=self.location(), auth=await self.auth(), secret=self.secret,
+                media=MediaAnchor(self.relay()),
             )
-            proxy = Proxy(policy, await self.layer(), await self.transport(), self.location(),
-                          await self.auth(), self.secret, MediaAnchor(self.relay()))
-            self._proxy = self.closing(proxy, proxy.close)
-        return self._proxy
+            self._signalling = self.closing(signalling, signalling.close)
+        return self._signalling
+
+    async def proxy(self) -> Proxy:
+        return (await self.signalling()).proxy
 
     async def registrar(self) -> Registrar:
-        """Wired as gateway.app wires it."""
-        if self._registrar is None:
-            from gateway.registrar import Registrar, RegistrarPolicy
-
-            policy = RegistrarPolicy(domain=DOMAIN, node_id=NODE_ID, min_expires=60,
-                                     max_expires=7200, default_expires=3600, flow_timer=120)
-            proxy = await self.proxy()
-            self._registrar = Registrar(policy, self.location(), await self.auth(),
-                                        proxy.addresses.is_local_uri, proxy.gruus)
-        return self._registrar
+        return (await self.signalling()).registrar
 
     # --- media ---
     def pool(self) -> PortPool:
@@ -841,6 +845,7 @@ def _gateway_factories() -> dict[str, Check]:
     from gateway.dialogs import Dialog, DialogTable, Party
     from gateway.dispatch import ALLOWED_METHODS, RequestCounts, RequestDispatch
     from gateway.flowtoken import FlowRef, FlowTokens
+    from gateway.forking import Branch, BranchHooks, Forwarding, ForwardingEngine
     from gateway.location.memory import MemoryLocationService
     from gateway.location.model import (
         Binding,
@@ -851,9 +856,10 @@ def _gateway_factories() -> dict[str, Check]:
         apply_register,
     )
     from gateway.media import Exchange, MediaAnchor
-    from gateway.proxy import Branch, Forwarding, ProxyPolicy
+    from gateway.proxy import ProxiedRequest, ProxyPolicy
     from gateway.registrar import RegistrarPolicy
     from gateway.routing import Destination, LocalAddresses, TrunkTrust
+    from gateway.targets import Targets
     from sip.digest import build_authorization, select_challenge
     from sip.resolver import Target
     from sip.tasks import TaskSet
@@ -882,20 +888,55 @@ def _gateway_factories() -> dict[str, Check]:
 
     async def make_forwarding(kit: Kit) -> Forwarding:
         request = kit.request("INVITE")
-        return Forwarding(request, await kit.server_transaction(request))
+        return Forwarding(request, await kit.server_transaction(request),
+                          ProxiedRequest(await kit.proxy(), request))
 
     async def use_forwarding(forwarding: Forwarding, kit: Kit) -> None:
         forwarding.branches.append(Branch(destination(), forwarding.request))
         forwarding.answered = True
         async with forwarding.response_lock:
-            _expect((len(forwarding.branches), forwarding.answered, forwarding.dialog),
-                    (1, True, None), "branches, answered, dialog")
+            _expect((len(forwarding.branches), forwarding.answered, forwarding.timer),
+                    (1, True, None), "branches, answered, INVITE timer")
+
+    async def make_engine(kit: Kit) -> ForwardingEngine:
+        return (await kit.signalling()).engine
+
+    async def make_targets(kit: Kit) -> Targets:
+        return (await kit.signalling()).targets
+
+    async def use_engine(engine: ForwardingEngine, kit: Kit) -> None:
+        request = kit.request("INVITE")
+        toward = Destination("sip:bob@192.0.2.10", Target("tcp", "192.0.2.10", 5060))
+        out = engine.branch_request(request, toward, None, record_route=False)  # kit: TCP
+        _expect((out.uri, out.max_forwards, len(out.vias), out.top_via.transport),
+                ("sip:bob@192.0.2.10", 69, len(request.vias) + 1, "TCP"),
+                "the forwarded request's URI, Max-Forwards, Vias and top Via's transport")
+
+    async def make_hooks(kit: Kit) -> BranchHooks:
+        return ProxiedRequest(await kit.proxy(), kit.request("INVITE"),
+                              asserted_identity=ALICE)
+
+    def use_hooks(hooks: BranchHooks, kit: Kit) -> None:
+        trunk = Trunk("pbx", "192.0.2.10:5060")
+        branch = Branch(Destination("sip:0123@192.0.2.10:5060",
+                                    Target("udp", "192.0.2.10", 5060), trunk=trunk),
+                        kit.request("INVITE"))
+        hooks.on_branch_request(branch)
+        _expect(branch.request.get("P-Asserted-Identity"), f"<{ALICE}>",
+                "the identity asserted toward a trunk")
+        _expect(hooks.on_challenge(branch, branch.request.response(407)), None,
+                "the answer to a challenge from a trunk without credentials")
 
     def use_proxy(proxy: Proxy, kit: Kit) -> None:
-        proxy.add_listener("udp", "127.0.0.1", 5060)
-        _expect(proxy.addresses.is_local_uri(SipUri.parse("sip:bob@127.0.0.1:5060")), True,
-                "whether its own listener is local")
-        _expect(proxy.media_sessions, 0, "the anchored calls")
+        _expect((len(proxy.dialogs), proxy.media is not None), (0, True),
+                "its dialogs, its media anchor")
+
+    async def use_targets(targets: Targets, kit: Kit) -> None:
+        request = kit.request("INVITE", f"sip:0555@{DOMAIN}")  # bob is not registered
+        destinations, callee = await targets.select(request, None)
+        _expect(([d.ruri for d in destinations], callee),
+                (["sip:0555@192.0.2.10:5060"], f"sip:0555@{DOMAIN}"),
+                "the trunk reached for a dialled number nobody registered")
 
     async def use_registrar(registrar: Registrar, kit: Kit) -> None:
         request = kit.request("REGISTER", f"sip:{DOMAIN}")
@@ -920,7 +961,7 @@ def _gateway_factories() -> dict[str, Check]:
 
     def use_destination(destination: Destination, kit: Kit) -> None:
         destination.routes.append("<sip:192.0.2.10;lr>")
-        _expect((destination.transport, destination.kind), ("udp", "plain"), "transport, kind")
+        _expect((destination.transport, destination.side), ("udp", "plain"), "transport, side")
 
     def use_local_addresses(addresses: LocalAddresses, kit: Kit) -> None:
         addresses.add_listener("udp", "0.0.0.0", 5060)
@@ -933,7 +974,8 @@ def _gateway_factories() -> dict[str, Check]:
     def use_dialog(dialog: Dialog, kit: Kit) -> None:
         dialog.confirmed = True
         dialog.flow_ids.add("ws:1")
-        dialog.extra["ack_answer_pending"] = True
+        dialog.ack_answer_pending = True
+        dialog.trunk_cseq_offset = 1
         _expect((dialog.confirmed, dialog.flow_ids, dialog.media), (True, {"ws:1"}, None),
                 "confirmed, flows, media")
 
@@ -989,7 +1031,8 @@ def _gateway_factories() -> dict[str, Check]:
     async def make_dispatch(kit: Kit) -> RequestDispatch:
         return RequestDispatch(
             domain=DOMAIN, registrar=await kit.registrar(), proxy=await kit.proxy(),
-            tasks=make_task_set(kit), answer_register_eagerly=True, counts=RequestCounts(),
+            addresses=(await kit.signalling()).addresses, tasks=make_task_set(kit),
+            answer_register_eagerly=True, counts=RequestCounts(),
         )
 
     async def use_dispatch(dispatch: RequestDispatch, kit: Kit) -> None:
@@ -1042,10 +1085,16 @@ def _gateway_factories() -> dict[str, Check]:
                                   trunks=(Trunk("pbx", "192.0.2.10:5060"),)),
             lambda p, k: _expect((replace(p, max_calls_per_user=3).max_calls_per_user,
                                   p.trunks[0].name), (3, "pbx"), "a copy's limit, the trunk")),
-        "gateway.proxy.Branch": new(lambda k: Branch(destination(), k.request("INVITE")),
-                                    use_branch),
-        "gateway.proxy.Forwarding": new(make_forwarding, use_forwarding),
         "gateway.proxy.Proxy": new(lambda k: k.proxy(), use_proxy),
+        "gateway.proxy.ProxiedRequest": new(make_hooks, use_hooks),
+        # gateway/forking.py
+        "gateway.forking.Branch": new(lambda k: Branch(destination(), k.request("INVITE")),
+                                      use_branch),
+        "gateway.forking.Forwarding": new(make_forwarding, use_forwarding),
+        "gateway.forking.ForwardingEngine": new(make_engine, use_engine),
+        "gateway.forking.BranchHooks": conforming(make_hooks, use_hooks),
+        # gateway/targets.py
+        "gateway.targets.Targets": new(make_targets, use_targets),
         # gateway/registrar.py
         "gateway.registrar.RegistrarPolicy": new(
             lambda k: RegistrarPolicy(domain=DOMAIN, node_id=NODE_ID, min_expires=60,

@@ -14,15 +14,17 @@ import secrets
 
 from sip.digest import build_authorization, select_challenge
 from sip.errors import SipError
-from sip.flow import format_address
+from sip.flow import announced_host, format_address, parse_address
 from sip.message import Request, Response
 from sip.resolver import Target
 from sip.transaction import ClientTransaction, TransactionLayer
 from sip.transport import TransportLayer
+from sip.uri import format_host
 
+from .auth import auth_headers
 from .config import Trunk
 
-log = logging.getLogger("ws2sip.trunk")
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 REQUESTED_EXPIRES = 3600
 REFRESH_MARGIN = 30.0  # seconds before expiry that the refresh goes out
@@ -47,12 +49,12 @@ class TrunkRegistration:
         self._public_address = public_address
         self._expires = expires
         self._retry_delay = retry_delay
-        host, _, port = trunk.address.rpartition(":")
-        self._target = Target(trunk.transport, host.strip("[]"), int(port))
+        host, port = parse_address(trunk.address)
+        self._target = Target(trunk.transport, host, port)
         self._registrar_uri = f"sip:{trunk.address}"
         if trunk.transport != "udp":
             self._registrar_uri += f";transport={trunk.transport}"
-        self._aor = f"sip:{trunk.username}@{host}"
+        self._aor = f"sip:{trunk.username}@{format_host(host)}"
         self._call_id = f"{secrets.token_hex(12)}@ws2sip"
         self._from_tag = secrets.token_hex(6)
         self._cseq = 0
@@ -116,13 +118,13 @@ class TrunkRegistration:
         raise TrunkRegistrationError("challenged too often")
 
     def _answer(self, challenge: Response) -> tuple[str, str]:
-        header = "WWW-Authenticate" if challenge.status == 401 else "Proxy-Authenticate"
-        chosen = select_challenge(challenge.get_all(header))
+        challenge_header, credentials_header = auth_headers(proxy=challenge.status == 407)
+        chosen = select_challenge(challenge.get_all(challenge_header))
         value = build_authorization(
             chosen, method="REGISTER", uri=self._registrar_uri, username=self.trunk.username,
             password=self.trunk.password,
         )
-        return ("Authorization" if challenge.status == 401 else "Proxy-Authorization", value)
+        return credentials_header, value
 
     def _build(self, expires: int, authorization: tuple[str, str] | None) -> Request:
         self._cseq += 1
@@ -147,9 +149,8 @@ class TrunkRegistration:
         bound = self._transport.listening(transport)
         if bound is None:
             raise SipError(503, f"No {transport} listener to register with trunk {self.trunk.name}")
-        host = self._public_address or bound[0]
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
+        # Public address first even for a specific bind: behind NAT the trunk must reach it.
+        host = self._public_address or announced_host(bound[0])
         uri = f"sip:{self.trunk.username}@{format_address((host, bound[1]))}"
         return uri if transport == "udp" else f"{uri};transport={transport}"
 

@@ -68,3 +68,29 @@ def address(sockaddr: tuple) -> Address:  # type: ignore[type-arg]
 def format_address(addr: Address) -> str:
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Listener hosts that bind every interface: no peer can be told to reach us there.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def announced_host(bound_host: str, public_address: str = "") -> str:
+    """The host to write into Via, Record-Route, Contact or a node's address for a listener
+    bound to `bound_host`. A specific address is announced as it is; a wildcard one as the
+    public address when configured, else the loopback of its address family (reachable only
+    from this host: the setting behind NAT or on a multi-homed host is public_address)."""
+    if bound_host not in WILDCARD_HOSTS:
+        return bound_host
+    if public_address:
+        return public_address
+    return "::1" if bound_host == "::" else "127.0.0.1"
+
+
+def parse_address(text: str) -> Address:
+    """"host:port" or "[v6]:port", as format_address writes it, back to (host, port)."""
+    host, separator, port = text.rpartition(":")
+    if not separator or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text[:80]!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)

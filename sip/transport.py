@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from .errors import SipError
-from .flow import Address, Flow, Target, format_address
+from .flow import Address, Flow, Target, announced_host, format_address
 from .framing import PING, PONG
 from .headers import COMPACT_FORMS, Via
 from .message import DEFAULT_LIMITS, Limits, Message, Request, Response, parse_message
@@ -167,8 +167,7 @@ class TransportLayer:
         bound = self.listening(transport)
         if bound is None:
             raise SipError(503, f"No {transport} listener for a Via")
-        host = "127.0.0.1" if bound[0] == "0.0.0.0" else "::1" if bound[0] == "::" else bound[0]
-        sent_by = format_address((host, bound[1]))
+        sent_by = format_address((announced_host(bound[0]), bound[1]))
         return f"SIP/2.0/{transport.upper()} {sent_by};branch={branch}{';rport' if rport else ''}"
 
     # --- flow table --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import uuid
 
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.interop.test_proxy_sipp import DOMAIN
+from tests.support.healthz import gateway_metrics_url, metric_value
 from tests.support.ports import free_udp_ports
 from tests.support.sipp import messages, received_requests, register_then_serve, run_sipp
 from tests.support.ws_sip import WsSipUa, browser_sdp, ws_contact
@@ -115,15 +116,18 @@ async def test_call_between_users_on_two_nodes_sharing_redis(
     node_a = await gateway_factory(users=users, domain=DOMAIN, transports=("udp", "tcp"),
                                    redis_url=redis_url, node_id="node-a",
                                    extra_args=["--auth-secret", secret])
+    # A short authentication deadline on node B: node A's TCP connection, which never sends
+    # digest, must be kept for its hop tokens, through the call and its BYE.
     node_b = await gateway_factory(domain=DOMAIN, transports=("udp", "tcp", "ws"),
                                    redis_url=redis_url, node_id="node-b",
-                                   extra_args=["--auth-secret", secret])
+                                   extra_args=["--auth-secret", secret,
+                                               "--unauthenticated-timeout", "1"])
     bob = await connect(node_b, "bob", users["bob"])
     try:
         await register_like_jssip(bob)
         caller = asyncio.create_task(run_sipp(
             "uac_call.xml", remote=f"127.0.0.1:{node_a.udp_port}", service="bob",
-            auth=("alice", users["alice"]), keys={"domain": DOMAIN}, call_duration_ms=300,
+            auth=("alice", users["alice"]), keys={"domain": DOMAIN}, call_duration_ms=2000,
             timeout=15, media_port=free_udp_ports(4), name="alice-on-node-a",
         ))
         invite, _ = await bob.answer(browser_sdp("active"))
@@ -140,3 +144,5 @@ async def test_call_between_users_on_two_nodes_sharing_redis(
     assert vias[1].startswith(f"SIP/2.0/TCP 127.0.0.1:{node_a.tcp_port};")
     assert bye.call_id == invite.call_id
     assert "SIP/2.0 200" in messages(result)
+    assert await metric_value(gateway_metrics_url(node_b),
+                              "ws2sip_unauthenticated_closed_total") == 0

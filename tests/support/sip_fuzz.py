@@ -226,9 +226,9 @@ class FuzzGateway:
         gateway = self.gateway
         assert gateway is not None
         return {
-            "dialogs": len(gateway.proxy.dialogs),
+            "dialogs": len(gateway.signalling.dialogs),
             "transactions": gateway.transactions.transaction_count,
-            "media_sessions": gateway.proxy.media_sessions,
+            "media_sessions": gateway.media.relay.active_sessions,
         }
 
     async def drained(self, timeout: float) -> dict[str, int]:
