@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sip.flow import parse_address
+
 if TYPE_CHECKING:
     from webrtc.plain import LatchPolicy
 
@@ -206,11 +208,13 @@ class Config:
 
 
 def parse_hostport(text: str, setting: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    try:
+        host, port = parse_address(text)
+    except ValueError:
+        host, port = "", -1
+    if not host or not 0 <= port <= 65535:
         raise ConfigError(f"{setting}: expected HOST:PORT, got {text!r}")
-    return host, int(port)
+    return host, port
 
 
 _SCALARS = {f.name: f for f in fields(Config) if f.name != "trunks"}

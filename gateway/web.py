@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from sip.digest import DigestServer, VerifyOutcome, parse_challenge, parse_credentials
 from sip.errors import SipError
-from sip.flow import format_address
+from sip.flow import WILDCARD_HOSTS, format_address
 
 from .config import Config
 from .logsafe import loggable
@@ -236,7 +236,8 @@ class WebPhoneSite:
         if match and match["name"].lower().strip("[]") in self._known_hosts:
             return host_header
         host, port = self._listen
-        if host in ("0.0.0.0", "::"):
+        if host in WILDCARD_HOSTS:
+            # Not announced_host's loopback: the browser needs a name it can reach.
             host = self._config.public_address or self._config.domain
         return format_address((host, port))
 
