@@ -177,11 +177,7 @@ async def test_a_challenged_branch_is_retried_once_with_credentials() -> None:
         pbx = ChallengingPbx()
         await pbx.start()
         try:
-            host, port = pbx.peer.address("udp")
-            trunk = Trunk("pbx", f"{host}:{port}", username="gw", password="trunk-secret")
-            setup.hooks.trunk = trunk
-            setup.route = lambda request: [
-                Destination(f"sip:0123@{host}:{port}", Target("udp", host, port), trunk=trunk)]
+            route_to_trunk(setup, pbx, password="trunk-secret")
             invite = setup.caller.new_request("INVITE", setup.target)
             responses, _ = await setup.caller.send(invite, setup.target)
             assert responses[-1].status == 200
@@ -200,11 +196,7 @@ async def test_a_second_challenge_is_final_and_the_unknown_cancel_is_481() -> No
         pbx = ChallengingPbx(always=True)
         await pbx.start()
         try:
-            host, port = pbx.peer.address("udp")
-            trunk = Trunk("pbx", f"{host}:{port}", username="gw", password="wrong")
-            setup.hooks.trunk = trunk
-            setup.route = lambda request: [
-                Destination(f"sip:0123@{host}:{port}", Target("udp", host, port), trunk=trunk)]
+            route_to_trunk(setup, pbx, password="wrong")
             responses, _ = await setup.caller.send(
                 setup.caller.new_request("INVITE", setup.target), setup.target)
             assert responses[-1].status == 407
@@ -214,6 +206,15 @@ async def test_a_second_challenge_is_final_and_the_unknown_cancel_is_481() -> No
             assert responses[-1].status == 481
         finally:
             await pbx.close()
+
+
+def route_to_trunk(setup: Bench, pbx: ChallengingPbx, password: str) -> None:
+    """Every request of the bench goes to `pbx` as trunk "pbx" (user gw, this password)."""
+    host, port = pbx.peer.address("udp")
+    trunk = Trunk("pbx", f"{host}:{port}", username="gw", password=password)
+    setup.hooks.trunk = trunk
+    setup.route = lambda request: [
+        Destination(f"sip:0123@{host}:{port}", Target("udp", host, port), trunk=trunk)]
 
 
 def test_best_response_prefers_6xx_then_lowest_class_and_challenges() -> None:
