@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite starts for real, as a newcomer's machine would get it:
-# redis-server, SIPp, Chromium and rtpengine from Debian; a brand-new virtualenv .venv-test (no
-# system site-packages, nothing kept from an earlier run but pip's and npm's download caches)
+# redis-server, SIPp, Chromium, rtpengine, coturn, HAProxy and nftables from Debian; a brand-new
+# virtualenv .venv-test (no system site-packages, nothing kept from an earlier run but pip's and
+# npm's download caches)
 # holding exactly tests/requirements.lock, with ws2sip built in place against it (setup.py);
 # the JsSIP / SIP.js clients and the web phone from their npm locks.
 # Never downloads a browser: Playwright drives Debian's /usr/bin/chromium.
@@ -13,7 +14,7 @@ say() { printf '[bootstrap] %s\n' "$*"; }
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 PUPPETEER_SKIP_DOWNLOAD=1
 
 bash deploy/apt-install.sh redis-server=redis-server sipp=sip-tester chromium=chromium \
-    rtpengine=rtpengine-daemon
+    rtpengine=rtpengine-daemon turnserver=coturn haproxy=haproxy nft=nftables
 command -v npm >/dev/null 2>&1 || { say "npm not found: install Node.js 20 with npm" >&2; exit 1; }
 
 venv="$repo_root/.venv-test"
