@@ -38,7 +38,8 @@ class PushRequest:
 class PushOutcome(enum.Enum):
     SENT = "sent"  # the provider accepted it (delivery is never guaranteed)
     FAILED = "failed"  # refused or unreachable; worth trying again later
-    INVALID_TOKEN = "invalid_token"  # APNs 410 / FCM UNREGISTERED...: drop the binding's push parameters
+    # APNs 410 Unregistered, FCM UNREGISTERED, Web Push 404/410: drop the binding's push parameters
+    INVALID_TOKEN = "invalid_token"
 
 
 @dataclass(frozen=True, slots=True)
