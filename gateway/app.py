@@ -70,6 +70,7 @@ class Gateway:
         ) if config.turn_uris else None
         relay = self._media_relay(config)
         self._media_workers = relay if isinstance(relay, MediaWorkers) else None
+        self._local_relay = relay if isinstance(relay, MediaRelay) else None
         self.media = MediaAnchor(relay, config.max_media_sessions)
         self.signalling = wire_signalling(
             proxy_policy=ProxyPolicy.from_config(config, self.node_id),
@@ -138,6 +139,8 @@ class Gateway:
     async def start(self) -> None:
         if self._media_workers is not None:
             await self._media_workers.start()
+        if self._local_relay is not None:
+            await self._local_relay.start()  # its ICE-TCP listener, where configured
         await self._ensure_users()
         await self.guard.start()
         listeners = self.config.listeners()
@@ -308,6 +311,9 @@ class Gateway:
             port_min=port_min,
             port_max=port_max,
             latch=config.latch_policy,
+            ice_tcp_listen=(parse_hostport(config.ice_tcp_listen, "ice_tcp_listen")
+                            if config.ice_tcp_listen else None),
+            ice_tcp_advertised_port=config.ice_tcp_advertised_port,
         )
 
     def _internal_address(self) -> str:

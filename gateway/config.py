@@ -121,6 +121,12 @@ class Config:
     rtp_ports: str = "20000-40000"
     media_address: str = ""  # where media sockets bind; default: the first specific SIP listener
     media_workers: int = 0  # relay processes sharing rtp_ports; 0: media in the gateway process
+    # ICE-TCP (webrtc/ice_tcp.py): HOST:PORT of the one TCP listener carrying media of browsers
+    # that cannot use UDP; "" = off (the port must be reachable and announced: an operator's
+    # choice). ice_tcp_advertised_port: the port put into candidates when it differs (a port
+    # forward, 443 outside); 0 = the listener's port.
+    ice_tcp_listen: str = ""
+    ice_tcp_advertised_port: int = 0
     # Strict source on the plain RTP port (webrtc.plain.LatchPolicy): which sender is the phone.
     rtp_learn_seconds: float = 3.0
     rtp_probation_packets: int = 4
@@ -232,6 +238,7 @@ _EXPECTED_TYPES: dict[str, str] = {
 DAY = 86_400
 RANGES: dict[str, tuple[int, int]] = {
     "media_workers": (0, 64),
+    "ice_tcp_advertised_port": (0, 65535),
     # aiohttp reads a WebSocket limit of 0 as "unlimited": refused rather than the limit dropped.
     "max_message_size": (MIN_MESSAGE_SIZE, 1_048_576),
     "ws_ping_interval": (0, DAY),
@@ -397,6 +404,20 @@ def _check(config: Config) -> None:
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: expected debug|info|warning|error, got {config.log_level!r}")
     _check_ice_servers(config)
+    _check_ice_tcp(config)
+
+
+def _check_ice_tcp(config: Config) -> None:
+    if not config.ice_tcp_listen:
+        if config.ice_tcp_advertised_port:
+            raise ConfigError("ice_tcp_advertised_port needs ice_tcp_listen")
+        return
+    parse_hostport(config.ice_tcp_listen, "ice_tcp_listen")
+    if config.media_workers:
+        # One listener routes by ICE username; handing its connections to worker processes
+        # is not built yet.
+        raise ConfigError("ice_tcp_listen works with media in the gateway process only "
+                          "(media_workers = 0)")
 
 
 def _check_ice_servers(config: Config) -> None:
@@ -447,6 +468,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--media-workers", type=int, metavar="N",
         help="relay media in N worker processes, each with a share of --rtp-ports, so media "
         "uses other cores than SIP (default 0: media in the gateway process)",
+    )
+    parser.add_argument(
+        "--ice-tcp-listen", metavar="HOST:PORT",
+        help="accept WebRTC media over TCP (ICE-TCP, RFC 6544 passive candidates) on this one "
+        "port, for browsers whose network blocks UDP (default: off)",
+    )
+    parser.add_argument(
+        "--ice-tcp-advertised-port", type=int, metavar="PORT",
+        help="port announced in the ICE-TCP candidates when a port forward or TCP proxy "
+        "exposes the listener on another one, e.g. 443 (default: the listener's port)",
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default info)")
