@@ -25,7 +25,7 @@ import contextlib
 import logging
 import secrets
 import struct
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aioice import stun
 
@@ -142,7 +142,8 @@ class IceTcpStream(asyncio.Protocol):
     # -- asyncio.Protocol: the TCP side ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's TCP transport has asyncio.Transport's methods but is not its subclass.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
         peer = transport.get_extra_info("peername")

@@ -14,9 +14,11 @@ from aioice import stun
 from aioice.candidate import candidate_priority
 
 from webrtc import ice_tcp
+from webrtc.codecs import PCMU
 from webrtc.ice import IceConnection, sdp_candidate
 from webrtc.ice_tcp import FrameReader, FramingError, IceTcpListener, frame, tcp_candidate_priority
 from webrtc.ports import PortPool
+from webrtc.sdp import Fingerprint, MediaSection, SdpOrigin, WebRtcTransportParams, write_webrtc
 
 CLOSE_TIMEOUT = 10.0  # a limit, not an expectation: the machine may be loaded
 
@@ -119,6 +121,11 @@ async def test_offers_a_passive_tcp_candidate_on_the_advertised_port() -> None:
                 tcp_candidate["tcptype"], tcp_candidate["type"]) == (
             "tcp", "192.0.2.7", 443, "passive", "host")
         assert tcp.target(connection.local_username) is connection
+        sdp = write_webrtc(SdpOrigin("192.0.2.7"), "192.0.2.7",
+                           [MediaSection(kind="audio", port=4000, codecs=[PCMU], mid="0")],
+                           WebRtcTransportParams("ufrag", "p" * 22, [udp, tcp_candidate],
+                                                 Fingerprint("sha-256", "00"), "actpass"))
+        assert " 192.0.2.7 443 typ host tcptype passive\r\n" in sdp
     finally:
         await connection.close()
         await tcp.close()
