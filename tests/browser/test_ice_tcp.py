@@ -1,8 +1,8 @@
 """ICE-TCP without TURN: the web phone in a Chromium whose network drops every UDP packet
 (tests/support/blocked_udp.py) calls a pjsua2 phone through a gateway that offers passive TCP
 candidates (--ice-tcp-listen). No STUN or TURN server exists: the call's media can only take
-the browser's TCP connection to the gateway's ICE-TCP port. Each side hears the other's tone,
-and the browser's selected candidate pair is TCP."""
+the browser's TCP connection to the gateway's ICE-TCP port. In calls both ways, each side
+hears the other's tone, and the browser's selected candidate pair is TCP."""
 
 from __future__ import annotations
 
@@ -89,18 +89,9 @@ async def phone(gateway: GatewayProcess) -> AsyncIterator[PjsuaPhone]:
         yield phone
 
 
-async def test_web_phone_without_udp_calls_a_phone_over_ice_tcp(
-    gateway: GatewayProcess, network: BlockedUdpNetwork, browser: BrowserSession,
-    phone: PjsuaPhone, tmp_path: Path,
-) -> None:
-    web = await WebPhone.open(browser, web_url(gateway, network), "alice")
-    await web.sign_in_and_wait("alice", gateway.users["alice"])
-    await phone.set_auto_answer(200)
-    await web.call("bob")
-    assert await web.wait_call_state("active", 45_000) == "In call with bob", web.console()
-    await phone.wait_for("call_state", 15, state="CONFIRMED")
-
-    await assert_both_hear(web, phone, tmp_path / "phone-heard.wav")
+async def assert_media_over_ice_tcp(web: WebPhone, phone: PjsuaPhone, gateway: GatewayProcess,
+                                    network: BlockedUdpNetwork, recording: Path) -> None:
+    await assert_both_hear(web, phone, recording)
     pair = (await web.stats())["selectedPair"]
     # The browser's side of the connection is its active host candidate, or the
     # peer-reflexive one the gateway's check answer taught it (its connection's own port).
@@ -108,7 +99,33 @@ async def test_web_phone_without_udp_calls_a_phone_over_ice_tcp(
     assert pair["relayProtocol"] is None, pair
     assert pair["remote"] == f"{network.host_address}:{ice_tcp_port(gateway)}/tcp", pair
     assert pair["remoteType"] == "host", pair
-    assert network.dropped_udp_packets() > 0  # the browser did try UDP: the block is real
 
+
+async def test_web_phone_without_udp_calls_and_is_called_over_ice_tcp(
+    gateway: GatewayProcess, network: BlockedUdpNetwork, browser: BrowserSession,
+    phone: PjsuaPhone, tmp_path: Path,
+) -> None:
+    web = await WebPhone.open(browser, web_url(gateway, network), "alice")
+    await web.sign_in_and_wait("alice", gateway.users["alice"])
+
+    # The browser offers: the gateway's answer carries its passive TCP candidate (ICE
+    # controlled side).
+    await phone.set_auto_answer(200)
+    await web.call("bob")
+    assert await web.wait_call_state("active") == "In call with bob", web.console()
+    await phone.wait_for("call_state", 15, state="CONFIRMED")
+    await assert_media_over_ice_tcp(web, phone, gateway, network, tmp_path / "outgoing.wav")
+    assert network.dropped_udp_packets() > 0  # the browser did try UDP: the block is real
     await web.hang_up()
     await phone.wait_for("call_state", 15, state="DISCONNECTED")
+
+    # The gateway offers to the browser (the phone calls): it controls ICE and nominates the
+    # TCP pair itself.
+    await phone.call(f"sip:alice@{gateway.domain}")
+    assert await web.wait_call_state("incoming") == "Incoming call from bob"
+    await web.answer()
+    assert await web.wait_call_state("active") == "In call with bob", web.console()
+    await phone.wait_for("call_state", 15, state="CONFIRMED")
+    await assert_media_over_ice_tcp(web, phone, gateway, network, tmp_path / "incoming.wav")
+    await phone.hangup()
+    assert await web.wait_call_state("idle") == "bob hung up"
