@@ -86,23 +86,25 @@ class FrameReader:
     def feed(self, data: bytes) -> list[bytes]:
         """The frames `data` completes; FramingError for a length over the maximum. Empty
         frames (RFC 4571 allows them) are skipped."""
-        buffer = self._buffer
-        buffer += data
+        if self._buffer:  # the rare case: a frame split across reads
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
         frames: list[bytes] = []
         offset = 0
-        end = len(buffer)
+        end = len(data)
         while end - offset >= 2:
-            length = (buffer[offset] << 8) | buffer[offset + 1]
+            length = (data[offset] << 8) | data[offset + 1]
             if length > self._max_frame:
                 raise FramingError(f"RFC 4571 frame of {length} bytes (at most "
                                    f"{self._max_frame})")
             if end - offset - 2 < length:
                 break
             if length:
-                frames.append(bytes(buffer[offset + 2:offset + 2 + length]))
+                frames.append(data[offset + 2:offset + 2 + length])
             offset += 2 + length
-        if offset:
-            del buffer[:offset]
+        if offset < end:
+            self._buffer += data[offset:]
         return frames
 
 
