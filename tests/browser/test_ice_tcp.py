@@ -24,6 +24,7 @@ from tests.support.blocked_udp import (
     check_available,
 )
 from tests.support.browser import BrowserSession, write_browser_tone
+from tests.support.healthz import gateway_http_url
 from tests.support.pjsua_phone import PjsuaPhone, registered_phone
 
 
@@ -129,3 +130,27 @@ async def test_web_phone_without_udp_calls_and_is_called_over_ice_tcp(
     await assert_media_over_ice_tcp(web, phone, gateway, network, tmp_path / "incoming.wav")
     await phone.hangup()
     assert await web.wait_call_state("idle") == "bob hung up"
+
+
+async def test_a_browser_that_reaches_udp_keeps_using_it(
+    gateway_factory: GatewayFactory, tmp_path: Path,
+) -> None:
+    """The passive TCP candidate ranks below UDP: offered as well, it is not chosen."""
+    gateway = await gateway_factory(
+        users={"alice": secrets.token_urlsafe(12), "bob": secrets.token_urlsafe(12)},
+        transports=("udp", "ws"), extra_args=["--ice-tcp-listen", "127.0.0.1:0"],
+    )
+    tone = write_browser_tone(tmp_path / "browser.wav", BROWSER_TONE)
+    async with (launch_private_browser(tone, name="with-udp") as browser,
+                registered_phone(gateway, "bob", PHONE_TONE) as phone):
+        web = await WebPhone.open(browser, gateway_http_url(gateway), "alice")
+        await web.sign_in_and_wait("alice", gateway.users["alice"])
+        await phone.set_auto_answer(200)
+        await web.call("bob")
+        assert await web.wait_call_state("active") == "In call with bob", web.console()
+        await web.wait_quality_line()
+        pair = (await web.stats())["selectedPair"]
+        assert pair["local"].endswith("/udp") and pair["remote"].endswith("/udp"), pair
+        answer = gateway.log_text()
+        assert f" {ice_tcp_port(gateway)} typ host tcptype passive" in answer
+        await web.hang_up()
