@@ -299,11 +299,15 @@ class Gateway:
                 "media: no --public-address; announcing %s in SDP (set --public-address "
                 "behind NAT, or browsers and phones will not reach the media ports)", public_host,
             )
+        ice_tcp_listen = (parse_hostport(config.ice_tcp_listen, "ice_tcp_listen")
+                          if config.ice_tcp_listen else None)
         if config.media_workers:
             return MediaWorkers(
                 config.media_workers, bind_host=bind_host, public_host=public_host,
                 port_min=port_min, port_max=port_max,
                 gc_threshold=(GC_YOUNG_THRESHOLD, 20, 100), latch=config.latch_policy,
+                ice_tcp_listen=ice_tcp_listen,
+                ice_tcp_advertised_port=config.ice_tcp_advertised_port,
             )
         return MediaRelay(
             bind_host=bind_host,
@@ -311,8 +315,7 @@ class Gateway:
             port_min=port_min,
             port_max=port_max,
             latch=config.latch_policy,
-            ice_tcp_listen=(parse_hostport(config.ice_tcp_listen, "ice_tcp_listen")
-                            if config.ice_tcp_listen else None),
+            ice_tcp_listen=ice_tcp_listen,
             ice_tcp_advertised_port=config.ice_tcp_advertised_port,
         )
 

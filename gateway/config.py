@@ -413,11 +413,6 @@ def _check_ice_tcp(config: Config) -> None:
             raise ConfigError("ice_tcp_advertised_port needs ice_tcp_listen")
         return
     parse_hostport(config.ice_tcp_listen, "ice_tcp_listen")
-    if config.media_workers:
-        # One listener routes by ICE username; handing its connections to worker processes
-        # is not built yet.
-        raise ConfigError("ice_tcp_listen works with media in the gateway process only "
-                          "(media_workers = 0)")
 
 
 def _check_ice_servers(config: Config) -> None:

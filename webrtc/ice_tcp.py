@@ -16,6 +16,12 @@ ICE connection and whose MESSAGE-INTEGRITY verifies with that connection's passw
 else (no frame within AUTH_TIMEOUT_SECONDS, a frame longer than MAX_FRAME_BYTES, not STUN, an
 unknown ufrag, a bad integrity) closes the connection; so do connections past
 MAX_PENDING_CONNECTIONS waiting to authenticate at once.
+
+With media worker processes (webrtc.workers) the listener stays in the gateway process and
+each worker's ufrags start with its two-digit index: the listener reads the first check, hands
+the connection (its descriptor and the bytes read so far, over an AF_UNIX socket, SCM_RIGHTS)
+to the worker the ufrag names, and that worker's registry-only listener authenticates it as
+above (only the worker knows the password).
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import socket
 import struct
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from aioice import stun
@@ -54,6 +63,13 @@ TCP_HOST_TYPE_PREFERENCE = 90
 PASSIVE_DIRECTION_PREFERENCE = 4  # RFC 6544: active 6, passive 4, simultaneous-open 2
 _OTHER_PREFERENCE = 8191
 _UFRAG_BYTES = 9  # 12 ice-chars (RFC 8839: ALPHA / DIGIT / "+" / "/")
+WORKER_PREFIX_LENGTH = 2  # a media worker's index, leading its ufrags
+# Bytes an unauthenticated connection may send before its first check is complete: the check
+# fits in one frame, and a browser waits for its answer before sending anything else.
+_MAX_UNAUTHENTICATED_BYTES = 4 * MAX_FRAME_BYTES
+_HANDOFF_MESSAGE_BYTES = _MAX_UNAUTHENTICATED_BYTES + 1024
+# Hands a connection (its descriptor, the bytes read from it) to a worker; False if it cannot.
+Handoff = Callable[[int, bytes], bool]
 
 
 def tcp_candidate_priority(component: int) -> int:
@@ -131,9 +147,11 @@ class IceTcpStream(asyncio.Protocol):
     transport of one ICE connection's protocol (the part of asyncio's DatagramTransport that
     aioice and webrtc.ice_media use: sendto, close, is_closing, get_extra_info)."""
 
-    def __init__(self, listener: IceTcpListener, refusal: str | None = None) -> None:
+    def __init__(self, listener: IceTcpListener, refusal: str | None = None,
+                 received: bytes = b"") -> None:
         self._listener: IceTcpListener | None = listener
         self._refusal = refusal  # why the listener turns the connection away at once
+        self._received = bytearray(received)  # raw bytes until authenticated (for a handoff)
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
         self._receiver: TcpPacketReceiver | None = None
@@ -155,8 +173,17 @@ class IceTcpStream(asyncio.Protocol):
             return
         self._timer = asyncio.get_running_loop().call_later(
             AUTH_TIMEOUT_SECONDS, self._refuse, "no valid STUN check in time")
+        if self._received:  # what the gateway process read before handing the connection over
+            received, self._received = bytes(self._received), bytearray()
+            self.data_received(received)
 
     def data_received(self, data: bytes) -> None:
+        if self._receiver is None and self._listener is not None:
+            if self._listener.hands_over:
+                self._received += data
+            if len(self._received) > _MAX_UNAUTHENTICATED_BYTES:
+                self._refuse("too many bytes before a STUN check")
+                return
         try:
             frames = self._reader.feed(data)
         except FramingError as error:
@@ -229,6 +256,9 @@ class IceTcpStream(asyncio.Protocol):
                     and "USERNAME" in message.attributes
                     and "MESSAGE-INTEGRITY" in message.attributes):
                 ufrag = str(message.attributes["USERNAME"]).split(":", 1)[0]
+                if listener.hands_over:
+                    self._hand_over(listener, ufrag)
+                    return None
                 target = listener.target(ufrag)
                 reason = "STUN check for an unknown ICE username"
                 if target is not None and not message.check_message_integrity(
@@ -243,6 +273,25 @@ class IceTcpStream(asyncio.Protocol):
         listener.pending_done(self)
         self._receiver = receiver
         return receiver
+
+    def _hand_over(self, listener: IceTcpListener, ufrag: str) -> None:
+        """Gives the connection to the media worker that `ufrag` names, or closes it."""
+        handoff = listener.handoff_for(ufrag)
+        transport = self._transport
+        if handoff is None or transport is None:
+            self._refuse("STUN check for an unknown ICE username")
+            return
+        transport.pause_reading()  # what arrives from now on is the worker's to read
+        sock = transport.get_extra_info("socket")
+        if not handoff(sock.fileno(), bytes(self._received)):
+            self._refuse("its media worker does not take it")
+            return
+        self._stop_timer()
+        self._listener = None
+        listener.pending_done(self)
+        # Only this process's descriptor closes: the worker holds its own copy, so the
+        # connection stays open (close() without shutdown() sends no FIN while a copy lives).
+        transport.abort()
 
     def _refuse(self, reason: str) -> None:
         log.debug("ICE-TCP connection from %s closed: %s", self.peer, reason)
@@ -267,11 +316,19 @@ class IceTcpListener:
     """
 
     def __init__(self, host: str, port: int, advertised_port: int = 0,
-                 max_pending: int = MAX_PENDING_CONNECTIONS) -> None:
+                 max_pending: int = MAX_PENDING_CONNECTIONS, ufrag_prefix: str = "",
+                 handoffs: Callable[[str], Handoff | None] | None = None) -> None:
+        """ufrag_prefix: what this process's ufrags start with (a media worker's index).
+        handoffs: in the gateway process of media workers, the handoff to the worker a ufrag
+        names (None: no such worker); connections are then handed over, not served here."""
         self.host = host
         self.port = port
         self._advertised_port = advertised_port
         self._max_pending = max_pending
+        self._ufrag_prefix = ufrag_prefix
+        self._handoffs = handoffs
+        self._handoff_channel: socket.socket | None = None
+        self._adoptions: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._targets: dict[str, TcpIceTarget] = {}
         self._pending: set[IceTcpStream] = set()
@@ -297,9 +354,67 @@ class IceTcpListener:
         """A local ufrag no live ICE connection uses: the key the listener routes by. aioice's
         own are 4 characters, which a few thousand calls at once would share now and then."""
         while True:
-            ufrag = secrets.token_urlsafe(_UFRAG_BYTES).replace("-", "+").replace("_", "/")
+            ufrag = self._ufrag_prefix + secrets.token_urlsafe(_UFRAG_BYTES).replace(
+                "-", "+").replace("_", "/")
             if ufrag not in self._targets:
                 return ufrag
+
+    @property
+    def hands_over(self) -> bool:
+        return self._handoffs is not None
+
+    def handoff_for(self, ufrag: str) -> Handoff | None:
+        return self._handoffs(ufrag) if self._handoffs is not None else None
+
+    def serve_handoffs(self, channel: socket.socket) -> None:
+        """In a media worker: adopt the connections the gateway process sends over `channel`
+        (an AF_UNIX SOCK_SEQPACKET socket; see hand_over)."""
+        channel.setblocking(False)
+        self._handoff_channel = channel
+        asyncio.get_running_loop().add_reader(channel.fileno(), self._handoff_ready)
+
+    def _handoff_ready(self) -> None:
+        channel = self._handoff_channel
+        if channel is None:
+            return
+        try:
+            received, fds, _, _ = socket.recv_fds(channel, _HANDOFF_MESSAGE_BYTES, 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            log.warning("ICE-TCP handoff channel failed: %s", error)
+            self._stop_handoffs()
+            return
+        if not fds:
+            if not received:  # the gateway process is gone
+                self._stop_handoffs()
+            return
+        sock = socket.socket(fileno=fds[0])
+        for extra in fds[1:]:
+            os.close(extra)
+        if len(self._pending) >= self._max_pending:
+            log.debug("ICE-TCP connection handed over closed: too many unauthenticated")
+            self.refused += 1
+            sock.close()
+            return
+        sock.setblocking(False)
+        stream = IceTcpStream(self, received=received)
+        self._pending.add(stream)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: stream, sock))
+        self._adoptions.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task[Any]) -> None:
+        self._adoptions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("ICE-TCP connection handed over unusable: %s", task.exception())
+
+    def _stop_handoffs(self) -> None:
+        channel, self._handoff_channel = self._handoff_channel, None
+        if channel is not None:
+            asyncio.get_running_loop().remove_reader(channel.fileno())
+            channel.close()
 
     def register(self, ufrag: str, target: TcpIceTarget) -> None:
         self._targets[ufrag] = target
@@ -321,13 +436,27 @@ class IceTcpListener:
         return stream
 
     async def close(self) -> None:
+        self._stop_handoffs()
+        for task in self._adoptions:
+            task.cancel()
+        for stream in list(self._pending):
+            stream.abort()
         if self._server is not None:
             self._server.close()
-            for stream in list(self._pending):
-                stream.abort()
             # Streams handed to ICE connections close with them, not here: do not wait for them.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
         self._targets.clear()
+
+
+def hand_over(channel: socket.socket, fd: int, received: bytes) -> bool:
+    """Sends a connection's descriptor (the receiver gets its own copy) and the bytes read from
+    it to a media worker's serve_handoffs; False when the worker cannot take it now."""
+    try:
+        socket.send_fds(channel, [received], [fd])
+    except OSError as error:  # a full channel (stalled worker) or a dead one
+        log.info("ICE-TCP connection not handed to its media worker: %s", error)
+        return False
+    return True
 

@@ -45,17 +45,19 @@ def network() -> Iterator[BlockedUdpNetwork]:
         yield blocked
 
 
-@pytest.fixture
-async def gateway(gateway_factory: GatewayFactory, network: BlockedUdpNetwork
-                  ) -> GatewayProcess:
+@pytest.fixture(params=[0, 1], ids=["media-in-gateway", "media-worker"])
+async def gateway(gateway_factory: GatewayFactory, network: BlockedUdpNetwork,
+                  request: pytest.FixtureRequest) -> GatewayProcess:
     """SIP for the phone on loopback; the web phone's page, WebSocket, media and ICE-TCP on the
-    root side of the namespace's link, the only address the browser reaches."""
+    root side of the namespace's link, the only address the browser reaches. With a media
+    worker, the listener in the gateway process hands each connection to it."""
     host = network.host_address
     gateway = await gateway_factory(
         users={"alice": secrets.token_urlsafe(12), "bob": secrets.token_urlsafe(12)},
         transports=("udp", "ws"),
         extra_args=["--ws", f"{host}:{free_tcp_port(host)}", "--public-address", host,
-                    "--media-address", host, "--ice-tcp-listen", f"{host}:0"],
+                    "--media-address", host, "--ice-tcp-listen", f"{host}:0",
+                    "--media-workers", str(request.param)],
     )
     return gateway
 

@@ -18,7 +18,15 @@ from webrtc.codecs import PCMU
 from webrtc.ice import IceConnection, sdp_candidate
 from webrtc.ice_tcp import FrameReader, FramingError, IceTcpListener, frame, tcp_candidate_priority
 from webrtc.ports import PortPool
-from webrtc.sdp import Fingerprint, MediaSection, SdpOrigin, WebRtcTransportParams, write_webrtc
+from webrtc.sdp import (
+    Fingerprint,
+    MediaSection,
+    SdpOrigin,
+    WebRtcTransportParams,
+    parse,
+    write_webrtc,
+)
+from webrtc.workers import MediaWorkers
 
 CLOSE_TIMEOUT = 10.0  # a limit, not an expectation: the machine may be loaded
 
@@ -78,11 +86,14 @@ async def ice_connections(listener: IceTcpListener) -> AsyncIterator[list[IceCon
             await connection.close()
 
 
-def binding_request(username: str, password: str) -> bytes:
+def binding_request(username: str, password: str, *, controlling: bool = True) -> bytes:
     request = stun.Message(message_method=stun.Method.BINDING,
                            message_class=stun.Class.REQUEST)
-    request.attributes.update({"USERNAME": username, "PRIORITY": 1_000_000,
-                               "ICE-CONTROLLING": 1, "USE-CANDIDATE": None})
+    request.attributes.update({"USERNAME": username, "PRIORITY": 1_000_000})
+    if controlling:
+        request.attributes.update({"ICE-CONTROLLING": 1, "USE-CANDIDATE": None})
+    else:
+        request.attributes["ICE-CONTROLLED"] = 1
     request.add_message_integrity(password.encode())
     request.add_fingerprint()
     return bytes(request)
@@ -199,3 +210,36 @@ async def test_silent_and_excess_connections_are_closed(
         writer.close()
     excess_writer.close()
     assert listener.refused == 5 and listener.pending_connections == 0
+
+
+async def test_media_workers_get_their_connections_from_the_one_listener() -> None:
+    """The listener lives in the gateway process; each connection goes, with the check already
+    read, to the worker whose index leads the ufrag, and that worker answers the check."""
+    base = random.randrange(30000, 60000, 2)
+    workers = MediaWorkers(2, bind_host="127.0.0.1", port_min=base, port_max=base + 40,
+                           ice_tcp_listen=("127.0.0.1", 0))
+    await workers.start()
+    try:
+        sessions = [workers.create_session(f"call-{index}") for index in range(2)]
+        offers = [parse(await session.create_offer("webrtc")) for session in sessions]
+        for offer in offers:
+            audio = offer.first("audio")
+            assert audio is not None
+            tcp_candidates = [c for c in audio.candidates if c["protocol"] == "tcp"]
+            assert len(tcp_candidates) == 1, audio.candidates
+            reader, writer = await asyncio.open_connection("127.0.0.1", tcp_candidates[0]["port"])
+            # The gateway offered: it controls, the "browser" answering is controlled.
+            writer.write(frame(binding_request(f"{audio.ice_ufrag}:brwsr", audio.ice_pwd,
+                                               controlling=False)))
+            response = stun.parse_message(await read_frame(reader))
+            assert response.message_class == stun.Class.RESPONSE
+            assert response.check_message_integrity(audio.ice_pwd.encode())
+            writer.close()
+        assert {offer.first("audio").ice_ufrag[:2] for offer in offers} == {"00", "01"}  # type: ignore[union-attr]
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", tcp_candidates[0]["port"])
+        writer.write(frame(binding_request("99nobody:brwsr", "p" * 22)))
+        await assert_closed(reader)  # no worker 99: closed in the gateway process
+        writer.close()
+    finally:
+        await workers.close()
