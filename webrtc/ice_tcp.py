@@ -202,6 +202,7 @@ class IceTcpStream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
+        self._transport = None  # asyncio's transport and this protocol refer to each other
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.pending_done(self)

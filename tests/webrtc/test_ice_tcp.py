@@ -143,6 +143,21 @@ async def test_offers_a_passive_tcp_candidate_on_the_advertised_port() -> None:
     assert tcp.target(connection.local_username) is None
 
 
+async def test_the_browsers_tcp_candidates_are_left_out(
+    ice_connections: list[IceConnection],
+) -> None:
+    """The gateway is passive only: a browser's active (port 9), passive and simultaneous-open
+    candidates are skipped without an error; its checks over the connection reveal it."""
+    connection = ice_connections[0]
+    connection.add_sdp_candidates([
+        {"foundation": "1", "component": 1, "protocol": "tcp", "priority": 1518280447,
+         "ip": "127.0.0.1", "port": port, "type": "host", "tcptype": tcptype}
+        for port, tcptype in ((9, "active"), (50000, "passive"), (50001, "so"))
+    ])
+    await asyncio.sleep(0)
+    assert connection.remote_candidates == []
+
+
 async def test_a_check_reaches_the_ice_connection_its_username_names(
     listener: IceTcpListener, ice_connections: list[IceConnection],
 ) -> None:
