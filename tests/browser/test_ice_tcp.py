@@ -22,6 +22,7 @@ from tests.support.blocked_udp import (
     BlockedUdpUnavailable,
     blocked_udp_network,
     check_available,
+    secure_origin_flag,
 )
 from tests.support.browser import BrowserSession, write_browser_tone
 from tests.support.healthz import gateway_http_url
@@ -80,7 +81,7 @@ async def browser(network: BlockedUdpNetwork, gateway: GatewayProcess, tmp_path:
                   ) -> AsyncIterator[BrowserSession]:
     tone = write_browser_tone(tmp_path / "browser.wav", BROWSER_TONE)
     # The page's origin is not loopback: without this, http:// has no getUserMedia.
-    secure = f"--unsafely-treat-insecure-origin-as-secure={web_url(gateway, network)}"
+    secure = secure_origin_flag(web_url(gateway, network))
     async with launch_private_browser(tone, name="no-udp", extra_args=(secure,),
                                       executable=str(network.chromium)) as session:
         yield session

@@ -239,7 +239,7 @@ async def test_media_workers_get_their_connections_from_the_one_listener() -> No
         offers = [parse(await session.create_offer("webrtc")) for session in sessions]
         for offer in offers:
             audio = offer.first("audio")
-            assert audio is not None
+            assert audio is not None and audio.ice_ufrag and audio.ice_pwd
             tcp_candidates = [c for c in audio.candidates if c["protocol"] == "tcp"]
             assert len(tcp_candidates) == 1, audio.candidates
             reader, writer = await asyncio.open_connection("127.0.0.1", tcp_candidates[0]["port"])
@@ -250,7 +250,8 @@ async def test_media_workers_get_their_connections_from_the_one_listener() -> No
             assert response.message_class == stun.Class.RESPONSE
             assert response.check_message_integrity(audio.ice_pwd.encode())
             writer.close()
-        assert {offer.first("audio").ice_ufrag[:2] for offer in offers} == {"00", "01"}  # type: ignore[union-attr]
+        ufrags = [media.ice_ufrag for offer in offers for media in offer.media]
+        assert {str(ufrag)[:2] for ufrag in ufrags} == {"00", "01"}  # each worker's index
 
         reader, writer = await asyncio.open_connection("127.0.0.1", tcp_candidates[0]["port"])
         writer.write(frame(binding_request("99nobody:brwsr", "p" * 22)))
