@@ -8,7 +8,8 @@ RTP (recv) -> Forwarder -> SRTP protect -> the nominated TCP pair -> framed writ
 loop's reading of the TCP connection is paused and done here instead, one recv per frame (a
 call sends 50 packets a second: each readiness finds one), so that only the relay's side is
 timed (thread CPU time), as in media_path.py. The C relay path serves UDP sockets only: over
-TCP every packet takes the Python path, whichever build this is.
+TCP every packet takes the Python path, whichever build this is. On a compiled install the
+UDP browser -> phone direction is also measured through that C path, as the gateway relays it.
 
     python bench/ice_tcp_path.py --packets 100000
 """
@@ -37,12 +38,14 @@ from pylibsrtp import Policy  # noqa: E402
 
 from bench.media_path import _drain, _peer, _session  # noqa: E402
 from bench.media_path import measure as measure_udp  # noqa: E402
+from webrtc.datagram import _RELAY_PUMP  # noqa: E402
 from webrtc.dtls import DtlsCertificate  # noqa: E402
 from webrtc.forwarding import Forwarder, Route  # noqa: E402
 from webrtc.ice import COMPONENT  # noqa: E402
 from webrtc.ice_tcp import IceTcpListener, IceTcpStream, frame  # noqa: E402
 from webrtc.plain import PlainLeg  # noqa: E402
 from webrtc.ports import PortPool  # noqa: E402
+from webrtc.relay_pumps import RelayPumps  # noqa: E402
 from webrtc.srtp import SrtpSessions  # noqa: E402
 from webrtc.webrtc_leg import WebRtcLeg  # noqa: E402
 
@@ -156,12 +159,62 @@ async def measure_tcp(packets: int) -> None:
     phone.close()
 
 
+async def measure_udp_c_path(packets: int) -> None:
+    """browser -> phone over UDP as a compiled gateway relays it: the socket's RelayPump
+    (webrtc/_relaypath.c) configured by RelayPumps, which the TCP path has no counterpart of."""
+    profile = SRTP_AES128_CM_SHA1_80
+    key = os.urandom(profile.key_length + profile.salt_length)
+    browser, phone = _peer(), _peer()
+    pool = PortPool("127.0.0.1", 42800, 43200)
+    plain = PlainLeg(pool)
+    await plain.open()
+    plain.set_remote(*phone.getsockname(), None, False)
+    leg = WebRtcLeg(pool=pool, public_host="127.0.0.1", certificate=DtlsCertificate(),
+                    stun_server=None)
+    leg._srtp = SrtpSessions(
+        outbound=_session(key, profile.libsrtp_profile, Policy.SSRC_ANY_OUTBOUND),
+        inbound=_session(key, profile.libsrtp_profile, Policy.SSRC_ANY_INBOUND),
+        profile=PROFILE)
+    await leg.prepare(ice_controlling=False)
+    leg.on_rtp = forwarder = Forwarder(routes={0: Route(0, plain.send_rtp, target=plain)})
+    pumps = RelayPumps()
+    pumps.refresh(leg, [plain])
+    relay_socket = leg.media_sockets()[0]
+    pump = relay_socket.pump
+    assert pump is not None
+    sender = _session(key, profile.libsrtp_profile, Policy.SSRC_ANY_OUTBOUND)
+    inbound = [sender.protect(struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, (i * 160) & 0xFFFFFFFF,
+                                          1) + bytes(160)) for i in range(packets)]
+    relay_address = relay_socket.get_extra_info("sockname")
+    elapsed = 0.0
+    for offset in range(0, packets, 100):
+        chunk = inbound[offset:offset + 100]
+        for data in chunk:
+            browser.sendto(data, relay_address)
+        start = time.thread_time()
+        for _ in chunk:
+            pump()  # what the event loop (or the relay's poller) calls when the socket is ready
+        elapsed += time.thread_time() - start
+        _drain(phone)
+    pumps.stop()
+    if forwarder.stats.packets != packets:
+        raise SystemExit(f"only {forwarder.stats.packets} of {packets} packets relayed in C")
+    print(f"{PROFILE:24} browser -> phone, C relay path (recvfrom, SRTP unprotect, forward, "
+          f"sendto): {elapsed / packets * 1e6:.2f} µs/packet")
+    plain.close()
+    await leg.close()
+    browser.close()
+    phone.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--packets", type=int, default=100_000)
     args = parser.parse_args()
     packets = max(1000, min(args.packets, MAX_PACKETS))
     uvloop.run(measure_udp(packets, PROFILE))  # the gateway runs on uvloop
+    if _RELAY_PUMP is not None:  # a compiled install
+        uvloop.run(measure_udp_c_path(packets))
     uvloop.run(measure_tcp(packets))
 
 
