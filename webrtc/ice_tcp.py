@@ -15,7 +15,8 @@ frame, which must be a STUN binding request whose USERNAME starts with the local
 ICE connection and whose MESSAGE-INTEGRITY verifies with that connection's password. Anything
 else (no frame within AUTH_TIMEOUT_SECONDS, a frame longer than MAX_FRAME_BYTES, not STUN, an
 unknown ufrag, a bad integrity) closes the connection; so do connections past
-MAX_PENDING_CONNECTIONS waiting to authenticate at once.
+MAX_PENDING_CONNECTIONS waiting to authenticate at once (MAX_PENDING_PER_ADDRESS from one
+address).
 
 With media worker processes (webrtc.workers) the listener stays in the gateway process and
 each worker's ufrags start with its two-digit index: the listener reads the first check, hands
@@ -49,6 +50,8 @@ _LENGTH = struct.Struct("!H")
 MAX_FRAME_BYTES = 2048
 AUTH_TIMEOUT_SECONDS = 5.0
 MAX_PENDING_CONNECTIONS = 64
+# ...of which one address may hold: a single host cannot take every slot from the others.
+MAX_PENDING_PER_ADDRESS = 8
 # Connections one ICE connection accepts: a browser opens one per local TCP candidate.
 MAX_CONNECTIONS_PER_ICE = 8
 # Frames queued toward a slow or stalled reader: beyond this a frame is dropped rather than
@@ -168,6 +171,9 @@ class IceTcpStream(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER_LIMIT)
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1]) if peer else ("", 0)
+        if self._refusal is None and self._listener is not None and (
+                self._listener.pending_from(self.peer[0]) > self._listener.max_pending_per_address):
+            self._refusal = "too many unauthenticated ICE-TCP connections from its address"
         if self._refusal is not None:
             self._refuse(self._refusal)
             return
@@ -317,7 +323,8 @@ class IceTcpListener:
     """
 
     def __init__(self, host: str, port: int, advertised_port: int = 0,
-                 max_pending: int = MAX_PENDING_CONNECTIONS, ufrag_prefix: str = "",
+                 max_pending: int = MAX_PENDING_CONNECTIONS,
+                 max_pending_per_address: int = MAX_PENDING_PER_ADDRESS, ufrag_prefix: str = "",
                  handoffs: Callable[[str], Handoff | None] | None = None) -> None:
         """ufrag_prefix: what this process's ufrags start with (a media worker's index).
         handoffs: in the gateway process of media workers, the handoff to the worker a ufrag
@@ -326,6 +333,7 @@ class IceTcpListener:
         self.port = port
         self._advertised_port = advertised_port
         self._max_pending = max_pending
+        self.max_pending_per_address = max_pending_per_address
         self._ufrag_prefix = ufrag_prefix
         self._handoffs = handoffs
         self._handoff_channel: socket.socket | None = None
@@ -425,6 +433,10 @@ class IceTcpListener:
 
     def target(self, ufrag: str) -> TcpIceTarget | None:
         return self._targets.get(ufrag)
+
+    def pending_from(self, host: str) -> int:
+        """Connections from `host` waiting to authenticate (the one asking included)."""
+        return sum(1 for stream in self._pending if stream.peer and stream.peer[0] == host)
 
     def pending_done(self, stream: IceTcpStream) -> None:
         self._pending.discard(stream)

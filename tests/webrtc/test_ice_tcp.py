@@ -227,6 +227,19 @@ async def test_silent_and_excess_connections_are_closed(
     assert listener.refused == 5 and listener.pending_connections == 0
 
 
+async def test_one_address_cannot_hold_every_waiting_slot(
+    listener: IceTcpListener, ice_connections: list[IceConnection],
+) -> None:
+    listener.max_pending_per_address = 2
+    silent = [await connect(listener) for _ in range(2)]
+    third_reader, third_writer = await connect(listener)
+    await assert_closed(third_reader)  # at once, though the listener could take 4
+    assert listener.refused == 1
+    for _, writer in silent:
+        writer.close()
+    third_writer.close()
+
+
 async def test_media_workers_get_their_connections_from_the_one_listener() -> None:
     """The listener lives in the gateway process; each connection goes, with the check already
     read, to the worker whose index leads the ufrag, and that worker answers the check."""
