@@ -76,7 +76,6 @@ class IceConnection(aioice.Connection):
         self._candidate_tasks: set[asyncio.Task[None]] = set()
         self._tcp_listener = tcp_listener
         self._tcp_candidate: Candidate | None = None
-        self._tcp_streams = 0
         self.media_route = NominatedRoute(self._nominated)
 
     @property
@@ -139,10 +138,12 @@ class IceConnection(aioice.Connection):
     def accept_tcp(self, stream: IceTcpStream) -> MediaFirstProtocol | None:
         """An authenticated ICE-TCP connection (webrtc.ice_tcp) becomes one more of this
         connection's sockets: aioice answers and runs checks on it like on the UDP one."""
+        open_streams = sum(1 for p in self._protocols
+                           if p.local_candidate is self._tcp_candidate
+                           and not p.transport.is_closing())
         if (self._tcp_candidate is None or self._closing
-                or self._tcp_streams >= MAX_CONNECTIONS_PER_ICE):
+                or open_streams >= MAX_CONNECTIONS_PER_ICE):
             return None
-        self._tcp_streams += 1
         protocol = MediaFirstProtocol(weakref.proxy(self), self._on_datagram)
         protocol.local_candidate = self._tcp_candidate
         protocol.connection_made(stream)  # type: ignore[arg-type]  # the part aioice uses

@@ -16,7 +16,14 @@ from aioice.candidate import candidate_priority
 from webrtc import ice_tcp
 from webrtc.codecs import PCMU
 from webrtc.ice import IceConnection, sdp_candidate
-from webrtc.ice_tcp import FrameReader, FramingError, IceTcpListener, frame, tcp_candidate_priority
+from webrtc.ice_tcp import (
+    MAX_CONNECTIONS_PER_ICE,
+    FrameReader,
+    FramingError,
+    IceTcpListener,
+    frame,
+    tcp_candidate_priority,
+)
 from webrtc.ports import PortPool
 from webrtc.sdp import (
     Fingerprint,
@@ -272,3 +279,37 @@ async def test_media_workers_get_their_connections_from_the_one_listener() -> No
         writer.close()
     finally:
         await workers.close()
+
+
+async def test_a_call_takes_a_bounded_number_of_connections(
+    listener: IceTcpListener, ice_connections: list[IceConnection],
+) -> None:
+    connection = ice_connections[0]
+    check = frame(binding_request(f"{connection.local_username}:brwsr",
+                                  connection.local_password))
+    open_streams = []
+    for _ in range(MAX_CONNECTIONS_PER_ICE):
+        reader, writer = await connect(listener)
+        writer.write(check)
+        await read_frame(reader)  # answered: taken
+        open_streams.append((reader, writer))
+    reader, writer = await connect(listener)
+    writer.write(check)
+    await assert_closed(reader)
+    writer.close()
+    # One closes: its place is free again.
+    open_streams.pop()[1].close()
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        reader, writer = await connect(listener)
+        writer.write(check)
+        try:
+            await read_frame(reader)
+            break
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            writer.close()
+    else:
+        raise AssertionError("a closed connection's place was not freed")
+    writer.close()
+    for _, open_writer in open_streams:
+        open_writer.close()
