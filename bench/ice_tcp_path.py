@@ -71,7 +71,8 @@ async def measure_tcp(packets: int) -> None:
     pool = PortPool("127.0.0.1", 42400, 42800)
     plain = PlainLeg(pool)
     await plain.open()
-    plain.set_remote(*phone.getsockname(), None, False)
+    phone_host, phone_port = phone.getsockname()
+    plain.set_remote(phone_host, phone_port, None, False)
     leg = WebRtcLeg(pool=pool, public_host="127.0.0.1", certificate=DtlsCertificate(),
                     stun_server=None, tcp_listener=listener)
     leg._srtp = SrtpSessions(  # keys as a finished DTLS handshake would install them
@@ -168,7 +169,8 @@ async def measure_udp_c_path(packets: int) -> None:
     pool = PortPool("127.0.0.1", 42800, 43200)
     plain = PlainLeg(pool)
     await plain.open()
-    plain.set_remote(*phone.getsockname(), None, False)
+    phone_host, phone_port = phone.getsockname()
+    plain.set_remote(phone_host, phone_port, None, False)
     leg = WebRtcLeg(pool=pool, public_host="127.0.0.1", certificate=DtlsCertificate(),
                     stun_server=None)
     leg._srtp = SrtpSessions(
