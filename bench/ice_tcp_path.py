@@ -41,7 +41,7 @@ from bench.media_path import measure as measure_udp  # noqa: E402
 from webrtc.datagram import _RELAY_PUMP  # noqa: E402
 from webrtc.dtls import DtlsCertificate  # noqa: E402
 from webrtc.forwarding import Forwarder, Route  # noqa: E402
-from webrtc.ice import COMPONENT  # noqa: E402
+from webrtc.ice_media import COMPONENT  # noqa: E402
 from webrtc.ice_tcp import IceTcpListener, IceTcpStream, frame  # noqa: E402
 from webrtc.plain import PlainLeg  # noqa: E402
 from webrtc.ports import PortPool  # noqa: E402
