@@ -29,26 +29,13 @@ from tests.support.blocked_udp import (
     blocked_udp_network,
 )
 from tests.support.browser import BrowserSession, write_browser_tone
-from tests.support.coturn import Coturn, running_coturn
+from tests.support.coturn import RELAY_ONLY_POLICY, Coturn, running_coturn
 from tests.support.healthz import gateway_http_url
 from tests.support.pjsua_phone import PjsuaPhone, registered_phone
 from tests.support.ports import free_port
 
 BROWSER_TONE = 440.0
 TURN_SECRET = secrets.token_hex(32)
-# What an operator's page (or a privacy setting) would do: never use host candidates, only
-# the TURN relay. Applied before the web phone's scripts run; JsSIP builds its
-# RTCPeerConnection from the global constructor.
-FORCE_RELAY_POLICY = """
-(() => {
-  const Native = window.RTCPeerConnection;
-  window.RTCPeerConnection = class extends Native {
-    constructor(config = {}, ...rest) {
-      super({ ...config, iceTransportPolicy: "relay" }, ...rest);
-    }
-  };
-})();
-"""
 PATH_TEXT = {"udp": "relay (UDP)", "tcp": "relay (TCP)", "tls": "relay (TLS)"}
 ICE_FAILURE_TIMEOUT_MS = 60_000  # Chromium gives up on ICE after ~30 s of failed checks
 
@@ -95,7 +82,7 @@ async def relay_browser(tmp_path: Path, coturn: Coturn) -> AsyncIterator[Browser
     tone = write_browser_tone(tmp_path / "browser.wav", BROWSER_TONE)
     async with launch_private_browser(tone, name="relay-only",
                                       extra_args=coturn.chromium_args()) as session:
-        await session.context.add_init_script(FORCE_RELAY_POLICY)
+        await session.context.add_init_script(RELAY_ONLY_POLICY)
         yield session
 
 

@@ -42,6 +42,20 @@ STOP_TIMEOUT = 5.0
 RELAY_PORT_SPAN = 200
 LOG_TAIL_CHARS = 4000
 TRANSPORTS = ("udp", "tcp", "tls")
+# For a browser context's add_init_script: `iceTransportPolicy: "relay"` on every
+# RTCPeerConnection (never host candidates, only the TURN relay), as a privacy setting or an
+# operator's page would set it. It runs before the web phone's scripts; JsSIP builds its
+# RTCPeerConnection from the global constructor.
+RELAY_ONLY_POLICY = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Native {
+    constructor(config = {}, ...rest) {
+      super({ ...config, iceTransportPolicy: "relay" }, ...rest);
+    }
+  };
+})();
+"""
 
 
 @dataclass(frozen=True)
