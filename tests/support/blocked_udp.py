@@ -33,7 +33,7 @@ IP = "/usr/sbin/ip" if Path("/usr/sbin/ip").exists() else "ip"
 NFT = "/usr/sbin/nft" if Path("/usr/sbin/nft").exists() else "nft"
 # Private /30s for the veth pair; one is picked at random among those no interface uses, so
 # that parallel test runs (several worktrees on one machine) do not collide.
-SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
+SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 COMMAND_TIMEOUT = 15.0
 # Drops UDP both ways, on every interface of the namespace: Chromium can neither send STUN or
 # media over UDP nor receive it. TCP (signalling, TURN/TCP, TURN/TLS, ICE-TCP) passes.
@@ -94,7 +94,7 @@ def _run(*command: str, namespace: str | None = None, check: bool = True,
 
 def _free_subnet() -> ipaddress.IPv4Network:
     used = _run(IP, "-4", "-o", "addr", "show").stdout
-    in_use = {ipaddress.ip_interface(word).network for line in used.splitlines()
+    in_use = {ipaddress.IPv4Interface(word).network for line in used.splitlines()
               for word in line.split()[3:4]}
     candidates = list(SUBNET_POOL.subnets(new_prefix=30))
     for _ in range(64):
