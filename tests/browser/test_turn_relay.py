@@ -4,7 +4,9 @@ with the gateway's TURN REST secret (the gateway hands out the credentials in /c
 
 - relay only (`iceTransportPolicy: "relay"`), over TURN/UDP, TURN/TCP and TURN/TLS;
 - Chromium in a network namespace that drops all UDP: the call connects over TURN/TCP;
-- a relay-only browser whose TURN server is down: the web phone says the network blocked media.
+- a relay-only browser whose TURN server is down: the web phone says the network blocked media;
+- coturn itself: the gateway's REST credentials allocate, a wrong secret does not, and the
+  relay reaches the allowed gateway address but not a private one.
 
 Each connected call proves tone both ways and, from getStats(), that the selected candidate pair
 is a relay candidate over the intended protocol; the web phone's quality line names the path.
@@ -12,14 +14,19 @@ is a relay candidate over the intended protocol; the web phone's quality line na
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aioice import stun
+from aioice.turn import TurnClientUdpProtocol
 
+from gateway.web import turn_credentials
 from tests.browser.test_browser_to_phone import PHONE_TONE, assert_both_hear
 from tests.browser.webphone import WebPhone, launch_private_browser
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
@@ -121,6 +128,44 @@ async def test_relay_only_browser_calls_a_phone_through_coturn(
             await web.screenshot("40-call-over-turn-tls")
         await web.hang_up()
         await phone.wait_for("call_state", 15, state="DISCONNECTED")
+
+
+async def allocate(coturn: Coturn, secret: str) -> TurnClientUdpProtocol:
+    """A TURN/UDP allocation with credentials made the way the gateway makes them."""
+    credentials = turn_credentials(secret, "alice", 600, time.time())
+    server = (coturn.host, coturn.port)
+    _, client = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: TurnClientUdpProtocol(server, username=credentials.username,
+                                      password=credentials.credential, lifetime=600,
+                                      channel_refresh_time=300),
+        remote_addr=server)
+    try:
+        await client.connect()
+    except BaseException:
+        client.transport.close()
+        raise
+    return client
+
+
+async def test_coturn_takes_the_gateways_credentials_and_relays_only_to_allowed_peers(
+    coturn: Coturn,
+) -> None:
+    """What deploy/coturn/turnserver.conf promises: no allocation without the shared secret,
+    and no relaying to private addresses (only the one the test allows, the gateway's)."""
+    with pytest.raises(stun.TransactionFailed, match="401"):
+        await allocate(coturn, "not-" + TURN_SECRET)
+    client = await allocate(coturn, TURN_SECRET)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.settimeout(5.0)
+            await client.send_data(b"relayed", peer.getsockname())
+            data, source = await asyncio.to_thread(peer.recvfrom, 64)
+            assert data == b"relayed" and source == client.relayed_address
+        with pytest.raises(stun.TransactionFailed, match="403"):
+            await client.send_data(b"into the LAN", ("192.168.0.1", 5060))
+    finally:
+        await client.delete()
 
 
 def test_the_namespace_drops_udp_and_passes_tcp(no_udp_network: BlockedUdpNetwork | None
