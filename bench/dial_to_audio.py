@@ -19,7 +19,10 @@ in → 200 OK out, digest challenge round trip and SDP rewriting/media anchoring
 --path picks the media path between the browser and the gateway: `udp` (default: direct, host
 candidates) or `turn-udp` / `turn-tcp` / `turn-tls`, where a real coturn (started from
 deploy/coturn/turnserver.conf, tests/support/coturn.py) relays it and the browser is relay-only
-(iceTransportPolicy "relay"). Each call's selected candidate pair is checked to be that path.
+(iceTransportPolicy "relay"). `no-udp` runs Chromium in a network namespace that drops all UDP
+(tests/support/blocked_udp.py, needs root) with the gateway handing out TURN over UDP and TCP,
+as a deployment would: the browser must find out that only TURN/TCP works. Each call's selected
+candidate pair is checked to be that path.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import asyncio
 import contextlib
 import re
 import secrets
+import socket
 import statistics
 import sys
 import tempfile
@@ -43,10 +47,12 @@ from tests.browser.webphone import (  # noqa: E402 - needs the repository on sys
     launch_private_browser,
 )
 from tests.fixtures.gateway import GatewayProcess, start_gateway  # noqa: E402
-from tests.support.browser import write_browser_tone  # noqa: E402
+from tests.support.blocked_udp import blocked_udp_network, secure_origin_flag  # noqa: E402
+from tests.support.browser import CHROMIUM, write_browser_tone  # noqa: E402
 from tests.support.coturn import RELAY_ONLY_POLICY, running_coturn  # noqa: E402
 from tests.support.healthz import gateway_http_url  # noqa: E402
 from tests.support.pjsua_phone import PjsuaPhone  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 PHONE_TONE = 1000.0
 BROWSER_TONE = 440.0
@@ -59,7 +65,7 @@ CALLS_PER_PHONE = 4
 # --path: the browser's selected candidate (type, relayProtocol) each path must show.
 PATHS = {
     "udp": ("host", None), "turn-udp": ("relay", "udp"), "turn-tcp": ("relay", "tcp"),
-    "turn-tls": ("relay", "tls"),
+    "turn-tls": ("relay", "tls"), "no-udp": ("relay", "tcp"),
 }
 PJSIP_RX_INVITE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) .*\.RX \d+ bytes Request msg INVITE/")
 PJSIP_TX_200 = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) .*\.TX \d+ bytes Response msg 200/INVITE/")
@@ -180,7 +186,20 @@ async def main(calls: int, path: str) -> None:
     with contextlib.ExitStack() as stack:
         gateway_args: list[str] = []
         browser_args: tuple[str, ...] = ()
-        if path.startswith("turn-"):
+        chromium = CHROMIUM
+        page_url = ""
+        if path == "no-udp":
+            network = stack.enter_context(blocked_udp_network())
+            coturn = stack.enter_context(running_coturn(
+                workdir / "coturn", secret=secrets.token_hex(32),
+                listen=("127.0.0.1", network.host_address)))
+            ws_port = free_port(socket.SOCK_STREAM)
+            page_url = f"http://{network.host_address}:{ws_port}"
+            gateway_args = [*coturn.gateway_args("udp", "tcp", host=network.host_address),
+                            "--ws", f"{network.host_address}:{ws_port}"]
+            browser_args = (*coturn.chromium_args(), secure_origin_flag(page_url))
+            chromium = str(network.chromium)
+        elif path.startswith("turn-"):
             coturn = stack.enter_context(running_coturn(workdir / "coturn",
                                                         secret=secrets.token_hex(32)))
             gateway_args = coturn.gateway_args(path.removeprefix("turn-"))
@@ -189,11 +208,12 @@ async def main(calls: int, path: str) -> None:
                                       extra_args=gateway_args)
         try:
             tone = write_browser_tone(workdir / "browser.wav", BROWSER_TONE)
-            async with launch_private_browser(tone, name="dial-bench",
-                                              extra_args=browser_args) as browser:
+            async with launch_private_browser(tone, name="dial-bench", extra_args=browser_args,
+                                              executable=chromium) as browser:
                 if path.startswith("turn-"):
                     await browser.context.add_init_script(RELAY_ONLY_POLICY)
-                web = await WebPhone.open(browser, gateway_http_url(gateway), "alice")
+                web = await WebPhone.open(browser, page_url or gateway_http_url(gateway),
+                                          "alice")
                 await web.sign_in_and_wait("alice", users["alice"])
                 results = await timed_calls(web, gateway, users["bob"], calls, path)
         finally:
@@ -225,6 +245,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=7, help=f"calls to time (≤ {MAX_CALLS})")
     parser.add_argument("--path", choices=sorted(PATHS), default="udp",
-                        help="media path: direct UDP, or through coturn over UDP, TCP or TLS")
+                        help="media path: direct UDP, through coturn over UDP, TCP or TLS, "
+                             "or from a browser whose UDP is blocked (root)")
     arguments = parser.parse_args()
     asyncio.run(main(min(max(arguments.calls, 1), MAX_CALLS), arguments.path))

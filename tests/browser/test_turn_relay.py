@@ -34,6 +34,7 @@ from tests.support.blocked_udp import (
     BlockedUdpNetwork,
     BlockedUdpUnavailable,
     blocked_udp_network,
+    secure_origin_flag,
 )
 from tests.support.browser import BrowserSession, write_browser_tone
 from tests.support.coturn import RELAY_ONLY_POLICY, Coturn, running_coturn
@@ -45,12 +46,6 @@ BROWSER_TONE = 440.0
 TURN_SECRET = secrets.token_hex(32)
 PATH_TEXT = {"udp": "relay (UDP)", "tcp": "relay (TCP)", "tls": "relay (TLS)"}
 ICE_FAILURE_TIMEOUT_MS = 60_000  # Chromium gives up on ICE after ~30 s of failed checks
-
-
-def secure_origin(origin: str) -> str:
-    """getUserMedia needs a secure context: https, or loopback. A page on the blocked network's
-    plain-http address gets one by this flag (deployments serve the web phone over https)."""
-    return f"--unsafely-treat-insecure-origin-as-secure={origin}"
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +205,7 @@ async def test_browser_without_udp_calls_a_phone_over_turn_tcp(
     tone = write_browser_tone(tmp_path / "browser.wav", BROWSER_TONE)
     async with registered_phone(gateway, "bob", PHONE_TONE) as phone, \
             launch_private_browser(tone, name="no-udp", executable=str(network.chromium),
-                                   extra_args=(*coturn.chromium_args(), secure_origin(page))
+                                   extra_args=(*coturn.chromium_args(), secure_origin_flag(page))
                                    ) as browser:
         web = await WebPhone.open(browser, page, "alice")
         pair = await call_and_hear(web, gateway, phone, tmp_path / "phone-heard.wav")

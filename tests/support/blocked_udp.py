@@ -75,6 +75,12 @@ class BlockedUdpNetwork:
                    if "counter" in line)
 
 
+def secure_origin_flag(origin: str) -> str:
+    """Chromium flag that lets a page on origin use getUserMedia: it needs a secure context
+    (https, or loopback), and pages on the namespace's plain-http address are neither."""
+    return f"--unsafely-treat-insecure-origin-as-secure={origin}"
+
+
 def word_after(line: str, word: str) -> str:
     words = line.split()
     return words[words.index(word) + 1]
