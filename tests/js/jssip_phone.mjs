@@ -1,0 +1,116 @@
+// A bare JsSIP phone for the transfer and call-waiting tests (no project UI): several calls at
+// once, hold, blind and attended transfer (REFER, REFER with Replaces) out and in. Exposed as
+// window.ws2sipJssip; the test reads window.ws2sipJssip.events and each referral's NOTIFYs.
+//
+// Calls are numbered in the order the UA meets them (outgoing, incoming, and those JsSIP makes
+// itself for a REFER or an INVITE with Replaces). Incoming calls wait for answer(), except an
+// INVITE with Replaces, which takes its call's place at once.
+
+const AUDIO_ONLY = { mediaConstraints: { audio: true, video: false } };
+
+const calls = [];
+const events = [];
+const referrals = [];
+let ua = null;
+
+function note(type, details = {}) {
+  events.push({ type, at: performance.now(), ...details });
+}
+
+function track(session, originator, request) {
+  const index = calls.length;
+  const entry = { session, remoteStream: new MediaStream(), index };
+  calls.push(entry);
+  const listen = (pc) => {
+    pc.addEventListener('track', (e) => entry.remoteStream.addTrack(e.track));
+    entry.pc = pc;
+  };
+  if (session.connection) listen(session.connection);
+  session.on('peerconnection', ({ peerconnection }) => listen(peerconnection));
+  session.on('confirmed', () => note('confirmed', { index }));
+  session.on('ended', (e) => note('ended', { index, originator: e.originator, cause: e.cause }));
+  session.on('failed', (e) => note('failed', { index, originator: e.originator, cause: e.cause }));
+  session.on('hold', (e) => note('hold', { index, originator: e.originator }));
+  session.on('unhold', (e) => note('unhold', { index, originator: e.originator }));
+  session.on('refer', (e) => {
+    note('refer', { index, target: e.request.refer_to.uri.toString() });
+    e.accept(() => {}, { ...AUDIO_ONLY });
+  });
+  session.on('replaces', (e) => {
+    note('replaces', { index });
+    e.accept();
+  });
+  const replacing = originator === 'remote' && request.hasHeader('replaces');
+  note('call', { index, originator, replacing, from: request.from.uri.toString() });
+  // Answered once JsSIP has finished setting the incoming call up.
+  if (replacing) setTimeout(() => session.answer({ ...AUDIO_ONLY }), 0);
+}
+
+function start(wsUrl, user, password, domain) {
+  ua = new JsSIP.UA({
+    sockets: [new JsSIP.WebSocketInterface(wsUrl)], uri: `sip:${user}@${domain}`, password,
+  });
+  ua.on('newRTCSession', (e) => track(e.session, e.originator, e.request));
+  return new Promise((registered, failed) => {
+    ua.on('registered', () => registered());
+    ua.on('registrationFailed', (e) => failed(new Error(`REGISTER failed: ${e.cause}`)));
+    ua.start();
+  });
+}
+
+function call(target) {
+  ua.call(target, { ...AUDIO_ONLY });
+  return calls.length - 1;
+}
+
+function session(index) {
+  const entry = calls[index];
+  if (!entry) throw new Error(`no call ${index} (${calls.length} calls)`);
+  return entry.session;
+}
+
+// Blind transfer (target a URI) or attended (replacesIndex: the call whose peer takes over).
+// Returns the referral's number; its NOTIFYs' status lines land in referrals[number].
+function refer(index, target, replacesIndex = null) {
+  const number = referrals.length;
+  const notifies = [];
+  referrals.push(notifies);
+  const options = {
+    eventHandlers: {
+      requestSucceeded: ({ response }) => note('referAccepted', { number, status: response.status_code }),
+      requestFailed: ({ response, cause }) => note('referFailed', { number, status: response ? response.status_code : 0, cause }),
+      trying: ({ request }) => notifies.push(request.body.trim().split('\r\n', 1)[0]),
+      progress: ({ request }) => notifies.push(request.body.trim().split('\r\n', 1)[0]),
+      accepted: ({ request }) => {
+        notifies.push(request.body.trim().split('\r\n', 1)[0]);
+        note('transferred', { number });
+      },
+      failed: ({ request }) => {
+        notifies.push(request.body.trim().split('\r\n', 1)[0]);
+        note('transferFailed', { number });
+      },
+    },
+  };
+  if (replacesIndex !== null) options.replaces = session(replacesIndex);
+  session(index).refer(target, options);
+  return number;
+}
+
+function heard(index, listenMs) {
+  return window.ws2sipMedia.dominantFrequency(calls[index].remoteStream, listenMs);
+}
+
+window.ws2sipJssip = {
+  start,
+  call,
+  refer,
+  heard,
+  answer: (index) => session(index).answer({ ...AUDIO_ONLY }),
+  hangUp: (index) => session(index).terminate(),
+  hold: (index) => session(index).hold(),
+  unhold: (index) => session(index).unhold(),
+  stats: (index) => window.ws2sipMedia.stats(calls[index].pc),
+  calls,
+  events,
+  referrals,
+};
