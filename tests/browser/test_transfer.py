@@ -145,6 +145,16 @@ async def pbx(gateway: GatewayProcess, pbx_port: int) -> AsyncIterator[PjsuaPhon
         await phone.stop()
 
 
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def fresh_events(alice: JssipPage, carol: JssipPage, bob: PjsuaPhone, dave: PjsuaPhone,
+                       pbx: PjsuaPhone) -> None:
+    """Each test waits only for what happens in it, not for a shared peer's older events."""
+    for page in (alice, carol):
+        await page.forget_events()
+    for phone in (bob, dave, pbx):
+        phone.forget_events()
+
+
 # --- checks ------------------------------------------------------------------------------------
 
 async def media_sessions(gateway: GatewayProcess) -> int:
@@ -300,4 +310,118 @@ async def test_browser_transfers_a_pbx_call_to_another_browser_through_the_trunk
     await browser_and_phone_hear_each_other(carol, incoming["index"], CAROL_TONE, pbx,
                                             PBX_TONE, tmp_path / "pbx-hears-carol.wav")
     await carol.hang_up(incoming["index"])
+    await wait_media_sessions(gateway, 0)
+
+
+# --- attended transfer -------------------------------------------------------------------------
+
+async def test_browser_consults_a_phone_then_transfers_the_first_phone_to_it(
+    gateway: GatewayProcess, alice: JssipPage, bob: PjsuaPhone, dave: PjsuaPhone,
+    tmp_path: Path,
+) -> None:
+    first = await alice.call(f"sip:bob@{DOMAIN}")
+    await alice.wait_event("confirmed", index=first)
+    bob_first = (await bob.wait_for("call_state", STATE_TIMEOUT, state="CONFIRMED"))["call"]
+    await alice.hold(first)
+    await alice.wait_event("hold", index=first, originator="local")
+    consult = await alice.call(f"sip:dave@{DOMAIN}")
+    await alice.wait_event("confirmed", index=consult)
+    dave_consult = (await dave.wait_for("call_state", STATE_TIMEOUT, state="CONFIRMED"))["call"]
+    assert await media_sessions(gateway) == 2
+
+    referral = await alice.refer(first, f"sip:dave@{DOMAIN}", replaces=consult)
+    await bob.wait_for("transfer_request", STATE_TIMEOUT, call=bob_first)
+    replaced = await dave.wait_for("call_replaced", STATE_TIMEOUT, call=dave_consult)
+    await alice.wait_event("transferred", number=referral)
+    sipfrag_progress(await alice.notifies(referral))
+    # dave's phone ends the replaced consultation itself (BYE to alice).
+    await alice.wait_event("ended", index=consult, originator="remote")
+    await alice.hang_up(first)
+    await wait_disconnected(bob, bob_first)
+
+    await phones_hear_each_other(bob, BOB_TONE, dave, DAVE_TONE, tmp_path)
+    # Phone to phone: nothing left to anchor, both of alice's anchors are gone.
+    await wait_media_sessions(gateway, 0)
+    await dave.hangup(replaced["new_call"])
+    await bob.wait_for("call_state", STATE_TIMEOUT, state="DISCONNECTED")
+
+
+async def test_phone_consults_a_browser_then_transfers_the_first_browser_to_it(
+    gateway: GatewayProcess, alice: JssipPage, carol: JssipPage, bob: PjsuaPhone,
+) -> None:
+    bob_first = await bob.call(f"sip:alice@{DOMAIN}")
+    alice_call = (await alice.wait_event("call", originator="remote"))["index"]
+    await alice.answer(alice_call)
+    await bob.wait_for("call_state", STATE_TIMEOUT, call=bob_first, state="CONFIRMED")
+    await bob.hold(bob_first)
+    await alice.wait_event("hold", index=alice_call, originator="remote")
+    bob_consult = await bob.call(f"sip:carol@{DOMAIN}")
+    carol_consult = (await carol.wait_event("call", originator="remote"))["index"]
+    await carol.answer(carol_consult)
+    await bob.wait_for("call_state", STATE_TIMEOUT, call=bob_consult, state="CONFIRMED")
+
+    await bob.xfer_replaces(bob_first, bob_consult)
+    refer = await alice.wait_event("refer", index=alice_call)
+    assert refer["target"].startswith(f"sip:carol@{DOMAIN}?") and "Replaces=" in \
+        refer["target"], refer
+    replacing = await carol.wait_event("call", originator="remote", replacing=True)
+    alice_new = alice_call + 1
+    await alice.wait_event("confirmed", index=alice_new)
+    await carol.wait_event("confirmed", index=replacing["index"])
+    status = await bob.wait_for("transfer_status", STATE_TIMEOUT, call=bob_first, final=True)
+    assert (status["code"], status["reason"]) == (200, "OK"), status
+    # carol's JsSIP ends the replaced consultation (BYE to bob); bob ends the first call.
+    await bob.wait_for("call_state", STATE_TIMEOUT, call=bob_consult, state="DISCONNECTED")
+    await bob.hangup(bob_first)
+    await alice.wait_event("ended", index=alice_call)
+
+    await browsers_hear_each_other(alice, alice_new, ALICE_TONE, carol, replacing["index"],
+                                   CAROL_TONE)
+    await wait_media_sessions(gateway, 0)  # browser to browser: nothing anchored
+    await alice.hang_up(alice_new)
+    await carol.wait_event("ended", index=replacing["index"])
+
+
+# --- two calls at once -------------------------------------------------------------------------
+
+async def test_browser_holds_a_call_answers_a_second_and_swaps_back(
+    gateway: GatewayProcess, alice: JssipPage, bob: PjsuaPhone, dave: PjsuaPhone,
+    tmp_path: Path,
+) -> None:
+    bob_call = await bob.call(f"sip:alice@{DOMAIN}")
+    with_bob = (await alice.wait_event("call", originator="remote"))["index"]
+    await alice.answer(with_bob)
+    await bob.wait_for("call_state", STATE_TIMEOUT, call=bob_call, state="CONFIRMED")
+
+    dave_call = await dave.call(f"sip:alice@{DOMAIN}")
+    with_dave = (await alice.wait_event("call", originator="remote"))["index"]  # waiting
+    await alice.hold(with_bob)
+    await alice.wait_event("hold", index=with_bob, originator="local")
+    await alice.answer(with_dave)
+    await dave.wait_for("call_state", STATE_TIMEOUT, call=dave_call, state="CONFIRMED")
+    assert await media_sessions(gateway) == 2
+    await browser_and_phone_hear_each_other(alice, with_dave, ALICE_TONE, dave, DAVE_TONE,
+                                            tmp_path / "dave-1.wav")
+
+    await alice.hold(with_dave)
+    await alice.wait_event("hold", index=with_dave, originator="local")
+    bob.forget_events()
+    await alice.unhold(with_bob)
+    await alice.wait_event("unhold", index=with_bob, originator="local")
+    # JsSIP says "unhold" as it sends the re-INVITE; the phone's stream is back once answered.
+    await bob.wait_for("media_active", STATE_TIMEOUT, call=bob_call)
+    await browser_and_phone_hear_each_other(alice, with_bob, ALICE_TONE, bob, BOB_TONE,
+                                            tmp_path / "bob.wav")
+
+    await alice.hang_up(with_bob)
+    await bob.wait_for("call_state", STATE_TIMEOUT, call=bob_call, state="DISCONNECTED")
+    await wait_media_sessions(gateway, 1)
+    dave.forget_events()
+    await alice.unhold(with_dave)
+    await alice.wait_event("unhold", index=with_dave, originator="local")
+    await dave.wait_for("media_active", STATE_TIMEOUT, call=dave_call)
+    await browser_and_phone_hear_each_other(alice, with_dave, ALICE_TONE, dave, DAVE_TONE,
+                                            tmp_path / "dave-2.wav")
+    await dave.hangup(dave_call)
+    await alice.wait_event("ended", index=with_dave)
     await wait_media_sessions(gateway, 0)

@@ -6,7 +6,9 @@
 // itself for a REFER or an INVITE with Replaces). Incoming calls wait for answer(), except an
 // INVITE with Replaces, which takes its call's place at once.
 
-const AUDIO_ONLY = { mediaConstraints: { audio: true, video: false } };
+// No ICE servers: JsSIP's default STUN server is on the Internet, and waiting for it holds
+// every INVITE and answer back until ICE gathering times out.
+const AUDIO_ONLY = { mediaConstraints: { audio: true, video: false }, pcConfig: { iceServers: [] } };
 
 const calls = [];
 const events = [];

@@ -99,6 +99,11 @@ class JssipPage:
         event: dict[str, Any] = await found.json_value()
         return event
 
+    async def forget_events(self) -> None:
+        """Mark every event so far as consumed (a page shared by several tests)."""
+        await self.page.evaluate(
+            "() => window.ws2sipJssip.events.forEach((e) => { e.claimed = true; })")
+
     async def events(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = await self.page.evaluate("() => window.ws2sipJssip.events")
         return events

@@ -156,6 +156,10 @@ class PjsuaPhone:
     def unclaimed_events(self, event: str | None = None) -> list[dict[str, Any]]:
         return self._agent.unclaimed_events(event)
 
+    def forget_events(self) -> None:
+        """Drop unclaimed events (a phone shared by several tests starts each clean)."""
+        self._agent.forget_events()
+
     async def stop(self) -> None:
         """Hang up everything, unregister and end the process."""
         await self._agent.shutdown("quit", timeout=10.0)
