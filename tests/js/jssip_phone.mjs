@@ -15,8 +15,11 @@ const events = [];
 const referrals = [];
 let ua = null;
 
+let autoAnswer = false;
+
+// `at` is Date.now(): the same clock as the phones' and the gateway's logs (bench/).
 function note(type, details = {}) {
-  events.push({ type, at: performance.now(), ...details });
+  events.push({ type, at: Date.now(), ...details });
 }
 
 function track(session, originator, request) {
@@ -29,6 +32,7 @@ function track(session, originator, request) {
   };
   if (session.connection) listen(session.connection);
   session.on('peerconnection', ({ peerconnection }) => listen(peerconnection));
+  session.on('accepted', () => note('accepted', { index }));
   session.on('confirmed', () => note('confirmed', { index }));
   session.on('ended', (e) => note('ended', { index, originator: e.originator, cause: e.cause }));
   session.on('failed', (e) => note('failed', { index, originator: e.originator, cause: e.cause }));
@@ -45,7 +49,9 @@ function track(session, originator, request) {
   const replacing = originator === 'remote' && request.hasHeader('replaces');
   note('call', { index, originator, replacing, from: request.from.uri.toString() });
   // Answered once JsSIP has finished setting the incoming call up.
-  if (replacing) setTimeout(() => session.answer({ ...AUDIO_ONLY }), 0);
+  if (originator === 'remote' && (replacing || autoAnswer)) {
+    setTimeout(() => session.answer({ ...AUDIO_ONLY }), 0);
+  }
 }
 
 function start(wsUrl, user, password, domain) {
@@ -94,8 +100,47 @@ function refer(index, target, replacesIndex = null) {
     },
   };
   if (replacesIndex !== null) options.replaces = session(replacesIndex);
+  note('referSent', { number });
   session(index).refer(target, options);
   return number;
+}
+
+// Date.now() when call `index` (which may not exist yet) first carries a clear toneHz,
+// polling a small-FFT AnalyserNode every 5 ms as bench/dial_to_audio.py does; null on timeout.
+async function firstHeard(index, toneHz, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(calls[index] && calls[index].remoteStream.getAudioTracks().length)) {
+    if (Date.now() > deadline) return null;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  const stream = calls[index].remoteStream;
+  const element = window.ws2sipMedia.keepFlowing(stream);
+  const context = new AudioContext();
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 2048;
+  analyser.smoothingTimeConstant = 0;
+  context.createMediaStreamSource(stream).connect(analyser);
+  const bins = new Float32Array(analyser.frequencyBinCount);
+  const hzPerBin = context.sampleRate / analyser.fftSize;
+  try {
+    while (Date.now() < deadline) {
+      analyser.getFloatFrequencyData(bins);
+      let peak = -Infinity;
+      let peakBin = 0;
+      let sum = 0;
+      bins.forEach((db, bin) => {
+        sum += 10 ** (db / 10);
+        if (bin * hzPerBin >= 50 && db > peak) { peak = db; peakBin = bin; }
+      });
+      const clear = 10 ** (peak / 10) > 100 * (sum / bins.length);
+      if (clear && Math.abs(peakBin * hzPerBin - toneHz) <= 2 * hzPerBin) return Date.now();
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    return null;
+  } finally {
+    element.srcObject = null;
+    await context.close();
+  }
 }
 
 function heard(index, listenMs) {
@@ -107,6 +152,8 @@ window.ws2sipJssip = {
   call,
   refer,
   heard,
+  firstHeard,
+  setAutoAnswer: (on) => { autoAnswer = on; },
   answer: (index) => session(index).answer({ ...AUDIO_ONLY }),
   hangUp: (index) => session(index).terminate(),
   hold: (index) => session(index).hold(),

@@ -70,6 +70,16 @@ class JssipPage:
             "([i, ms]) => window.ws2sipJssip.heard(i, ms)", [index, listen_ms])
         return frequency
 
+    async def set_auto_answer(self, on: bool) -> None:
+        """Answer incoming calls at once (a bench's callee)."""
+        await self.page.evaluate("(on) => window.ws2sipJssip.setAutoAnswer(on)", on)
+
+    async def first_heard(self, index: int, tone: float, timeout_ms: int) -> float | None:
+        """Date.now() (ms) when call `index`, perhaps not there yet, first carries `tone`."""
+        moment: float | None = await self.page.evaluate(
+            "([i, hz, ms]) => window.ws2sipJssip.firstHeard(i, hz, ms)", [index, tone, timeout_ms])
+        return moment
+
     async def stats(self, index: int) -> dict[str, Any]:
         facts: dict[str, Any] = await self.page.evaluate(
             "(i) => window.ws2sipJssip.stats(i)", index)
