@@ -210,7 +210,7 @@ class Proxy:
             if caller_aor is None:
                 return
             if request.method == "REFER":
-                self._authorise_refer(request, caller_aor)
+                await self._authorise_refer(request, caller_aor)
         replaced = self._replaced_party(request)
         if replaced is not None:
             destinations = [await self._replacement_destination(request, replaced)]
@@ -238,7 +238,7 @@ class Proxy:
             raise
 
     # --- transfer (RFC 3515 REFER, RFC 3891 Replaces) -------------------------------------------
-    def _authorise_refer(self, request: Request, referrer: str | None) -> None:
+    async def _authorise_refer(self, request: Request, referrer: str | None) -> None:
         """A REFER from a user is authorised as that user's INVITE would be: its Refer-To must
         be something the user could call (our domain, a trunk's number) or a call of ours its
         Replaces names; otherwise 403, and nobody is asked to call anyone. Referred-By
@@ -250,7 +250,7 @@ class Proxy:
         replaces = Replaces.in_uri_headers(target.headers)
         known_call = replaces is not None and \
             self.dialogs.replaced_party(replaces) is not None
-        if not known_call and not self._targets.may_reach(target):
+        if not known_call and not await self._targets.may_reach(target):
             raise SipError(403, f"Forbidden (Refer-To {target.host[:80]} is not reachable "
                                 f"for {referrer or 'this party'})")
         request.remove("referred-by")
@@ -292,7 +292,8 @@ class Proxy:
         receiver = self._dialog_receiver(dialog, request, server.flow, tokens)
         if request.method == "REFER" and self._trust.trunk_of(server.flow) is None:
             from_caller = request.from_.tag == dialog.caller_tag
-            self._authorise_refer(request, dialog.caller if from_caller else dialog.callee)
+            await self._authorise_refer(request,
+                                        dialog.caller if from_caller else dialog.callee)
         destination = Destination(await self._in_dialog_ruri(request, receiver), receiver.target)
         if request.method == "BYE":
             self.dialogs.extend(dialog, EARLY_DIALOG_LIFETIME)

@@ -88,12 +88,18 @@ class Targets:
                 self._dialogs.calls_of_trunk(trunk.name) >= trunk.max_calls:
             raise SipError(503, f"Trunk {trunk.name} call limit reached")
 
-    def may_reach(self, uri: SipUri) -> bool:
-        """Whether a user's INVITE to `uri` could be routed: our own domain (users, GRUUs),
-        or a number one of the trunks takes. The test a REFER's Refer-To must pass."""
+    async def may_reach(self, uri: SipUri) -> bool:
+        """Whether a user's INVITE to `uri` could be routed: one of our users or GRUUs, or a
+        number one of the trunks takes. The test a REFER's Refer-To must pass: a PBX told to
+        call a number dials it with its own rights, which must not exceed the user's."""
         if uri.scheme not in ("sip", "sips"):
             return False
-        return self.is_local_domain(uri) or bool(self._trunk_destinations(uri))
+        if self._trunk_destinations(uri):
+            return True
+        if not self.is_local_domain(uri):
+            return False
+        return self._gruus.resolve(uri) is not None or \
+            await self._user_exists(uri.user_decoded or "")
 
     def is_local_domain(self, uri: SipUri) -> bool:
         return uri.host.lower() == self._domain or self._addresses.is_local_uri(uri)

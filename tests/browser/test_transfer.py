@@ -329,8 +329,11 @@ async def test_browser_consults_a_phone_then_transfers_the_first_phone_to_it(
     dave_consult = (await dave.wait_for("call_state", STATE_TIMEOUT, state="CONFIRMED"))["call"]
     assert await media_sessions(gateway) == 2
 
-    referral = await alice.refer(first, f"sip:dave@{DOMAIN}", replaces=consult)
-    await bob.wait_for("transfer_request", STATE_TIMEOUT, call=bob_first)
+    # Refer-To names dave's phone by its own Contact (as SIP.js does), not by its user: only
+    # the gateway's record of the consultation routes bob's INVITE with Replaces there.
+    referral = await alice.refer(first, None, replaces=consult)
+    request = await bob.wait_for("transfer_request", STATE_TIMEOUT, call=bob_first)
+    assert f"sip:dave@127.0.0.1:{dave.sip_port}" in request["dst_uri"], request
     replaced = await dave.wait_for("call_replaced", STATE_TIMEOUT, call=dave_consult)
     await alice.wait_event("transferred", number=referral)
     sipfrag_progress(await alice.notifies(referral))

@@ -96,7 +96,11 @@ async def test_refer_is_authorised_like_an_invite_from_its_sender(
         assert (refused.status, refused.reason) == (
             403, f"Forbidden (Refer-To elsewhere.example is not reachable for "
                  f"sip:alice@{DOMAIN})")
-        assert not bob.requests[1:] or all(r.method != "REFER" for r in bob.requests)
+        # Nor to a number of our domain no trunk takes (a PBX referee would dial it).
+        nobody = in_dialog(alice, alice_dialog, "REFER",
+                           [("Refer-To", f"<sip:0900123@{DOMAIN}>")])
+        assert (await send_and_answer(alice, nobody)).status == 403
+        assert all(r.method != "REFER" for r in bob.requests)
 
         allowed = in_dialog(alice, alice_dialog, "REFER",
                             [refer_to, ("Referred-By", "<sip:mallory@elsewhere.example>")])

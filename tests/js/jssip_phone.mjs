@@ -32,10 +32,21 @@ function track(session, originator, request) {
   };
   if (session.connection) listen(session.connection);
   session.on('peerconnection', ({ peerconnection }) => listen(peerconnection));
-  session.on('accepted', () => note('accepted', { index }));
+  // The peer's own Contact (its remote target), which SIP.js and pjsua put in a Refer-To.
+  if (originator === 'remote') entry.remoteContact = request.parseHeader('contact').uri.toString();
+  session.on('accepted', ({ response }) => {
+    if (response) entry.remoteContact = response.parseHeader('contact').uri.toString();
+    note('accepted', { index });
+  });
   session.on('confirmed', () => note('confirmed', { index }));
   session.on('ended', (e) => note('ended', { index, originator: e.originator, cause: e.cause }));
   session.on('failed', (e) => note('failed', { index, originator: e.originator, cause: e.cause }));
+  // JsSIP sends its offer or answer once ICE gathering completes, and Chromium's gathering on
+  // this machine's other interfaces sometimes takes over 20 s. Media stays on loopback here:
+  // the loopback UDP host candidate is all the SDP needs.
+  session.on('icecandidate', (e) => {
+    if (/ udp \d+ 127\.0\.0\.1 /i.test(e.candidate.candidate)) e.ready();
+  });
   session.on('hold', (e) => note('hold', { index, originator: e.originator }));
   session.on('unhold', (e) => note('unhold', { index, originator: e.originator }));
   session.on('refer', (e) => {
@@ -77,9 +88,11 @@ function session(index) {
   return entry.session;
 }
 
-// Blind transfer (target a URI) or attended (replacesIndex: the call whose peer takes over).
-// Returns the referral's number; its NOTIFYs' status lines land in referrals[number].
+// Blind transfer (target a URI) or attended (replacesIndex: the call whose peer takes over;
+// target null: that peer's own Contact, as SIP.js writes it). Returns the referral's number;
+// its NOTIFYs' status lines land in referrals[number].
 function refer(index, target, replacesIndex = null) {
+  if (target === null) target = calls[replacesIndex].remoteContact;
   const number = referrals.length;
   const notifies = [];
   referrals.push(notifies);

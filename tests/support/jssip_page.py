@@ -53,8 +53,9 @@ class JssipPage:
     async def unhold(self, index: int) -> None:
         await self.page.evaluate("(i) => window.ws2sipJssip.unhold(i)", index)
 
-    async def refer(self, index: int, target: str, replaces: int | None = None) -> int:
-        """REFER call `index`'s peer to `target` (with Replaces naming call `replaces`)."""
+    async def refer(self, index: int, target: str | None, replaces: int | None = None) -> int:
+        """REFER call `index`'s peer to `target` (with Replaces naming call `replaces`; None:
+        to that call's peer's own Contact, as SIP.js does)."""
         number: int = await self.page.evaluate(
             "([i, t, r]) => window.ws2sipJssip.refer(i, t, r)", [index, target, replaces])
         return number
