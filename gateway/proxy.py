@@ -240,9 +240,9 @@ class Proxy:
     # --- transfer (RFC 3515 REFER, RFC 3891 Replaces) -------------------------------------------
     async def _authorise_refer(self, request: Request, referrer: str | None) -> None:
         """A REFER from a user is authorised as that user's INVITE would be: its Refer-To must
-        be something the user could call (our domain, a trunk's number) or a call of ours its
-        Replaces names; otherwise 403, and nobody is asked to call anyone. Referred-By
-        (RFC 3892) is the authenticated user, never what the sender wrote."""
+        be something the user could call (one of our users or GRUUs, a trunk's number) or a
+        call of ours its Replaces names; otherwise 403, and nobody is asked to call anyone.
+        Referred-By (RFC 3892) is the authenticated user, never what the sender wrote."""
         refer_to = request.name_addrs("refer-to")
         if len(refer_to) != 1:
             raise SipError(400, "Bad Request (a REFER needs exactly one Refer-To)")
@@ -253,9 +253,10 @@ class Proxy:
         if not known_call and not await self._targets.may_reach(target):
             raise SipError(403, f"Forbidden (Refer-To {target.host[:80]} is not reachable "
                                 f"for {referrer or 'this party'})")
-        request.remove("referred-by")
         if referrer is not None:
             request.set("Referred-By", f"<{referrer}>")
+        # Without a user of ours (the dialog came through another node, which has set it),
+        # Referred-By stays as it came.
 
     def _replaced_party(self, request: Request) -> ReplacedParty | None:
         """For an INVITE with Replaces naming one of our calls: the party that receives it."""
