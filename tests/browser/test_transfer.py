@@ -296,6 +296,13 @@ async def test_browser_transfers_a_pbx_call_to_another_browser_through_the_trunk
     await alice.wait_event("confirmed", index=first)
     pbx_first = (await pbx.wait_for("call_state", STATE_TIMEOUT, state="CONFIRMED"))["call"]
 
+    # Toll fraud by transfer: the PBX would dial a REFER's target with its own rights. One the
+    # user could not call is refused before it reaches the PBX.
+    abroad = await alice.refer(first, "sip:0044123456@elsewhere.example")
+    refused = await alice.wait_event("referFailed", number=abroad)
+    assert refused["status"] == 403, refused
+    assert not pbx.unclaimed_events("transfer_request")
+
     referral = await alice.refer(first, f"sip:carol@{DOMAIN}")
     await pbx.wait_for("transfer_request", STATE_TIMEOUT, call=pbx_first)
     incoming = await carol.wait_event("call", originator="remote")
