@@ -295,3 +295,19 @@ def test_coturn_matches_the_gateway_turn_settings() -> None:
         assert port and port[1] in ports, uri
         if uri.startswith("turns:"):
             assert port[1] == options["tls-listening-port"], uri
+
+
+def test_asterisk_sends_web_users_transfers_back_to_the_gateway() -> None:
+    """A web user's REFER to Asterisk names another web user (sip:bob@<domain>): the
+    endpoint's transfer context must reach to-ws2sip, which from-ws2sip does not (loop)."""
+    endpoints = dict(_typed(parse_asterisk_conf(
+        (DEPLOY / "asterisk" / "pjsip.conf").read_text()), "endpoint"))
+    gateway = endpoints["ws2sip"]
+    assert gateway.get("allow_transfer") == ["yes"]
+    assert gateway.get("refer_blind_progress") == ["yes"]
+    variables = dict(v.partition("=")[::2] for v in gateway.get("set_var", []))
+    contexts = {name: options for name, options in parse_asterisk_conf(
+        (DEPLOY / "asterisk" / "extensions.conf").read_text())}
+    transfers = contexts[variables["TRANSFER_CONTEXT"]]
+    assert "to-ws2sip" in transfers["include"], transfers
+    assert "to-ws2sip" not in contexts["from-ws2sip"].get("include", [])
