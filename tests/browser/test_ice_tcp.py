@@ -103,6 +103,8 @@ async def assert_media_over_ice_tcp(web: WebPhone, phone: PjsuaPhone, gateway: G
     assert pair["relayProtocol"] is None, pair
     assert pair["remote"] == f"{network.host_address}:{ice_tcp_port(gateway)}/tcp", pair
     assert pair["remoteType"] == "host", pair
+    quality = await web.wait_quality_line()
+    assert quality["text"].endswith("via TCP"), quality  # what the user is told
 
 
 async def test_web_phone_without_udp_calls_and_is_called_over_ice_tcp(
@@ -154,6 +156,7 @@ async def test_a_browser_that_reaches_udp_keeps_using_it(
         await web.wait_quality_line()
         pair = (await web.stats())["selectedPair"]
         assert pair["local"].endswith("/udp") and pair["remote"].endswith("/udp"), pair
+        assert (await web.wait_quality_line())["text"].endswith("via direct UDP")
         answer = gateway.log_text()
         assert f" {ice_tcp_port(gateway)} typ host tcptype passive" in answer
         await web.hang_up()
