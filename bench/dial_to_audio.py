@@ -21,8 +21,10 @@ candidates) or `turn-udp` / `turn-tcp` / `turn-tls`, where a real coturn (starte
 deploy/coturn/turnserver.conf, tests/support/coturn.py) relays it and the browser is relay-only
 (iceTransportPolicy "relay"). `no-udp` runs Chromium in a network namespace that drops all UDP
 (tests/support/blocked_udp.py, needs root) with the gateway handing out TURN over UDP and TCP,
-as a deployment would: the browser must find out that only TURN/TCP works. Each call's selected
-candidate pair is checked to be that path.
+as a deployment would: the browser must find out that only TURN/TCP works. `ice-tcp` blocks UDP
+the same way with no TURN server at all: the gateway offers a passive TCP candidate
+(--ice-tcp-listen) and the media runs over the browser's TCP connection to it. Each call's
+selected candidate pair is checked to be that path.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ CALLS_PER_PHONE = 4
 PATHS = {
     "udp": ("host", None), "turn-udp": ("relay", "udp"), "turn-tcp": ("relay", "tcp"),
     "turn-tls": ("relay", "tls"), "no-udp": ("relay", "tcp"),
+    # The browser's active TCP candidate, or the peer-reflexive one the gateway's check answer
+    # taught it: either way "host or prflx", over TCP, no relay (checked in one_call).
+    "ice-tcp": ("prflx", None),
 }
 PJSIP_RX_INVITE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) .*\.RX \d+ bytes Request msg INVITE/")
 PJSIP_TX_200 = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) .*\.TX \d+ bytes Response msg 200/INVITE/")
@@ -141,7 +146,10 @@ async def one_call(web: WebPhone, path: str) -> dict[str, float]:
                                      timeout=CALL_TIMEOUT_S * 1000)
     marks = await web.page.evaluate("window.dialMarks")
     pair = (await web.stats())["selectedPair"] or {}
-    if (pair.get("localType"), pair.get("relayProtocol")) != PATHS[path]:
+    observed = (pair.get("localType"), pair.get("relayProtocol"))
+    if path == "ice-tcp" and str(pair.get("local")).endswith("/tcp"):
+        observed = ("prflx", None) if observed == ("host", None) else observed
+    if observed != PATHS[path]:
         raise RuntimeError(f"--path {path}, but the call's selected candidate pair is {pair}")
     await web.hang_up()
     await web.wait_call_state("idle")
@@ -199,6 +207,15 @@ async def main(calls: int, path: str) -> None:
                             "--ws", f"{network.host_address}:{ws_port}"]
             browser_args = (*coturn.chromium_args(), secure_origin_flag(page_url))
             chromium = str(network.chromium)
+        elif path == "ice-tcp":
+            network = stack.enter_context(blocked_udp_network())
+            host = network.host_address
+            ws_port = free_port(socket.SOCK_STREAM)
+            page_url = f"http://{host}:{ws_port}"
+            gateway_args = ["--ws", f"{host}:{ws_port}", "--public-address", host,
+                            "--media-address", host, "--ice-tcp-listen", f"{host}:0"]
+            browser_args = (secure_origin_flag(page_url),)
+            chromium = str(network.chromium)
         elif path.startswith("turn-"):
             coturn = stack.enter_context(running_coturn(workdir / "coturn",
                                                         secret=secrets.token_hex(32)))
@@ -246,6 +263,7 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=7, help=f"calls to time (≤ {MAX_CALLS})")
     parser.add_argument("--path", choices=sorted(PATHS), default="udp",
                         help="media path: direct UDP, through coturn over UDP, TCP or TLS, "
-                             "or from a browser whose UDP is blocked (root)")
+                             "or from a browser whose UDP is blocked (root), through TURN/TCP "
+                             "or the gateway's own ICE-TCP")
     arguments = parser.parse_args()
     asyncio.run(main(min(max(arguments.calls, 1), MAX_CALLS), arguments.path))
