@@ -417,7 +417,7 @@ class IceTcpListener:
     def _adopted(self, task: asyncio.Task[Any]) -> None:
         self._adoptions.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.info("ICE-TCP connection handed over unusable: %s", task.exception())
+            log.debug("ICE-TCP connection handed over unusable: %s", task.exception())
 
     def _stop_handoffs(self) -> None:
         channel, self._handoff_channel = self._handoff_channel, None
@@ -469,7 +469,7 @@ def hand_over(channel: socket.socket, fd: int, received: bytes) -> bool:
     try:
         socket.send_fds(channel, [received], [fd])
     except OSError as error:  # a full channel (stalled worker) or a dead one
-        log.info("ICE-TCP connection not handed to its media worker: %s", error)
+        log.debug("ICE-TCP connection not handed to its media worker: %s", error)
         return False
     return True
 
