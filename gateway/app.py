@@ -24,6 +24,7 @@ from .auth import Authenticator
 from .config import Config, parse_hostport
 from .dispatch import RequestCounts, RequestDispatch
 from .edge_guard import EdgeGuard, GuardPolicy, open_ban_list
+from .lifecycle import NodeDrain
 from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_service
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
@@ -118,10 +119,13 @@ class Gateway:
             "ws2sip_bindings": ("registered contacts in the location service",
                                 self.location.count),
         })
+        self.ssl_context = (self._server_ssl()
+                            if config.listeners()["tls"] or config.listeners()["wss"] else None)
+        self.drain = NodeDrain(self)
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks = TaskSet(log, "request handling")
-        dispatch = RequestDispatch(
+        self.dispatch = dispatch = RequestDispatch(
             domain=config.domain, registrar=self.registrar, proxy=self.proxy,
             addresses=self.signalling.addresses, tasks=self._tasks,
             answer_register_eagerly=self.location.in_process and self.users.in_process,
@@ -146,7 +150,8 @@ class Gateway:
         for host, port in listeners["tcp"]:
             log.info("SIP/TCP on %s:%d", *await self.transport.listen_tcp(host, port))
         for host, port in listeners["tls"]:
-            bound = await self.transport.listen_tls(host, port, self._server_ssl())
+            assert self.ssl_context is not None
+            bound = await self.transport.listen_tls(host, port, self.ssl_context)
             log.info("SIP/TLS on %s:%d", *bound)
         for kind in ("ws", "wss"):
             for host, port in listeners[kind]:
@@ -199,7 +204,9 @@ class Gateway:
             ping_interval=config.ws_ping_interval,
             idle_timeout=config.ws_idle_timeout,
         )
-        ws_handler = make_handler(self.transport, policy, secure=secure, guard=self.guard)
+        ws_handler = make_handler(self.transport, policy, secure=secure, guard=self.guard,
+                                  on_flow_open=self.drain.websocket_opened,
+                                  draining=lambda: self.drain.draining)
         app = web.Application()
         app.router.add_get("/ws", ws_handler)
         WebPhoneSite(
@@ -212,7 +219,7 @@ class Gateway:
         runner = web.AppRunner(app, access_log=None, logger=RefusedRequestLog(),
                                keepalive_timeout=config.http_header_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=self._server_ssl() if secure else None)
+        site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context if secure else None)
         await site.start()
         self._runners.append(runner)
         # Our Via on requests sent down a WebSocket names the listener (or public address).
@@ -224,6 +231,8 @@ class Gateway:
         app = web.Application()
         app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_get("/healthz", self._health)
+        # Private like /metrics: `ws2sip drain` (and a Kubernetes preStop hook) posts here.
+        app.router.add_post("/drain", self._start_drain)
         runner = web.AppRunner(app, access_log=None, logger=RefusedRequestLog(),
                                keepalive_timeout=self.config.http_header_timeout)
         await runner.setup()
@@ -232,8 +241,18 @@ class Gateway:
         log.info("metrics on http://%s/metrics", format_address((host, port)))
 
     async def _health(self, request: web.Request) -> web.Response:
-        # Public: liveness only. Counts are for /metrics, on its own listener.
+        # Public: liveness only. Counts are for /metrics, on its own listener. A draining node
+        # is unhealthy first of all, so that the load balancer moves new clients away.
+        if self.drain.draining:
+            return web.json_response({"status": "draining", "node": self.node_id}, status=503)
         return web.json_response({"status": "ok", "node": self.node_id})
+
+    async def _start_drain(self, request: web.Request) -> web.Response:
+        log.warning("drain asked through the metrics listener by %s", request.remote)
+        self.drain.start()
+        return web.json_response({"status": "draining", "node": self.node_id,
+                                  "drain_grace": self.config.drain_grace,
+                                  "drain_timeout": self.config.drain_timeout}, status=202)
 
     def _server_ssl(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -250,6 +269,7 @@ class Gateway:
     # --- flows -------------------------------------------------------------------------------
     def _on_flow_closed(self, flow: Flow) -> None:
         self.guard.flow_closed(flow)
+        self.drain.flow_closed(flow)
         if flow.reliable:
             self._tasks.spawn(self._drop_flow_bindings(flow))
         self.proxy.flow_closed(flow)
