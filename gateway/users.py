@@ -195,6 +195,8 @@ class FileUserStore(UserStore):
                 raise ValueError(f"unsupported format version {document.get('version')!r}")
             records = [UserRecord(**entry) for entry in document["users"]]
         except (ValueError, KeyError, TypeError, AttributeError) as error:
+            # Said once (by the caller): not read again until it changes.
+            self._refused_signature = signature
             raise ValueError(f"malformed user file {self._path}: {error}") from error
         return UserFile(signature, {(r.username, r.domain): r for r in records})
 
@@ -214,10 +216,7 @@ class FileUserStore(UserStore):
         try:
             self.adopt(self.read_file())
         except ValueError as error:
-            signature = self._disk_signature()
-            if signature != self._refused_signature:
-                self._refused_signature = signature
-                log.error("%s; keeping the %d users read before", error, len(self._users))
+            log.error("%s; keeping the %d users read before", error, len(self._users))
 
     def _changed_on_disk(self) -> bool:
         self._checked_at = time.monotonic()
