@@ -40,6 +40,8 @@ log = logging.getLogger(f"ws2sip.{__name__}")
 
 DEMO_USERS = ("alice", "bob")
 GC_YOUNG_THRESHOLD = 50_000
+# A node whose heartbeat is this many intervals late is dead: its bindings are dropped.
+NODE_HEARTBEATS_MISSED = 3
 
 
 class Gateway:
@@ -161,7 +163,9 @@ class Gateway:
         for kind, host, port in self._local_addresses():
             self.signalling.addresses.add_listener(kind, host, port)
         self._heartbeat = NodeHeartbeat(
-            self.location, NodeInfo(self.node_id, self._internal_address(), time.time())
+            self.location, NodeInfo(self.node_id, self._internal_address(), time.time()),
+            interval=self.config.node_heartbeat,
+            ttl=NODE_HEARTBEATS_MISSED * self.config.node_heartbeat,
         )
         await self._heartbeat.start()
         for registration in self.trunk_registrations:

@@ -169,6 +169,8 @@ class Config:
     # Graceful drain (SIGTERM, `ws2sip drain`) and reload (SIGHUP): gateway/lifecycle.py.
     drain_grace: float = 5.0  # /healthz says "draining" this long before idle WebSockets close
     drain_timeout: float = 60.0  # then running calls may go on this long before they are cut
+    # Cluster liveness: a node misses 3 heartbeats and the others drop its bindings.
+    node_heartbeat: float = 5.0
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
 
     def listeners(self) -> dict[str, list[tuple[str, int]]]:
@@ -270,6 +272,7 @@ RANGES: dict[str, tuple[int, int]] = {
     # Graceful drain (gateway/lifecycle.py).
     "drain_grace": (0, 3_600),
     "drain_timeout": (0, DAY),
+    "node_heartbeat": (1, 3_600),
 }
 
 
@@ -560,6 +563,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--drain-timeout", type=float, metavar="S",
         help="...then calls in progress may go on up to S seconds before they are cut and the "
         "node exits (default 60); SIGHUP reloads users file, trunks, certificates and limits",
+    )
+    parser.add_argument(
+        "--node-heartbeat", type=float, metavar="S",
+        help="seconds between this node's heartbeats in Redis; the bindings of a node silent for "
+        "3 heartbeats are dropped by the others (default 5)",
     )
     parser.add_argument(
         "--no-demo-users", dest="demo_users", action="store_false", default=None,
