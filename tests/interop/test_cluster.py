@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.users import RedisUserStore
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.support.cluster import HaproxyProcess, ReconnectingUa, cluster_args, passwords
 from tests.support.healthz import gateway_metrics_url, wait_for_bindings
@@ -27,10 +28,18 @@ REACHABLE_WITHIN = 30.0  # ws_ping_interval, the gateway's keep-alive interval (
 
 async def start_nodes(gateway_factory: GatewayFactory, redis_url: str, count: int,
                       users: dict[str, str], secret: str, **drain: float) -> list[GatewayProcess]:
+    # Straight into Redis, where every node reads them: one `ws2sip user add` process per user
+    # would cost seconds.
+    store = RedisUserStore(redis_url)
+    try:
+        for name, password in users.items():
+            await store.add(name, DOMAIN, password)
+    finally:
+        await store.close()
     nodes = []
     for index in range(count):
         nodes.append(await gateway_factory(
-            users=users if index == 0 else None, domain=DOMAIN, redis_url=redis_url,
+            domain=DOMAIN, redis_url=redis_url,
             node_id=f"node-{index}", transports=("tcp", "ws"),
             extra_args=cluster_args(secret, **drain)))
     return nodes
@@ -56,15 +65,16 @@ async def test_killed_node_browsers_reconnect_through_haproxy_and_are_reachable_
     users = passwords([*names, "prober"])
     nodes = await start_nodes(gateway_factory, redis_url, 2, users, secrets.token_hex(16))
     lb = await HaproxyProcess.start(tmp_path, [node.ws_port for node in nodes])  # type: ignore[arg-type]
-    agents = [await JsSipAgent.start(name) for name in names]
+    agents = list(await asyncio.gather(*(JsSipAgent.start(name) for name in names)))
     prober = await WsSipUa.connect(nodes[1].ws_url, "prober", users["prober"], domain=DOMAIN)
     try:
+        # One after the other: leastconn then spreads them over the nodes.
         for agent, name in zip(agents, names, strict=True):
             outcome = await agent.register(lb.ws_url, f"sip:{name}@{DOMAIN}", users[name])
             assert outcome["outcome"] == "registered", outcome
         assert (await prober.register()).status == 200
-        for agent, name in zip(agents, names, strict=True):
-            assert await reachable(prober, agent, name)
+        assert all(await asyncio.gather(*(reachable(prober, agent, name)
+                                          for agent, name in zip(agents, names, strict=True))))
 
         assert nodes[0].process is not None
         nodes[0].process.send_signal(signal.SIGKILL)
@@ -116,8 +126,7 @@ async def test_killed_node_browsers_reconnect_through_haproxy_and_are_reachable_
             BROWSERS + 1
     finally:
         await prober.close()
-        for agent in agents:
-            await agent.stop()
+        await asyncio.gather(*(agent.stop() for agent in agents))
         await lb.stop()
 
 
