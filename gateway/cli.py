@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run(config, lambda: load_config(args.config, overrides))
     if args.command == "drain":
-        from .admin import drain_node
+        from .drain_client import drain_node
 
         return asyncio.run(drain_node(config, wait=args.wait))
     return asyncio.run(_user_command(args, config))
