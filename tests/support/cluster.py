@@ -57,17 +57,25 @@ class HaproxyProcess:
 
     @classmethod
     async def start(cls, directory: Path, node_ports: Sequence[int]) -> HaproxyProcess:
-        binary = shutil.which("haproxy")
-        if binary is None:
-            raise RuntimeError("haproxy is not installed; run tests/bootstrap.sh")
         if not 1 <= len(node_ports) <= 3:
             raise ValueError("haproxy.cfg names up to 3 nodes")
         port = free_port(socket.SOCK_STREAM)
-        admin_socket = directory / f"haproxy-{port}.sock"
-        env = {**os.environ, "WS2SIP_LB_BIND": f"127.0.0.1:{port}",
-               "WS2SIP_LB_ADMIN": str(admin_socket)}
+        environment = {"WS2SIP_LB_BIND": f"127.0.0.1:{port}"}
         for index, node_port in enumerate(node_ports, 1):
-            env[f"WS2SIP_NODE{index}"] = f"127.0.0.1:{node_port}"
+            environment[f"WS2SIP_NODE{index}"] = f"127.0.0.1:{node_port}"
+        return await cls.start_with(directory, environment)
+
+    @classmethod
+    async def start_with(cls, directory: Path, environment: dict[str, str]) -> HaproxyProcess:
+        """HAProxy on deploy/haproxy/haproxy.cfg with these WS2SIP_* variables (the admin
+        socket goes to `directory`); returns once every node is UP."""
+        binary = shutil.which("haproxy")
+        if binary is None:
+            raise RuntimeError("haproxy is not installed; run tests/bootstrap.sh")
+        port = int(environment["WS2SIP_LB_BIND"].rpartition(":")[2])
+        admin_socket = directory / f"haproxy-{port}.sock"
+        env = {**os.environ, **environment, "WS2SIP_LB_ADMIN": str(admin_socket)}
+        nodes = sorted(name for name in environment if name.startswith("WS2SIP_NODE"))
         ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
         log_path = ARTIFACTS_DIR / f"haproxy-{os.getpid()}-{port}.log"
         with log_path.open("wb") as log:
@@ -77,8 +85,9 @@ class HaproxyProcess:
             )
         haproxy = cls(port, admin_socket, log_path, process)
         try:
-            for index in range(1, len(node_ports) + 1):
-                await haproxy.wait_for_state(f"node{index}", "UP", START_TIMEOUT)
+            for name in nodes:
+                await haproxy.wait_for_state(f"node{name.removeprefix('WS2SIP_NODE')}", "UP",
+                                             START_TIMEOUT)
         except BaseException:
             await haproxy.stop()
             raise
