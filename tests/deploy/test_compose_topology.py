@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import yaml
 
 from gateway.config import load_config
 from gateway.users import RedisUserStore
@@ -32,6 +31,8 @@ from tests.support.cluster import HaproxyProcess
 from tests.support.healthz import metric_value
 from tests.support.ports import free_port
 from tests.support.ws_sip import WsSipUa
+
+yaml = pytest.importorskip("yaml")  # untyped (no stubs): Any, as in test_deploy_files
 
 DEPLOY = REPO_ROOT / "deploy"
 CLUSTER_CONFIG = DEPLOY / "ws2sip-cluster.toml"
@@ -218,7 +219,7 @@ async def test_compose_topology_runs_on_loopback_with_the_shipped_files(
     # The Sentinels watch the master, and have found its replica.
     sentinel = aioredis.Redis(host="127.0.0.1", port=sentinel_ports[0], decode_responses=True)
     try:
-        fields = await sentinel.sentinel_master("ws2sip")
+        fields: dict[str, Any] = await sentinel.sentinel_master("ws2sip")  # type: ignore[assignment]
         assert int(fields["port"]) == ports[6379]
         assert int(fields["num-slaves"]) == 1
         assert int(fields["quorum"]) == 2

@@ -9,12 +9,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
-import yaml
-from jsonschema import ValidationError
 
 from gateway.config import load_config
+
+# Untyped libraries (no stubs): Any here, as in test_deploy_files.
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+jsonschema = pytest.importorskip("jsonschema")
+yaml = pytest.importorskip("yaml")
 
 MANIFEST = Path(__file__).resolve().parent.parent.parent / "deploy" / "kubernetes" / "ws2sip.yaml"
 # The oldest release still maintained when this was written, and the newest the library knows.
@@ -43,7 +45,7 @@ def test_the_schema_check_catches_a_misspelt_field() -> None:
     container = broken["spec"]["template"]["spec"]["containers"][0]
     container["lifecycle"]["preStop"]["exec"]["comand"] = container["lifecycle"]["preStop"][
         "exec"].pop("command")
-    with pytest.raises(ValidationError, match="comand"):
+    with pytest.raises(jsonschema.ValidationError, match="comand"):
         kubernetes_validate.validate(broken, VERSIONS[0], strict=True)
 
 

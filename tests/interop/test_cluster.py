@@ -9,6 +9,7 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -59,12 +60,12 @@ async def reachable(prober: WsSipUa, agent: JsSipAgent, user: str) -> bool:
 
 
 async def test_killed_node_browsers_reconnect_through_haproxy_and_are_reachable_again(
-    gateway_factory: GatewayFactory, redis_url: str, tmp_path: object,
+    gateway_factory: GatewayFactory, redis_url: str, tmp_path: Path,
 ) -> None:
     names = [f"web{index}" for index in range(BROWSERS)]
     users = passwords([*names, "prober"])
     nodes = await start_nodes(gateway_factory, redis_url, 2, users, secrets.token_hex(16))
-    lb = await HaproxyProcess.start(tmp_path, [node.ws_port for node in nodes])  # type: ignore[arg-type]
+    lb = await HaproxyProcess.start(tmp_path, [node.port("ws") for node in nodes])
     agents = list(await asyncio.gather(*(JsSipAgent.start(name) for name in names)))
     prober = await WsSipUa.connect(nodes[1].ws_url, "prober", users["prober"], domain=DOMAIN)
     try:
@@ -175,14 +176,14 @@ async def call_repeatedly(caller: ReconnectingUa, callee: str, stats: CallStats,
 
 @pytest.mark.timeout(180)
 async def test_rolling_restart_under_call_load_drops_no_call(
-    gateway_factory: GatewayFactory, redis_url: str, tmp_path: object,
+    gateway_factory: GatewayFactory, redis_url: str, tmp_path: Path,
 ) -> None:
     callers = [f"caller{index}" for index in range(CALL_PAIRS)]
     callees = [f"callee{index}" for index in range(CALL_PAIRS)]
     users = passwords([*callers, *callees])
     nodes = await start_nodes(gateway_factory, redis_url, 2, users, secrets.token_hex(16),
                               drain_grace=1.0, drain_timeout=10.0)
-    lb = await HaproxyProcess.start(tmp_path, [node.ws_port for node in nodes])  # type: ignore[arg-type]
+    lb = await HaproxyProcess.start(tmp_path, [node.port("ws") for node in nodes])
     clients = [ReconnectingUa(lb.ws_url, name, users[name], DOMAIN) for name in users]
     for client in clients:
         client.start()

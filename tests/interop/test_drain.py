@@ -34,7 +34,8 @@ async def health(gateway: GatewayProcess) -> tuple[int, dict[str, object]]:
         return reply.status, await reply.json()
 
 
-async def wait_for_health(gateway: GatewayProcess, status: int, timeout: float = 10.0) -> dict:
+async def wait_for_health(gateway: GatewayProcess, status: int, timeout: float = 10.0
+                          ) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
