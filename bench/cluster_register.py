@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,10 +44,13 @@ from gateway.users import RedisUserStore  # noqa: E402
 HAPROXY_CONFIG = REPO_ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 
 
+Node = tuple[subprocess.Popen[bytes], int]  # the process and its WebSocket port
+
+
 @contextlib.contextmanager
-def nodes(count: int, redis_url: str, workdir: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], int]]]:
+def nodes(count: int, redis_url: str, workdir: Path) -> Iterator[list[Node]]:
     secret = secrets.token_hex(16)
-    started: list[tuple[subprocess.Popen[bytes], int]] = []
+    started: list[Node] = []
     try:
         for index in range(count):
             port = free_port()
@@ -64,7 +67,7 @@ def nodes(count: int, redis_url: str, workdir: Path) -> Iterator[list[tuple[subp
                 preexec_fn=raise_open_file_limit,
             )
             started.append((process, port))
-            if not wait_until_listening(port, READY_TIMEOUT, lambda: process.poll() is None):
+            if not wait_until_listening(port, READY_TIMEOUT, process_running(process)):
                 raise RuntimeError(f"node {index} did not start: see {log.name}")
         yield started
     finally:
@@ -72,6 +75,10 @@ def nodes(count: int, redis_url: str, workdir: Path) -> Iterator[list[tuple[subp
             process.terminate()
         for process, _ in started:
             process.wait(30)
+
+
+def process_running(process: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: process.poll() is None
 
 
 @contextlib.contextmanager
