@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess, run_gateway_command
 from tests.support.ports import free_port
-from tests.support.ws_sip import WsSipUa
+from tests.support.ws_sip import WsSipUa, browser_sdp
 
 DOMAIN = "example.com"
 REFUSED = "reload refused, the running configuration stays"
@@ -51,9 +51,23 @@ def served_common_name(port: int) -> str:
     return str(certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
 
-def settings(cert: Path, key: Path, max_connections_per_ip: int) -> str:
-    return (f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+def settings(cert: Path, key: Path, max_connections_per_ip: int, trunk_port: int = 0) -> str:
+    text = (f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
             f"max_connections_per_ip = {max_connections_per_ip}\n")
+    if trunk_port:
+        text += (f'[[trunks]]\nname = "pbx"\naddress = "127.0.0.1:{trunk_port}"\n'
+                 "match = '^9\\d+$'\nstrip_prefix = \"9\"\n")
+    return text
+
+
+class TrunkSocket(asyncio.DatagramProtocol):
+    """A PBX that only listens: the requests the gateway sends it."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.put_nowait(data)
 
 
 async def reload(gateway: GatewayProcess, line: str, count: int, timeout: float = 10.0) -> None:
@@ -89,15 +103,28 @@ async def test_sighup_reloads_users_certificate_and_limits_and_refuses_bad_files
         assert (await alice.register()).status == 200
 
         # A good reload: users file (dave added, bob removed), a new certificate in place of
-        # the old one, and a lower connection limit.
+        # the old one, a lower connection limit, and a trunk.
+        trunk = TrunkSocket()
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: trunk, local_addr=("127.0.0.1", 0))
+        trunk_port = transport.get_extra_info("sockname")[1]
         dave = secrets.token_urlsafe(9)
         for command in (["add", "dave", "--password", dave], ["del", "bob"]):
             await run_gateway_command(["user", *command, "--domain", DOMAIN,
                                        "--users-file", str(users_file)], gateway.log_path)
         write_certificate(cert, key, "second certificate")
-        config.write_text(settings(cert, key, 2))
+        config.write_text(settings(cert, key, 2, trunk_port))
         await reload(gateway, "reloaded: ", 1)
-        assert "max_connections_per_ip" in gateway.log_text().split("reloaded: ")[1]
+        reloaded = gateway.log_text().split("reloaded: ")[1].splitlines()[0]
+        assert "max_connections_per_ip" in reloaded and "trunks" in reloaded
+        # Dialling 9123 now goes to the new trunk, prefix stripped.
+        calling = asyncio.create_task(alice.call("9123", browser_sdp("actpass")))
+        try:
+            invite = await asyncio.wait_for(trunk.received.get(), 10)
+            assert invite.startswith(b"INVITE sip:123@127.0.0.1")
+        finally:
+            calling.cancel()
+            transport.close()
         assert served_common_name(tls_port) == "second certificate"
         assert (await alice.register("dave", dave)).status == 200
         assert (await alice.register("bob", users["bob"])).status != 200
@@ -113,7 +140,7 @@ async def test_sighup_reloads_users_certificate_and_limits_and_refuses_bad_files
         errors_before = gateway.log_text().count(" ERROR ")
         config.write_text("max_connections_per_ip = \"many\"\n")
         await reload(gateway, REFUSED, 1)
-        config.write_text(settings(cert, key, 2))
+        config.write_text(settings(cert, key, 2, trunk_port))
         users_text = users_file.read_text()
         users_file.write_text("{ not json")
         await reload(gateway, REFUSED, 2)
@@ -122,7 +149,7 @@ async def test_sighup_reloads_users_certificate_and_limits_and_refuses_bad_files
         assert (await alice.register()).status == 200
         users_file.write_text(users_text)
         write_certificate(tmp_path / "other.pem", tmp_path / "other-key.pem", "mismatched key")
-        config.write_text(settings(tmp_path / "other.pem", key, 2))
+        config.write_text(settings(tmp_path / "other.pem", key, 2, trunk_port))
         await reload(gateway, REFUSED, 3)
         log = gateway.log_text()
         refused = [line for line in log.splitlines() if REFUSED in line]
