@@ -23,8 +23,9 @@ from . import compiled
 from .auth import Authenticator
 from .config import Config, parse_hostport
 from .dispatch import RequestCounts, RequestDispatch
+from .drain_client import DRAIN_PATH
 from .edge_guard import EdgeGuard, GuardPolicy, open_ban_list
-from .lifecycle import NodeDrain
+from .lifecycle import NodeDrain, is_loopback
 from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_service
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
@@ -235,8 +236,8 @@ class Gateway:
         app = web.Application()
         app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_get("/healthz", self._health)
-        # Private like /metrics: `ws2sip drain` (and a Kubernetes preStop hook) posts here.
-        app.router.add_post("/drain", self._start_drain)
+        # `ws2sip drain` (and a Kubernetes preStop hook) posts here, from the node's own host.
+        app.router.add_post(DRAIN_PATH, self._start_drain)
         runner = web.AppRunner(app, access_log=None, logger=RefusedRequestLog(),
                                keepalive_timeout=self.config.http_header_timeout)
         await runner.setup()
@@ -252,7 +253,13 @@ class Gateway:
         return web.json_response({"status": "ok", "node": self.node_id})
 
     async def _start_drain(self, request: web.Request) -> web.Response:
-        log.warning("drain asked through the metrics listener by %s", request.remote)
+        # The metrics listener may be opened to a Prometheus server elsewhere: a drain takes
+        # the node out of service, so only a local process may ask for it.
+        if not is_loopback(request.remote):
+            log.warning("drain asked from %s refused: only from the node's own host",
+                        request.remote)
+            raise web.HTTPForbidden(text="drain only from the node's own host (loopback)\n")
+        log.warning("drain asked through the metrics listener")
         self.drain.start()
         return web.json_response({"status": "draining", "node": self.node_id,
                                   "drain_grace": self.config.drain_grace,

@@ -11,6 +11,9 @@ from sip.flow import WILDCARD_HOSTS, format_address
 
 from .config import Config, parse_hostport
 
+# Where a node takes drain requests: its private metrics listener, from loopback only.
+DRAIN_PATH = "/admin/drain"
+
 REQUEST_TIMEOUT = 10.0
 POLL_SECONDS = 0.5
 # --wait gives up this long after the node's own drain should have ended.
@@ -34,7 +37,7 @@ async def drain_node(config: Config, *, wait: bool) -> int:
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         try:
-            async with session.post(f"{base}/drain") as reply:
+            async with session.post(f"{base}{DRAIN_PATH}") as reply:
                 answer = await reply.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             print(f"ws2sip drain: no node answers at {base}: {error}", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
@@ -207,6 +208,13 @@ class ConfigReload:
             ]
             for registration in gateway.trunk_registrations:
                 registration.start()
+
+
+def is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def load_certificate(cert: str, key: str) -> ssl.SSLContext:

@@ -14,6 +14,7 @@ import sys
 import aiohttp
 import pytest
 
+from gateway.lifecycle import is_loopback
 from tests.fixtures.gateway import REPO_ROOT, GatewayFactory, GatewayProcess
 from tests.support.healthz import gateway_http_url
 from tests.support.ws_sip import WsSipUa, browser_sdp
@@ -128,3 +129,11 @@ async def test_drain_command_cuts_a_call_longer_than_the_deadline(
         await alice.close()
         await bob.close()
     assert "drain_timeout 1s reached: cutting 1 call(s)" in gateway.log_text()
+
+
+@pytest.mark.parametrize(("peer", "local"), [
+    ("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("10.0.0.1", False),
+    ("2001:db8::1", False), (None, False), ("not an address", False),
+])
+def test_only_the_nodes_own_host_may_ask_for_a_drain(peer: str | None, local: bool) -> None:
+    assert is_loopback(peer) is local
