@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.location import RedisLocationService
 from gateway.users import RedisUserStore
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.support.cluster import HaproxyProcess, ReconnectingUa, cluster_args, passwords
@@ -63,30 +64,49 @@ async def test_killed_node_browsers_reconnect_through_haproxy_and_are_reachable_
     gateway_factory: GatewayFactory, redis_url: str, tmp_path: Path,
 ) -> None:
     names = [f"web{index}" for index in range(BROWSERS)]
-    users = passwords([*names, "prober"])
+    users = passwords([*names, "prober", "phone"])
     nodes = await start_nodes(gateway_factory, redis_url, 2, users, secrets.token_hex(16))
     lb = await HaproxyProcess.start(tmp_path, [node.port("ws") for node in nodes])
     agents = list(await asyncio.gather(*(JsSipAgent.start(name) for name in names)))
-    prober = await WsSipUa.connect(nodes[1].ws_url, "prober", users["prober"], domain=DOMAIN)
+    # A client that answers calls and, like JsSIP, reconnects through HAProxy by itself.
+    phone = ReconnectingUa(lb.ws_url, "phone", users["phone"], DOMAIN)
+    location = RedisLocationService(redis_url)
+    prober: WsSipUa | None = None
     try:
+        phone.start()
+        await asyncio.wait_for(phone.registered.wait(), 15)
         # One after the other: leastconn then spreads them over the nodes.
         for agent, name in zip(agents, names, strict=True):
             outcome = await agent.register(lb.ws_url, f"sip:{name}@{DOMAIN}", users[name])
             assert outcome["outcome"] == "registered", outcome
+        # The prober calls and messages from the node that stays: the phone's node.
+        (binding,) = await location.lookup(f"sip:phone@{DOMAIN}")
+        killed, kept = (nodes[0], nodes[1]) if binding.node_id == "node-0" else \
+            (nodes[1], nodes[0])
+        prober = await WsSipUa.connect(kept.ws_url, "prober", users["prober"], domain=DOMAIN)
         assert (await prober.register()).status == 200
         assert all(await asyncio.gather(*(reachable(prober, agent, name)
                                           for agent, name in zip(agents, names, strict=True))))
 
-        assert nodes[0].process is not None
-        nodes[0].process.send_signal(signal.SIGKILL)
+        assert killed.process is not None
+        killed.process.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
-        await nodes[0].process.wait()
+        await killed.process.wait()
         # Which browsers were on the killed node: JsSIP itself saw its WebSocket go.
         await asyncio.sleep(0.5)
         orphans = {name for agent, name in zip(agents, names, strict=True)
                    if agent.unclaimed_events("disconnected")}
         survivors = set(names) - orphans
         assert orphans and survivors, "leastconn spread the browsers over both nodes"
+
+        async def phone_answers() -> float:
+            while True:
+                final, dialog = await prober.call("phone", browser_sdp("actpass"))
+                if dialog is not None:
+                    assert (await prober.hang_up(dialog)).status == 200
+                    return time.monotonic() - killed_at
+                assert time.monotonic() - killed_at < REACHABLE_WITHIN, final.status
+                await asyncio.sleep(PROBE_PAUSE)
 
         async def back(agent: JsSipAgent, name: str) -> float:
             while not await reachable(prober, agent, name):
@@ -105,28 +125,37 @@ async def test_killed_node_browsers_reconnect_through_haproxy_and_are_reachable_
                                     zip(agents, names, strict=True) if name in orphans))
         steady = asyncio.gather(*(untouched(agent, name) for agent, name in
                                   zip(agents, names, strict=True) if name in survivors))
+        called = asyncio.create_task(phone_answers())
         recovered = await all_back
         assert sum(await steady) == 0, "users on the surviving node missed a message"
+        answered = await called
         print(f"\nSIGKILL -> all {len(orphans)} browsers of the dead node reachable again: "
-              f"{max(recovered):.2f} s (each: {', '.join(f'{t:.2f}' for t in recovered)})")
+              f"{max(recovered):.2f} s (each: {', '.join(f'{t:.2f}' for t in recovered)}); "
+              f"its phone answers a call again after {answered:.2f} s")
         for agent, name in zip(agents, names, strict=True):
             if name in survivors:
                 assert not agent.unclaimed_events("disconnected"), name
         # The survivor's heartbeat drops the dead node: its bindings go, the new ones stay.
         client = aioredis.Redis.from_url(redis_url)
         try:
+            dead = killed.node_id
+            assert dead is not None
             for _ in range(100):
-                if not await client.sismember("ws2sip:nodes", "node-0"):
+                if not await client.sismember("ws2sip:nodes", dead):
                     break
                 await asyncio.sleep(0.1)
-            assert not await client.sismember("ws2sip:nodes", "node-0")
-            assert not await client.keys("ws2sip:node:{node-0}*")
+            assert not await client.sismember("ws2sip:nodes", dead)
+            assert not await client.keys(f"ws2sip:node:{{{dead}}}*")
         finally:
             await client.aclose()
-        assert await wait_for_bindings(gateway_metrics_url(nodes[1]), BROWSERS + 1) == \
-            BROWSERS + 1
+        # Every browser, the prober and the phone: once each, on the node that stays.
+        assert await wait_for_bindings(gateway_metrics_url(kept), BROWSERS + 2) == BROWSERS + 2
+        assert phone.reconnects == 1
     finally:
-        await prober.close()
+        if prober is not None:
+            await prober.close()
+        await phone.stop()
+        await location.close()
         await asyncio.gather(*(agent.stop() for agent in agents))
         await lb.stop()
 
