@@ -65,7 +65,9 @@ def test_pods_drain_before_they_stop(tmp_path: Path) -> None:
     assert command[command.index("--config") + 1] == "/etc/ws2sip/ws2sip.toml"
     assert pod["terminationGracePeriodSeconds"] > config.drain_grace + config.drain_timeout
     # Unready while draining (/healthz 503), but alive: the liveness probe is not /healthz.
-    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    readiness = container["readinessProbe"]
+    assert readiness["httpGet"]["path"] == "/healthz"
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] <= config.drain_grace
     assert "httpGet" not in container["livenessProbe"]
     budget = next(d for d in objects if d["kind"] == "PodDisruptionBudget")
     assert budget["spec"]["maxUnavailable"] == 1
