@@ -316,3 +316,13 @@ def test_coturn_matches_the_gateway_turn_settings() -> None:
         assert port and port[1] in ports, uri
         if uri.startswith("turns:"):
             assert port[1] == options["tls-listening-port"], uri
+
+
+def test_haproxy_sees_a_drain_before_idle_websockets_close() -> None:
+    text = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    check = re.search(r"^\s*default-server check inter (\d+)s fall (\d+)", text, re.M)
+    assert check, "haproxy.cfg: default-server check inter Ns fall N"
+    config = load_config(str(DEPLOY / "ws2sip-cluster.toml"), {})
+    assert int(check[1]) * int(check[2]) <= config.drain_grace
+    assert re.search(r"^\s*http-check send meth GET uri /healthz$", text, re.M)
+    assert re.search(r"^\s*retry-on .*\b503\b", text, re.M)
