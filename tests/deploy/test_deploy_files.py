@@ -104,6 +104,16 @@ def test_compose_stop_grace_covers_the_drain() -> None:
     assert int(grace.removesuffix("s")) > config.drain_grace + config.drain_timeout
 
 
+def test_haproxy_sees_a_drain_before_idle_websockets_close() -> None:
+    text = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    check = re.search(r"^\s*default-server check inter (\d+)s fall (\d+)", text, re.M)
+    assert check, "haproxy.cfg: default-server check inter Ns fall N"
+    config = load_config(str(DEPLOY / "ws2sip-cluster.toml"), {})
+    assert int(check[1]) * int(check[2]) <= config.drain_grace
+    assert re.search(r"^\s*http-check send meth GET uri /healthz$", text, re.M)
+    assert re.search(r"^\s*retry-on .*\b503\b", text, re.M)
+
+
 # --- Containerfile ------------------------------------------------------------------------
 
 def test_containerfile() -> None:
@@ -317,12 +327,3 @@ def test_coturn_matches_the_gateway_turn_settings() -> None:
         if uri.startswith("turns:"):
             assert port[1] == options["tls-listening-port"], uri
 
-
-def test_haproxy_sees_a_drain_before_idle_websockets_close() -> None:
-    text = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
-    check = re.search(r"^\s*default-server check inter (\d+)s fall (\d+)", text, re.M)
-    assert check, "haproxy.cfg: default-server check inter Ns fall N"
-    config = load_config(str(DEPLOY / "ws2sip-cluster.toml"), {})
-    assert int(check[1]) * int(check[2]) <= config.drain_grace
-    assert re.search(r"^\s*http-check send meth GET uri /healthz$", text, re.M)
-    assert re.search(r"^\s*retry-on .*\b503\b", text, re.M)
