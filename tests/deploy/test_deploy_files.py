@@ -326,4 +326,3 @@ def test_coturn_matches_the_gateway_turn_settings() -> None:
         assert port and port[1] in ports, uri
         if uri.startswith("turns:"):
             assert port[1] == options["tls-listening-port"], uri
-
