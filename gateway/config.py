@@ -172,6 +172,11 @@ class Config:
     ban_time: float = 600.0  # ...ban the address this long (on every node, with Redis)
     # /metrics on its own listener (HOST:PORT), never on the public HTTP ones; "" = off.
     metrics: str = ""
+    # Graceful drain (SIGTERM, `ws2sip drain`) and reload (SIGHUP): gateway/lifecycle.py.
+    drain_grace: float = 5.0  # /healthz says "draining" this long before idle WebSockets close
+    drain_timeout: float = 60.0  # then running calls may go on this long before they are cut
+    # Cluster liveness: a node misses 3 heartbeats and the others drop its bindings.
+    node_heartbeat: float = 5.0
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
 
     def listeners(self) -> dict[str, list[tuple[str, int]]]:
@@ -271,6 +276,10 @@ RANGES: dict[str, tuple[int, int]] = {
     "rtp_probation_packets": (1, 1_000),
     "rtp_probation_seconds": (0, DAY),
     "rtp_alive_seconds": (0, DAY),
+    # Graceful drain (gateway/lifecycle.py).
+    "drain_grace": (0, 3_600),
+    "drain_timeout": (0, DAY),
+    "node_heartbeat": (1, 3_600),
 }
 
 
@@ -569,6 +578,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics", metavar="HOST:PORT",
         help="serve Prometheus /metrics on this separate listener, e.g. 127.0.0.1:9090 "
         "(default: not served)",
+    )
+    parser.add_argument(
+        "--drain-grace", type=float, metavar="S",
+        help="on SIGTERM or `ws2sip drain`: /healthz answers 503 \"draining\" and new "
+        "WebSockets and calls are refused; S seconds later (the load balancer has moved away) "
+        "idle WebSockets are closed with 1001 (default 5)",
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, metavar="S",
+        help="...then calls in progress may go on up to S seconds before they are cut and the "
+        "node exits (default 60); SIGHUP reloads users file, trunks, certificates and limits",
+    )
+    parser.add_argument(
+        "--node-heartbeat", type=float, metavar="S",
+        help="seconds between this node's heartbeats in Redis; the bindings of a node silent for "
+        "3 heartbeats are dropped by the others (default 5)",
     )
     parser.add_argument(
         "--no-demo-users", dest="demo_users", action="store_false", default=None,

@@ -94,7 +94,12 @@ class Proxy:
         # (the edge guard then lifts the flow's authentication deadline).
         self.on_peer_trusted: Callable[[Flow], None] = _no_flow_observer
 
+    def trust_trunks(self, trunks: tuple[Trunk, ...]) -> None:
+        """A reload's trunks: which sources speak for which trunk, from the next request on."""
+        self._trust = TrunkTrust(trunks)
+
     # --- entry points ------------------------------------------------------------------------
+
     async def handle_request(self, request: Request, server: ServerTransaction) -> None:
         """A new request that is not for the registrar: route it or answer it."""
         try:

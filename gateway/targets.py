@@ -45,6 +45,11 @@ class Targets:
         self._user_exists = user_exists
         self._trunk_matchers = [(re.compile(trunk.match), trunk) for trunk in trunks if trunk.match]
 
+    def reconfigure(self, max_calls_per_user: int, trunks: tuple[Trunk, ...]) -> None:
+        """A reload's call limit and trunks: new requests follow them, calls keep their route."""
+        self._max_calls_per_user = max_calls_per_user
+        self._trunk_matchers = [(re.compile(trunk.match), trunk) for trunk in trunks if trunk.match]
+
     async def select(
         self, request: Request, from_trunk: Trunk | None
     ) -> tuple[list[Destination], str | None]:
