@@ -53,7 +53,8 @@ class Gateway:
         # unauthenticated INVITE, never an amplifier toward a spoofed source.
         self.transactions = TransactionLayer(self.transport, trying_after_tu=True,
                                              max_transactions=config.max_transactions)
-        self.location: LocationService = open_location_service(config.redis or None)
+        self.location: LocationService = open_location_service(
+            config.redis or None, replica_acks=config.redis_replica_acks)
         self.users: UserStore = open_user_store(config.redis or None, config.users_path)
         secret = config.auth_secret.encode() if config.auth_secret else secrets.token_bytes(32)
         self.auth = Authenticator(

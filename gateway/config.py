@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from sip.flow import parse_address
 
+from .redis_connect import RedisKind, parse_redis_url
+
 if TYPE_CHECKING:
     from webrtc.plain import LatchPolicy
 
@@ -166,6 +168,10 @@ class Config:
     ban_time: float = 600.0  # ...ban the address this long (on every node, with Redis)
     # /metrics on its own listener (HOST:PORT), never on the public HTTP ones; "" = off.
     metrics: str = ""
+    # Redis high availability. `redis` also takes redis+sentinel:// and redis+cluster:// URLs
+    # (gateway/redis_connect.py). Replicas that must hold each registration write (Redis WAIT)
+    # before its 200, so that a Sentinel failover loses none; 0: do not wait.
+    redis_replica_acks: int = 0
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
 
     def listeners(self) -> dict[str, list[tuple[str, int]]]:
@@ -259,6 +265,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "request_window": (0, DAY),
     "auth_failure_window": (0, 7 * DAY),
     "ban_time": (0, 365 * DAY),
+    "redis_replica_acks": (0, 16),
     # Strict source on plain RTP (webrtc.plain.LatchPolicy).
     "rtp_learn_seconds": (0, DAY),
     "rtp_probation_packets": (1, 1_000),
@@ -390,6 +397,14 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: expected seconds > 0, got {getattr(config, name)}")
     if config.metrics:
         parse_hostport(config.metrics, "metrics")
+    if config.redis:
+        try:
+            redis_kind = parse_redis_url(config.redis).kind
+        except ValueError as error:
+            raise ConfigError(f"redis: {error}") from error
+        if config.redis_replica_acks and redis_kind is RedisKind.CLUSTER:
+            raise ConfigError("redis_replica_acks: not with a redis+cluster:// URL (WAIT is "
+                              "per cluster node); use a single Redis or Sentinel")
     if (config.tls or config.wss) and not (config.tls_cert and config.tls_key):
         raise ConfigError("tls/wss listeners need tls_cert and tls_key")
     if not config.digest_algorithms or not set(config.digest_algorithms) <= {"MD5", "SHA-256"}:
@@ -543,6 +558,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics", metavar="HOST:PORT",
         help="serve Prometheus /metrics on this separate listener, e.g. 127.0.0.1:9090 "
         "(default: not served)",
+    )
+    parser.add_argument(
+        "--redis-replica-acks", type=int, metavar="N",
+        help="replicas that must hold each registration write (Redis WAIT, 1 s) before its "
+        "200, else 503: with Sentinel, 1 makes a failover lose no registration (default 0; "
+        "not with redis+cluster://)",
     )
     parser.add_argument(
         "--no-demo-users", dest="demo_users", action="store_false", default=None,

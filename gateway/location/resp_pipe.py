@@ -6,16 +6,33 @@ the gateway 110-120 µs of CPU, most of a REGISTER's budget, and under a burst i
 callers behind a Condition. This keeps one socket, packs with hiredis.pack_command, parses with
 hiredis.Reader and matches replies to callers first-in first-out (Redis answers in order).
 Everything else in the location service still uses redis-py.
+
+Behind Sentinel (`redis+sentinel://`) the pipe asks redis-py's Sentinel client for the master's
+address whenever it (re)connects, and drops its connection on a READONLY reply (it reached a
+demoted master), so the next request finds the new master. While no master is known (a failover
+in progress), connecting retries for up to `reconnect_wait` seconds before it fails.
+
+A Redis Cluster (`redis+cluster://`) is served by ClusterPipe instead: the same `execute`
+contract on redis-py's RedisCluster, which routes every command by its key's slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Any, cast
 
 import hiredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import parse_url
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from ..redis_connect import RedisKind, parse_redis_url, sentinel_for
+
+# Between attempts to reach a master while Sentinel has none to name (a failover in progress).
+RECONNECT_PAUSE_SECONDS = 0.1
+_READONLY = "READONLY"
 
 Command = tuple[str | int | float | bytes, ...]
 
@@ -48,6 +65,10 @@ class _RespProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(_READONLY):
+                # A demoted master (Sentinel failed over): later requests must go to the new
+                # one, so this connection is done; its callers see the error reply.
+                self.close()
             future, expected, replies = self._waiting[0]
             replies.append(reply)
             if len(replies) == expected:
@@ -75,20 +96,27 @@ class RespPipe:
     as hiredis.ReplyError values. Connects on first use and again after the connection broke.
     """
 
-    def __init__(self, url: str, *, timeout: float) -> None:
-        settings = parse_url(url)
-        self._host = settings.get("host", "127.0.0.1")
-        self._port = int(settings.get("port", 6379))
+    def __init__(self, url: str, *, timeout: float, reconnect_wait: float = 0.0) -> None:
+        self._target = parse_redis_url(url)
+        if self._target.kind is RedisKind.CLUSTER:
+            raise ValueError("a Redis Cluster is served by ClusterPipe, not RespPipe")
         self._setup: list[Command] = []
-        if settings.get("password"):
-            username = settings.get("username")
-            self._setup.append(
-                ("AUTH", username, settings["password"]) if username
-                else ("AUTH", settings["password"])
-            )
-        if settings.get("db"):
-            self._setup.append(("SELECT", int(settings["db"])))
+        if self._target.kind is RedisKind.SENTINEL:
+            self._sentinel = sentinel_for(self._target)
+            username, password = self._target.username, self._target.password
+            db = self._target.db
+        else:
+            settings = parse_url(url)
+            self._host = settings.get("host", "127.0.0.1")
+            self._port = int(settings.get("port", 6379))
+            username, password = settings.get("username"), settings.get("password")
+            db = int(settings.get("db") or 0)
+        if password:
+            self._setup.append(("AUTH", username, password) if username else ("AUTH", password))
+        if db:
+            self._setup.append(("SELECT", db))
         self._timeout = timeout
+        self._reconnect_wait = reconnect_wait
         self._protocol: _RespProtocol | None = None
         self._connecting = asyncio.Lock()
 
@@ -101,27 +129,85 @@ class RespPipe:
         async with asyncio.timeout(self._timeout):
             return await future
 
+    async def load_script(self, script: str) -> None:
+        (reply,) = await self.execute([("SCRIPT", "LOAD", script)])
+        if isinstance(reply, hiredis.ReplyError):
+            raise RespPipeError(f"Redis refused to load a script: {reply}")
+
     async def close(self) -> None:
         if self._protocol is not None:
             self._protocol.close()
             self._protocol = None
 
     async def _connect(self) -> _RespProtocol:
+        # Set before queueing for the lock: callers that waited out a failed attempt of
+        # another then try once more, not for a whole window each.
+        deadline = time.monotonic() + self._reconnect_wait
         async with self._connecting:
             if self._protocol is not None and not self._protocol.closed:
                 return self._protocol  # another caller connected while this one waited
-            address = f"{self._host}:{self._port}"
-            loop = asyncio.get_running_loop()
-            async with asyncio.timeout(self._timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _RespProtocol(address), self._host, self._port
-                )
-                if self._setup:
-                    future: asyncio.Future[list[Any]] = loop.create_future()
-                    protocol.send(self._setup, future)
-                    for reply in await future:
-                        if isinstance(reply, hiredis.ReplyError):
-                            protocol.close()
-                            raise RespPipeError(f"Redis at {address} refused setup: {reply}")
-            self._protocol = protocol
-            return protocol
+            while True:
+                try:
+                    self._protocol = await self._open()
+                    return self._protocol
+                except (OSError, RedisError, TimeoutError) as error:
+                    if time.monotonic() + RECONNECT_PAUSE_SECONDS > deadline:
+                        raise RespPipeError(f"no Redis to send to: {error}") from error
+                await asyncio.sleep(RECONNECT_PAUSE_SECONDS)
+
+    async def _address(self) -> tuple[str, int]:
+        if self._target.kind is RedisKind.SENTINEL:
+            # Raises MasterNotFoundError (a ConnectionError) while no Sentinel names a healthy
+            # master, e.g. between the master's death and the promotion of its replica.
+            host, port = await self._sentinel.discover_master(self._target.service)
+            return str(host), int(port)
+        return self._host, self._port
+
+    async def _open(self) -> _RespProtocol:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._timeout):
+            host, port = await self._address()
+            address = f"{host}:{port}"
+            _, protocol = await loop.create_connection(lambda: _RespProtocol(address), host, port)
+            if self._setup:
+                future: asyncio.Future[list[Any]] = loop.create_future()
+                protocol.send(self._setup, future)
+                for reply in await future:
+                    if isinstance(reply, hiredis.ReplyError):
+                        protocol.close()
+                        raise RespPipeError(f"Redis at {address} refused setup: {reply}")
+        return protocol
+
+
+class ClusterPipe:
+    """RespPipe's contract over redis-py's RedisCluster: each command goes to the node owning
+    its key's slot (MOVED/ASK redirections and node failures are redis-py's to follow); error
+    replies come back as values, as hiredis.ReplyError, like RespPipe's."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self._cluster = cluster
+
+    async def execute(self, commands: list[Command]) -> list[Any]:
+        async with self._cluster.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            replies = await pipe.execute(raise_on_error=False)
+        return [_as_reply(reply) for reply in replies]
+
+    async def load_script(self, script: str) -> None:
+        # Keyless: redis-py sends SCRIPT LOAD to every primary.
+        await self._cluster.script_load(script)
+
+    async def close(self) -> None:
+        """The RedisCluster client belongs to the caller."""
+
+
+def _as_reply(reply: Any) -> Any:
+    # redis-py strips the error code that RespPipe's callers look for.
+    if isinstance(reply, NoScriptError):
+        return hiredis.ReplyError(f"NOSCRIPT {reply}")
+    if isinstance(reply, ResponseError):
+        return hiredis.ReplyError(str(reply))
+    if isinstance(reply, Exception):
+        raise RespPipeError(f"Redis Cluster request failed: {reply}") from reply
+    return reply
