@@ -126,7 +126,7 @@ class Gateway:
             domain=config.domain, registrar=self.registrar, proxy=self.proxy,
             addresses=self.signalling.addresses, tasks=self._tasks,
             answer_register_eagerly=self.location.in_process and self.users.in_process,
-            counts=request_counts,
+            counts=request_counts, tag_logs=config.log_format == "json",
         )
         self.transactions.on_request = dispatch
         self.transactions.on_stray_ack = dispatch.stray_ack

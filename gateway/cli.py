@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from .config import Config, ConfigError, add_run_arguments, load_config
+from .logformat import TEXT_FORMAT, JsonFormatter
 from .logsafe import NetworkTextFilter
 from .users import UnknownUser, UserExists, UserStore, generate_password, open_user_store
 
@@ -77,12 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(config: Config) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=config.log_level.upper(), format=TEXT_FORMAT)
     for handler in logging.getLogger().handlers:
         handler.addFilter(NetworkTextFilter())
+        if config.log_format == "json":
+            handler.setFormatter(JsonFormatter(config.effective_node_id))
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on every platform)
