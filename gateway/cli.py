@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import signal
 import sys
 from typing import Any
 
-from .config import Config, ConfigError, add_run_arguments, load_config
+from sip.flow import format_address
+
+from .admin import STATUS_PATH, fetch_status, format_status
+from .config import Config, ConfigError, add_run_arguments, load_config, parse_hostport
 from .logformat import TEXT_FORMAT, JsonFormatter
 from .logsafe import NetworkTextFilter
 from .users import UnknownUser, UserExists, UserStore, generate_password, open_user_store
@@ -40,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
         "creates an instance of each of their classes, in this fresh interpreter; says how the "
         "install runs (compiled or pure Python). Reports every broken one and exits 1.",
     )
+    status = commands.add_parser(
+        "status",
+        help="show a running node's flows, registrations, calls and limits",
+        description=f"Reads {STATUS_PATH} from the node's --metrics listener (from a loopback "
+        "address, or with the admin token from elsewhere) and prints it.",
+    )
+    status.add_argument("--config", metavar="FILE",
+                        help="TOML configuration of the node (for metrics and admin_token)")
+    status.add_argument("--metrics", metavar="HOST:PORT",
+                        help="the node's metrics listener (default: from --config)")
+    status.add_argument("--admin-token", metavar="TOKEN", help="the node's admin_token")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     user = commands.add_parser("user", help="manage users and their credentials (HA1 only)")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     for name, help_text in (
@@ -74,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "run":
         return _run(config)
+    if args.command == "status":
+        return asyncio.run(_status(config, as_json=args.json))
     return asyncio.run(_user_command(args, config))
 
 
@@ -113,6 +131,24 @@ async def _serve(config: Config) -> None:
         log.info("stopping")
     finally:
         await gateway.stop()
+
+
+async def _status(config: Config, *, as_json: bool) -> int:
+    if not config.metrics:
+        print("ws2sip: status needs the node's metrics listener: --metrics HOST:PORT or "
+              "metrics in --config", file=sys.stderr)
+        return 2
+    host, port = parse_hostport(config.metrics, "metrics")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a wildcard listener is reached on loopback
+    url = f"http://{format_address((host, port))}{STATUS_PATH}"
+    try:
+        status = await fetch_status(url, config.admin_token)
+    except (OSError, RuntimeError, TimeoutError, ValueError) as error:
+        print(f"ws2sip: no status from {url}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=1) if as_json else format_status(status))
+    return 0
 
 
 async def _user_command(args: argparse.Namespace, config: Config) -> int:
