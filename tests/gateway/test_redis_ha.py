@@ -7,6 +7,7 @@ gateway nodes that register users and carry a call between them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.exceptions import RedisError
 
 from gateway.config import ConfigError, load_config
+from gateway.edge_guard import RedisBanList
 from gateway.location import RedisLocationService
 from gateway.redis_connect import RedisKind, parse_redis_url
 from gateway.users import RedisUserStore
@@ -118,6 +121,11 @@ async def test_a_sentinel_failover_under_register_load_loses_no_registration(
     )
     clients = [LoadClient(await WsSipUa.connect(gateway.ws_url, name, password, domain=DOMAIN),
                           password) for name, password in users.items()]
+    # Bans travel through the same Redis: a listener subscribed before the failover must
+    # receive a ban published after it.
+    listener, publisher = RedisBanList(url), RedisBanList(url)
+    bans_heard: list[str] = []
+    await listener.start(lambda ip, _seconds: bans_heard.append(ip))
     stop = asyncio.Event()
     load = [asyncio.create_task(client.run(stop)) for client in clients]
     try:
@@ -137,6 +145,11 @@ async def test_a_sentinel_failover_under_register_load_loses_no_registration(
         all_registered_at = time.monotonic()
         stop.set()
         await asyncio.gather(*load)
+        async with asyncio.timeout(RECOVERY_TIMEOUT):
+            while "192.0.2.7" not in bans_heard:
+                with contextlib.suppress(RedisError):
+                    await publisher.publish("192.0.2.7", 60)
+                await asyncio.sleep(0.5)
         # No registration lost: the new master holds, for every AoR, the last REGISTER that
         # was answered 200 (or a later one), written before or after the failover. Read while
         # the clients are connected (a closed flow removes its bindings).
@@ -155,6 +168,8 @@ async def test_a_sentinel_failover_under_register_load_loses_no_registration(
             task.cancel()
         for client in clients:
             await client.ua.close()
+        await listener.close()
+        await publisher.close()
     statuses = [status for client in clients for status in client.statuses]
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
     assert sum(client.retry_after_missing for client in clients) == 0
@@ -210,6 +225,25 @@ async def test_two_gateway_nodes_on_a_redis_cluster_register_and_call(
     assert len(set(holders.values())) >= 2, holders
     for gateway in nodes:
         assert gateway.returncode is None
+
+
+async def test_bans_and_failure_counts_live_in_the_redis_cluster(
+    redis_cluster: ClusterSetup,
+) -> None:
+    listener, publisher = RedisBanList(redis_cluster.url()), RedisBanList(redis_cluster.url())
+    heard: list[tuple[str, float]] = []
+    try:
+        assert [await publisher.count_failure("198.51.100.9", 60) for _ in range(3)] == [1, 2, 3]
+        await publisher.publish("198.51.100.9", 30)
+        await listener.start(lambda ip, seconds: heard.append((ip, seconds)))
+        # Decided before the listener started: found by its SCAN over every master.
+        assert heard and heard[0][0] == "198.51.100.9" and 0 < heard[0][1] <= 30
+        await publisher.publish("198.51.100.10", 30)
+        await _wait_until(lambda: any(ip == "198.51.100.10" for ip, _ in heard), 10.0,
+                          "the ban published through the cluster")
+    finally:
+        await listener.close()
+        await publisher.close()
 
 
 async def _wait_until(condition: object, timeout: float, what: str) -> None:
