@@ -450,7 +450,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--tls-cert", help="PEM certificate chain for tls and wss listeners")
     parser.add_argument("--tls-key", help="PEM private key for tls and wss listeners")
-    parser.add_argument("--redis", metavar="URL", help="Redis URL; default: embedded in-memory")
+    parser.add_argument(
+        "--redis", metavar="URL",
+        help="Redis URL: redis://HOST:PORT/DB, redis+sentinel://H1:P1,H2:P2/MASTER[/DB] or "
+        "redis+cluster://H1:P1,H2:P2/; default: embedded in-memory",
+    )
     parser.add_argument("--users-file", metavar="PATH", help="users file when Redis is not used")
     parser.add_argument("--node-id", help="this node's id in a cluster (default: host name)")
     parser.add_argument("--public-address", help="address announced in SDP, Via and Record-Route")

@@ -38,6 +38,7 @@ EVENT_WAIT = 20.0  # a limit, not an assertion
 class Webhook:
     url: str
     received: list[dict[str, Any]] = field(default_factory=list)
+    refused: int = 0  # POSTs answered 503: the first one, so that the gateway must retry
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def wait_for(self, event: str, call_id: str) -> dict[str, Any]:
@@ -52,10 +53,14 @@ class Webhook:
 
 @pytest.fixture
 async def webhook() -> AsyncIterator[Webhook]:
-    """A real HTTP server on loopback that records every POSTed event."""
+    """A real HTTP server on loopback that records every POSTed event (after refusing the
+    first POST)."""
     hook = Webhook("")
 
     async def receive(request: web.Request) -> web.Response:
+        if hook.refused == 0:
+            hook.refused += 1
+            return web.Response(status=503)
         hook.received.append(await request.json())
         hook.arrived.set()
         return web.Response(status=204)
@@ -138,6 +143,9 @@ async def test_a_call_yields_events_json_logs_and_a_status(
         await browser.close()
         await phone.stop()
 
+    assert webhook.refused == 1  # the refused call.start came again
+    assert [e["event"] for e in webhook.received if e["call_id"] == call_id] == \
+        ["call.start", "call.answer", "call.end"]
     for event in (started, answered, ended):
         assert event["node"] == "node-ops"
         assert event["caller"] == f"sip:alice@{DOMAIN}" and event["callee"] == f"sip:bob@{DOMAIN}"

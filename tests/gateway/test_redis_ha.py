@@ -31,6 +31,7 @@ from tests.fixtures.redis_topologies import (
     start_cluster,
     start_sentinel_setup,
 )
+from tests.gateway.test_location import change, contact
 from tests.support.ws_sip import WsSipUa, browser_sdp, ws_contact
 
 DOMAIN = "ha.example.test"
@@ -225,6 +226,18 @@ async def test_two_gateway_nodes_on_a_redis_cluster_register_and_call(
     assert len(set(holders.values())) >= 2, holders
     for gateway in nodes:
         assert gateway.returncode is None
+
+
+async def test_a_registration_no_replica_acknowledged_fails_rather_than_counts(
+    redis_url: str,
+) -> None:
+    # A lone redis-server has no replica: WAIT 1 times out, and the write must not count.
+    location = RedisLocationService(redis_url, replica_acks=1)
+    try:
+        with pytest.raises(RuntimeError, match="0 of 1 replicas"):
+            await location.register(change(contact("sip:a@10.0.0.1")))
+    finally:
+        await location.close()
 
 
 async def test_bans_and_failure_counts_live_in_the_redis_cluster(
