@@ -126,7 +126,8 @@ class RedisLocationService(LocationService):
             if replica_acks:
                 raise ValueError("redis_replica_acks needs one master (a single Redis or "
                                  "Sentinel); a Redis Cluster's WAIT is per node")
-            self._pipe = ClusterPipe(cast(RedisCluster, self._redis))
+            self._pipe = ClusterPipe(cast(RedisCluster, self._redis), target,
+                                     timeout=REQUEST_TIMEOUT_SECONDS)
         else:
             self._pipe = RespPipe(url, timeout=REQUEST_TIMEOUT_SECONDS,
                                   reconnect_wait=reconnect_wait)

@@ -13,7 +13,8 @@ demoted master), so the next request finds the new master. While no master is kn
 in progress), connecting retries for up to `reconnect_wait` seconds before it fails.
 
 A Redis Cluster (`redis+cluster://`) is served by ClusterPipe instead: the same `execute`
-contract on redis-py's RedisCluster, which routes every command by its key's slot.
+contract, one RespPipe per master, each command sent to the master redis-py's RedisCluster maps
+its key's slot to.
 """
 
 from __future__ import annotations
@@ -22,17 +23,19 @@ import asyncio
 import time
 from collections import deque
 from typing import Any, cast
+from urllib.parse import quote
 
 import hiredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from ..redis_connect import RedisKind, parse_redis_url, sentinel_for
+from ..redis_connect import RedisKind, RedisTarget, parse_redis_url, sentinel_for
 
 # Between attempts to reach a master while Sentinel has none to name (a failover in progress).
 RECONNECT_PAUSE_SECONDS = 0.1
 _READONLY = "READONLY"
+_REDIRECTIONS = ("MOVED", "ASK")
 
 Command = tuple[str | int | float | bytes, ...]
 
@@ -121,11 +124,20 @@ class RespPipe:
         self._connecting = asyncio.Lock()
 
     async def execute(self, commands: list[Command]) -> list[Any]:
+        return await self.replies(await self.send(commands))
+
+    async def send(self, commands: list[Command]) -> asyncio.Future[list[Any]]:
+        """Write the commands (connecting first if need be: only then does this suspend) and
+        return the future of their replies, for `replies`. ClusterPipe writes to several
+        nodes before it waits for any."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         protocol.send(commands, future)
+        return future
+
+    async def replies(self, future: asyncio.Future[list[Any]]) -> list[Any]:
         async with asyncio.timeout(self._timeout):
             return await future
 
@@ -180,26 +192,82 @@ class RespPipe:
 
 
 class ClusterPipe:
-    """RespPipe's contract over redis-py's RedisCluster: each command goes to the node owning
-    its key's slot (MOVED/ASK redirections and node failures are redis-py's to follow); error
-    replies come back as values, as hiredis.ReplyError, like RespPipe's."""
+    """RespPipe's contract on a Redis Cluster: each command goes, on a RespPipe of its own, to
+    the master that redis-py's RedisCluster maps its key's slot to (commands for several nodes
+    are sent to each at once). A MOVED or ASK reply (the slot map changed: resharding, a
+    replica promoted) means the command was not run: the whole request is then sent again
+    through RedisCluster itself, which follows redirections and failovers, and the map is
+    refreshed for the next one."""
 
-    def __init__(self, cluster: RedisCluster) -> None:
+    def __init__(self, cluster: RedisCluster, target: RedisTarget, *, timeout: float) -> None:
         self._cluster = cluster
+        self._target = target
+        self._timeout = timeout
+        self._pipes: dict[tuple[str, int], RespPipe] = {}
+        self._initialized = False
 
     async def execute(self, commands: list[Command]) -> list[Any]:
-        async with self._cluster.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            replies = await pipe.execute(raise_on_error=False)
-        return [_as_reply(reply) for reply in replies]
+        if not self._initialized:
+            await self._cluster.initialize()
+            self._initialized = True
+        by_node: dict[tuple[str, int], list[int]] = {}
+        for index, command in enumerate(commands):
+            node = self._cluster.get_node_from_key(str(_key_of(command)))
+            if node is None:
+                return await self._through_redis_py(commands)
+            by_node.setdefault((node.host, int(node.port)), []).append(index)
+        replies: list[Any] = [None] * len(commands)
+        sent = [(self._pipe(address), indexes,
+                 await self._pipe(address).send([commands[i] for i in indexes]))
+                for address, indexes in by_node.items()]
+        for pipe, indexes, future in sent:
+            for index, reply in zip(indexes, await pipe.replies(future), strict=True):
+                replies[index] = reply
+        redirected = [index for index, reply in enumerate(replies)
+                      if isinstance(reply, hiredis.ReplyError)
+                      and str(reply).startswith(_REDIRECTIONS)]
+        if redirected:
+            # Those did not run (the others did, and keep their replies): redis-py follows
+            # the redirection, and the slot map is read again before the next request.
+            self._initialized = False
+            again = await self._through_redis_py([commands[i] for i in redirected])
+            for index, reply in zip(redirected, again, strict=True):
+                replies[index] = reply
+        return replies
 
     async def load_script(self, script: str) -> None:
         # Keyless: redis-py sends SCRIPT LOAD to every primary.
         await self._cluster.script_load(script)
 
     async def close(self) -> None:
-        """The RedisCluster client belongs to the caller."""
+        """The RedisCluster client belongs to the caller; the per-node pipes to this."""
+        for pipe in self._pipes.values():
+            await pipe.close()
+        self._pipes.clear()
+
+    def _pipe(self, address: tuple[str, int]) -> RespPipe:
+        pipe = self._pipes.get(address)
+        if pipe is None:
+            host, port = address
+            credentials = ""
+            if self._target.password:
+                credentials = f"{quote(self._target.username or '')}:" \
+                    f"{quote(self._target.password)}@"
+            pipe = RespPipe(f"redis://{credentials}{host}:{port}/0", timeout=self._timeout)
+            self._pipes[address] = pipe
+        return pipe
+
+    async def _through_redis_py(self, commands: list[Command]) -> list[Any]:
+        async with self._cluster.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            replies = await pipe.execute(raise_on_error=False)
+        return [_as_reply(reply) for reply in replies]
+
+
+def _key_of(command: Command) -> str | int | float | bytes:
+    """The key of a gateway command: EVALSHA's first key, else the first argument."""
+    return command[3] if command[0] in ("EVALSHA", "EVAL") else command[1]
 
 
 def _as_reply(reply: Any) -> Any:

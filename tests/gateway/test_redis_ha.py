@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway.config import ConfigError, load_config
 from gateway.edge_guard import RedisBanList
 from gateway.location import RedisLocationService
-from gateway.redis_connect import RedisKind, parse_redis_url
+from gateway.location.resp_pipe import ClusterPipe
+from gateway.redis_connect import RedisKind, open_redis, parse_redis_url
 from gateway.users import RedisUserStore
 from tests.fixtures.gateway import GatewayFactory
 from tests.fixtures.redis_topologies import (
@@ -238,6 +240,31 @@ async def test_a_registration_no_replica_acknowledged_fails_rather_than_counts(
             await location.register(change(contact("sip:a@10.0.0.1")))
     finally:
         await location.close()
+
+
+async def test_the_cluster_fast_path_follows_a_slot_that_moved(
+    redis_cluster: ClusterSetup,
+) -> None:
+    target = parse_redis_url(redis_cluster.url())
+    cluster = open_redis(target, max_connections=4, pool_timeout=5)
+    assert isinstance(cluster, RedisCluster)
+    pipe = ClusterPipe(cluster, target, timeout=5)
+    try:
+        assert await pipe.execute([("SET", "{moving}:a", "1"), ("SET", "{staying}:b", "2")]) \
+            == ["OK", "OK"]
+        # As after a resharding: the client's slot map names the wrong master for a slot.
+        slot = cluster.keyslot("{moving}:a")
+        owner = cluster.get_node_from_key("{moving}:a")
+        assert owner is not None
+        stranger = next(node for node in cluster.get_primaries() if node.name != owner.name)
+        cluster.nodes_manager.slots_cache[slot] = [stranger]
+        # The stranger answers MOVED; the command runs on the owner, the other as it was.
+        assert await pipe.execute([("GET", "{moving}:a"), ("GET", "{staying}:b")]) == ["1", "2"]
+        assert await pipe.execute([("GET", "{moving}:a")]) == ["1"]  # the map was read again
+        assert cluster.get_node_from_key("{moving}:a") == owner
+    finally:
+        await pipe.close()
+        await cluster.aclose()
 
 
 async def test_bans_and_failure_counts_live_in_the_redis_cluster(
