@@ -124,7 +124,14 @@ class RespPipe:
         self._connecting = asyncio.Lock()
 
     async def execute(self, commands: list[Command]) -> list[Any]:
-        return await self.replies(await self.send(commands))
+        # send + replies inline: this is the REGISTER path's every round trip.
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        protocol.send(commands, future)
+        async with asyncio.timeout(self._timeout):
+            return await future
 
     async def send(self, commands: list[Command]) -> asyncio.Future[list[Any]]:
         """Write the commands (connecting first if need be: only then does this suspend) and
