@@ -5,6 +5,9 @@ excluding redis-server). Every loop is bounded in count and in time.
 
     python bench/location_bench.py [--ops 5000] [--redis-url redis://127.0.0.1:6379/15]
 
+--redis-url takes every form of the gateway's --redis, redis+sentinel:// and redis+cluster://
+included.
+
 Without --redis-url a private redis-server is started on a free loopback port.
 """
 
@@ -32,6 +35,7 @@ from gateway.location import (  # noqa: E402
     RedisLocationService,
     RegisterChange,
 )
+from gateway.redis_connect import open_redis, parse_redis_url  # noqa: E402
 
 TIME_LIMIT = 20.0  # seconds per measured loop, whatever --ops says
 
@@ -120,7 +124,10 @@ async def main() -> None:
     args = parser.parse_args()
     await bench_backend("memory", MemoryLocationService(), args.ops)
     if args.redis_url:
-        redis.Redis.from_url(args.redis_url).flushdb()
+        # Any --redis form (one server, Sentinel, Cluster: gateway/redis_connect.py).
+        client = open_redis(parse_redis_url(args.redis_url), max_connections=1, pool_timeout=5)
+        await client.flushdb()
+        await client.aclose()
         await bench_backend("redis", RedisLocationService(args.redis_url), args.ops)
     else:
         with private_redis() as url:

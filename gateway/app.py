@@ -8,6 +8,7 @@ import secrets
 import socket
 import ssl
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -20,7 +21,9 @@ from sip.transport import TransportLayer
 from webrtc import MediaRelay, MediaWorkers
 
 from . import compiled
+from .admin import STATUS_PATH, status_handler
 from .auth import Authenticator
+from .call_events import CallEvents, EventSettings
 from .config import Config, parse_hostport
 from .dispatch import RequestCounts, RequestDispatch
 from .drain_client import DRAIN_PATH
@@ -30,6 +33,7 @@ from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_se
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
 from .proxy import ProxyPolicy
+from .redis_connect import parse_redis_url
 from .registrar import RegistrarPolicy
 from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
@@ -43,6 +47,10 @@ DEMO_USERS = ("alice", "bob")
 GC_YOUNG_THRESHOLD = 50_000
 # A node whose heartbeat is this many intervals late is dead: its bindings are dropped.
 NODE_HEARTBEATS_MISSED = 3
+# Settings `ws2sip status` shows as the node's limits (0: off).
+STATUS_LIMITS = ("max_flows", "max_transactions", "max_dialogs", "max_media_sessions",
+                 "max_calls_per_user", "max_contacts", "max_connections_per_ip",
+                 "max_requests_per_ip")
 
 
 class Gateway:
@@ -57,7 +65,8 @@ class Gateway:
         # unauthenticated INVITE, never an amplifier toward a spoofed source.
         self.transactions = TransactionLayer(self.transport, trying_after_tu=True,
                                              max_transactions=config.max_transactions)
-        self.location: LocationService = open_location_service(config.redis or None)
+        self.location: LocationService = open_location_service(
+            config.redis or None, replica_acks=config.redis_replica_acks)
         self.users: UserStore = open_user_store(config.redis or None, config.users_path)
         secret = config.auth_secret.encode() if config.auth_secret else secrets.token_bytes(32)
         self.auth = Authenticator(
@@ -87,6 +96,13 @@ class Gateway:
             auth=self.auth, secret=secret, media=self.media, max_dialogs=config.max_dialogs,
         )
         self.proxy = self.signalling.proxy
+        self.call_events = CallEvents(EventSettings(
+            node=self.node_id, webhook=config.events_webhook, stream=config.events_stream,
+            stream_maxlen=config.events_stream_maxlen, redis_url=config.redis,
+        ))
+        if self.call_events.enabled:
+            self.signalling.dialogs.on_call_event = self.call_events.observe
+        self._started_at = time.monotonic()
         self.registrar = self.signalling.registrar
         self.trunk_registrations = [
             TrunkRegistration(trunk, self.transactions, self.transport, config.public_address)
@@ -133,7 +149,7 @@ class Gateway:
             domain=config.domain, registrar=self.registrar, proxy=self.proxy,
             addresses=self.signalling.addresses, tasks=self._tasks,
             answer_register_eagerly=self.location.in_process and self.users.in_process,
-            counts=request_counts,
+            counts=request_counts, tag_logs=config.log_format == "json",
         )
         self.transactions.on_request = dispatch
         self.transactions.on_stray_ack = dispatch.stray_ack
@@ -150,6 +166,7 @@ class Gateway:
             await self._local_relay.start()  # its ICE-TCP listener, where configured
         await self._ensure_users()
         await self.guard.start()
+        await self.call_events.start()
         listeners = self.config.listeners()
         for host, port in listeners["udp"]:
             log.info("SIP/UDP on %s:%d", *await self.transport.listen_udp(host, port))
@@ -195,6 +212,7 @@ class Gateway:
         for runner in self._runners:
             await runner.cleanup()
         await self.signalling.close()
+        await self.call_events.close()  # after the calls' end events of the shutdown
         await self.media.relay.close()
         await self.transport.close()
         self._tasks.cancel_all()
@@ -241,12 +259,31 @@ class Gateway:
         app.router.add_get("/healthz", self._health)
         # `ws2sip drain` (and a Kubernetes preStop hook) posts here, from the node's own host.
         app.router.add_post(DRAIN_PATH, self._start_drain)
+        app.router.add_get(STATUS_PATH, status_handler(self.status, self.config.admin_token))
         runner = web.AppRunner(app, access_log=None, logger=RefusedRequestLog(),
                                keepalive_timeout=self.config.http_header_timeout)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         self._runners.append(runner)
         log.info("metrics on http://%s/metrics", format_address((host, port)))
+
+    async def status(self) -> dict[str, Any]:
+        """What `ws2sip status` shows (gateway/admin.py)."""
+        config = self.config
+        return {
+            "node": self.node_id,
+            "domain": config.domain,
+            "uptime_seconds": round(time.monotonic() - self._started_at, 1),
+            "store": parse_redis_url(config.redis).kind.value if config.redis else "memory",
+            "flows": {"total": self.transport.flow_count,
+                      "by_transport": self.transport.flow_counts()},
+            "registrations": {"bindings": await self.location.count()},
+            "calls": {"dialogs": len(self.signalling.dialogs),
+                      "media_sessions": self.media.relay.active_sessions,
+                      "transactions": self.transactions.transaction_count},
+            "limits": {name: getattr(config, name) for name in STATUS_LIMITS},
+            "call_events": self.call_events.counts(),
+        }
 
     async def _health(self, request: web.Request) -> web.Response:
         # Public: liveness only. Counts are for /metrics, on its own listener. A draining node

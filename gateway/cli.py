@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from sip.flow import format_address
 from sip.tasks import TaskSet
 
-from .config import Config, ConfigError, add_run_arguments, load_config
+from .admin import STATUS_PATH, fetch_status, format_status
+from .config import Config, ConfigError, add_run_arguments, load_config, parse_hostport
+from .logformat import TEXT_FORMAT, JsonFormatter
 from .logsafe import NetworkTextFilter
 from .users import UnknownUser, UserExists, UserStore, generate_password, open_user_store
 
@@ -54,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("--metrics", metavar="HOST:PORT", help="the node's metrics listener")
     drain.add_argument("--wait", action="store_true",
                        help="wait until the node has exited (a Kubernetes preStop hook)")
+    status = commands.add_parser(
+        "status",
+        help="show a running node's flows, registrations, calls and limits",
+        description=f"Reads {STATUS_PATH} from the node's --metrics listener (from a loopback "
+        "address, or with the admin token from elsewhere) and prints it.",
+    )
+    status.add_argument("--config", metavar="FILE",
+                        help="TOML configuration of the node (for metrics and admin_token)")
+    status.add_argument("--metrics", metavar="HOST:PORT",
+                        help="the node's metrics listener (default: from --config)")
+    status.add_argument("--admin-token", metavar="TOKEN", help="the node's admin_token")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     user = commands.add_parser("user", help="manage users and their credentials (HA1 only)")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     for name, help_text in (
@@ -92,16 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         from .drain_client import drain_node
 
         return asyncio.run(drain_node(config, wait=args.wait))
+    if args.command == "status":
+        return asyncio.run(_status(config, as_json=args.json))
     return asyncio.run(_user_command(args, config))
 
 
 def _run(config: Config, reload_config: Callable[[], Config]) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=config.log_level.upper(), format=TEXT_FORMAT)
     for handler in logging.getLogger().handlers:
         handler.addFilter(NetworkTextFilter())
+        if config.log_format == "json":
+            handler.setFormatter(JsonFormatter(config.effective_node_id))
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on every platform)
@@ -150,6 +167,24 @@ async def _serve(config: Config, reload_config: Callable[[], Config]) -> None:
     finally:
         reloads.cancel_all()
         await gateway.stop()
+
+
+async def _status(config: Config, *, as_json: bool) -> int:
+    if not config.metrics:
+        print("ws2sip: status needs the node's metrics listener: --metrics HOST:PORT or "
+              "metrics in --config", file=sys.stderr)
+        return 2
+    host, port = parse_hostport(config.metrics, "metrics")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a wildcard listener is reached on loopback
+    url = f"http://{format_address((host, port))}{STATUS_PATH}"
+    try:
+        status = await fetch_status(url, config.admin_token)
+    except (OSError, RuntimeError, TimeoutError, ValueError) as error:
+        print(f"ws2sip: no status from {url}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=1) if as_json else format_status(status))
+    return 0
 
 
 async def _user_command(args: argparse.Namespace, config: Config) -> int:

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from sip.flow import parse_address
 
+from .logformat import LOG_FORMATS
+from .redis_connect import RedisKind, parse_redis_url
+
 if TYPE_CHECKING:
     from webrtc.plain import LatchPolicy
 
@@ -177,6 +180,16 @@ class Config:
     drain_timeout: float = 60.0  # then running calls may go on this long before they are cut
     # Cluster liveness: a node misses 3 heartbeats and the others drop its bindings.
     node_heartbeat: float = 5.0
+    # Redis high availability. `redis` also takes redis+sentinel:// and redis+cluster:// URLs
+    # (gateway/redis_connect.py). Replicas that must hold each registration write (Redis WAIT)
+    # before its 200, so that a Sentinel failover loses none; 0: do not wait.
+    redis_replica_acks: int = 0
+    # Operator hooks (gateway/logformat.py, gateway/call_events.py, gateway/admin.py).
+    log_format: str = "text"  # or "json": one object per line with node, Call-ID, user, flow
+    events_webhook: str = ""  # http(s) URL each call event is POSTed to as JSON; "" = off
+    events_stream: str = ""  # Redis stream key call events are XADDed to (with redis); "" = off
+    events_stream_maxlen: int = 100_000  # XADD MAXLEN ~: the stream's approximate bound
+    admin_token: str = ""  # Bearer token for /admin/status from other hosts; "" = loopback only
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
 
     def listeners(self) -> dict[str, list[tuple[str, int]]]:
@@ -271,6 +284,8 @@ RANGES: dict[str, tuple[int, int]] = {
     "request_window": (0, DAY),
     "auth_failure_window": (0, 7 * DAY),
     "ban_time": (0, 365 * DAY),
+    "redis_replica_acks": (0, 16),
+    "events_stream_maxlen": (1, 100_000_000),
     # Strict source on plain RTP (webrtc.plain.LatchPolicy).
     "rtp_learn_seconds": (0, DAY),
     "rtp_probation_packets": (1, 1_000),
@@ -406,6 +421,21 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: expected seconds > 0, got {getattr(config, name)}")
     if config.metrics:
         parse_hostport(config.metrics, "metrics")
+    if config.redis:
+        try:
+            redis_kind = parse_redis_url(config.redis).kind
+        except ValueError as error:
+            raise ConfigError(f"redis: {error}") from error
+        if config.redis_replica_acks and redis_kind is RedisKind.CLUSTER:
+            raise ConfigError("redis_replica_acks: not with a redis+cluster:// URL (WAIT is "
+                              "per cluster node); use a single Redis or Sentinel")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format: expected text or json, got {config.log_format!r}")
+    if config.events_webhook and not config.events_webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"events_webhook: expected an http(s) URL, got "
+                          f"{config.events_webhook[:60]!r}")
+    if config.events_stream and not config.redis:
+        raise ConfigError("events_stream needs redis (the stream lives there)")
     if (config.tls or config.wss) and not (config.tls_cert and config.tls_key):
         raise ConfigError("tls/wss listeners need tls_cert and tls_key")
     if not config.digest_algorithms or not set(config.digest_algorithms) <= {"MD5", "SHA-256"}:
@@ -445,7 +475,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--tls-cert", help="PEM certificate chain for tls and wss listeners")
     parser.add_argument("--tls-key", help="PEM private key for tls and wss listeners")
-    parser.add_argument("--redis", metavar="URL", help="Redis URL; default: embedded in-memory")
+    parser.add_argument(
+        "--redis", metavar="URL",
+        help="Redis URL: redis://HOST:PORT/DB, redis+sentinel://H1:P1,H2:P2/MASTER[/DB] or "
+        "redis+cluster://H1:P1,H2:P2/; default: embedded in-memory",
+    )
     parser.add_argument("--users-file", metavar="PATH", help="users file when Redis is not used")
     parser.add_argument("--node-id", help="this node's id in a cluster (default: host name)")
     parser.add_argument("--public-address", help="address announced in SDP, Via and Record-Route")
@@ -594,6 +628,31 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--node-heartbeat", type=float, metavar="S",
         help="seconds between this node's heartbeats in Redis; the bindings of a node silent for "
         "3 heartbeats are dropped by the others (default 5)",
+    )
+    parser.add_argument(
+        "--redis-replica-acks", type=int, metavar="N",
+        help="replicas that must hold each registration write (Redis WAIT, 1 s) before its "
+        "200, else 503: with Sentinel, 1 makes a failover lose no registration (default 0; "
+        "not with redis+cluster://)",
+    )
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        help="text (default) or json: one object per line with time, level, "
+                        "logger, message, node and, when known, call_id, user and flow")
+    parser.add_argument(
+        "--events-webhook", metavar="URL",
+        help="POST each call event (start, answer, end with cause, duration and media "
+        "stats) as JSON to this URL; bounded queue, bounded retries, never blocks calls",
+    )
+    parser.add_argument(
+        "--events-stream", metavar="KEY",
+        help="also XADD each call event to this Redis stream (needs --redis), e.g. ws2sip:cdr",
+    )
+    parser.add_argument("--events-stream-maxlen", type=int, metavar="N",
+                        help="approximate bound of --events-stream (MAXLEN ~; default 100000)")
+    parser.add_argument(
+        "--admin-token", metavar="TOKEN",
+        help="Bearer token that /admin/status (on the --metrics listener) accepts from other "
+        "hosts; without it only loopback clients are answered",
     )
     parser.add_argument(
         "--no-demo-users", dest="demo_users", action="store_false", default=None,

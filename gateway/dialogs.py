@@ -163,6 +163,9 @@ class DialogTable:
         self._by_flow: dict[str, set[str]] = {}  # flow id → Call-IDs of the dialogs on it
         self._on_released = on_released
         self._releases = TaskSet(log, "dialog release")
+        # Call events (gateway/call_events.py): ("start" | "answer" | "end", the INVITE dialog,
+        # end cause, final status of a failed call or 0), called synchronously.
+        self.on_call_event: Callable[[str, Dialog, str, int], None] | None = None
 
     def __len__(self) -> int:
         return len(self._dialogs)
@@ -170,7 +173,7 @@ class DialogTable:
     def get(self, call_id: str) -> Dialog | None:
         dialog = self._dialogs.get(call_id)
         if dialog is not None and dialog.deadline < time.monotonic():
-            self._forget(dialog)
+            self._forget(dialog, "expired")
             return None
         return dialog
 
@@ -189,7 +192,15 @@ class DialogTable:
                 self._per_user[user] += 1
             if dialog.trunk:
                 self._per_trunk[dialog.trunk] += 1
+            if self.on_call_event is not None:
+                self.on_call_event("start", dialog, "", 0)
         return dialog
+
+    def confirm(self, dialog: Dialog) -> None:
+        """The INVITE's 2xx went up: the call is answered."""
+        dialog.confirmed = True
+        if dialog.method == "INVITE" and self.on_call_event is not None:
+            self.on_call_event("answer", dialog, "", 0)
 
     def attach_flow(self, dialog: Dialog, flow_id: str) -> None:
         """The dialog lives on that flow: losing the flow ends it (see on_flow)."""
@@ -227,10 +238,11 @@ class DialogTable:
     def calls_of_trunk(self, name: str) -> int:
         return self._per_trunk[name]
 
-    def release(self, call_id: str) -> Dialog | None:
+    def release(self, call_id: str, cause: str = "released", status: int = 0) -> Dialog | None:
+        """`cause` (and the final `status` of a call that failed) go to the call's end event."""
         dialog = self._dialogs.get(call_id)
         if dialog is not None:
-            self._forget(dialog)
+            self._forget(dialog, cause, status)
         return dialog
 
     def sweep(self) -> int:
@@ -240,7 +252,7 @@ class DialogTable:
             # %r and a cut: a Call-ID is the sender's text (control characters, any length).
             log.info("%s dialog %r expired (no BYE, or its subscription ran out); releasing it",
                      dialog.method, dialog.call_id[:80])
-            self._forget(dialog)
+            self._forget(dialog, "expired")
         return len(expired)
 
     def _sweep_tick(self) -> None:
@@ -262,7 +274,7 @@ class DialogTable:
     def close(self) -> None:
         """Release every dialog (their media goes with them) and stop sweeping."""
         for dialog in list(self._dialogs.values()):
-            self._forget(dialog)
+            self._forget(dialog, "shutdown")
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -270,7 +282,7 @@ class DialogTable:
     def all(self) -> list[Dialog]:
         return list(self._dialogs.values())
 
-    def _forget(self, dialog: Dialog) -> None:
+    def _forget(self, dialog: Dialog, cause: str, status: int = 0) -> None:
         if self._dialogs.pop(dialog.call_id, None) is None:
             return
         for flow_id in dialog.flow_ids:
@@ -288,6 +300,9 @@ class DialogTable:
                 self._per_trunk[dialog.trunk] -= 1
                 if self._per_trunk[dialog.trunk] <= 0:
                     del self._per_trunk[dialog.trunk]
+            if self.on_call_event is not None:
+                # Before the media release below: the event reads the session's counters.
+                self.on_call_event("end", dialog, cause, status)
         if self._on_released is not None:
             self._releases.spawn(self._on_released(dialog))
 

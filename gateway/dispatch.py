@@ -11,6 +11,7 @@ from sip.message import Request, Response
 from sip.server_transaction import ServerTransaction
 from sip.tasks import TaskSet
 
+from .logformat import LOG_CONTEXT
 from .proxy import Proxy
 from .registrar import SUPPORTED, Registrar
 from .routing import LocalAddresses
@@ -48,6 +49,7 @@ class RequestDispatch:
     def __init__(
         self, *, domain: str, registrar: Registrar, proxy: Proxy, addresses: LocalAddresses,
         tasks: TaskSet, answer_register_eagerly: bool, counts: RequestCounts,
+        tag_logs: bool = False,
     ) -> None:
         self._domain = domain.lower()
         self._addresses = addresses
@@ -55,6 +57,8 @@ class RequestDispatch:
         self._proxy = proxy
         self._tasks = tasks
         self._counts = counts
+        # JSON logs: each request's handling carries its Call-ID, user and flow (LOG_CONTEXT).
+        self._tag_logs = tag_logs
         # With in-process stores nothing in a REGISTER's answer suspends, so it runs without a
         # task of its own; Redis needs one (its client also uses asyncio.timeout, task-only).
         self._answer_register: Callable[[Coroutine[Any, Any, None]], None] = (
@@ -66,6 +70,16 @@ class RequestDispatch:
     def __call__(self, request: Request, transaction: ServerTransaction | None) -> None:
         if transaction is None:
             return  # stray ACKs come through stray_ack, with their flow
+        if not self._tag_logs:
+            self._dispatch(request, transaction)
+            return
+        token = LOG_CONTEXT.set((request.call_id, _from_user(request), transaction.flow.id))
+        try:
+            self._dispatch(request, transaction)
+        finally:
+            LOG_CONTEXT.reset(token)
+
+    def _dispatch(self, request: Request, transaction: ServerTransaction) -> None:
         self._counts.count(request.method)
         method = request.method
         if method == "REGISTER" and self._is_for_us(request):
@@ -87,6 +101,14 @@ class RequestDispatch:
     def _is_for_us(self, request: Request) -> bool:
         host = request.ruri.host.lower()
         return host == self._domain or host in self._addresses.hosts
+
+
+def _from_user(request: Request) -> str:
+    """The From URI's user for the log, "" when the header does not parse (a 400 follows)."""
+    try:
+        return request.from_.uri.user or ""
+    except Exception:
+        return ""
 
 
 def _options_response(request: Request) -> Response:

@@ -36,6 +36,7 @@ from sip.message import Request, Response
 from sip.tasks import TaskSet
 
 from .config import Config, TrustedSource
+from .redis_connect import open_redis, parse_redis_url
 
 log = logging.getLogger(f"ws2sip.{__name__}")
 
@@ -50,6 +51,9 @@ REDIS_KEY_PREFIX = "ws2sip:guard:"
 BAN_KEY_PREFIX = REDIS_KEY_PREFIX + "ban:"  # + IP; expires with the ban
 BAN_CHANNEL = REDIS_KEY_PREFIX + "bans"  # "IP milliseconds" for every new ban
 RESUBSCRIBE_DELAY = 1.0
+# Connections for failure counts, bans and the ban channel; more callers wait up to the timeout.
+BAN_POOL_SIZE = 16
+BAN_POOL_WAIT_SECONDS = 10.0
 # Sources counted per request window: a flood from spoofed UDP addresses must not grow the table
 # without bound; past this, new sources go uncounted until the next window.
 MAX_COUNTED_SOURCES = 100_000
@@ -152,7 +156,10 @@ class RedisBanList(BanList):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self._redis = aioredis.Redis.from_url(url)
+        # Any URL form of gateway/redis_connect.py. Bytes replies (no decoding), as _listen
+        # expects.
+        self._redis = open_redis(parse_redis_url(url), max_connections=BAN_POOL_SIZE,
+                                 pool_timeout=BAN_POOL_WAIT_SECONDS, decode_responses=False)
         self._listener: asyncio.Task[None] | None = None
 
     async def count_failure(self, ip: str, window: float) -> int:

@@ -124,7 +124,7 @@ class Proxy:
         for dialog in self.dialogs.on_flow(flow.id):
             if dialog.method == "INVITE":
                 log.info("%s closed: releasing call %s", flow.id, dialog.call_id)
-                self.dialogs.release(dialog.call_id)
+                self.dialogs.release(dialog.call_id, "flow_closed")
 
     # --- routing -----------------------------------------------------------------------------
     async def _route(self, request: Request, server: ServerTransaction) -> None:
@@ -239,7 +239,7 @@ class Proxy:
             # dialog this request created, and the media session it holds, go with it. One that
             # already existed under that Call-ID is not this request's to end.
             if created is not None and proxied.dialog is created and not created.confirmed:
-                self.dialogs.release(created.call_id)
+                self.dialogs.release(created.call_id, "refused")
             raise
 
     # --- transfer (RFC 3515 REFER, RFC 3891 Replaces) -------------------------------------------
@@ -512,7 +512,7 @@ class ProxiedRequest:
         if dialog is None or self.request.to.tag is not None:
             return
         proxy = self._proxy
-        dialog.confirmed = True
+        proxy.dialogs.confirm(dialog)
         dialog.callee_side = winner.destination.side
         if isinstance(winner.destination.target, Flow):
             proxy.dialogs.attach_flow(dialog, winner.destination.target.id)
@@ -536,8 +536,10 @@ class ProxiedRequest:
             return
         failed_to_create = response.status >= 300 and self.request.to.tag is None and \
             not dialog.confirmed
-        if failed_to_create or self.request.method == "BYE":
-            self._proxy.dialogs.release(dialog.call_id)
+        if failed_to_create:
+            self._proxy.dialogs.release(dialog.call_id, "failed", response.status)
+        elif self.request.method == "BYE":
+            self._proxy.dialogs.release(dialog.call_id, "bye")
 
 
 def _no_flow_observer(flow: Flow) -> None:

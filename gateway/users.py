@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, cast
 
-import redis.asyncio as aioredis
-from redis.exceptions import WatchError
-
 from sip.digest import compute_ha1
+
+from .redis_connect import open_redis, parse_redis_url
 
 log = logging.getLogger(f"ws2sip.{__name__}")
 
@@ -28,7 +27,22 @@ _FILE_FORMAT_VERSION = 1
 # get() runs for every authenticated request; a stat per second keeps external edits visible
 # without a syscall on the hot path.
 _FILE_CHECK_INTERVAL = 1.0
-_MAX_TRANSACTION_ATTEMPTS = 16
+# KEYS: the user's hash, its domain's member set (one hash tag). ARGV: "new" (refused when the
+# user exists) or "existing" (refused when not), username, ha1_md5, ha1_sha256.
+_WRITE_USER_SCRIPT = """
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if ARGV[1] == 'new' and exists then return 'exists' end
+if ARGV[1] == 'existing' and not exists then return 'unknown' end
+redis.call('HSET', KEYS[1], 'ha1_md5', ARGV[3], 'ha1_sha256', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 'ok'
+"""
+# KEYS as above; ARGV: username. Answers how many hashes were deleted (0 or 1).
+_DELETE_USER_SCRIPT = """
+local deleted = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return deleted
+"""
 # Requests beyond this many Redis connections wait for a free one (BlockingConnectionPool)
 # instead of failing, so a burst of authenticated requests queues rather than gets 503s.
 _REDIS_POOL_SIZE = 16
@@ -254,7 +268,7 @@ class FileUserStore(UserStore):
 
 class RedisUserStore(UserStore):
     """Key schema (`ws2sip` is the prefix; `{domain}` is a hash tag, so a user's hash and its
-    domain's set share a slot and change together in one MULTI):
+    domain's set share a slot and change together in one script):
 
     ``ws2sip:user:{<domain>}:<username>``  HASH ha1_md5, ha1_sha256
     ``ws2sip:users:{<domain>}``  SET of usernames, for listing
@@ -269,14 +283,9 @@ class RedisUserStore(UserStore):
     def __init__(
         self, url: str, *, key_prefix: str = "ws2sip", cache_seconds: float = USER_CACHE_SECONDS
     ) -> None:
-        self._redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=_REDIS_POOL_SIZE,
-                timeout=_REDIS_POOL_WAIT_SECONDS,
-                decode_responses=True,
-            )
-        )
+        # Any URL form of gateway/redis_connect.py: one server, Sentinel, or a Redis Cluster.
+        self._redis = open_redis(parse_redis_url(url), max_connections=_REDIS_POOL_SIZE,
+                                 pool_timeout=_REDIS_POOL_WAIT_SECONDS)
         self._prefix = key_prefix
         self._domains_key = f"{key_prefix}:user-domains"
         self._cache_seconds = cache_seconds
@@ -314,10 +323,10 @@ class RedisUserStore(UserStore):
     async def delete(self, username: str, domain: str) -> bool:
         domain = domain.lower()
         self._cache.pop((username, domain), None)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._user_key(username, domain))
-            pipe.srem(self._members_key(domain), username)
-            deleted, _ = await pipe.execute()
+        deleted = await self._redis.eval(
+            _DELETE_USER_SCRIPT, 2, self._user_key(username, domain), self._members_key(domain),
+            username,
+        )
         return bool(deleted)
 
     async def list(self, domain: str | None = None) -> list[UserRecord]:
@@ -348,28 +357,19 @@ class RedisUserStore(UserStore):
     async def _write_checked(self, record: UserRecord, *, must_exist: bool) -> None:
         key = self._user_key(record.username, record.domain)
         self._cache.pop((record.username, record.domain), None)
-        for _ in range(_MAX_TRANSACTION_ATTEMPTS):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(key)
-                exists = bool(await pipe.exists(key))
-                if exists and not must_exist:
-                    raise UserExists(f"user {record.username}@{record.domain} already exists")
-                if must_exist and not exists:
-                    raise UnknownUser(f"no user {record.username}@{record.domain}")
-                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-                pipe.hset(key, mapping={"ha1_md5": record.ha1_md5, "ha1_sha256": record.ha1_sha256})
-                pipe.sadd(self._members_key(record.domain), record.username)
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    continue
-            # Another slot, so not in the transaction; it only feeds list(None).
-            await self._redis.sadd(self._domains_key, record.domain)
-            return
-        raise RuntimeError(
-            f"user {record.username}@{record.domain} kept changing during "
-            f"{_MAX_TRANSACTION_ATTEMPTS} transaction attempts"
+        # One script: the existence check and both writes are atomic, on any Redis kind (a
+        # Redis Cluster runs it on the node of the domain's hash tag).
+        outcome = await self._redis.eval(
+            _WRITE_USER_SCRIPT, 2, key, self._members_key(record.domain),
+            "existing" if must_exist else "new", record.username, record.ha1_md5,
+            record.ha1_sha256,
         )
+        if outcome == "exists":
+            raise UserExists(f"user {record.username}@{record.domain} already exists")
+        if outcome == "unknown":
+            raise UnknownUser(f"no user {record.username}@{record.domain}")
+        # Another slot, so not in the script; it only feeds list(None).
+        await self._redis.sadd(self._domains_key, record.domain)
 
     def _user_key(self, username: str, domain: str) -> str:
         return f"{self._prefix}:user:{{{domain}}}:{username}"

@@ -220,6 +220,13 @@ class TransportLayer:
     def flow_count(self) -> int:
         return len(self._flows)
 
+    def flow_counts(self) -> dict[str, int]:
+        """Open flows by transport (udp, tcp, tls, ws, wss), for an operator's status view."""
+        counts: dict[str, int] = {}
+        for flow in self._flows.values():
+            counts[flow.transport] = counts.get(flow.transport, 0) + 1
+        return counts
+
     def _start_sweeper(self) -> None:
         if self._sweeper is None:
             interval = min(self.idle_timeout / 4, 60.0)

@@ -16,7 +16,7 @@ from .negotiation import Agreement, agree, offer_codecs, relayable, webrtc_feedb
 from .plain import LatchPolicy, PlainLeg
 from .ports import PortPool
 from .relay_pumps import RelayPumps
-from .rtcp import without_bye
+from .rtcp import reported_jitter, without_bye
 from .sdp import (
     MediaDescription,
     MediaSection,
@@ -104,6 +104,7 @@ class MediaSession:
         self._to_plain = Forwarder(stats=self._to_plain_stats)
         self._pumps = RelayPumps()  # the C relay path's share of the packets
         self._retired_frames = 0  # frames of transcoders replaced by a renegotiation
+        self._jitter_us = 0  # largest RTCP-reported interarrival jitter (see _note_jitter)
         self._closed = False
         self.failure: str | None = None
         self.on_failure: Callable[[str], None] | None = None  # media workers report it upstream
@@ -187,6 +188,8 @@ class MediaSession:
             "srtp_errors": srtp_errors,
             # included in "dropped": packets from a source the plain leg did not latch onto
             "foreign_dropped": sum(s.plain.foreign_packets for s in self._streams.values()),
+            # the largest interarrival jitter either end reported in RTCP, in microseconds
+            "jitter_us": self._jitter_us,
         }
 
     @property
@@ -367,6 +370,7 @@ class MediaSession:
 
     def _rtcp_to_webrtc(self, stream: _Stream) -> Callable[[bytes], None]:
         def forward(packet: bytes) -> None:
+            self._note_jitter(packet, stream, "plain")
             kept = without_bye(packet)
             if self._webrtc is not None and kept is not None and not stream.transcoders:
                 self._webrtc.send_rtcp(kept)
@@ -376,9 +380,21 @@ class MediaSession:
         # Reports from the browser go to the plain stream whose media they describe;
         # transcoded streams end RTCP at the gateway (the SSRCs would not match).
         stream = self._stream_for_report(packet)
+        if stream is not None:
+            self._note_jitter(packet, stream, "webrtc")
         kept = without_bye(packet)
         if stream is not None and kept is not None and not stream.transcoders:
             stream.plain.send_rtcp(kept)
+
+    def _note_jitter(self, packet: bytes, stream: _Stream, reporter: Side) -> None:
+        """Keep the largest jitter a side reported about what it receives (its own codec's
+        clock), for the call's media stats (`jitter_us`)."""
+        jitter = reported_jitter(packet)
+        if jitter is None or stream.agreement is None:
+            return
+        clock_rate = stream.codec(reporter)[0].clock_rate
+        if clock_rate > 0:
+            self._jitter_us = max(self._jitter_us, jitter * 1_000_000 // clock_rate)
 
     def _stream_for_report(self, packet: bytes) -> _Stream | None:
         if len(self._streams) == 1:

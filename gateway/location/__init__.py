@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 
-def open_location_service(redis_url: str | None) -> LocationService:
+def open_location_service(redis_url: str | None, *, replica_acks: int = 0) -> LocationService:
     """Redis-backed when a URL is configured (clusters), else in-process (a single node)."""
     if redis_url:
-        return RedisLocationService(redis_url)
+        return RedisLocationService(redis_url, replica_acks=replica_acks)
     return MemoryLocationService()

@@ -27,7 +27,7 @@ every multi-key operation below touches a single slot):
 
 The flow index is a hint: it may name AoRs whose binding has since moved or been removed
 (its writes are pipelined right behind the AoR's compare-and-set, outside it, as it lives in another
-slot; a Redis Cluster client would send them to that slot's node),
+slot; on a Redis Cluster, ClusterPipe sends them to that slot's node),
 so whoever uses it re-checks node and connection on the binding itself.
 """
 
@@ -43,8 +43,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
+from ..redis_connect import RedisKind, open_redis, parse_redis_url
 from .aor_cache import AorCache
 from .base import LocationService
 from .codec import decode_binding, decode_node, encode_binding, encode_node
@@ -57,7 +58,7 @@ from .model import (
     apply_register,
     by_preference,
 )
-from .resp_pipe import Command, RespPipe
+from .resp_pipe import ClusterPipe, Command, RespPipe
 
 # Optimistic transactions on one AoR only collide when its own devices register at the same
 # instant; this bound turns a pathological livelock into an error instead of a hang.
@@ -72,6 +73,11 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 # AoRs whose last written state this node remembers (a refresh then needs no read): a few
 # hundred bytes each, so the default bounds the cache to some tens of MB.
 AOR_CACHE_ENTRIES = 100_000
+# While Redis is unreachable (restarting, or Sentinel promoting a replica), a request waits up
+# to this long for a connection before it fails (the REGISTER is then answered 503).
+RECONNECT_WAIT_SECONDS = 3.0
+# With replica_acks, how long a write waits for its replicas (WAIT's timeout).
+REPLICA_ACK_TIMEOUT_MS = 1000
 _VERSION_FIELD = "~version"
 # Called with no ARGV: a read. Else ARGV = expected version ('' for none), new version,
 # PEXPIREAT in unix ms, then binding key/JSON pairs (none: the AoR is emptied).
@@ -105,14 +111,27 @@ class LocationContention(RuntimeError):
 
 class RedisLocationService(LocationService):
     def __init__(
-        self, url: str, *, key_prefix: str = "ws2sip", aor_cache_entries: int = AOR_CACHE_ENTRIES
+        self, url: str, *, key_prefix: str = "ws2sip", aor_cache_entries: int = AOR_CACHE_ENTRIES,
+        replica_acks: int = 0, reconnect_wait: float = RECONNECT_WAIT_SECONDS,
     ) -> None:
-        self._redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=POOL_SIZE, timeout=POOL_WAIT_SECONDS, decode_responses=True
-            )
-        )
-        self._pipe = RespPipe(url, timeout=REQUEST_TIMEOUT_SECONDS)
+        """`url`: any form gateway/redis_connect.py reads. `replica_acks`: replicas that must
+        hold each registration write (Redis WAIT) before it counts as done, so that a failover
+        cannot lose it; fewer within REPLICA_ACK_TIMEOUT_MS fail the REGISTER (503).
+        `reconnect_wait`: how long a request waits for Redis (a new master) to accept a
+        connection before it fails."""
+        target = parse_redis_url(url)
+        self._redis = open_redis(target, max_connections=POOL_SIZE, pool_timeout=POOL_WAIT_SECONDS)
+        self._pipe: RespPipe | ClusterPipe
+        if target.kind is RedisKind.CLUSTER:
+            if replica_acks:
+                raise ValueError("redis_replica_acks needs one master (a single Redis or "
+                                 "Sentinel); a Redis Cluster's WAIT is per node")
+            self._pipe = ClusterPipe(cast(RedisCluster, self._redis), target,
+                                     timeout=REQUEST_TIMEOUT_SECONDS)
+        else:
+            self._pipe = RespPipe(url, timeout=REQUEST_TIMEOUT_SECONDS,
+                                  reconnect_wait=reconnect_wait)
+        self._replica_acks = replica_acks
         self._prefix = key_prefix
         self._nodes_key = f"{key_prefix}:nodes"
         self._aor_cache = AorCache(aor_cache_entries)
@@ -298,12 +317,22 @@ class RedisLocationService(LocationService):
         restart or SCRIPT FLUSH).
         """
         call: Command = ("EVALSHA", _CAS_SHA, 1, key, *arguments)
-        replies = await self._pipe.execute([call, *followers])
+        commands = [call, *followers]
+        if self._replica_acks and arguments:
+            commands.append(("WAIT", self._replica_acks, REPLICA_ACK_TIMEOUT_MS))
+        replies = await self._pipe.execute(commands)
         if isinstance(replies[0], hiredis.ReplyError) and str(replies[0]).startswith("NOSCRIPT"):
-            replies = (await self._pipe.execute([("SCRIPT", "LOAD", _CAS_SCRIPT), call]))[1:]
+            await self._pipe.load_script(_CAS_SCRIPT)
+            replies = await self._pipe.execute(commands)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise RuntimeError(f"Redis refused a location write on {key}: {reply}")
+        if self._replica_acks and arguments and replies[-1] < self._replica_acks:
+            # Written on the master only: a failover now could lose it. The caller answers
+            # 503 and the client registers again; this node's cache keeps the version before
+            # this write, so the next write finds out the stored one and recomputes on it.
+            raise RuntimeError(f"location write on {key} reached {replies[-1]} of "
+                               f"{self._replica_acks} replicas in {REPLICA_ACK_TIMEOUT_MS} ms")
         return replies[0]
 
     def _next_version(self) -> str:
