@@ -118,6 +118,9 @@ class DialogTable:
         self._per_trunk: Counter[str] = Counter()
         self._by_flow: dict[str, set[str]] = {}  # flow id → Call-IDs of the dialogs on it
         self._on_released = on_released
+        # Told when an INVITE dialog is created ("trying"), rings ("early"), is answered
+        # ("confirmed") or ends ("terminated"): the gateway's dialog-event notifier.
+        self.on_state: Callable[[Dialog, str], None] | None = None
         self._releases = TaskSet(log, "dialog release")
 
     def __len__(self) -> int:
@@ -157,6 +160,10 @@ class DialogTable:
 
     def extend(self, dialog: Dialog, lifetime: float) -> None:
         dialog.deadline = time.monotonic() + lifetime
+
+    def report(self, dialog: Dialog, state: str) -> None:
+        if self.on_state is not None and dialog.method == "INVITE":
+            self.on_state(dialog, state)
 
     def calls_of_user(self, aor: str) -> int:
         return self._per_user[aor]
@@ -217,6 +224,7 @@ class DialogTable:
                 if not on_flow:
                     del self._by_flow[flow_id]
         if dialog.method == "INVITE":
+            self.report(dialog, "terminated")
             for user in _users_of(dialog):
                 self._per_user[user] -= 1
                 if self._per_user[user] <= 0:
