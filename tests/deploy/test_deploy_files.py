@@ -295,3 +295,26 @@ def test_coturn_matches_the_gateway_turn_settings() -> None:
         assert port and port[1] in ports, uri
         if uri.startswith("turns:"):
             assert port[1] == options["tls-listening-port"], uri
+
+
+def test_asterisk_gives_web_users_voicemail_lamps_busy_lamps_and_transfer() -> None:
+    """Issue 17: unsolicited MWI to a web user's address at the gateway, hints for BLF, and
+    REFER allowed with a transfer context that exists."""
+    pjsip = parse_asterisk_conf((DEPLOY / "asterisk" / "pjsip.conf").read_text())
+    dialplan = dict(parse_asterisk_conf((DEPLOY / "asterisk" / "extensions.conf").read_text()))
+    endpoints = dict(_typed(pjsip, "endpoint"))
+    gateway = endpoints["ws2sip"]
+    assert gateway["allow_transfer"] == ["yes"] and gateway["allow_subscribe"] == ["yes"]
+    (transfer_context,) = [v.partition("=")[2] for v in gateway["set_var"]
+                           if v.startswith("TRANSFER_CONTEXT=")]
+    assert "to-ws2sip" in dialplan[transfer_context]["include"]
+    gateway_host = dict(_typed(pjsip, "aor"))["ws2sip"]["contact"][0].removeprefix("sip:")
+    # An endpoint (from a template) per web user: mailboxes, and an AOR at the gateway.
+    mwi_users = [(name, options["aors"][0]) for name, options in pjsip
+                 if options.get("mailboxes") and options.get("aors")]
+    assert mwi_users, "no web user gets unsolicited MWI"
+    user, aor = mwi_users[0]
+    (contact,) = [opts["contact"] for name, opts in _typed(pjsip, "aor") if name == aor]
+    assert contact == [f"sip:{user}@{gateway_host}"]
+    hints = [e for e in dialplan["extensions"]["exten"] if ",hint," in e]
+    assert hints and hints[0].startswith("201,hint,PJSIP/201")
