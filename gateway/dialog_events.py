@@ -179,6 +179,13 @@ class DialogEventNotifier:
         self._arm(subscription, expires)
         self._notify(subscription)
 
+    def flow_closed(self, flow_id: str) -> None:
+        """A watcher whose connection closed is gone: its subscriptions end without a NOTIFY."""
+        for subscription in list(self._subscriptions.values()):
+            hop = subscription.next_hop
+            if isinstance(hop, Flow) and hop.id == flow_id:
+                self._end(subscription)
+
     def close(self) -> None:
         for subscription in list(self._subscriptions.values()):
             self._end(subscription)

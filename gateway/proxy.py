@@ -121,6 +121,8 @@ class Proxy:
             if dialog.method == "INVITE":
                 log.info("%s closed: releasing call %s", flow.id, dialog.call_id)
                 self.dialogs.release(dialog.call_id)
+        if self.dialog_events is not None:
+            self.dialog_events.flow_closed(flow.id)
 
     # --- routing -----------------------------------------------------------------------------
     async def _route(self, request: Request, server: ServerTransaction) -> None:
@@ -475,8 +477,7 @@ class ProxiedRequest:
         dialog.callee_side = winner.destination.side
         if isinstance(winner.destination.target, Flow):
             proxy.dialogs.attach_flow(dialog, winner.destination.target.id)
-        if dialog.method != "SUBSCRIBE":  # a subscription lives as long as its Expires
-            proxy.dialogs.extend(dialog, INVITE_DIALOG_LIFETIME)
+        proxy.dialogs.extend(dialog, INVITE_DIALOG_LIFETIME)
         media = proxy.media
         if dialog.media is not None and media is not None and \
                 dialog.callee_side == dialog.caller_side:

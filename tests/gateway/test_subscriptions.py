@@ -17,7 +17,7 @@ import secrets
 from sip.digest import build_authorization, select_challenge
 from sip.message import Request, Response
 from tests.fixtures.gateway import GatewayFactory, GatewayProcess
-from tests.gateway.test_hostile_input import metric, wait_for_metric
+from tests.gateway.test_hostile_input import metric, register_over_udp, wait_for_metric
 from tests.gateway.test_proxy_dialog_relay import (
     UdpParty,
     browser,
@@ -193,3 +193,28 @@ async def test_a_user_may_not_send_notify_outside_a_subscription(
     finally:
         alice.peer.close()
         await bob.close()
+
+
+async def test_subscription_dialog_lasts_as_long_as_its_2xx_grants(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """Asked for 600 s, granted 1 s by the notifier's 2xx: the gateway keeps the dialog for
+    the granted second and the grace for the final NOTIFY, not for ten minutes."""
+    gateway = await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"))
+    bob = await register_over_udp(gateway, "bob")
+    alice = await open_party(gateway, "alice")
+    try:
+        answered = asyncio.create_task(subscribe(alice, "bob", gateway.users["alice"],
+                                                 "Event: presence\r\nExpires: 600\r\n"))
+        at_bob = await bob.peer.next_message()
+        assert isinstance(at_bob, Request) and at_bob.method == "SUBSCRIBE"
+        granted = at_bob.response(200, to_tag="bobtag")
+        granted.add("Expires", "1")
+        granted.add("Contact", f"<sip:bob@{bob.peer.address[0]}:{bob.peer.address[1]}>")
+        bob.peer.send(granted.to_bytes(), bob.gateway)
+        assert (await answered).status == 200
+        assert await metric(gateway, "ws2sip_dialogs") == 1
+        assert await wait_for_metric(gateway, "ws2sip_dialogs", 0, timeout=25.0) == 0
+    finally:
+        alice.peer.close()
+        bob.close()
