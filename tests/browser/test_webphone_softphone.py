@@ -54,7 +54,8 @@ async def test_lamps_voicemail_call_waiting_and_transfers(
     pbx_peer = await RawUdpPeer.open(PBX_ADDRESS)
     config = trunk_config(tmp_path / "trunk.toml", pbx_peer.address[1])
     gateway: GatewayProcess = await gateway_factory(
-        users={name: secrets.token_urlsafe(9) for name in TONES}, domain=DOMAIN,
+        # dave is a user who never signs in.
+        users={name: secrets.token_urlsafe(9) for name in (*TONES, "dave")}, domain=DOMAIN,
         transports=("udp", "ws"), extra_args=["--config", config])
     assert gateway.udp_port is not None
     pbx = VoicemailPbx(pbx_peer, ("127.0.0.1", gateway.udp_port), DOMAIN)
@@ -74,12 +75,13 @@ async def test_lamps_voicemail_call_waiting_and_transfers(
 
         # --- contacts and voicemail --------------------------------------------------------
         await alice.page.click("#settings summary")
-        await alice.page.fill("#contacts-input", f"bob carol {EXTENSION}")
+        await alice.page.fill("#contacts-input", f"bob carol dave {EXTENSION}")
         await alice.page.fill("#voicemail-uri", MAILBOX)
         await alice.page.click("#save-settings")
         await lamp(alice, "bob", "idle")  # the gateway's own dialog notifier + bob's presence
         await lamp(alice, "carol", "idle")
         await lamp(alice, EXTENSION, "busy")  # the PBX's hint, through the trunk
+        await lamp(alice, "dave", "offline")  # presence: 480, nobody signed in as dave
         await alice.page.wait_for_selector("#voicemail[data-waiting='yes']",
                                            timeout=UI_TIMEOUT_MS)
         assert await alice.page.inner_text("#voicemail") == "✉ 2 new voicemails"
@@ -91,6 +93,7 @@ async def test_lamps_voicemail_call_waiting_and_transfers(
         await bob.page.wait_for_selector("#voicemail[data-waiting='yes']",
                                          timeout=UI_TIMEOUT_MS)
         assert await bob.page.inner_text("#voicemail") == "✉ 1 new voicemail"
+        await bob.screenshot("softphone-01b-unsolicited-voicemail")
         assert 200 in pbx.notify_answers
 
         # --- busy lamps follow a call between two browser users ------------------------------
