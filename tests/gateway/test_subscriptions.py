@@ -218,3 +218,25 @@ async def test_subscription_dialog_lasts_as_long_as_its_2xx_grants(
     finally:
         alice.peer.close()
         bob.close()
+
+
+async def test_the_gateways_dialog_subscription_expires_unless_refreshed(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gateway = await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"))
+    alice = await open_party(gateway, "alice")
+    watcher = Watcher(alice)
+    try:
+        accepted = await subscribe(alice, "bob", gateway.users["alice"],
+                                   DIALOG_EVENT + "Expires: 2\r\n")
+        assert (accepted.status, accepted.get("expires")) == (200, "2")
+        first = await watcher.next_notify()
+        assert first.get("subscription-state") == "active;expires=2"
+        last = await watcher.next_notify()  # two seconds later, unasked
+        assert last.get("subscription-state") == "terminated;reason=timeout"
+        alice.send(alice.text("SUBSCRIBE", accepted.contacts[0].uri_text, cseq=3,
+                              from_tag=alice.local_tag, to_tag=accepted.to.tag,
+                              extra=DIALOG_EVENT + "Expires: 60\r\n"))
+        assert (await alice.final("SUBSCRIBE", 3)).status == 481
+    finally:
+        alice.peer.close()
