@@ -313,6 +313,7 @@ class Phone {
     }
     const call = new Call(null, target);
     this.current = call;
+    $("transfer-status").hidden = true;
     this.#setCallState("calling", `Calling ${target}…`);
     const stream = await this.#openMedia($("with-video").checked);
     if (!stream) {
@@ -475,16 +476,17 @@ class Phone {
     const consult = this.current;
     const held = this.other;
     if (!consult?.established || !held?.established) return;
-    this.#refer(held, consult.session.remote_identity.uri.toString(), { replaces: consult.session });
+    this.#refer(held, consult.session.remote_identity.uri.toString(),
+                { replaces: consult.session }, consult.peer);
   }
 
-  #refer(call, target, options) {
-    this.#setTransfer("trying", `Transferring ${call.peer} to ${target}…`);
+  #refer(call, target, options, name = target) {
+    this.#setTransfer("trying", `Transferring ${call.peer} to ${name}…`);
     call.session.refer(target, {
       ...options,
       eventHandlers: {
         accepted: () => {
-          this.#setTransfer("done", `${call.peer} transferred to ${target}`);
+          this.#setTransfer("done", `${call.peer} transferred to ${name}`);
           call.session.terminate();
         },
         failed: () => this.#setTransfer("failed", `Transfer of ${call.peer} failed`),

@@ -164,6 +164,7 @@ async def test_lamps_voicemail_call_waiting_and_transfers(
         await alice.page.click("#complete-transfer")
         await alice.page.wait_for_selector("#transfer-status[data-state='done']",
                                            timeout=UI_TIMEOUT_MS)
+        assert await alice.page.inner_text("#transfer-status") == "bob transferred to carol"
         await alice.wait_call_state("idle")
         await bob.wait_call_state("active")
         await carol.wait_call_state("active")
