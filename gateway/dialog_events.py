@@ -122,7 +122,7 @@ class DialogEventNotifier:
     # --- SUBSCRIBE -----------------------------------------------------------------------------
     @staticmethod
     def is_dialog_subscribe(request: Request) -> bool:
-        event = (request.get("event") or request.get("o") or "").split(";")[0].strip()
+        event = (request.get("event") or "").split(";")[0].strip()
         return request.method == "SUBSCRIBE" and event.lower() == EVENT
 
     def owns(self, request: Request) -> bool:
