@@ -238,7 +238,7 @@ class DialogEventNotifier:
         if terminated is not None:
             state = f"terminated;reason={terminated}"
         else:
-            remaining = max(0, int(subscription.deadline - asyncio.get_running_loop().time()))
+            remaining = max(0, round(subscription.deadline - asyncio.get_running_loop().time()))
             state = f"active;expires={remaining}"
         calls = list(self._calls.get(subscription.watched, {}).values())
         if ended is not None:
