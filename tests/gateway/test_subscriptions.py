@@ -6,6 +6,7 @@
   in-dialog SUBSCRIBE are covered.
 - A relayed subscription's dialog ends with the NOTIFY whose Subscription-State is terminated.
 - A user may not send NOTIFY outside a subscription (only a trunk's unsolicited MWI may).
+- A PBX behind a trunk watches a web user's calls without a challenge.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from pathlib import Path
 
 from sip.digest import build_authorization, select_challenge
 from sip.message import Request, Response
@@ -25,6 +27,8 @@ from tests.gateway.test_proxy_dialog_relay import (
     open_party,
 )
 from tests.gateway.test_proxy_negative import DOMAIN, users
+from tests.sip.core_peer import RawUdpPeer
+from tests.support.voicemail_pbx import PBX_ADDRESS, trunk_config
 from tests.support.ws_sip import browser_sdp
 
 DIALOG_EVENT = "Event: dialog\r\nAccept: application/dialog-info+xml\r\n"
@@ -240,3 +244,29 @@ async def test_the_gateways_dialog_subscription_expires_unless_refreshed(
         assert (await alice.final("SUBSCRIBE", 3)).status == 481
     finally:
         alice.peer.close()
+
+
+async def test_a_pbx_behind_the_trunk_watches_a_web_users_calls(
+    gateway_factory: GatewayFactory, tmp_path: Path,
+) -> None:
+    """A PBX's desk phones want web users' lamps too: its SUBSCRIBE comes over the trusted
+    trunk (no challenge) and the gateway notifies it like any watcher."""
+    pbx = await RawUdpPeer.open(PBX_ADDRESS)
+    config = trunk_config(tmp_path / "trunk.toml", pbx.address[1])
+    gateway = await gateway_factory(users=users(), domain=DOMAIN, transports=("udp", "ws"),
+                                    extra_args=["--config", config])
+    assert gateway.udp_port is not None
+    party = UdpParty(pbx, ("127.0.0.1", gateway.udp_port), "201")
+    watcher = Watcher(party)
+    try:
+        party.call_id, party.local_tag = secrets.token_hex(8), secrets.token_hex(4)
+        party.remote_uri = f"sip:bob@{DOMAIN}"
+        party.send(party.text("SUBSCRIBE", f"sip:bob@{DOMAIN}", cseq=1,
+                              from_tag=party.local_tag, to_tag=None,
+                              extra=DIALOG_EVENT + "Expires: 600\r\n"))
+        accepted = await party.final("SUBSCRIBE", 1)
+        assert accepted.status == 200, accepted.start_line()  # trusted: no 407
+        first = await watcher.next_notify()
+        assert first.get("event") == "dialog" and "<dialog " not in first.body.decode()
+    finally:
+        pbx.close()
