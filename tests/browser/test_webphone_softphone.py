@@ -89,12 +89,12 @@ async def test_lamps_voicemail_call_waiting_and_transfers(
         assert ("dialog", EXTENSION) in events and ("message-summary", MAILBOX) in events
         await alice.screenshot("softphone-01-contacts-and-voicemail")
         # Unsolicited MWI from the PBX to bob, no subscription (Asterisk's default).
-        pbx.unsolicited_mwi("bob", 1, 0)
+        mwi_call_id = pbx.unsolicited_mwi("bob", 1, 0)
         await bob.page.wait_for_selector("#voicemail[data-waiting='yes']",
                                          timeout=UI_TIMEOUT_MS)
         assert await bob.page.inner_text("#voicemail") == "✉ 1 new voicemail"
         await bob.screenshot("softphone-01b-unsolicited-voicemail")
-        assert 200 in pbx.notify_answers
+        assert await pbx.notify_answer(mwi_call_id) == 200
 
         # --- busy lamps follow a call between two browser users ------------------------------
         await bob.call("carol")

@@ -51,7 +51,7 @@ async def test_presence_between_phones_and_unsolicited_mwi_from_the_pbx(
         changed = await alice.wait_for("buddy_state", WAIT, note="On the phone")
         assert changed["online"], changed
 
-        pbx.unsolicited_mwi("bob", 3, 1)
+        mwi_call_id = pbx.unsolicited_mwi("bob", 3, 1)
         mwi = await bob.wait_for("mwi", WAIT)
         assert "Messages-Waiting: yes" in mwi["body"] and "Voice-Message: 3/1" in mwi["body"]
-        assert 200 in pbx.notify_answers
+        assert await pbx.notify_answer(mwi_call_id) == 200

@@ -30,8 +30,19 @@ class VoicemailPbx:
         self.domain = domain
         self.gateway = gateway
         self.subscribes: list[Request] = []
-        self.notify_answers: list[int] = []
+        self.notify_answers: dict[str, int] = {}  # Call-ID of our NOTIFY → final status
+        self._answered = asyncio.Event()
         self._task = asyncio.create_task(self._serve())
+
+    async def notify_answer(self, call_id: str, timeout: float = 10.0) -> int:
+        """The final status the NOTIFY of that Call-ID got (waiting for it)."""
+        async def answered() -> int:
+            while call_id not in self.notify_answers:
+                self._answered.clear()
+                await self._answered.wait()
+            return self.notify_answers[call_id]
+
+        return await asyncio.wait_for(answered(), timeout)
 
     async def close(self) -> None:
         self._task.cancel()
@@ -39,9 +50,11 @@ class VoicemailPbx:
             await self._task
         self.peer.close()
 
-    def unsolicited_mwi(self, user: str, new: int, old: int) -> None:
-        """Asterisk's unsolicited MWI: a NOTIFY outside any dialog to the user's contact."""
+    def unsolicited_mwi(self, user: str, new: int, old: int) -> str:
+        """Asterisk's unsolicited MWI: a NOTIFY outside any dialog to the user's contact;
+        returns its Call-ID."""
         host, port = self.peer.address
+        call_id = secrets.token_hex(8)
         body = f"Messages-Waiting: yes\r\nMessage-Account: sip:{user}@{self.domain}\r\n" \
                f"Voice-Message: {new}/{old} (0/0)\r\n"
         self.peer.send(
@@ -50,19 +63,22 @@ class VoicemailPbx:
             "Max-Forwards: 70\r\n"
             f"From: <sip:asterisk@{host}>;tag={secrets.token_hex(4)}\r\n"
             f"To: <sip:{user}@{self.domain}>\r\n"
-            f"Call-ID: {secrets.token_hex(8)}\r\n"
+            f"Call-ID: {call_id}\r\n"
             "CSeq: 1 NOTIFY\r\n"
             f"Contact: <sip:asterisk@{host}:{port}>\r\n"
             "Event: message-summary\r\n"
             "Subscription-State: terminated\r\n"
             "Content-Type: application/simple-message-summary\r\n"
             f"Content-Length: {len(body)}\r\n\r\n{body}", self.gateway)
+        return call_id
 
     async def _serve(self) -> None:
         while True:
             message = await self.peer.next_message(timeout=3600)
             if not isinstance(message, Request):
-                self.notify_answers.append(message.status)
+                if message.status >= 200:
+                    self.notify_answers[message.call_id] = message.status
+                    self._answered.set()
                 continue
             if message.method != "SUBSCRIBE":
                 self.peer.send(message.response(200).to_bytes(), self.gateway)
