@@ -244,17 +244,6 @@ class DialogEventNotifier:
         if ended is not None:
             calls.append(ended)
         body = dialog_info(subscription.entity, version, calls).encode()
-        request = Request("NOTIFY", subscription.remote_target)
-        request.add("Via", self._via(subscription))
-        request.add("Max-Forwards", "70")
-        request.add("From", f"<{subscription.entity}>;tag={subscription.our_tag}")
-        request.add("To", subscription.watcher)
-        request.add("Call-ID", subscription.call_id)
-        request.add("CSeq", f"{subscription.cseq} NOTIFY")
-        request.add("Contact", f"<{self._contact(subscription)}>")
-        request.add("Event", EVENT)
-        request.add("Subscription-State", state)
-        request.set_body(body, CONTENT_TYPE)
 
         def on_response(response: Response, client: ClientTransaction) -> None:
             if response.status < 200:
@@ -266,13 +255,29 @@ class DialogEventNotifier:
                          subscription.call_id[:80], response.status, response.reason)
                 self._end(subscription)
 
+        # Never raises: this runs inside the proxy's handling of someone else's call.
         try:
+            request = self._notify_request(subscription, state, body)
             client = self._transactions.create_client(request, subscription.next_hop, on_response)
         except (SipError, ValueError) as error:
             log.info("dialog NOTIFY for %r not sent: %s", subscription.call_id[:80], error)
             self._end(subscription)
             return
         subscription.sending.add(client)
+
+    def _notify_request(self, subscription: Subscription, state: str, body: bytes) -> Request:
+        request = Request("NOTIFY", subscription.remote_target)
+        request.add("Via", self._via(subscription))
+        request.add("Max-Forwards", "70")
+        request.add("From", f"<{subscription.entity}>;tag={subscription.our_tag}")
+        request.add("To", subscription.watcher)
+        request.add("Call-ID", subscription.call_id)
+        request.add("CSeq", f"{subscription.cseq} NOTIFY")
+        request.add("Contact", f"<{self._contact(subscription)}>")
+        request.add("Event", EVENT)
+        request.add("Subscription-State", state)
+        request.set_body(body, CONTENT_TYPE)
+        return request
 
     def _via(self, subscription: Subscription) -> str:
         branch = self._transactions.new_branch()
