@@ -13,7 +13,9 @@ import {
   parseMessageSummary,
   pidf,
 } from "./contacts.js";
-import { callFailure, mediaFailure, registrationFailure } from "./messages.js";
+import {
+  MEDIA_BLOCKED, callFailure, mediaFailure, registrationFailure,
+} from "./messages.js";
 import { audioQuality, describeQuality } from "./quality.js";
 import { Ringer } from "./ringer.js";
 import { fetchSettings, isStale } from "./settings.js";
@@ -23,6 +25,15 @@ const TIMER_INTERVAL_MS = 1000;
 // RFC 4733 telephone-events in the media, what PBXs and the gateway's media relay expect.
 const DTMF_OPTIONS = { transportType: JsSIP.C.DTMF_TRANSPORT.RFC2833 };
 const REMEMBERED_USER = "ws2sip.user";
+// JsSIP sends the SDP once ICE gathering completes. Where UDP is blocked, a TURN/UDP
+// allocation only gives up after ~40 s, so the call would hang in "Calling…" that long. A relay
+// candidate is the path of last resort: once one is there (plus a moment for its siblings),
+// or after GATHERING_LIMIT_MS, the SDP leaves with what has been gathered.
+const RELAY_GRACE_MS = 300;
+const GATHERING_LIMIT_MS = 5000;
+// An answered call whose ICE has not connected by then has no media path (UDP blocked, no
+// reachable TURN relay); Chromium may stay in "checking" for good when nothing was gathered.
+const MEDIA_CONNECT_LIMIT_MS = 10_000;
 const MWI_EXPIRES = 3600;
 
 const $ = (id) => document.getElementById(id);
@@ -47,6 +58,10 @@ class Call {
     this.state = "calling";
     this.stream = null;
     this.answeredAt = 0;
+    this.iceConnected = false;
+    this.mediaBlocked = false;
+    this.mediaTimer = null; // gives up on a call whose media never connects
+    this.watchedConnection = null;
   }
 
   get established() {
@@ -518,6 +533,18 @@ class Phone {
 
   #bind(call) {
     const session = call.session;
+    let gatheringLimit = null;
+    session.on("icecandidate", ({ candidate, ready }) => {
+      gatheringLimit ??= setTimeout(ready, GATHERING_LIMIT_MS);
+      if (candidate.type === "relay") setTimeout(ready, RELAY_GRACE_MS);
+    });
+    session.on("sdp", ({ originator }) => {
+      if (originator !== "local") return;
+      clearTimeout(gatheringLimit);
+      gatheringLimit = null;
+    });
+    if (session.connection) this.#watchIce(call, session.connection);
+    session.on("peerconnection", ({ peerconnection }) => this.#watchIce(call, peerconnection));
     const show = (state, text) => {
       call.state = state;
       if (call === this.current) this.#setCallState(state, text);
@@ -544,7 +571,14 @@ class Phone {
     });
     session.on("muted", () => $("mute").setAttribute("aria-pressed", "true"));
     session.on("unmuted", () => $("mute").setAttribute("aria-pressed", "false"));
-    session.on("ended", ({ originator }) => {
+    session.on("ended", ({ originator, cause }) => {
+      // JsSIP hangs up itself when ICE fails (cause RTP_TIMEOUT); the phone does when ICE
+      // never connects: the call was answered, its media could not flow.
+      if (cause === JsSIP.C.causes.RTP_TIMEOUT || call.mediaBlocked) {
+        this.#showError(MEDIA_BLOCKED);
+        this.#drop(call, "Call failed");
+        return;
+      }
       const who = originator === "remote" ? `${call.peer} hung up` : "Call ended";
       this.#drop(call, who);
     });
@@ -586,6 +620,9 @@ class Phone {
     if (call === this.current) this.#ringer.stop();
     call.answeredAt = Date.now();
     call.state = "active";
+    call.mediaTimer = setTimeout(() => {
+      if (!call.iceConnected) this.#giveUpOnMedia(call);
+    }, MEDIA_CONNECT_LIMIT_MS);
     if (call === this.current) {
       this.#showCall(call);
     } else {
@@ -602,6 +639,7 @@ class Phone {
   #drop(call, text) {
     if (call !== this.current && call !== this.other) return;
     call.stream?.getTracks().forEach((track) => track.stop());
+    clearTimeout(call.mediaTimer);
     call.state = "ended";
     if (call === this.other) {
       this.other = null;
@@ -647,6 +685,26 @@ class Phone {
       $("videos").hidden = false;
     }
     return stream;
+  }
+
+  // Whether the call's media ever connects (ICE), whichever call is on screen.
+  #watchIce(call, pc) {
+    if (call.watchedConnection === pc) return;
+    call.watchedConnection = pc;
+    call.iceConnected = false;
+    pc.addEventListener("iceconnectionstatechange", () => {
+      if (call.watchedConnection !== pc) return;
+      const state = pc.iceConnectionState;
+      if (state === "connected" || state === "completed") call.iceConnected = true;
+      else if (state === "failed" && !call.iceConnected) this.#giveUpOnMedia(call);
+    });
+  }
+
+  #giveUpOnMedia(call) {
+    if (call.mediaBlocked || call.state === "ended" || !call.session) return;
+    call.mediaBlocked = true;
+    this.#showError(MEDIA_BLOCKED);
+    call.session.terminate();
   }
 
   #watchIfCurrent(call, pc) {
@@ -727,6 +785,7 @@ class Phone {
     line.dataset.packetsReceived = quality.packetsReceived;
     line.dataset.jitterMs = quality.jitterMs ?? "";
     line.dataset.rttMs = quality.rttMs ?? "";
+    line.dataset.path = quality.path ?? "";
     line.hidden = false;
   }
 

@@ -297,17 +297,30 @@ def test_coturn_matches_the_gateway_turn_settings() -> None:
             assert port[1] == options["tls-listening-port"], uri
 
 
-def test_asterisk_gives_web_users_voicemail_lamps_busy_lamps_and_transfer() -> None:
-    """Issue 17: unsolicited MWI to a web user's address at the gateway, hints for BLF, and
-    REFER allowed with a transfer context that exists."""
+def test_asterisk_sends_web_users_transfers_back_to_the_gateway() -> None:
+    """A web user's REFER to Asterisk names another web user (sip:bob@<domain>): the
+    endpoint's transfer context must reach to-ws2sip, which from-ws2sip does not (loop)."""
+    endpoints = dict(_typed(parse_asterisk_conf(
+        (DEPLOY / "asterisk" / "pjsip.conf").read_text()), "endpoint"))
+    gateway = endpoints["ws2sip"]
+    assert gateway.get("allow_transfer") == ["yes"]
+    assert gateway.get("refer_blind_progress") == ["yes"]
+    variables = dict(v.partition("=")[::2] for v in gateway.get("set_var", []))
+    contexts = {name: options for name, options in parse_asterisk_conf(
+        (DEPLOY / "asterisk" / "extensions.conf").read_text())}
+    transfers = contexts[variables["TRANSFER_CONTEXT"]]
+    assert "to-ws2sip" in transfers["include"], transfers
+    assert "to-ws2sip" not in contexts["from-ws2sip"].get("include", [])
+
+
+def test_asterisk_gives_web_users_voicemail_lamps_and_busy_lamps() -> None:
+    """Issue 17: unsolicited MWI to a web user's address at the gateway, and hints for the
+    lamps (subscriptions allowed on the gateway's endpoint)."""
     pjsip = parse_asterisk_conf((DEPLOY / "asterisk" / "pjsip.conf").read_text())
     dialplan = dict(parse_asterisk_conf((DEPLOY / "asterisk" / "extensions.conf").read_text()))
     endpoints = dict(_typed(pjsip, "endpoint"))
     gateway = endpoints["ws2sip"]
-    assert gateway["allow_transfer"] == ["yes"] and gateway["allow_subscribe"] == ["yes"]
-    (transfer_context,) = [v.partition("=")[2] for v in gateway["set_var"]
-                           if v.startswith("TRANSFER_CONTEXT=")]
-    assert "to-ws2sip" in dialplan[transfer_context]["include"]
+    assert gateway["allow_subscribe"] == ["yes"]
     gateway_host = dict(_typed(pjsip, "aor"))["ws2sip"]["contact"][0].removeprefix("sip:")
     # An endpoint (from a template) per web user: mailboxes, and an AOR at the gateway.
     mwi_users = [(name, options["aors"][0]) for name, options in pjsip
