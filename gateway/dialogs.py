@@ -162,6 +162,9 @@ class DialogTable:
         self._per_trunk: Counter[str] = Counter()
         self._by_flow: dict[str, set[str]] = {}  # flow id → Call-IDs of the dialogs on it
         self._on_released = on_released
+        # Told when an INVITE dialog is created ("trying"), rings ("early"), is answered
+        # ("confirmed") or ends ("terminated"): the gateway's dialog-event notifier.
+        self.on_state: Callable[[Dialog, str], None] | None = None
         self._releases = TaskSet(log, "dialog release")
         # Call events (gateway/call_events.py): ("start" | "answer" | "end", the INVITE dialog,
         # end cause, final status of a failed call or 0), called synchronously.
@@ -212,6 +215,10 @@ class DialogTable:
 
     def extend(self, dialog: Dialog, lifetime: float) -> None:
         dialog.deadline = time.monotonic() + lifetime
+
+    def report(self, dialog: Dialog, state: str) -> None:
+        if self.on_state is not None and dialog.method == "INVITE":
+            self.on_state(dialog, state)
 
     def replaced_party(self, replaces: Replaces) -> ReplacedParty | None:
         """The recipient a Replaces names in one of our confirmed calls (None: not ours, or
@@ -292,6 +299,7 @@ class DialogTable:
                 if not on_flow:
                     del self._by_flow[flow_id]
         if dialog.method == "INVITE":
+            self.report(dialog, "terminated")
             for user in _users_of(dialog):
                 self._per_user[user] -= 1
                 if self._per_user[user] <= 0:

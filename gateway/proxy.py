@@ -19,6 +19,7 @@ from sip.transport import TransportLayer
 
 from .auth import Authenticator
 from .config import Config, Trunk
+from .dialog_events import DialogEventNotifier
 from .dialogs import (
     EARLY_DIALOG_LIFETIME,
     INVITE_DIALOG_LIFETIME,
@@ -90,6 +91,8 @@ class Proxy:
         self.dialogs = dialogs
         self.media = media
         self.tasks = TaskSet(log, "proxy task")
+        # Answers SUBSCRIBE Event: dialog for local users (None: such requests are routed).
+        self.dialog_events: DialogEventNotifier | None = None
         # Told of a flow whose sender proved itself without digest: another node's hop token
         # (the edge guard then lifts the flow's authentication deadline).
         self.on_peer_trusted: Callable[[Flow], None] = _no_flow_observer
@@ -125,6 +128,8 @@ class Proxy:
             if dialog.method == "INVITE":
                 log.info("%s closed: releasing call %s", flow.id, dialog.call_id)
                 self.dialogs.release(dialog.call_id, "flow_closed")
+        if self.dialog_events is not None:
+            self.dialog_events.flow_closed(flow.id)
 
     # --- routing -----------------------------------------------------------------------------
     async def _route(self, request: Request, server: ServerTransaction) -> None:
@@ -145,6 +150,9 @@ class Proxy:
         if request.to.tag is not None:
             if not from_trunk:
                 _strip_asserted_identity(request)
+            if self.dialog_events is not None and self.dialog_events.owns(request):
+                self.dialog_events.in_dialog(request, server)
+                return
             await self._route_in_dialog(request, server, tokens)
             return
         # Another node of the cluster hands us a request for a flow we hold. Only a hop token
@@ -209,6 +217,10 @@ class Proxy:
         if request.method in ("BYE", "PRACK", "ACK"):
             raise SipError(481, "Call/Transaction Does Not Exist")
         trunk = self._trust.trunk_of(server.flow)
+        if request.method == "NOTIFY" and trunk is None:
+            # Outside a subscription only a PBX's unsolicited MWI is expected: a user may not
+            # light another user's voicemail lamp.
+            raise SipError(403, "Forbidden (NOTIFY outside a subscription: trunks only)")
         caller_aor: str | None = None
         if trunk is None:
             caller_aor = await self._auth.authenticate_caller(request, server)
@@ -216,6 +228,11 @@ class Proxy:
                 return
             if request.method == "REFER":
                 await self._authorise_refer(request, caller_aor)
+        notifier = self.dialog_events
+        if notifier is not None and notifier.is_dialog_subscribe(request) and \
+                await self._is_local_user(request):
+            notifier.subscribe(request, server, request.ruri)
+            return
         replaced = self._replaced_party(request)
         if replaced is not None:
             destinations = [await self._replacement_destination(request, replaced)]
@@ -232,6 +249,8 @@ class Proxy:
             created = Dialog(request.call_id, request.method, caller=caller_aor,
                              callee=callee_aor, trunk=dialog_trunk.name if dialog_trunk else None)
             proxied.dialog = self.dialogs.add(created, _lifetime(request))
+            if proxied.dialog is created:
+                self.dialogs.report(created, "trying")
         try:
             await self._forward(proxied, server, destinations, record_route=True)
         except SipError:
@@ -241,6 +260,13 @@ class Proxy:
             if created is not None and proxied.dialog is created and not created.confirmed:
                 self.dialogs.release(created.call_id, "refused")
             raise
+
+    async def _is_local_user(self, request: Request) -> bool:
+        """A user of this gateway named by its AoR (not a GRUU: that names one device)."""
+        uri = request.ruri
+        if not self._targets.is_local_domain(uri) or self._targets.resolve_gruu(uri) is not None:
+            return False
+        return await self._auth.user_exists(uri.user_decoded or "")
 
     # --- transfer (RFC 3515 REFER, RFC 3891 Replaces) -------------------------------------------
     async def _authorise_refer(self, request: Request, referrer: str | None) -> None:
@@ -477,6 +503,8 @@ class ProxiedRequest:
             tag = response.to.tag
             if party is not None and tag is not None:
                 self.dialog.learn_callee(tag, party)
+            if status < 200 and self.request.to.tag is None:
+                self._proxy.dialogs.report(self.dialog, "early")
 
     def on_challenge(self, branch: Branch, challenge: Response) -> Request | None:
         """A trunk with credentials challenged the gateway: answer it (once). The caller's side
@@ -513,6 +541,7 @@ class ProxiedRequest:
             return
         proxy = self._proxy
         proxy.dialogs.confirm(dialog)
+        proxy.dialogs.report(dialog, "confirmed")
         dialog.callee_side = winner.destination.side
         if isinstance(winner.destination.target, Flow):
             proxy.dialogs.attach_flow(dialog, winner.destination.target.id)
@@ -540,6 +569,26 @@ class ProxiedRequest:
             self._proxy.dialogs.release(dialog.call_id, "failed", response.status)
         elif self.request.method == "BYE":
             self._proxy.dialogs.release(dialog.call_id, "bye")
+        elif dialog.method == "SUBSCRIBE":
+            self._follow_subscription(dialog, response)
+
+    def _follow_subscription(self, dialog: Dialog, response: Response) -> None:
+        """Keep a subscription's dialog as long as the notifier says (RFC 6665 §4.1.2.1): the
+        Expires its SUBSCRIBE was granted, the expires of each NOTIFY; and end it with the
+        NOTIFY whose Subscription-State is terminated."""
+        request = self.request
+        dialogs = self._proxy.dialogs
+        if request.method == "SUBSCRIBE" and 200 <= response.status < 300:
+            if response.expires is not None:
+                dialogs.extend(dialog, subscription_lifetime(response.expires))
+        elif request.method == "NOTIFY":
+            state, _, params = (request.get("subscription-state") or "").partition(";")
+            if state.strip().lower() == "terminated":
+                dialogs.release(dialog.call_id, "subscription_terminated")
+            elif 200 <= response.status < 300:
+                expires = _param(params, "expires")
+                if expires is not None:
+                    dialogs.extend(dialog, subscription_lifetime(expires))
 
 
 def _no_flow_observer(flow: Flow) -> None:
@@ -550,6 +599,15 @@ def _strip_asserted_identity(request: Request) -> None:
     for name in ASSERTED_IDENTITY_HEADERS:
         if request.has(name):
             request.remove(name)
+
+
+def _param(params: str, name: str) -> int | None:
+    """An integer parameter of a header's `;a=1;b=2` tail (None: absent or not a number)."""
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == name and value.strip().isdigit():
+            return int(value.strip())
+    return None
 
 
 def _lifetime(request: Request) -> float:

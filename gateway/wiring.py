@@ -13,6 +13,7 @@ from sip.transaction import TransactionLayer
 from sip.transport import TransportLayer
 
 from .auth import Authenticator
+from .dialog_events import DialogEventNotifier
 from .dialogs import DEFAULT_MAX_DIALOGS, DialogTable
 from .flowtoken import FlowTokens
 from .forking import ForwardingEngine
@@ -34,11 +35,13 @@ class Signalling:
     targets: Targets
     proxy: Proxy
     registrar: Registrar
+    dialog_events: DialogEventNotifier
 
     async def close(self) -> None:
         """Stop the INVITE timers and release every dialog (their media sessions go back to
         the anchor, which its owner closes afterwards)."""
         self.engine.close()
+        self.dialog_events.close()
         self.dialogs.close()
         await asyncio.sleep(0)  # let the releases' tasks run
 
@@ -68,5 +71,12 @@ def wire_signalling(
         auth=auth, tokens=tokens, addresses=addresses, trust=TrunkTrust(proxy_policy.trunks),
         dialogs=dialogs, media=media,
     )
+    # Busy lamps for the gateway's own users: it sees their calls, their browsers do not notify.
+    dialog_events = DialogEventNotifier(domain=proxy_policy.domain, transactions=transactions,
+                                        transport=transport,
+                                        public_address=proxy_policy.public_address)
+    dialogs.on_state = dialog_events.dialog_changed
+    proxy.dialog_events = dialog_events
     registrar = Registrar(registrar_policy, location, auth, addresses.is_local_uri, gruus)
-    return Signalling(addresses, gruus, dialogs, engine, targets, proxy, registrar)
+    return Signalling(addresses, gruus, dialogs, engine, targets, proxy, registrar,
+                      dialog_events)

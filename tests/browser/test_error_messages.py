@@ -82,6 +82,9 @@ async def test_busy_callee(three_users: GatewayProcess, browser: BrowserSession)
     await bob.wait_call_state("active")
 
     await alice.call("bob")
+    # bob is told of the second call (call waiting) and turns it down: 486 Busy Here.
+    await bob.page.wait_for_selector("#second-call[data-state='waiting']", timeout=15_000)
+    await bob.page.click("#reject-waiting")
     assert await alice.wait_error() == "bob is busy."
     assert await alice.wait_call_state("idle") == "Call failed"
     await alice.screenshot("13-busy-callee")

@@ -342,3 +342,23 @@ def test_asterisk_sends_web_users_transfers_back_to_the_gateway() -> None:
     transfers = contexts[variables["TRANSFER_CONTEXT"]]
     assert "to-ws2sip" in transfers["include"], transfers
     assert "to-ws2sip" not in contexts["from-ws2sip"].get("include", [])
+
+
+def test_asterisk_gives_web_users_voicemail_lamps_and_busy_lamps() -> None:
+    """Issue 17: unsolicited MWI to a web user's address at the gateway, and hints for the
+    lamps (subscriptions allowed on the gateway's endpoint)."""
+    pjsip = parse_asterisk_conf((DEPLOY / "asterisk" / "pjsip.conf").read_text())
+    dialplan = dict(parse_asterisk_conf((DEPLOY / "asterisk" / "extensions.conf").read_text()))
+    endpoints = dict(_typed(pjsip, "endpoint"))
+    gateway = endpoints["ws2sip"]
+    assert gateway["allow_subscribe"] == ["yes"]
+    gateway_host = dict(_typed(pjsip, "aor"))["ws2sip"]["contact"][0].removeprefix("sip:")
+    # An endpoint (from a template) per web user: mailboxes, and an AOR at the gateway.
+    mwi_users = [(name, options["aors"][0]) for name, options in pjsip
+                 if options.get("mailboxes") and options.get("aors")]
+    assert mwi_users, "no web user gets unsolicited MWI"
+    user, aor = mwi_users[0]
+    (contact,) = [opts["contact"] for name, opts in _typed(pjsip, "aor") if name == aor]
+    assert contact == [f"sip:{user}@{gateway_host}"]
+    hints = [e for e in dialplan["extensions"]["exten"] if ",hint," in e]
+    assert hints and hints[0].startswith("201,hint,PJSIP/201")

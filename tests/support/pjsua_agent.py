@@ -67,6 +67,7 @@ class Phone:
         # whatever call then holds that id: ended wrappers must never be dropped while their
         # id is taken by a new call, so they wait in `ended` until release_ended_calls().
         self.calls: dict[int, PhoneCall] = {}
+        self.buddies: list[PhoneBuddy] = []  # kept alive: pjsua drops a collected Buddy
         self.ended: list[PhoneCall] = []
         # Wrappers handed to pjsua for the call it makes to follow a REFER: kept alive here
         # (pjsua holds only the C++ side) until the call has its id and sits in `calls`.
@@ -222,6 +223,25 @@ class Phone:
     def cmd_calls(self) -> dict[str, Any]:
         return {"calls": [call.describe() for call in self.calls.values()]}
 
+    # Subscriptions (issue 17): pjsua watches presence as a Buddy, notifies its own presence
+    # to whoever subscribes (pjsua answers those SUBSCRIBEs itself), and reports MWI.
+    def cmd_watch_presence(self, uri: str) -> dict[str, Any]:
+        buddy = PhoneBuddy(self)
+        config = pj.BuddyConfig()
+        config.uri = uri
+        config.subscribe = True
+        buddy.create(self.account, config)
+        self.buddies.append(buddy)
+        return {"buddy": buddy.getId()}
+
+    def cmd_set_presence(self, online: bool, note: str) -> dict[str, Any]:
+        status = pj.PresenceStatus()
+        status.status = pj.PJSUA_BUDDY_STATUS_ONLINE if online else \
+            pj.PJSUA_BUDDY_STATUS_OFFLINE
+        status.note = note
+        self.account.setOnlineStatus(status)
+        return {}
+
     # --- transfer and hold (issue 17) -----------------------------------------------------
 
     def cmd_xfer(self, uri: str, call: int | None = None) -> dict[str, Any]:
@@ -311,6 +331,7 @@ class Phone:
         self.stop_tone()
         self.calls.clear()
         self.ended.clear()
+        self.buddies.clear()
         self.transfer_calls.clear()
         self.endpoint.libDestroy()
         shutil.rmtree(self.tone_dir, ignore_errors=True)
@@ -327,6 +348,9 @@ class PhoneAccount(pj.Account):
         self.phone.emit({"event": "reg_state", "code": prm.code, "reason": prm.reason,
                          "expiration": prm.expiration, "active": info.regIsActive})
 
+    def onMwiInfo(self, prm: pj.OnMwiInfoParam) -> None:  # noqa: N802 (pjsua2 callback)
+        self.phone.emit({"event": "mwi", "body": prm.rdata.wholeMsg.split("\r\n\r\n", 1)[-1]})
+
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
         # A call that replaced another (INVITE with Replaces) already has its wrapper.
         call = self.phone.calls.get(prm.callId) or PhoneCall(self.phone, self, prm.callId)
@@ -342,6 +366,19 @@ class PhoneAccount(pj.Account):
             parameters = pj.CallOpParam(True)
             parameters.statusCode = self.phone.auto_answer
             call.answer(parameters)
+
+
+class PhoneBuddy(pj.Buddy):
+    def __init__(self, phone: Phone) -> None:
+        super().__init__()
+        self.phone = phone
+
+    def onBuddyState(self) -> None:  # noqa: N802 (pjsua2 callback)
+        info = self.getInfo()
+        self.phone.emit({"event": "buddy_state", "uri": info.uri,
+                         "online": info.presStatus.status == pj.PJSUA_BUDDY_STATUS_ONLINE,
+                         "status": info.presStatus.statusText, "note": info.presStatus.note,
+                         "sub_state": info.subStateName, "code": info.subTermCode})
 
 
 class PhoneCall(pj.Call):

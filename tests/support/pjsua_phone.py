@@ -129,6 +129,15 @@ class PjsuaPhone:
     async def set_auto_answer(self, code: int | None) -> None:
         await self._agent.request("set_auto_answer", code=code)
 
+    async def watch_presence(self, uri: str) -> None:
+        """Subscribe to uri's presence; each NOTIFY gives a buddy_state event
+        {"online": True, "note": ..., "sub_state": "ACTIVE", ...}."""
+        await self._agent.request("watch_presence", uri=uri)
+
+    async def set_presence(self, online: bool, note: str) -> None:
+        """What this phone tells the watchers of its own presence."""
+        await self._agent.request("set_presence", online=online, note=note)
+
     async def xfer(self, uri: str, call: int | None = None) -> None:
         """Blind transfer (REFER); the NOTIFYs arrive as transfer_status events."""
         await self._agent.request("xfer", uri=uri, call=call)
