@@ -275,7 +275,7 @@ async def test_cancel_before_the_app_wakes_sends_the_cancel_push_and_leaves_noth
     gateway = await start_gateway(gateway_factory, apns, users, wait=20, repeat=10)
     token = secrets.token_hex(32)
     await sleeping_ws_app(gateway, "bob", token)
-    assert (await caller.register("127.0.0.1", gateway.udp_port, "alice", users["alice"],
+    assert (await caller.register("127.0.0.1", gateway.port("udp"), "alice", users["alice"],
                                   DOMAIN))["code"] == 200
     await caller.call(f"sip:bob@{DOMAIN}")
     await caller.wait_for("call_state", 15, state="EARLY", code=180)
@@ -303,7 +303,7 @@ async def test_an_app_that_never_wakes_costs_a_480_and_is_counted_and_a_dead_tok
     gateway = await start_gateway(gateway_factory, apns, users, wait=2, repeat=1)
     metrics = gateway_metrics_url(gateway)
     await sleeping_ws_app(gateway, "bob", secrets.token_hex(32))
-    assert (await caller.register("127.0.0.1", gateway.udp_port, "alice", users["alice"],
+    assert (await caller.register("127.0.0.1", gateway.port("udp"), "alice", users["alice"],
                                   DOMAIN))["code"] == 200
 
     await caller.call(f"sip:bob@{DOMAIN}")
