@@ -246,7 +246,9 @@ async def main(args: argparse.Namespace) -> None:
     caller = Caller(("127.0.0.1", 0))
     transport, _ = await loop.create_datagram_endpoint(lambda: caller,
                                                        local_addr=("127.0.0.1", 0))
-    async with serve_http2(stand_in, work / "apns") as server:
+    # One long-lived connection, as APNs keeps one with a busy provider.
+    async with serve_http2(stand_in, work / "apns", idle_timeout=3600,
+                           max_requests=1_000_000) as server:
         udp, tcp = free_port(socket.SOCK_DGRAM), free_port()
         caller.gateway = ("127.0.0.1", udp)
         config = work / "ws2sip.toml"
@@ -336,8 +338,14 @@ async def run(args: argparse.Namespace, devices: list[Device], by_token: dict[st
             return await caller.call(device)
 
     started = time.perf_counter()
-    statuses = await asyncio.wait_for(asyncio.gather(*(one_call(d) for d in devices)),
-                                      args.time_limit)
+    calls = [asyncio.ensure_future(one_call(d)) for d in devices]
+    try:
+        statuses = await asyncio.wait_for(asyncio.gather(*calls), args.time_limit)
+    except TimeoutError:
+        done = [c.result() for c in calls if c.done() and not c.cancelled()]
+        raise SystemExit(f"time limit: {len(done)} calls ended ({sorted(set(done))}), "
+                         f"{len(stand_in.pushes) - pushes_before} pushes, "
+                         f"{len(app.register_to_invite)} INVITEs reached apps") from None
     elapsed = time.perf_counter() - started
     pushes = stand_in.pushes[pushes_before:]
     push_span = pushes[-1].received_at - pushes[0].received_at if len(pushes) > 1 else 0.0

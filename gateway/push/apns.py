@@ -26,6 +26,7 @@ FAILED with APNs' status and reason.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -47,6 +48,11 @@ TOKEN_RENEW = 50 * 60  # seconds: APNs wants a token younger than 60 min, renewe
 REQUEST_TIMEOUT = 10.0
 DEFAULT_EXPIRATION = 30  # seconds APNs keeps trying to deliver a push
 INVALID_TOKEN_REASONS = ("BadDeviceToken", "Unregistered", "ExpiredToken")
+# Pushes in flight on the one HTTP/2 connection. A server caps its concurrent streams
+# (SETTINGS_MAX_CONCURRENT_STREAMS: APNs lowers it under load, many servers say 100), and the
+# HTTP/2 client refuses a request past the cap instead of queueing it (httpcore's
+# LocalProtocolError "Max outbound streams"): more pushes wait here for a stream.
+MAX_STREAMS = 64
 VOIP_SUFFIX = ".voip"
 
 
@@ -89,6 +95,7 @@ class ApnsProvider:
         self._token_issued = 0.0
         # One HTTP/2 connection, multiplexing every push (what Apple asks of providers).
         self._client = httpx.AsyncClient(http2=True, verify=verify, timeout=REQUEST_TIMEOUT)
+        self._streams = asyncio.Semaphore(MAX_STREAMS)
 
     def provider_token(self) -> str:
         """The JWT for `authorization`, renewed once it is TOKEN_RENEW seconds old."""
@@ -128,9 +135,15 @@ class ApnsProvider:
             "apns-expiration": str(int(time.time()) + self._expiration),
             "content-type": "application/json",
         }
+        url = f"{self._base}/3/device/{token}"
         try:
-            response = await self._client.post(f"{self._base}/3/device/{token}",
-                                               headers=headers, content=body)
+            async with self._streams:
+                try:
+                    response = await self._client.post(url, headers=headers, content=body)
+                except httpx.TransportError:
+                    # The connection went (a GOAWAY after its share of requests, an idle
+                    # close): once more, on a new one.
+                    response = await self._client.post(url, headers=headers, content=body)
         except httpx.HTTPError as error:
             return PushResult(PushOutcome.FAILED, f"APNs unreachable: {type(error).__name__} "
                                                   f"{error}")

@@ -68,9 +68,13 @@ def write_self_signed(directory: Path, name: str = "push-standin") -> tuple[Path
 
 
 @contextlib.asynccontextmanager
-async def serve_http2(app: Any, directory: Path, name: str = "push-standin"
+async def serve_http2(app: Any, directory: Path, name: str = "push-standin", *,
+                      idle_timeout: float = 5.0, max_requests: int = 1000,
                       ) -> AsyncIterator[Http2Server]:
-    """Serve `app` (ASGI 3) on https://127.0.0.1:<free port> with HTTP/2 (ALPN h2) until exit."""
+    """Serve `app` (ASGI 3) on https://127.0.0.1:<free port> with HTTP/2 (ALPN h2) until exit.
+
+    idle_timeout and max_requests: when the server closes a connection (idle, or after that
+    many requests with a GOAWAY), hypercorn's defaults; a bench keeps its connection longer."""
     cert_path, key_path = write_self_signed(directory, name)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -86,6 +90,8 @@ async def serve_http2(app: Any, directory: Path, name: str = "push-standin"
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0  # clients (the gateway) may keep their connection open
+    config.keep_alive_timeout = idle_timeout
+    config.keep_alive_max_requests = max_requests
     stopping = asyncio.Event()
     serving = asyncio.create_task(serve(app, config, shutdown_trigger=stopping.wait))
     try:
