@@ -14,14 +14,27 @@ gateway share = (answered - invite) - (phone 200 out - phone INVITE in): the gat
 in → 200 OK out, digest challenge round trip and SDP rewriting/media anchoring included.
 
     python bench/dial_to_audio.py --calls 7
+    python bench/dial_to_audio.py --calls 7 --path turn-tcp
+
+--path picks the media path between the browser and the gateway: `udp` (default: direct, host
+candidates) or `turn-udp` / `turn-tcp` / `turn-tls`, where a real coturn (started from
+deploy/coturn/turnserver.conf, tests/support/coturn.py) relays it and the browser is relay-only
+(iceTransportPolicy "relay"). `no-udp` runs Chromium in a network namespace that drops all UDP
+(tests/support/blocked_udp.py, needs root) with the gateway handing out TURN over UDP and TCP,
+as a deployment would: the browser must find out that only TURN/TCP works. `ice-tcp` blocks UDP
+the same way with no TURN server at all: the gateway offers a passive TCP candidate
+(--ice-tcp-listen) and the media runs over the browser's TCP connection to it. Each call's
+selected candidate pair is checked to be that path.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import secrets
+import socket
 import statistics
 import sys
 import tempfile
@@ -36,9 +49,12 @@ from tests.browser.webphone import (  # noqa: E402 - needs the repository on sys
     launch_private_browser,
 )
 from tests.fixtures.gateway import GatewayProcess, start_gateway  # noqa: E402
-from tests.support.browser import write_browser_tone  # noqa: E402
+from tests.support.blocked_udp import blocked_udp_network, secure_origin_flag  # noqa: E402
+from tests.support.browser import CHROMIUM, write_browser_tone  # noqa: E402
+from tests.support.coturn import RELAY_ONLY_POLICY, running_coturn  # noqa: E402
 from tests.support.healthz import gateway_http_url  # noqa: E402
 from tests.support.pjsua_phone import PjsuaPhone  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 
 PHONE_TONE = 1000.0
 BROWSER_TONE = 440.0
@@ -48,6 +64,14 @@ MAX_CALLS = 50
 # 4 calls); the old object's destructor then hangs up the new call with 603. A fresh phone per
 # 4 calls keeps clear of that.
 CALLS_PER_PHONE = 4
+# --path: the browser's selected candidate (type, relayProtocol) each path must show.
+PATHS = {
+    "udp": ("host", None), "turn-udp": ("relay", "udp"), "turn-tcp": ("relay", "tcp"),
+    "turn-tls": ("relay", "tls"), "no-udp": ("relay", "tcp"),
+    # The browser's active TCP candidate, or the peer-reflexive one the gateway's check answer
+    # taught it: either way "host or prflx", over TCP, no relay (checked in one_call).
+    "ice-tcp": ("prflx", None),
+}
 PJSIP_RX_INVITE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) .*\.RX \d+ bytes Request msg INVITE/")
 PJSIP_TX_200 = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) .*\.TX \d+ bytes Response msg 200/INVITE/")
 
@@ -115,12 +139,18 @@ def _since_midnight(epoch_ms: float) -> float:
     return moment.hour * 3600 + moment.minute * 60 + moment.second + moment.microsecond / 1e6
 
 
-async def one_call(web: WebPhone) -> dict[str, float]:
+async def one_call(web: WebPhone, path: str) -> dict[str, float]:
     await web.page.evaluate(ARM_PROBE, [PHONE_TONE])
     await web.call("bob")
     await web.page.wait_for_function("window.dialMarks.heard !== undefined",
                                      timeout=CALL_TIMEOUT_S * 1000)
     marks = await web.page.evaluate("window.dialMarks")
+    pair = (await web.stats())["selectedPair"] or {}
+    observed = (pair.get("localType"), pair.get("relayProtocol"))
+    if path == "ice-tcp" and str(pair.get("local")).endswith("/tcp"):
+        observed = ("prflx", None) if observed == ("host", None) else observed
+    if observed != PATHS[path]:
+        raise RuntimeError(f"--path {path}, but the call's selected candidate pair is {pair}")
     await web.hang_up()
     await web.wait_call_state("idle")
     return marks
@@ -140,15 +170,15 @@ async def start_phone(gateway: GatewayProcess, password: str) -> PjsuaPhone:
     return phone
 
 
-async def timed_calls(web: WebPhone, gateway: GatewayProcess, password: str, calls: int
-                      ) -> list[tuple[dict[str, float], tuple[float, float] | None]]:
+async def timed_calls(web: WebPhone, gateway: GatewayProcess, password: str, calls: int,
+                      path: str) -> list[tuple[dict[str, float], tuple[float, float] | None]]:
     """Browser marks and the phone's (INVITE in, 200 out) per call."""
     results: list[tuple[dict[str, float], tuple[float, float] | None]] = []
     while len(results) < calls:
         batch = min(CALLS_PER_PHONE, calls - len(results))
         phone = await start_phone(gateway, password)
         try:
-            marks = [await one_call(web) for _ in range(batch)]
+            marks = [await one_call(web, path) for _ in range(batch)]
         finally:
             await phone.stop()
         phone_times: list[tuple[float, float] | None] = list(pjsip_times(phone.pjsip_log_path))
@@ -158,20 +188,56 @@ async def timed_calls(web: WebPhone, gateway: GatewayProcess, password: str, cal
     return results
 
 
-async def main(calls: int) -> None:
+async def main(calls: int, path: str) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="ws2sip-dial-bench-"))
     users = {"alice": secrets.token_urlsafe(12), "bob": secrets.token_urlsafe(12)}
-    gateway = await start_gateway(workdir, users=users, domain="bench.test")
-    try:
-        tone = write_browser_tone(workdir / "browser.wav", BROWSER_TONE)
-        async with launch_private_browser(tone, name="dial-bench") as browser:
-            web = await WebPhone.open(browser, gateway_http_url(gateway), "alice")
-            await web.sign_in_and_wait("alice", users["alice"])
-            results = await timed_calls(web, gateway, users["bob"], calls)
-    finally:
-        await gateway.stop()
+    with contextlib.ExitStack() as stack:
+        gateway_args: list[str] = []
+        browser_args: tuple[str, ...] = ()
+        chromium = CHROMIUM
+        page_url = ""
+        if path == "no-udp":
+            network = stack.enter_context(blocked_udp_network())
+            coturn = stack.enter_context(running_coturn(
+                workdir / "coturn", secret=secrets.token_hex(32),
+                listen=("127.0.0.1", network.host_address)))
+            ws_port = free_port(socket.SOCK_STREAM)
+            page_url = f"http://{network.host_address}:{ws_port}"
+            gateway_args = [*coturn.gateway_args("udp", "tcp", host=network.host_address),
+                            "--ws", f"{network.host_address}:{ws_port}"]
+            browser_args = (*coturn.chromium_args(), secure_origin_flag(page_url))
+            chromium = str(network.chromium)
+        elif path == "ice-tcp":
+            network = stack.enter_context(blocked_udp_network())
+            host = network.host_address
+            ws_port = free_port(socket.SOCK_STREAM)
+            page_url = f"http://{host}:{ws_port}"
+            gateway_args = ["--ws", f"{host}:{ws_port}", "--public-address", host,
+                            "--media-address", host, "--ice-tcp-listen", f"{host}:0"]
+            browser_args = (secure_origin_flag(page_url),)
+            chromium = str(network.chromium)
+        elif path.startswith("turn-"):
+            coturn = stack.enter_context(running_coturn(workdir / "coturn",
+                                                        secret=secrets.token_hex(32)))
+            gateway_args = coturn.gateway_args(path.removeprefix("turn-"))
+            browser_args = coturn.chromium_args()
+        gateway = await start_gateway(workdir, users=users, domain="bench.test",
+                                      extra_args=gateway_args)
+        try:
+            tone = write_browser_tone(workdir / "browser.wav", BROWSER_TONE)
+            async with launch_private_browser(tone, name="dial-bench", extra_args=browser_args,
+                                              executable=chromium) as browser:
+                if path.startswith("turn-"):
+                    await browser.context.add_init_script(RELAY_ONLY_POLICY)
+                web = await WebPhone.open(browser, page_url or gateway_http_url(gateway),
+                                          "alice")
+                await web.sign_in_and_wait("alice", users["alice"])
+                results = await timed_calls(web, gateway, users["bob"], calls, path)
+        finally:
+            await gateway.stop()
     runs = [marks for marks, _ in results]
-    print(f"{calls} calls web phone → gateway → pjsua2 phone (auto-answer), loopback")
+    print(f"{calls} calls web phone → gateway → pjsua2 phone (auto-answer), loopback, "
+          f"media path {path}")
     report("click → far tone heard", [r["heard"] - r["click"] for r in runs])
     report("click → INVITE sent (gUM, offer, ICE)", [r["invite"] - r["click"] for r in runs])
     report("INVITE sent → 200 OK received", [r["answered"] - r["invite"] for r in runs])
@@ -195,5 +261,9 @@ async def main(calls: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=7, help=f"calls to time (≤ {MAX_CALLS})")
+    parser.add_argument("--path", choices=sorted(PATHS), default="udp",
+                        help="media path: direct UDP, through coturn over UDP, TCP or TLS, "
+                             "or from a browser whose UDP is blocked (root), through TURN/TCP "
+                             "or the gateway's own ICE-TCP")
     arguments = parser.parse_args()
-    asyncio.run(main(min(max(arguments.calls, 1), MAX_CALLS)))
+    asyncio.run(main(min(max(arguments.calls, 1), MAX_CALLS), arguments.path))

@@ -23,7 +23,9 @@ from . import compiled
 from .auth import Authenticator
 from .config import Config, parse_hostport
 from .dispatch import RequestCounts, RequestDispatch
+from .drain_client import DRAIN_PATH
 from .edge_guard import EdgeGuard, GuardPolicy, open_ban_list
+from .lifecycle import NodeDrain, is_loopback
 from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_service
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
@@ -41,6 +43,8 @@ log = logging.getLogger(f"ws2sip.{__name__}")
 
 DEMO_USERS = ("alice", "bob")
 GC_YOUNG_THRESHOLD = 50_000
+# A node whose heartbeat is this many intervals late is dead: its bindings are dropped.
+NODE_HEARTBEATS_MISSED = 3
 
 
 class Gateway:
@@ -76,6 +80,7 @@ class Gateway:
         self.wakeups = Wakeups(self.node_id, config.redis or None) if self.push.names else None
         relay = self._media_relay(config)
         self._media_workers = relay if isinstance(relay, MediaWorkers) else None
+        self._local_relay = relay if isinstance(relay, MediaRelay) else None
         self.media = MediaAnchor(relay, config.max_media_sessions)
         self.signalling = wire_signalling(
             proxy_policy=ProxyPolicy.from_config(config, self.node_id),
@@ -133,10 +138,13 @@ class Gateway:
                                 self.location.count),
         })
         self.push.metrics.register(self.metrics.registry)
+        self.ssl_context = (self._server_ssl()
+                            if config.listeners()["tls"] or config.listeners()["wss"] else None)
+        self.drain = NodeDrain(self)
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks = TaskSet(log, "request handling")
-        dispatch = RequestDispatch(
+        self.dispatch = dispatch = RequestDispatch(
             domain=config.domain, registrar=self.registrar, proxy=self.proxy,
             addresses=self.signalling.addresses, tasks=self._tasks,
             answer_register_eagerly=self.location.in_process and self.users.in_process,
@@ -153,6 +161,8 @@ class Gateway:
     async def start(self) -> None:
         if self._media_workers is not None:
             await self._media_workers.start()
+        if self._local_relay is not None:
+            await self._local_relay.start()  # its ICE-TCP listener, where configured
         await self._ensure_users()
         await self.guard.start()
         if self.wakeups is not None:
@@ -164,7 +174,8 @@ class Gateway:
         for host, port in listeners["tcp"]:
             log.info("SIP/TCP on %s:%d", *await self.transport.listen_tcp(host, port))
         for host, port in listeners["tls"]:
-            bound = await self.transport.listen_tls(host, port, self._server_ssl())
+            assert self.ssl_context is not None
+            bound = await self.transport.listen_tls(host, port, self.ssl_context)
             log.info("SIP/TLS on %s:%d", *bound)
         for kind in ("ws", "wss"):
             for host, port in listeners[kind]:
@@ -174,7 +185,9 @@ class Gateway:
         for kind, host, port in self._local_addresses():
             self.signalling.addresses.add_listener(kind, host, port)
         self._heartbeat = NodeHeartbeat(
-            self.location, NodeInfo(self.node_id, self._internal_address(), time.time())
+            self.location, NodeInfo(self.node_id, self._internal_address(), time.time()),
+            interval=self.config.node_heartbeat,
+            ttl=NODE_HEARTBEATS_MISSED * self.config.node_heartbeat,
         )
         await self._heartbeat.start()
         for registration in self.trunk_registrations:
@@ -222,7 +235,9 @@ class Gateway:
             ping_interval=config.ws_ping_interval,
             idle_timeout=config.ws_idle_timeout,
         )
-        ws_handler = make_handler(self.transport, policy, secure=secure, guard=self.guard)
+        ws_handler = make_handler(self.transport, policy, secure=secure, guard=self.guard,
+                                  on_flow_open=self.drain.websocket_opened,
+                                  draining=lambda: self.drain.draining)
         app = web.Application()
         app.router.add_get("/ws", ws_handler)
         WebPhoneSite(
@@ -235,7 +250,7 @@ class Gateway:
         runner = web.AppRunner(app, access_log=None, logger=RefusedRequestLog(),
                                keepalive_timeout=config.http_header_timeout)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=self._server_ssl() if secure else None)
+        site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context if secure else None)
         await site.start()
         self._runners.append(runner)
         # Our Via on requests sent down a WebSocket names the listener (or public address).
@@ -247,6 +262,8 @@ class Gateway:
         app = web.Application()
         app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_get("/healthz", self._health)
+        # `ws2sip drain` (and a Kubernetes preStop hook) posts here, from the node's own host.
+        app.router.add_post(DRAIN_PATH, self._start_drain)
         runner = web.AppRunner(app, access_log=None, logger=RefusedRequestLog(),
                                keepalive_timeout=self.config.http_header_timeout)
         await runner.setup()
@@ -255,8 +272,24 @@ class Gateway:
         log.info("metrics on http://%s/metrics", format_address((host, port)))
 
     async def _health(self, request: web.Request) -> web.Response:
-        # Public: liveness only. Counts are for /metrics, on its own listener.
+        # Public: liveness only. Counts are for /metrics, on its own listener. A draining node
+        # is unhealthy first of all, so that the load balancer moves new clients away.
+        if self.drain.draining:
+            return web.json_response({"status": "draining", "node": self.node_id}, status=503)
         return web.json_response({"status": "ok", "node": self.node_id})
+
+    async def _start_drain(self, request: web.Request) -> web.Response:
+        # The metrics listener may be opened to a Prometheus server elsewhere: a drain takes
+        # the node out of service, so only a local process may ask for it.
+        if not is_loopback(request.remote):
+            log.warning("drain asked from %s refused: only from the node's own host",
+                        request.remote)
+            raise web.HTTPForbidden(text="drain only from the node's own host (loopback)\n")
+        log.warning("drain asked through the metrics listener")
+        self.drain.start()
+        return web.json_response({"status": "draining", "node": self.node_id,
+                                  "drain_grace": self.config.drain_grace,
+                                  "drain_timeout": self.config.drain_timeout}, status=202)
 
     def _server_ssl(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -273,6 +306,7 @@ class Gateway:
     # --- flows -------------------------------------------------------------------------------
     def _on_flow_closed(self, flow: Flow) -> None:
         self.guard.flow_closed(flow)
+        self.drain.flow_closed(flow)
         if flow.reliable:
             self._tasks.spawn(self._drop_flow_bindings(flow))
         self.proxy.flow_closed(flow)
@@ -319,11 +353,15 @@ class Gateway:
                 "media: no --public-address; announcing %s in SDP (set --public-address "
                 "behind NAT, or browsers and phones will not reach the media ports)", public_host,
             )
+        ice_tcp_listen = (parse_hostport(config.ice_tcp_listen, "ice_tcp_listen")
+                          if config.ice_tcp_listen else None)
         if config.media_workers:
             return MediaWorkers(
                 config.media_workers, bind_host=bind_host, public_host=public_host,
                 port_min=port_min, port_max=port_max,
                 gc_threshold=(GC_YOUNG_THRESHOLD, 20, 100), latch=config.latch_policy,
+                ice_tcp_listen=ice_tcp_listen,
+                ice_tcp_advertised_port=config.ice_tcp_advertised_port,
             )
         return MediaRelay(
             bind_host=bind_host,
@@ -331,6 +369,8 @@ class Gateway:
             port_min=port_min,
             port_max=port_max,
             latch=config.latch_policy,
+            ice_tcp_listen=ice_tcp_listen,
+            ice_tcp_advertised_port=config.ice_tcp_advertised_port,
         )
 
     def _internal_address(self) -> str:

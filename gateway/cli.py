@@ -8,7 +8,10 @@ import getpass
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
+
+from sip.tasks import TaskSet
 
 from .config import Config, ConfigError, add_run_arguments, load_config
 from .logsafe import NetworkTextFilter
@@ -39,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
         "creates an instance of each of their classes, in this fresh interpreter; says how the "
         "install runs (compiled or pure Python). Reports every broken one and exits 1.",
     )
+    drain = commands.add_parser(
+        "drain",
+        help="drain a running node (as SIGTERM does): its calls finish, then it exits",
+        description="Asks the node whose private metrics listener is --metrics (or `metrics` in "
+        "--config) to drain: /healthz turns 503, new WebSockets and calls are refused, idle "
+        "WebSockets close with 1001 after drain_grace, calls may go on up to drain_timeout, "
+        "then the node exits 0. With --wait, returns once the node has exited.",
+    )
+    drain.add_argument("--config", metavar="FILE", help="the node's TOML configuration file")
+    drain.add_argument("--metrics", metavar="HOST:PORT", help="the node's metrics listener")
+    drain.add_argument("--wait", action="store_true",
+                       help="wait until the node has exited (a Kubernetes preStop hook)")
     user = commands.add_parser("user", help="manage users and their credentials (HA1 only)")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     for name, help_text in (
@@ -72,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ws2sip: {error}", file=sys.stderr)
         return 2
     if args.command == "run":
-        return _run(config)
+        return _run(config, lambda: load_config(args.config, overrides))
+    if args.command == "drain":
+        from .drain_client import drain_node
+
+        return asyncio.run(drain_node(config, wait=args.wait))
     return asyncio.run(_user_command(args, config))
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, reload_config: Callable[[], Config]) -> int:
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -90,7 +109,7 @@ def _run(config: Config) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(_serve(config))
+        runner(_serve(config, reload_config))
     except KeyboardInterrupt:
         pass
     except OSError as error:
@@ -99,19 +118,37 @@ def _run(config: Config) -> int:
     return 0
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, reload_config: Callable[[], Config]) -> None:
+    """Until SIGINT (stop now), or SIGTERM / `ws2sip drain` (drain first: gateway.lifecycle;
+    a second SIGTERM stops at once). SIGHUP reloads the configuration."""
     from .app import Gateway  # imported here so that `ws2sip user` stays light
+    from .lifecycle import ConfigReload
 
     gateway = Gateway(config)
+    reloader = ConfigReload(gateway, reload_config)
     stop = asyncio.Event()
+    reloads = TaskSet(log, "reloading the configuration")
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+
+    def terminate() -> None:
+        if gateway.drain.draining:
+            log.warning("SIGTERM while draining: stopping now")
+            stop.set()
+        gateway.drain.start()
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reloads.spawn(reloader.reload()))
     try:
         await gateway.start()
-        await stop.wait()
+        drained = asyncio.ensure_future(gateway.drain.finished())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((drained, stopped), return_when=asyncio.FIRST_COMPLETED)
+        drained.cancel()
+        stopped.cancel()
         log.info("stopping")
     finally:
+        reloads.cancel_all()
         await gateway.stop()
 
 

@@ -139,6 +139,12 @@ class Config:
     rtp_ports: str = "20000-40000"
     media_address: str = ""  # where media sockets bind; default: the first specific SIP listener
     media_workers: int = 0  # relay processes sharing rtp_ports; 0: media in the gateway process
+    # ICE-TCP (webrtc/ice_tcp.py): HOST:PORT of the one TCP listener carrying media of browsers
+    # that cannot use UDP; "" = off (the port must be reachable and announced: an operator's
+    # choice). ice_tcp_advertised_port: the port put into candidates when it differs (a port
+    # forward, 443 outside); 0 = the listener's port.
+    ice_tcp_listen: str = ""
+    ice_tcp_advertised_port: int = 0
     # Strict source on the plain RTP port (webrtc.plain.LatchPolicy): which sender is the phone.
     rtp_learn_seconds: float = 3.0
     rtp_probation_packets: int = 4
@@ -184,6 +190,11 @@ class Config:
     ban_time: float = 600.0  # ...ban the address this long (on every node, with Redis)
     # /metrics on its own listener (HOST:PORT), never on the public HTTP ones; "" = off.
     metrics: str = ""
+    # Graceful drain (SIGTERM, `ws2sip drain`) and reload (SIGHUP): gateway/lifecycle.py.
+    drain_grace: float = 5.0  # /healthz says "draining" this long before idle WebSockets close
+    drain_timeout: float = 60.0  # then running calls may go on this long before they are cut
+    # Cluster liveness: a node misses 3 heartbeats and the others drop its bindings.
+    node_heartbeat: float = 5.0
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
     push: PushSettings = field(default_factory=PushSettings)
 
@@ -253,6 +264,7 @@ _EXPECTED_TYPES: dict[str, str] = {
 DAY = 86_400
 RANGES: dict[str, tuple[int, int]] = {
     "media_workers": (0, 64),
+    "ice_tcp_advertised_port": (0, 65535),
     # aiohttp reads a WebSocket limit of 0 as "unlimited": refused rather than the limit dropped.
     "max_message_size": (MIN_MESSAGE_SIZE, 1_048_576),
     "ws_ping_interval": (0, DAY),
@@ -285,6 +297,10 @@ RANGES: dict[str, tuple[int, int]] = {
     "rtp_probation_packets": (1, 1_000),
     "rtp_probation_seconds": (0, DAY),
     "rtp_alive_seconds": (0, DAY),
+    # Graceful drain (gateway/lifecycle.py).
+    "drain_grace": (0, 3_600),
+    "drain_timeout": (0, DAY),
+    "node_heartbeat": (1, 3_600),
     # [push]
     "wait": (1, 600),
     "repeat": (1, 600),
@@ -440,6 +456,7 @@ def _check(config: Config) -> None:
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: expected debug|info|warning|error, got {config.log_level!r}")
     _check_ice_servers(config)
+    _check_ice_tcp(config)
     _check_push(config.push)
 
 
@@ -451,6 +468,14 @@ def _check_push(push: PushSettings) -> None:
         raise ConfigError("push.apns_key_file needs push.apns_key_id and push.apns_team_id")
     if push.apns_enabled and not push.apns_url.startswith("https://"):
         raise ConfigError(f"push.apns_url: expected an https:// URL, got {push.apns_url!r}")
+
+
+def _check_ice_tcp(config: Config) -> None:
+    if not config.ice_tcp_listen:
+        if config.ice_tcp_advertised_port:
+            raise ConfigError("ice_tcp_advertised_port needs ice_tcp_listen")
+        return
+    parse_hostport(config.ice_tcp_listen, "ice_tcp_listen")
 
 
 def _check_ice_servers(config: Config) -> None:
@@ -501,6 +526,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--media-workers", type=int, metavar="N",
         help="relay media in N worker processes, each with a share of --rtp-ports, so media "
         "uses other cores than SIP (default 0: media in the gateway process)",
+    )
+    parser.add_argument(
+        "--ice-tcp-listen", metavar="HOST:PORT",
+        help="accept WebRTC media over TCP (ICE-TCP, RFC 6544 passive candidates) on this one "
+        "port, for browsers whose network blocks UDP (default: off)",
+    )
+    parser.add_argument(
+        "--ice-tcp-advertised-port", type=int, metavar="PORT",
+        help="port announced in the ICE-TCP candidates when a port forward or TCP proxy "
+        "exposes the listener on another one, e.g. 443 (default: the listener's port)",
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity (default info)")
@@ -626,6 +661,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[push] apns_key_id: the key's 10-character id")
     parser.add_argument("--push-apns-team-id", metavar="ID",
                         help="[push] apns_team_id: the Apple developer team id")
+    parser.add_argument(
+        "--drain-grace", type=float, metavar="S",
+        help="on SIGTERM or `ws2sip drain`: /healthz answers 503 \"draining\" and new "
+        "WebSockets and calls are refused; S seconds later (the load balancer has moved away) "
+        "idle WebSockets are closed with 1001 (default 5)",
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, metavar="S",
+        help="...then calls in progress may go on up to S seconds before they are cut and the "
+        "node exits (default 60); SIGHUP reloads users file, trunks, certificates and limits",
+    )
+    parser.add_argument(
+        "--node-heartbeat", type=float, metavar="S",
+        help="seconds between this node's heartbeats in Redis; the bindings of a node silent for "
+        "3 heartbeats are dropped by the others (default 5)",
+    )
     parser.add_argument(
         "--no-demo-users", dest="demo_users", action="store_false", default=None,
         help="do not create alice and bob on first start with an empty user store",

@@ -12,12 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from sip.errors import SipError
 from sip.flow import Flow
 from sip.resolver import Target
 from sip.tasks import TaskSet
 
+from .flowtoken import FlowRef
 from .routing import PLAIN, Side
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ class Party:
 
     target: Flow | Target
     trunk: str | None = None  # name of the trunk it is
+    # The device's flow on another node, reached through `target` (that node) with a hop
+    # token: an INVITE that replaces this party's dialog needs a token for its own Call-ID.
+    node_flow: FlowRef | None = None
 
     def sent(self, flow: Flow) -> bool:
         """Whether a request that arrived on `flow` comes from this party's own flow/address."""
@@ -107,6 +112,45 @@ class Dialog:
             self.callee_parties[tag] = party
 
 
+@dataclass(frozen=True, slots=True)
+class Replaces:
+    """An RFC 3891 Replaces value: the dialog an INVITE takes the place of. to_tag is the
+    recipient's own tag in that dialog, from_tag its peer's (§3)."""
+
+    call_id: str
+    to_tag: str
+    from_tag: str
+
+    @classmethod
+    def parse(cls, value: str) -> Replaces | None:
+        """`callid;to-tag=..;from-tag=..[;early-only]`, or None when it is not one."""
+        call_id, *params = (part.strip() for part in value.split(";"))
+        tags = dict(param.partition("=")[::2] for param in params)
+        to_tag, from_tag = tags.get("to-tag"), tags.get("from-tag")
+        if not call_id or not to_tag or not from_tag:
+            return None
+        return cls(call_id, to_tag, from_tag)
+
+    @classmethod
+    def in_uri_headers(cls, headers: str | None) -> Replaces | None:
+        """The Replaces a Refer-To URI carries (`?Replaces=<escaped value>`), if any."""
+        for field_text in (headers or "").split("&"):
+            name, _, value = field_text.partition("=")
+            if name.strip().lower() == "replaces":
+                return cls.parse(unquote(value))
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacedParty:
+    """The party an INVITE with Replaces is for: one end of a confirmed call we routed."""
+
+    dialog: Dialog
+    party: Party
+    side: Side  # that party's media side
+    aor: str | None  # its local user, if it is one
+
+
 class DialogTable:
     def __init__(self, on_released: Callable[[Dialog], Coroutine[Any, Any, None]] | None = None,
                  max_dialogs: int = DEFAULT_MAX_DIALOGS) -> None:
@@ -157,6 +201,25 @@ class DialogTable:
 
     def extend(self, dialog: Dialog, lifetime: float) -> None:
         dialog.deadline = time.monotonic() + lifetime
+
+    def replaced_party(self, replaces: Replaces) -> ReplacedParty | None:
+        """The recipient a Replaces names in one of our confirmed calls (None: not ours, or
+        the tags do not match). The tags are read as RFC 3891 orders them, then swapped (a
+        sender that wrote them from its own point of view, as JsSIP does for a call it
+        received, still names the same dialog)."""
+        dialog = self.get(replaces.call_id)
+        if dialog is None or dialog.method != "INVITE" or not dialog.confirmed:
+            return None
+        for recipient, peer in ((replaces.to_tag, replaces.from_tag),
+                                (replaces.from_tag, replaces.to_tag)):
+            if recipient == dialog.caller_tag and peer in dialog.callee_parties and \
+                    dialog.caller_party is not None:
+                return ReplacedParty(dialog, dialog.caller_party, dialog.caller_side,
+                                     dialog.caller)
+            party = dialog.callee_parties.get(recipient)
+            if party is not None and peer == dialog.caller_tag:
+                return ReplacedParty(dialog, party, dialog.callee_side, dialog.callee)
+        return None
 
     def calls_of_user(self, aor: str) -> int:
         return self._per_user[aor]

@@ -20,6 +20,9 @@ ALLOWED_METHODS: Final = (
     "NOTIFY, SUBSCRIBE, PUBLISH"
 )
 _MAX_COUNTED_METHODS: Final = 64  # methods are client-chosen tokens: bound the set
+# Retry-After (seconds) of the 503 a draining node answers new calls with: by then the load
+# balancer has moved the client's next connection to another node.
+DRAINING_RETRY_AFTER: Final = 5
 
 
 class RequestCounts:
@@ -57,6 +60,8 @@ class RequestDispatch:
         self._answer_register: Callable[[Coroutine[Any, Any, None]], None] = (
             tasks.run_eagerly if answer_register_eagerly else tasks.spawn
         )
+        # Set by a drain (gateway/lifecycle.py): new calls get 503; calls in progress go on.
+        self.refuse_new_calls = False
 
     def __call__(self, request: Request, transaction: ServerTransaction | None) -> None:
         if transaction is None:
@@ -67,6 +72,10 @@ class RequestDispatch:
             self._answer_register(self._registrar.answer(request, transaction))
         elif method == "OPTIONS" and self._is_for_us(request) and not request.ruri.user:
             transaction.respond(_options_response(request))
+        elif method == "INVITE" and self.refuse_new_calls and request.to.tag is None:
+            response = request.response(503, "Draining", to_tag=request.stable_tag())
+            response.add("Retry-After", str(DRAINING_RETRY_AFTER))
+            transaction.respond(response)
         else:
             self._tasks.spawn(self._proxy.handle_request(request, transaction))
 

@@ -25,6 +25,8 @@ from .dialogs import (
     Dialog,
     DialogTable,
     Party,
+    ReplacedParty,
+    Replaces,
     subscription_lifetime,
 )
 from .flowtoken import DIALOG, HOP, FlowRef, FlowTokens
@@ -99,7 +101,12 @@ class Proxy:
         # Wakes sleeping push devices (RFC 8599); None: push is not configured.
         self.waker: PushWaker | None = None
 
+    def trust_trunks(self, trunks: tuple[Trunk, ...]) -> None:
+        """A reload's trunks: which sources speak for which trunk, from the next request on."""
+        self._trust = TrunkTrust(trunks)
+
     # --- entry points ------------------------------------------------------------------------
+
     async def handle_request(self, request: Request, server: ServerTransaction) -> None:
         """A new request that is not for the registrar: route it or answer it."""
         try:
@@ -214,14 +221,24 @@ class Proxy:
             caller_aor = await self._auth.authenticate_caller(request, server)
             if caller_aor is None:
                 return
-        wakes = self.waker is not None and request.method in WAKING_METHODS
-        destinations, callee_aor, sleeping = await self._targets.route(request, trunk,
-                                                                       wakes=wakes)
+            if request.method == "REFER":
+                await self._authorise_refer(request, caller_aor)
+        replaced = self._replaced_party(request)
+        sleeping: list[Binding] = []
+        if replaced is not None:
+            destinations = [await self._replacement_destination(request, replaced)]
+            callee_aor = replaced.aor
+        else:
+            wakes = self.waker is not None and request.method in WAKING_METHODS
+            destinations, callee_aor, sleeping = await self._targets.route(request, trunk,
+                                                                           wakes=wakes)
         proxied = ProxiedRequest(self, request, asserted_identity=caller_aor)
+        proxied.replaced = replaced.dialog if replaced is not None else None
         created: Dialog | None = None
         if request.method in DIALOG_METHODS:
             dialog_trunk = next((d.trunk for d in destinations if d.trunk), None) or trunk
-            self._targets.check_limits(request, caller_aor, callee_aor, dialog_trunk)
+            self._targets.check_limits(request, caller_aor, callee_aor, dialog_trunk,
+                                       replacing=replaced is not None)
             created = Dialog(request.call_id, request.method, caller=caller_aor,
                              callee=callee_aor, trunk=dialog_trunk.name if dialog_trunk else None)
             proxied.dialog = self.dialogs.add(created, _lifetime(request))
@@ -236,6 +253,52 @@ class Proxy:
                 self.dialogs.release(created.call_id)
             raise
 
+    # --- transfer (RFC 3515 REFER, RFC 3891 Replaces) -------------------------------------------
+    async def _authorise_refer(self, request: Request, referrer: str | None) -> None:
+        """A REFER from a user is authorised as that user's INVITE would be: its Refer-To must
+        be something the user could call (one of our users or GRUUs, a trunk's number) or a
+        call of ours its Replaces names; otherwise 403, and nobody is asked to call anyone.
+        Referred-By (RFC 3892) is the authenticated user, never what the sender wrote."""
+        refer_to = request.name_addrs("refer-to")
+        if len(refer_to) != 1:
+            raise SipError(400, "Bad Request (a REFER needs exactly one Refer-To)")
+        target = refer_to[0].uri
+        replaces = Replaces.in_uri_headers(target.headers)
+        known_call = replaces is not None and \
+            self.dialogs.replaced_party(replaces) is not None
+        if not known_call and not await self._targets.may_reach(target):
+            raise SipError(403, f"Forbidden (Refer-To {target.host[:80]} is not reachable "
+                                f"for {referrer or 'this party'})")
+        if referrer is not None:
+            request.set("Referred-By", f"<{referrer}>")
+        # Without a user of ours (the dialog came through another node, which has set it),
+        # Referred-By stays as it came.
+
+    def _replaced_party(self, request: Request) -> ReplacedParty | None:
+        """For an INVITE with Replaces naming one of our calls: the party that receives it."""
+        if request.method != "INVITE":
+            return None
+        value = request.get("replaces")
+        replaces = Replaces.parse(value) if value else None
+        if replaces is None:
+            return None
+        replaced = self.dialogs.replaced_party(replaces)
+        if replaced is None or replaced.party.trunk is not None:
+            return None  # not ours, or a trunk's party: routed as any other INVITE
+        return replaced
+
+    async def _replacement_destination(
+        self, request: Request, replaced: ReplacedParty
+    ) -> Destination:
+        """The very device of the replaced call, whatever the Request-URI (a Refer-To may
+        name a device's own Contact, a .invalid WebSocket address): on this node its flow or
+        address, on another node through that node with a hop token for this Call-ID."""
+        party = replaced.party
+        if party.node_flow is not None:
+            return await self._targets.via_node(request.uri, party.node_flow, replaced.side,
+                                                request.call_id)
+        return Destination(request.uri, party.target, side=replaced.side, aor=replaced.aor)
+
     # --- in-dialog requests ------------------------------------------------------------------
     async def _route_in_dialog(
         self, request: Request, server: ServerTransaction, tokens: list[str]
@@ -244,6 +307,10 @@ class Proxy:
         if dialog is None:
             raise SipError(481, "Call/Transaction Does Not Exist")
         receiver = self._dialog_receiver(dialog, request, server.flow, tokens)
+        if request.method == "REFER" and self._trust.trunk_of(server.flow) is None:
+            from_caller = request.from_.tag == dialog.caller_tag
+            await self._authorise_refer(request,
+                                        dialog.caller if from_caller else dialog.callee)
         destination = Destination(await self._in_dialog_ruri(request, receiver), receiver.target)
         if request.method == "BYE":
             self.dialogs.extend(dialog, EARLY_DIALOG_LIFETIME)
@@ -394,7 +461,8 @@ class ProxiedRequest:
     each step the forwarding engine reports (forking.BranchHooks)."""
 
     __slots__ = ("_proxy", "request", "dialog", "creates_dialog", "sender_side", "exchange",
-                 "anchored_offer", "asserted_identity", "_parties", "forwarding", "wake")
+                 "anchored_offer", "asserted_identity", "replaced", "_parties", "forwarding",
+                 "wake")
 
     def __init__(
         self, proxy: Proxy, request: Request, *, dialog: Dialog | None = None,
@@ -408,6 +476,7 @@ class ProxiedRequest:
         self.exchange: Exchange | None = None  # the offer/answer crossing the anchor, if any
         self.anchored_offer: bytes | None = None  # the offer for branches of the other side
         self.asserted_identity = asserted_identity  # the caller's AoR, asserted to trunks
+        self.replaced: Dialog | None = None  # the call an INVITE with Replaces takes over
         # The callee side of each branch of a dialog-creating request (None for others).
         self._parties: dict[Branch, Party] | None = None
         self.forwarding: Forwarding | None = None  # set as the engine takes the request
@@ -448,7 +517,8 @@ class ProxiedRequest:
         dialog = self.dialog
         if dialog is not None and self.creates_dialog:
             party = Party(destination.target,
-                          destination.trunk.name if destination.trunk else None)
+                          destination.trunk.name if destination.trunk else None,
+                          node_flow=destination.node_flow)
             if self._parties is None:
                 self._parties = {}
             self._parties[branch] = party
@@ -508,6 +578,13 @@ class ProxiedRequest:
                 dialog.callee_side == dialog.caller_side:
             # A branch of the caller's own side won a mixed fork: no anchor needed.
             proxy.tasks.spawn(media.release(dialog))
+        replaced = self.replaced
+        if replaced is not None:
+            # The new call took the old one's place (RFC 3891): its media anchor goes now, and
+            # the dialog itself is kept only long enough for the BYEs that end it.
+            proxy.dialogs.extend(replaced, EARLY_DIALOG_LIFETIME)
+            if media is not None:
+                proxy.tasks.spawn(media.release(replaced))
 
     def on_final(self, response: Response) -> None:
         self._stop_waking(cancelled=False)

@@ -75,6 +75,13 @@ class Registrar:
         # Told the AoR of every REGISTER that bound a push contact (gateway.push.wakeup).
         self.on_push_registered: Callable[[str], None] | None = None
 
+    def reconfigure(self, policy: RegistrarPolicy) -> None:
+        """New expiry bounds, flow timer and contact limit (a reload): the next REGISTER
+        follows them. The domain stays (it is every binding's realm)."""
+        if policy.domain.lower() != self._domain:
+            raise ValueError(f"registrar domain stays {self._domain}, not {policy.domain}")
+        self._policy = policy
+
     async def answer(self, request: Request, transaction: ServerTransaction) -> None:
         """Answer a REGISTER in its server transaction: 4xx for malformed headers, 503 for a
         failing store. One compiled coroutine per REGISTER (each awaiting level would add a

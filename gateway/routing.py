@@ -38,6 +38,8 @@ class Destination:
     side: Side = PLAIN  # the media side of whoever is reached
     aor: str | None = None  # local user reached
     trunk: Trunk | None = None
+    # The device's flow when another node holds it (reached with a hop token to that node).
+    node_flow: FlowRef | None = None
 
     @property
     def transport(self) -> str:

@@ -842,7 +842,7 @@ def _sip_factories() -> dict[str, Check]:
 def _gateway_factories() -> dict[str, Check]:
     from gateway.auth import AuthOutcome
     from gateway.config import Trunk
-    from gateway.dialogs import Dialog, DialogTable, Party
+    from gateway.dialogs import Dialog, DialogTable, Party, ReplacedParty, Replaces
     from gateway.dispatch import ALLOWED_METHODS, RequestCounts, RequestDispatch
     from gateway.flowtoken import FlowRef, FlowTokens
     from gateway.forking import Branch, BranchHooks, Forwarding, ForwardingEngine
@@ -986,6 +986,19 @@ def _gateway_factories() -> dict[str, Check]:
         flow = await kit.flow()
         _expect((party.sent(flow), party.is_at(flow)), (True, True), "its own flow")
 
+    def use_replaces(replaces: Replaces, kit: Kit) -> None:
+        _expect(Replaces.in_uri_headers("Replaces=a84b%3Bto-tag%3D1%3Bfrom-tag%3D2"),
+                replaces, "the Replaces of a Refer-To URI")
+        _expect(Replaces.parse("a84b;from-tag=2;to-tag=1;early-only"), replaces,
+                "a Replaces header")
+
+    def use_replaced_party(replaced: ReplacedParty, kit: Kit) -> None:
+        _expect((replaced.side, replaced.aor), ("webrtc", ALICE), "side and user")
+
+    async def make_replaced_party(kit: Kit) -> ReplacedParty:
+        dialog = Dialog("a84b4c76e66710@pc33", "INVITE", caller=ALICE)
+        return ReplacedParty(dialog, Party(await kit.flow()), "webrtc", ALICE)
+
     async def use_trunk_trust(trust: TrunkTrust, kit: Kit) -> None:
         trunk = trust.trunk_of(await kit.flow())  # a UDP flow from 127.0.0.1
         _expect(trunk and trunk.name, "pbx", "the trunk a loopback UDP flow speaks for")
@@ -1123,6 +1136,9 @@ def _gateway_factories() -> dict[str, Check]:
             use_dialog),
         "gateway.dialogs.DialogTable": new(lambda k: DialogTable(), use_dialog_table),
         "gateway.dialogs.Party": new(make_party, use_party),
+        "gateway.dialogs.Replaces": new(
+            lambda k: Replaces("a84b", to_tag="1", from_tag="2"), use_replaces),
+        "gateway.dialogs.ReplacedParty": new(make_replaced_party, use_replaced_party),
         # gateway/flowtoken.py
         "gateway.flowtoken.FlowRef": new(
             lambda k: FlowRef(NODE_ID, "ws:7"),

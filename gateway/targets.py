@@ -45,6 +45,11 @@ class Targets:
         self._user_exists = user_exists
         self._trunk_matchers = [(re.compile(trunk.match), trunk) for trunk in trunks if trunk.match]
 
+    def reconfigure(self, max_calls_per_user: int, trunks: tuple[Trunk, ...]) -> None:
+        """A reload's call limit and trunks: new requests follow them, calls keep their route."""
+        self._max_calls_per_user = max_calls_per_user
+        self._trunk_matchers = [(re.compile(trunk.match), trunk) for trunk in trunks if trunk.match]
+
     async def select(
         self, request: Request, from_trunk: Trunk | None
     ) -> tuple[list[Destination], str | None]:
@@ -83,18 +88,35 @@ class Targets:
         return destinations, None, []
 
     def check_limits(
-        self, request: Request, caller: str | None, callee: str | None, trunk: Trunk | None
+        self, request: Request, caller: str | None, callee: str | None, trunk: Trunk | None,
+        *, replacing: bool = False,
     ) -> None:
+        """503 for a caller at its call limit, 486 for a callee at its own, 503 for a full
+        trunk. An INVITE that replaces one of the callee's calls (RFC 3891) takes that call's
+        place: it is not refused for the callee's limit."""
         if request.method != "INVITE":
             return
         limit = self._max_calls_per_user
         if limit and caller and self._dialogs.calls_of_user(caller) >= limit:
             raise SipError(503, f"Call limit of {limit} reached for {caller}")
-        if limit and callee and self._dialogs.calls_of_user(callee) >= limit:
+        if limit and callee and not replacing and self._dialogs.calls_of_user(callee) >= limit:
             raise SipError(486, "Busy Here (call limit reached)")
         if trunk and trunk.max_calls and \
                 self._dialogs.calls_of_trunk(trunk.name) >= trunk.max_calls:
             raise SipError(503, f"Trunk {trunk.name} call limit reached")
+
+    async def may_reach(self, uri: SipUri) -> bool:
+        """Whether a user's INVITE to `uri` could be routed: one of our users or GRUUs, or a
+        number one of the trunks takes. The test a REFER's Refer-To must pass: a PBX told to
+        call a number dials it with its own rights, which must not exceed the user's."""
+        if uri.scheme not in ("sip", "sips"):
+            return False
+        if self._trunk_destinations(uri):
+            return True
+        if not self.is_local_domain(uri):
+            return False
+        return self._gruus.resolve(uri) is not None or \
+            await self._user_exists(uri.user_decoded or "")
 
     def is_local_domain(self, uri: SipUri) -> bool:
         return uri.host.lower() == self._domain or self._addresses.is_local_uri(uri)
@@ -154,7 +176,7 @@ class Targets:
             host, port = parse_address(binding.received)
             destination = Destination(binding.contact, Target("udp", host, port), side=side)
         elif binding.node_id != self._node_id:
-            destination = await self._via_node(
+            destination = await self.via_node(
                 binding.contact, FlowRef(binding.node_id, binding.connection_id), side, call_id
             )
         else:
@@ -169,9 +191,11 @@ class Targets:
         destination.aor = binding.aor
         return destination
 
-    async def _via_node(
+    async def via_node(
         self, ruri: str, flow_ref: FlowRef, side: Side, call_id: str
     ) -> Destination:
+        """A branch to a device whose flow another node holds, with a hop token for this
+        Call-ID (480 when that node is gone)."""
         nodes = await self._location.live_nodes()
         node = nodes.get(flow_ref.node_id)
         if node is None or not node.sip_address:
@@ -181,7 +205,7 @@ class Targets:
         # The hop token is what makes the other node deliver without a challenge of its own.
         token = self._tokens.encode(flow_ref, call_id, HOP)
         route = f"<sip:{node.sip_address};lr;{FLOW_PARAM}={token}>"
-        return Destination(ruri, target, routes=[route], side=side)
+        return Destination(ruri, target, routes=[route], side=side, node_flow=flow_ref)
 
     def _trunk_destinations(self, ruri: SipUri) -> list[Destination]:
         number = ruri.user_decoded or ""

@@ -7,6 +7,7 @@ HA1 = H(username:domain:password) and challenges must use the same lower-case do
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -20,6 +21,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from sip.digest import compute_ha1
+
+log = logging.getLogger(f"ws2sip.{__name__}")
 
 _FILE_FORMAT_VERSION = 1
 # get() runs for every authenticated request; a stat per second keeps external edits visible
@@ -52,6 +55,14 @@ class UserRecord:
         if base == "SHA-256":
             return self.ha1_sha256
         raise ValueError(f"unsupported digest algorithm {algorithm!r} for {self.username}")
+
+
+@dataclass(frozen=True, slots=True)
+class UserFile:
+    """A users file as read: its (inode, mtime, size), None when there is no file."""
+
+    signature: tuple[int, int, int] | None
+    users: dict[tuple[str, str], UserRecord]
 
 
 class UserExists(Exception):
@@ -122,13 +133,15 @@ class FileUserStore(UserStore):
         self._check_interval = check_interval
         self._users: dict[tuple[str, str], UserRecord] = {}
         self._file_signature: tuple[int, int, int] | None = None
+        # A malformed version of the file, logged once and not read again until it changes.
+        self._refused_signature: tuple[int, int, int] | None = None
         self._checked_at = float("-inf")
         self._reload_if_changed()
 
     async def get(self, username: str, domain: str) -> UserRecord | None:
         now = time.monotonic()
         if now - self._checked_at >= self._check_interval:
-            self._reload_if_changed()
+            self._refresh_quietly()
         return self._users.get((username, domain.lower()))
 
     async def add(self, username: str, domain: str, password: str) -> UserRecord:
@@ -166,26 +179,57 @@ class FileUserStore(UserStore):
     async def close(self) -> None:
         self._users = {}
 
-    def _reload_if_changed(self) -> None:
-        self._checked_at = time.monotonic()
+    def read_file(self) -> UserFile:
+        """The file as it is now, parsed; raises ValueError (naming the file) when it is
+        malformed. Changes nothing: `adopt` makes it the store's users (a reload checks every
+        file before it applies any)."""
         try:
             stat = self._path.stat()
         except FileNotFoundError:
-            self._users, self._file_signature = {}, None
-            return
+            return UserFile(None, {})
         # The inode catches a replace within the file system's mtime granularity.
         signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if signature == self._file_signature:
-            return
         try:
             document = json.loads(self._path.read_text(encoding="utf-8"))
             if document.get("version") != _FILE_FORMAT_VERSION:
                 raise ValueError(f"unsupported format version {document.get('version')!r}")
             records = [UserRecord(**entry) for entry in document["users"]]
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            # Said once (by the caller): not read again until it changes.
+            self._refused_signature = signature
             raise ValueError(f"malformed user file {self._path}: {error}") from error
-        self._users = {(r.username, r.domain): r for r in records}
-        self._file_signature = signature
+        return UserFile(signature, {(r.username, r.domain): r for r in records})
+
+    def adopt(self, contents: UserFile) -> None:
+        self._users, self._file_signature = contents.users, contents.signature
+        self._checked_at = time.monotonic()
+
+    def _reload_if_changed(self) -> None:
+        """Before a change (the CLI): a malformed file raises rather than being overwritten."""
+        if self._changed_on_disk():
+            self.adopt(self.read_file())
+
+    def _refresh_quietly(self) -> None:
+        """While serving: a malformed file is logged once and the users read before stay."""
+        if not self._changed_on_disk():
+            return
+        try:
+            self.adopt(self.read_file())
+        except ValueError as error:
+            log.error("%s; keeping the %d users read before", error, len(self._users))
+
+    def _changed_on_disk(self) -> bool:
+        self._checked_at = time.monotonic()
+        signature = self._disk_signature()
+        return signature != self._file_signature and (
+            signature is None or signature != self._refused_signature)
+
+    def _disk_signature(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self._path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     def _write(self, users: dict[tuple[str, str], UserRecord]) -> None:
         document = {

@@ -19,6 +19,7 @@ from sip.tasks import TaskSet
 from sip.transport import OVERLOAD_RETRY_AFTER, TransportLayer
 
 from . import ws_delivery
+from .dispatch import DRAINING_RETRY_AFTER
 from .edge_guard import EdgeGuard
 from .ws_delivery import DeliveringWebSocketResponse
 from .ws_keepalive import WebSocketKeepalive
@@ -189,11 +190,12 @@ def make_handler(
     transport: TransportLayer, policy: WebSocketPolicy, *, secure: bool,
     on_flow_open: Callable[[WebSocketFlow], None] | None = None,
     direct_delivery: bool = ws_delivery.supported(),
-    guard: EdgeGuard | None = None,
+    guard: EdgeGuard | None = None, draining: Callable[[], bool] | None = None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """direct_delivery: SIP frames go from aiohttp's parser straight to the transport layer
     (gateway/ws_delivery.py) instead of through ws.receive(). guard: the per-IP connection
-    cap, bans and the deadline for authenticating (gateway/edge_guard.py)."""
+    cap, bans and the deadline for authenticating (gateway/edge_guard.py). draining: true while
+    the node drains (gateway/lifecycle.py): new WebSockets get 503, to go to another node."""
     keepalive = WebSocketKeepalive(policy.ping_interval) if policy.ping_interval > 0 else None
     batch = _FrameBatch()
 
@@ -215,6 +217,9 @@ def make_handler(
                 request.remote, request.headers.get("Origin"),
             )
             return web.Response(status=403, text="Origin not allowed\n")
+        if draining is not None and draining():
+            return web.Response(status=503, text="draining: connect to another node\n",
+                                headers={"Retry-After": str(DRAINING_RETRY_AFTER)})
         if not transport.has_room_for_flow():
             transport.log_overload(f"flow table full ({transport.max_flows} flows)")
             return web.Response(status=503, text="Too many connections\n",

@@ -7,7 +7,8 @@ the locks (deploy/requirements.lock, tests/requirements.lock) pin both libraries
 this test records what each internal looked like when the code using it was last checked: the
 source of each Python function the fast paths depend on (hashed), the C signatures of the libsrtp
 functions, the layout of a Session. webrtc/ice.py extends aioice's Connection: it adds its own
-sockets to the connection's protocols, watches its nominated pairs and, once closed, drops the
+sockets to the connection's protocols (an ICE-TCP connection too, whose checks aioice's
+check_incoming then handles), watches its nominated pairs and, once closed, drops the
 cancelled checks' tasks from its check list (see IceConnection.close). A refreshed lock that
 changes any of them fails here, naming the library and the attribute: read the new code, adapt
 the code using it, then record the new fingerprint printed in the failure.
@@ -104,6 +105,12 @@ def _aioice_internals() -> dict[str, Callable[[], str]]:
         "aioice.Connection.close": lambda: source_fingerprint(aioice.Connection.close),
         "aioice.ice.CandidatePair.__init__ (task)":
             lambda: source_fingerprint(CandidatePair.__init__),
+        # ICE-TCP (webrtc/ice_tcp.py): a connection accepted while the ICE connection is not
+        # closing becomes one more protocol; check_incoming pairs it with the browser's address
+        # (peer reflexive) and runs the triggered check on it.
+        "aioice.Connection._closing": lambda: type(connection._closing).__name__,
+        "aioice.Connection.check_incoming":
+            lambda: source_fingerprint(aioice.Connection.check_incoming),
     }
 
 
@@ -115,6 +122,8 @@ RECORDED: dict[str, dict[str, str]] = {
             "{'_protocols': 'list', '_nominated': 'dict', '_check_list': 'list'}",
         "aioice.Connection.close": "25dcfac536f5f37c",
         "aioice.ice.CandidatePair.__init__ (task)": "897933a0565c1837",
+        "aioice.Connection._closing": "bool",
+        "aioice.Connection.check_incoming": "cb3e32bd47e5fa82",
     },
     "aiohttp": {
         "aiohttp._websocket.reader.WebSocketDataQueue": "526af2531df720ee",

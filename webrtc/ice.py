@@ -26,6 +26,7 @@ from aioice.mdns import is_mdns_hostname
 
 from .datagram import DatagramSocket
 from .ice_media import COMPONENT, MediaFirstProtocol, NominatedRoute
+from .ice_tcp import MAX_CONNECTIONS_PER_ICE, IceTcpListener, IceTcpStream, tcp_candidate_priority
 from .ports import PortPool
 
 log = logging.getLogger(f"ws2sip.{__name__}")
@@ -59,8 +60,12 @@ class IceConnection(aioice.Connection):
         self, *, pool: PortPool, public_host: str, ice_controlling: bool,
         on_datagram: Callable[[bytes], None], stun_server: tuple[str, int] | None = None,
         on_nomination: Callable[[], None] | None = None,
+        tcp_listener: IceTcpListener | None = None,
     ) -> None:
-        super().__init__(ice_controlling=ice_controlling, components=1, stun_server=stun_server)
+        super().__init__(
+            ice_controlling=ice_controlling, components=1, stun_server=stun_server,
+            local_username=tcp_listener.new_ufrag() if tcp_listener is not None else None,
+        )
         if on_nomination is not None:
             self._nominated = _NominationWatch(on_nomination)
         self._pool = pool
@@ -69,6 +74,8 @@ class IceConnection(aioice.Connection):
         self._peer_seen = asyncio.Event()
         self._bound_port: int | None = None
         self._candidate_tasks: set[asyncio.Task[None]] = set()
+        self._tcp_listener = tcp_listener
+        self._tcp_candidate: Candidate | None = None
         self.media_route = NominatedRoute(self._nominated)
 
     @property
@@ -109,6 +116,17 @@ class IceConnection(aioice.Connection):
         )
         self._protocols.append(protocol)
         candidates = [protocol.local_candidate]
+        if self._tcp_listener is not None:
+            # RFC 6544 passive candidate: the browser connects, the listener hands the
+            # connection over (accept_tcp) once its first check names this local ufrag.
+            self._tcp_candidate = Candidate(
+                foundation=candidate_foundation("host", "tcp", self._public_host),
+                component=component, transport="tcp", priority=tcp_candidate_priority(component),
+                host=self._public_host, port=self._tcp_listener.advertised_port, type="host",
+                tcptype="passive",
+            )
+            self._tcp_listener.register(self.local_username, self)
+            candidates.append(self._tcp_candidate)
         if self.stun_server:
             with contextlib.suppress(Exception):  # no STUN answer just means no srflx
                 srflx, _ = await asyncio.wait_for(
@@ -116,6 +134,21 @@ class IceConnection(aioice.Connection):
                 )
                 candidates.append(srflx)
         return candidates
+
+    def accept_tcp(self, stream: IceTcpStream) -> MediaFirstProtocol | None:
+        """An authenticated ICE-TCP connection (webrtc.ice_tcp) becomes one more of this
+        connection's sockets: aioice answers and runs checks on it like on the UDP one."""
+        open_streams = sum(1 for p in self._protocols
+                           if p.local_candidate is self._tcp_candidate
+                           and not p.transport.is_closing())
+        if (self._tcp_candidate is None or self._closing
+                or open_streams >= MAX_CONNECTIONS_PER_ICE):
+            return None
+        protocol = MediaFirstProtocol(weakref.proxy(self), self._on_datagram)
+        protocol.local_candidate = self._tcp_candidate
+        protocol.connection_made(stream)  # type: ignore[arg-type]  # the part aioice uses
+        self._protocols.append(protocol)
+        return protocol
 
     def data_received(self, data: bytes, component: int) -> None:
         self._on_datagram(data)
@@ -136,7 +169,7 @@ class IceConnection(aioice.Connection):
         """
         for entry in candidates:
             if str(entry.get("protocol", "udp")).lower() != "udp":
-                continue
+                continue  # TCP: the gateway is passive only, browsers' checks reveal them
             if is_mdns_hostname(str(entry["ip"])):
                 continue
             candidate = Candidate(
@@ -168,6 +201,8 @@ class IceConnection(aioice.Connection):
     async def close(self) -> None:
         for task in list(self._candidate_tasks):
             task.cancel()
+        if self._tcp_listener is not None:
+            self._tcp_listener.unregister(self.local_username)
         await super().close()
         # aioice's close cancels the connectivity checks but keeps each pair's task, which holds
         # its CancelledError, whose traceback holds the check's frame and so this connection and
@@ -189,4 +224,6 @@ def sdp_candidate(candidate: Candidate) -> dict[str, Any]:
     if candidate.related_address is not None:
         entry["raddr"] = candidate.related_address
         entry["rport"] = candidate.related_port
+    if candidate.tcptype is not None:
+        entry["tcptype"] = candidate.tcptype
     return entry

@@ -322,7 +322,18 @@ def write_webrtc(
     }
     if bundled:
         session["groups"] = [{"type": "BUNDLE", "mids": " ".join(bundled)}]
-    return sdp_transform.write(session)
+    return _with_tcptype(sdp_transform.write(session))
+
+
+def _with_tcptype(sdp: str) -> str:
+    """sdp_transform 1.1.0 writes a candidate's RFC 6544 `tcptype` as "tcpfield" (a typo in its
+    grammar), which browsers do not understand: a passive candidate would read as active."""
+    if " tcpfield " not in sdp:
+        return sdp
+    return "\r\n".join(
+        line.replace(" tcpfield ", " tcptype ") if line.startswith("a=candidate:") else line
+        for line in sdp.split("\r\n")
+    )
 
 
 def write_plain(

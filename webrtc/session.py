@@ -11,6 +11,7 @@ from .codecs import GATEWAY_AUDIO, TRANSCODABLE, Codec, events_for_clock
 from .dtls import DtlsCertificate, DtlsRole
 from .errors import MediaError
 from .forwarding import DirectionStats, Forwarder, Route
+from .ice_tcp import IceTcpListener
 from .negotiation import Agreement, agree, offer_codecs, relayable, webrtc_feedback
 from .plain import LatchPolicy, PlainLeg
 from .ports import PortPool
@@ -49,6 +50,7 @@ class RelayContext:
     certificate: Callable[[], DtlsCertificate]
     stun_server: tuple[str, int] | None
     latch: LatchPolicy = field(default_factory=LatchPolicy)
+    tcp_listener: IceTcpListener | None = None  # ICE-TCP passive candidates, when configured
 
 
 @dataclass
@@ -419,6 +421,7 @@ class MediaSession:
             self._webrtc = WebRtcLeg(
                 pool=self._context.pool, public_host=self._context.public_host,
                 certificate=self._context.certificate(), stun_server=self._context.stun_server,
+                tcp_listener=self._context.tcp_listener,
             )
             self._webrtc.on_failure = self._leg_failed
             self._webrtc.on_change = self._refresh_pumps

@@ -12,6 +12,7 @@ import pylibsrtp
 from .datagram import Address, DatagramSocket, PacketHandler
 from .dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
 from .ice import IceConnection, sdp_candidate
+from .ice_tcp import IceTcpListener
 from .plain import is_rtcp
 from .ports import PortPool
 from .sdp import Fingerprint, MediaDescription, WebRtcTransportParams
@@ -32,9 +33,10 @@ class WebRtcLeg:
 
     def __init__(
         self, *, pool: PortPool, public_host: str, certificate: DtlsCertificate,
-        stun_server: tuple[str, int] | None,
+        stun_server: tuple[str, int] | None, tcp_listener: IceTcpListener | None = None,
     ) -> None:
         self._pool = pool
+        self._tcp_listener = tcp_listener
         self._public_host = public_host
         self._certificate = certificate
         self._stun_server = stun_server
@@ -76,6 +78,7 @@ class WebRtcLeg:
             pool=self._pool, public_host=self._public_host,
             ice_controlling=self.ice_controlling, on_datagram=self._datagram_received,
             stun_server=self._stun_server, on_nomination=self._changed,
+            tcp_listener=self._tcp_listener,
         )
         await ice.gather_candidates()
         return ice

@@ -21,6 +21,7 @@ from typing import Any
 
 from .channel import Channel, ChannelClosed
 from .errors import MediaError
+from .ice_tcp import WORKER_PREFIX_LENGTH
 from .plain import LatchPolicy
 from .relay import MediaRelay
 from .session import MediaSession
@@ -40,10 +41,19 @@ class WorkerConfig:
     log_level: int
     # LatchPolicy's fields (compiled, a frozen dataclass does not unpickle); None: the default
     latch: dict[str, Any] | None = None
+    # The port of the gateway process's ICE-TCP listener put into candidates; 0: no ICE-TCP.
+    ice_tcp_advertised_port: int = 0
+
+    @property
+    def ice_tcp_ufrag_prefix(self) -> str:
+        """What this worker's ICE ufrags start with: the listener routes by it."""
+        return f"{self.index:0{WORKER_PREFIX_LENGTH}d}"
 
 
-def run_worker(connection: Connection, config: WorkerConfig) -> None:
-    """Process entry (multiprocessing spawn): serve until told to stop or the gateway is gone."""
+def run_worker(connection: Connection, config: WorkerConfig,
+               ice_tcp_channel: socket.socket | None = None) -> None:
+    """Process entry (multiprocessing spawn): serve until told to stop or the gateway is gone.
+    ice_tcp_channel: where the gateway process hands this worker its ICE-TCP connections."""
     sock = socket.socket(fileno=os.dup(connection.fileno()))
     connection.close()
     logging.basicConfig(
@@ -53,16 +63,21 @@ def run_worker(connection: Connection, config: WorkerConfig) -> None:
     try:
         import uvloop
     except ImportError:  # optional, as in the gateway
-        asyncio.run(_serve(sock, config))
+        asyncio.run(_serve(sock, config, ice_tcp_channel))
     else:
-        uvloop.run(_serve(sock, config))
+        uvloop.run(_serve(sock, config, ice_tcp_channel))
 
 
-async def _serve(sock: socket.socket, config: WorkerConfig) -> None:
+async def _serve(sock: socket.socket, config: WorkerConfig,
+                 ice_tcp_channel: socket.socket | None) -> None:
     relay = MediaRelay(bind_host=config.bind_host, public_host=config.public_host,
                        port_min=config.port_min, port_max=config.port_max,
                        stun_servers=config.stun_servers,
-                       latch=LatchPolicy(**config.latch) if config.latch is not None else None)
+                       latch=LatchPolicy(**config.latch) if config.latch is not None else None,
+                       ice_tcp_advertised_port=config.ice_tcp_advertised_port,
+                       ice_tcp_handoffs=ice_tcp_channel,
+                       ice_tcp_ufrag_prefix=config.ice_tcp_ufrag_prefix)
+    await relay.start()
     channel = await Channel.open(sock)
     if config.gc_threshold is not None:
         gc.freeze()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -29,6 +30,7 @@ from typing import Any
 
 from .channel import Channel, ChannelClosed
 from .errors import MediaError
+from .ice_tcp import WORKER_PREFIX_LENGTH, Handoff, IceTcpListener, hand_over
 from .plain import LatchPolicy
 from .session import Side
 from .worker import WorkerConfig, run_worker
@@ -71,6 +73,8 @@ class _Worker:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._request_ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
+        # Where the gateway's ICE-TCP listener hands this worker its connections (SCM_RIGHTS).
+        self.ice_tcp_channel: socket.socket | None = None
 
     @property
     def pid(self) -> int | None:
@@ -79,13 +83,21 @@ class _Worker:
     async def start(self) -> None:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
-        self.process = context.Process(target=run_worker, args=(theirs, self.config),
+        handoff_theirs = None
+        if self.config.ice_tcp_advertised_port:
+            self.ice_tcp_channel, handoff_theirs = socket.socketpair(
+                socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self.ice_tcp_channel.setblocking(False)
+        self.process = context.Process(target=run_worker,
+                                       args=(theirs, self.config, handoff_theirs),
                                        name=f"ws2sip-media-{self.config.index}", daemon=True)
         try:
             self.process.start()
         finally:
             # Only the child may hold its end: its exit must read as EOF on ours.
             theirs.close()
+            if handoff_theirs is not None:
+                handoff_theirs.close()
         sock = socket.socket(fileno=os.dup(ours.fileno()))
         ours.close()
         self._channel = await Channel.open(sock)
@@ -150,6 +162,9 @@ class _Worker:
             await _exited(process, STOP_TIMEOUT)
         if self._channel is not None:
             self._channel.close()
+        if self.ice_tcp_channel is not None:
+            self.ice_tcp_channel.close()
+            self.ice_tcp_channel = None
 
     async def _read(self) -> None:
         assert self._channel is not None
@@ -254,7 +269,10 @@ class MediaWorkers:
         self, count: int, *, bind_host: str = "127.0.0.1", public_host: str | None = None,
         port_min: int = 20000, port_max: int = 40000, stun_servers: list[str] | None = None,
         gc_threshold: tuple[int, int, int] | None = None, latch: LatchPolicy | None = None,
+        ice_tcp_listen: tuple[str, int] | None = None, ice_tcp_advertised_port: int = 0,
     ) -> None:
+        """ice_tcp_listen: the gateway's one ICE-TCP listener, here in the gateway process;
+        it hands each connection to the worker its ufrag names (webrtc.ice_tcp)."""
         if count < 1:
             raise ValueError(f"media workers: need at least 1, got {count}")
         self._configs = [
@@ -268,8 +286,21 @@ class MediaWorkers:
         self._sessions: dict[str, RemoteSession] = {}
         self._restarts: set[asyncio.Task[None]] = set()
         self._running = False  # replace workers that exit only between start() and close()
+        self._tcp_listener = (
+            IceTcpListener(*ice_tcp_listen, advertised_port=ice_tcp_advertised_port,
+                           handoffs=self._ice_tcp_handoff)
+            if ice_tcp_listen is not None else None
+        )
 
     async def start(self) -> None:
+        if self._tcp_listener is not None:
+            # First: the workers put its (bound) port into their candidates.
+            await self._tcp_listener.start()
+            self._configs = [
+                dataclasses.replace(config,
+                                    ice_tcp_advertised_port=self._tcp_listener.advertised_port)
+                for config in self._configs
+            ]
         self._workers = [_Worker(config, self._worker_exited) for config in self._configs]
         try:
             await asyncio.gather(*(worker.start() for worker in self._workers))
@@ -322,10 +353,22 @@ class MediaWorkers:
         self._running = False
         for task in self._restarts:
             task.cancel()
+        if self._tcp_listener is not None:
+            await self._tcp_listener.close()
         await asyncio.gather(*(worker.stop() for worker in self._workers))
         for session in self._sessions.values():
             session.failure = session.failure or "media relay stopped"
         self._sessions.clear()
+
+    def _ice_tcp_handoff(self, ufrag: str) -> Handoff | None:
+        """The handoff to the live worker whose index leads `ufrag` (see WorkerConfig)."""
+        prefix = ufrag[:WORKER_PREFIX_LENGTH]
+        if not prefix.isdigit():
+            return None
+        for worker in self._live():
+            if worker.config.index == int(prefix) and worker.ice_tcp_channel is not None:
+                return functools.partial(hand_over, worker.ice_tcp_channel)
+        return None
 
     def _live(self) -> list[_Worker]:
         return [worker for worker in self._workers if worker.alive and worker.ready.done()]

@@ -1,6 +1,10 @@
 // What went wrong, in words a person understands, from JsSIP's failure causes and SIP codes.
 import { C } from "jssip";
 
+// ICE failed: no candidate pair got through (UDP blocked and no reachable TURN relay).
+export const MEDIA_BLOCKED = "No audio: media blocked by the network (it lets no UDP through " +
+  "and no TURN relay could be reached). Try another network, or ask its administrator.";
+
 export function registrationFailure({ response, cause }, server) {
   const status = response?.status_code;
   if (status === 401 || status === 403 || status === 407 ||
@@ -40,6 +44,8 @@ export function callFailure({ cause, message }, target) {
       return "Lost the connection to the gateway.";
     case C.causes.ADDRESS_INCOMPLETE:
       return `${target} is not a complete address.`;
+    case C.causes.RTP_TIMEOUT:
+      return MEDIA_BLOCKED;
     case C.causes.CANCELED:
       return null; // Hung up before an answer: nothing went wrong.
     default:

@@ -2,7 +2,9 @@
 // and a live quality line, on top of JsSIP talking SIP over the gateway's WebSocket.
 import JsSIP from "jssip";
 
-import { callFailure, mediaFailure, registrationFailure } from "./messages.js";
+import {
+  MEDIA_BLOCKED, callFailure, mediaFailure, registrationFailure,
+} from "./messages.js";
 import { audioQuality, describeQuality } from "./quality.js";
 import { Ringer } from "./ringer.js";
 import { fetchSettings, isStale } from "./settings.js";
@@ -12,6 +14,15 @@ const TIMER_INTERVAL_MS = 1000;
 // RFC 4733 telephone-events in the media, what PBXs and the gateway's media relay expect.
 const DTMF_OPTIONS = { transportType: JsSIP.C.DTMF_TRANSPORT.RFC2833 };
 const REMEMBERED_USER = "ws2sip.user";
+// JsSIP sends the SDP once ICE gathering completes. Where UDP is blocked, a TURN/UDP
+// allocation only gives up after ~40 s, so the call would hang in "Calling…" that long. A relay
+// candidate is the path of last resort: once one is there (plus a moment for its siblings),
+// or after GATHERING_LIMIT_MS, the SDP leaves with what has been gathered.
+const RELAY_GRACE_MS = 300;
+const GATHERING_LIMIT_MS = 5000;
+// An answered call whose ICE has not connected by then has no media path (UDP blocked, no
+// reachable TURN relay); Chromium may stay in "checking" for good when nothing was gathered.
+const MEDIA_CONNECT_LIMIT_MS = 10_000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -38,6 +49,8 @@ class Phone {
   #ringer = new Ringer();
   #timers = [];
   #answeredAt = 0;
+  #iceConnected = false;
+  #mediaBlocked = false;
 
   async load() {
     $("user").value = localStorage.getItem(REMEMBERED_USER) ?? "";
@@ -246,6 +259,16 @@ class Phone {
 
   #bind(session) {
     this.session = session;
+    let gatheringLimit = null;
+    session.on("icecandidate", ({ candidate, ready }) => {
+      gatheringLimit ??= setTimeout(ready, GATHERING_LIMIT_MS);
+      if (candidate.type === "relay") setTimeout(ready, RELAY_GRACE_MS);
+    });
+    session.on("sdp", ({ originator }) => {
+      if (originator !== "local") return;
+      clearTimeout(gatheringLimit);
+      gatheringLimit = null;
+    });
     session.on("progress", ({ originator }) => {
       if (originator === "remote") this.#setCallState("ringing", `Ringing ${this.peer}…`);
     });
@@ -263,7 +286,14 @@ class Phone {
     });
     session.on("muted", () => $("mute").setAttribute("aria-pressed", "true"));
     session.on("unmuted", () => $("mute").setAttribute("aria-pressed", "false"));
-    session.on("ended", ({ originator }) => {
+    session.on("ended", ({ originator, cause }) => {
+      // JsSIP hangs up itself when ICE fails (cause RTP_TIMEOUT); the phone does when ICE
+      // never connects: the call was answered, its media could not flow.
+      if (cause === JsSIP.C.causes.RTP_TIMEOUT || this.#mediaBlocked) {
+        this.#showError(MEDIA_BLOCKED);
+        this.#finish(session, "Call failed");
+        return;
+      }
       const who = originator === "remote" ? `${this.peer} hung up` : "Call ended";
       this.#finish(session, who);
     });
@@ -279,6 +309,10 @@ class Phone {
     this.#ringer.stop();
     this.#answeredAt = Date.now();
     this.#setCallState("active", `In call with ${this.peer}`);
+    const session = this.session;
+    this.#timers.push(setTimeout(() => {
+      if (!this.#iceConnected && this.session === session) this.#giveUpOnMedia(session);
+    }, MEDIA_CONNECT_LIMIT_MS));
     this.#every(TIMER_INTERVAL_MS, () => this.#showTimer());
     this.#every(QUALITY_INTERVAL_MS, () => this.#showQuality());
   }
@@ -286,10 +320,11 @@ class Phone {
   #finish(session, text) {
     if (this.session !== session) return;
     this.#ringer.stop();
-    this.#timers.forEach(clearInterval);
+    this.#timers.forEach(clearInterval);  // clears the setTimeout ids too (one id pool)
     this.#timers = [];
     this.localStream?.getTracks().forEach((track) => track.stop());
     this.session = null;
+    this.#mediaBlocked = false;
     this.localStream = null;
     this.peerConnection = null;
     for (const id of ["remote-audio", "remote-video", "local-video"]) $(id).srcObject = null;
@@ -322,6 +357,13 @@ class Phone {
     this.peerConnection = pc;
     this.remoteStream = new MediaStream();
     $("remote-audio").srcObject = this.remoteStream;
+    this.#iceConnected = false;
+    pc.addEventListener("iceconnectionstatechange", () => {
+      if (this.peerConnection !== pc) return;
+      const state = pc.iceConnectionState;
+      if (state === "connected" || state === "completed") this.#iceConnected = true;
+      else if (state === "failed" && !this.#iceConnected) this.#giveUpOnMedia(this.session);
+    });
     pc.addEventListener("track", ({ track }) => {
       this.remoteStream.addTrack(track);
       if (track.kind === "video") {
@@ -331,6 +373,13 @@ class Phone {
         $("videos").hidden = false;
       }
     });
+  }
+
+  #giveUpOnMedia(session) {
+    if (!session || this.#mediaBlocked) return;
+    this.#mediaBlocked = true;
+    this.#showError(MEDIA_BLOCKED);
+    session.terminate();
   }
 
   async #refreshSettings() {
@@ -355,6 +404,7 @@ class Phone {
     line.dataset.packetsReceived = quality.packetsReceived;
     line.dataset.jitterMs = quality.jitterMs ?? "";
     line.dataset.rttMs = quality.rttMs ?? "";
+    line.dataset.path = quality.path ?? "";
     line.hidden = false;
   }
 

@@ -1,8 +1,12 @@
-// The live quality line: packets lost, jitter and round-trip time of the audio, from getStats().
+// The live quality line: packets lost, jitter and round-trip time of the audio, and the path
+// the media took (direct UDP, TCP or a TURN relay), from getStats().
 
 export async function audioQuality(pc) {
   const report = await pc.getStats();
-  const quality = { packetsLost: 0, jitterMs: null, rttMs: null, packetsReceived: 0 };
+  const quality = {
+    packetsLost: 0, jitterMs: null, rttMs: null, packetsReceived: 0, path: null,
+  };
+  let pairRttMs = null;
   const byId = new Map();
   report.forEach((entry) => byId.set(entry.id, entry));
   report.forEach((entry) => {
@@ -13,18 +17,31 @@ export async function audioQuality(pc) {
     } else if (entry.type === "remote-inbound-rtp" && entry.kind === "audio" &&
                entry.roundTripTime !== undefined) {
       quality.rttMs = entry.roundTripTime * 1000;
-    } else if (entry.type === "transport" && quality.rttMs === null) {
-      // Before the first RTCP receiver report, ICE consent checks already measure the RTT.
+    } else if (entry.type === "transport") {
       const pair = byId.get(entry.selectedCandidatePairId);
+      // Before the first RTCP receiver report, ICE consent checks already measure the RTT.
       if (pair?.currentRoundTripTime !== undefined) {
-        quality.rttMs = pair.currentRoundTripTime * 1000;
+        pairRttMs = pair.currentRoundTripTime * 1000;
       }
+      quality.path = mediaPath(byId.get(pair?.localCandidateId)) ?? quality.path;
     }
   });
+  if (quality.rttMs === null) quality.rttMs = pairRttMs;
   return quality;
 }
 
-export function describeQuality({ packetsLost, jitterMs, rttMs }) {
+// How this browser's end of the selected candidate pair carries the media: its own address
+// over UDP or TCP (ICE-TCP), or a TURN relay reached over UDP, TCP or TLS.
+export function mediaPath(localCandidate) {
+  if (!localCandidate) return null;
+  if (localCandidate.candidateType === "relay") {
+    return `relay (${(localCandidate.relayProtocol ?? "udp").toUpperCase()})`;
+  }
+  return localCandidate.protocol === "tcp" ? "TCP" : "direct UDP";
+}
+
+export function describeQuality({ packetsLost, jitterMs, rttMs, path }) {
   const ms = (value) => (value === null ? "–" : `${Math.round(value)} ms`);
-  return `Packets lost ${packetsLost} · jitter ${ms(jitterMs)} · RTT ${ms(rttMs)}`;
+  const line = `Packets lost ${packetsLost} · jitter ${ms(jitterMs)} · RTT ${ms(rttMs)}`;
+  return path === null ? line : `${line} · via ${path}`;
 }

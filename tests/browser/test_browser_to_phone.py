@@ -66,6 +66,9 @@ async def test_web_phone_calls_a_sip_phone_which_hangs_up(
     await assert_both_hear(web, phone, tmp_path / "phone-heard.wav")
     quality = await web.wait_quality_line()
     assert int(quality["packetsReceived"]) > 0, quality
+    # No TURN server here: the browser reaches the gateway's media port itself.
+    assert quality["path"] == "direct UDP", quality
+    assert quality["text"].endswith(" · via direct UDP"), quality
 
     # The keypad sends RFC 4733 events that reach the phone as digits.
     await web.press_keys("4#")

@@ -20,6 +20,7 @@ from playwright.async_api import Page, ViewportSize
 
 from tests.fixtures.gateway import ARTIFACTS_DIR
 from tests.support.browser import (
+    CHROMIUM,
     JS_DIR,
     BrowserSession,
     dominant_frequency,
@@ -35,14 +36,16 @@ MEDIA_HELPERS = JS_DIR / "media_helpers.mjs"
 
 @asynccontextmanager
 async def launch_private_browser(
-    tone_wav: Path, *, name: str, grant_media: bool = True,
+    tone_wav: Path, *, name: str, grant_media: bool = True, extra_args: tuple[str, ...] = (),
+    executable: str = CHROMIUM,
 ) -> AsyncIterator[BrowserSession]:
     """Chromium with mDNS host candidates on, its microphone playing tone_wav.
 
     grant_media=False: headless Chromium denies getUserMedia (see launch_browser).
     """
     async with launch_browser(tone_wav, name=name, mdns_host_candidates=True,
-                              grant_media=grant_media, viewport=VIEWPORT) as browser:
+                              grant_media=grant_media, viewport=VIEWPORT,
+                              extra_args=extra_args, executable=executable) as browser:
         yield browser
 
 

@@ -74,19 +74,50 @@ def _compose() -> dict[str, Any]:
 
 def test_compose_services_and_host_networking() -> None:
     services = _compose()["services"]
-    assert {"ws2sip", "redis", "coturn"} <= set(services)
-    for name in ("ws2sip", "coturn"):
-        assert services[name]["network_mode"] == "host", name
-    gateway = services["ws2sip"]
-    assert gateway["build"]["dockerfile"] == "deploy/Containerfile"
-    assert any(v.endswith(":/etc/ws2sip/ws2sip.toml:ro") for v in gateway["volumes"])
-    assert "redis://127.0.0.1:6379/0" in gateway["command"]
-    assert "127.0.0.1:8080/healthz" in " ".join(gateway["healthcheck"]["test"])
+    nodes = ("ws2sip-1", "ws2sip-2")
+    assert {*nodes, "haproxy", "redis", "redis-replica", "sentinel-1", "sentinel-2",
+            "sentinel-3", "coturn"} <= set(services)
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name
+    listeners = set()
+    for name in nodes:
+        gateway = services[name]
+        assert gateway["build"]["dockerfile"] == "deploy/Containerfile"
+        assert "./ws2sip-cluster.toml:/etc/ws2sip/ws2sip.toml:ro" in gateway["volumes"]
+        command = gateway["command"]
+        assert command[command.index("--node-id") + 1] == name
+        ws = command[command.index("--ws") + 1]
+        assert f"{ws}/healthz" in " ".join(gateway["healthcheck"]["test"])
+        listeners |= {ws, command[command.index("--udp") + 1],
+                      command[command.index("--metrics") + 1]}
+    assert len(listeners) == 6, "each node on its own ports (host networking)"
+    environment = services["haproxy"]["environment"]
+    assert {environment["WS2SIP_NODE1"], environment["WS2SIP_NODE2"]} == {
+        services[name]["command"][services[name]["command"].index("--ws") + 1]
+        for name in nodes}
+    assert any(v.startswith("./haproxy/haproxy.cfg:") for v in services["haproxy"]["volumes"])
     redis_command = services["redis"]["command"]
     assert redis_command[redis_command.index("--port") + 1] == "6379"
     assert redis_command[redis_command.index("--bind") + 1] == "127.0.0.1"
+    assert "--replicaof" in services["redis-replica"]["command"]
     coturn_volumes = " ".join(services["coturn"]["volumes"])
     assert "./coturn/turnserver.conf:" in coturn_volumes
+
+
+def test_compose_stop_grace_covers_the_drain() -> None:
+    config = load_config(str(DEPLOY / "ws2sip-cluster.toml"), {})
+    grace = _compose()["services"]["ws2sip-1"]["stop_grace_period"]
+    assert int(grace.removesuffix("s")) > config.drain_grace + config.drain_timeout
+
+
+def test_haproxy_sees_a_drain_before_idle_websockets_close() -> None:
+    text = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    check = re.search(r"^\s*default-server check inter (\d+)s fall (\d+)", text, re.M)
+    assert check, "haproxy.cfg: default-server check inter Ns fall N"
+    config = load_config(str(DEPLOY / "ws2sip-cluster.toml"), {})
+    assert int(check[1]) * int(check[2]) <= config.drain_grace
+    assert re.search(r"^\s*http-check send meth GET uri /healthz$", text, re.M)
+    assert re.search(r"^\s*retry-on .*\b503\b", text, re.M)
 
 
 # --- Containerfile ------------------------------------------------------------------------
@@ -301,3 +332,19 @@ def test_coturn_matches_the_gateway_turn_settings() -> None:
         assert port and port[1] in ports, uri
         if uri.startswith("turns:"):
             assert port[1] == options["tls-listening-port"], uri
+
+
+def test_asterisk_sends_web_users_transfers_back_to_the_gateway() -> None:
+    """A web user's REFER to Asterisk names another web user (sip:bob@<domain>): the
+    endpoint's transfer context must reach to-ws2sip, which from-ws2sip does not (loop)."""
+    endpoints = dict(_typed(parse_asterisk_conf(
+        (DEPLOY / "asterisk" / "pjsip.conf").read_text()), "endpoint"))
+    gateway = endpoints["ws2sip"]
+    assert gateway.get("allow_transfer") == ["yes"]
+    assert gateway.get("refer_blind_progress") == ["yes"]
+    variables = dict(v.partition("=")[::2] for v in gateway.get("set_var", []))
+    contexts = {name: options for name, options in parse_asterisk_conf(
+        (DEPLOY / "asterisk" / "extensions.conf").read_text())}
+    transfers = contexts[variables["TRANSFER_CONTEXT"]]
+    assert "to-ws2sip" in transfers["include"], transfers
+    assert "to-ws2sip" not in contexts["from-ws2sip"].get("include", [])

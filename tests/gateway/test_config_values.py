@@ -125,3 +125,13 @@ def test_a_string_where_a_number_belongs_exits_2_with_one_line(tmp_path: Path) -
     assert refused.code == 2
     assert refused.stderr == (
         f'ws2sip: {config}: max_expires: expected an integer 1-86400, got "3600"\n')
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"ice_tcp_listen": "3479"}, "ice_tcp_listen: expected HOST:PORT, got '3479'"),
+    ({"ice_tcp_advertised_port": 443}, "ice_tcp_advertised_port needs ice_tcp_listen"),
+    ({"ice_tcp_advertised_port": 70000}, "expected an integer 0-65535, got 70000"),
+])
+def test_ice_tcp_settings_are_checked(settings: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, settings)

@@ -143,6 +143,25 @@ async def test_malformed_file_names_the_path(tmp_path: Path) -> None:
         FileUserStore(path)
 
 
+async def test_file_broken_while_serving_keeps_the_users_and_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "users.json"
+    gateway_view = FileUserStore(path, check_interval=0)
+    added = await FileUserStore(path).add("alice", "example.com", "pw")
+    assert await gateway_view.get("alice", "example.com") == added
+    path.write_text("{half written")
+    for _ in range(3):
+        assert await gateway_view.get("alice", "example.com") == added
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "malformed user file" in errors[0].getMessage()
+    # Fixed: read again.
+    await FileUserStore(tmp_path / "other.json").add("bob", "example.com", "pw")
+    (tmp_path / "other.json").replace(path)
+    assert await gateway_view.get("alice", "example.com") is None
+    assert await gateway_view.get("bob", "example.com") is not None
+
+
 async def test_open_user_store_picks_backend(redis_url: str, tmp_path: Path) -> None:
     file_store = open_user_store(None, tmp_path / "users.json")
     redis_store = open_user_store(redis_url, tmp_path / "unused.json")

@@ -81,6 +81,11 @@ async function stats(pc) {
           state: pair.state,
           local: local ? `${local.address}:${local.port}/${local.protocol}` : null,
           remote: remote ? `${remote.address}:${remote.port}/${remote.protocol}` : null,
+          // "host" | "srflx" | "prflx" | "relay"; relayProtocol: how a relay candidate reaches
+          // its TURN server (udp | tcp | tls).
+          localType: local?.candidateType ?? null,
+          relayProtocol: local?.relayProtocol ?? null,
+          remoteType: remote?.candidateType ?? null,
         };
       }
     } else if (entry.type === "inbound-rtp" && entry.kind === "audio") {

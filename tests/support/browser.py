@@ -131,7 +131,7 @@ class BrowserSession:
 async def launch_browser(
     tone_wav: Path, *, name: str = "browser", extra_args: tuple[str, ...] = (),
     mdns_host_candidates: bool = False, grant_media: bool = True,
-    viewport: ViewportSize | None = None,
+    viewport: ViewportSize | None = None, executable: str = CHROMIUM,
 ) -> AsyncIterator[BrowserSession]:
     """Chromium whose microphone plays tone_wav, in a temporary profile removed afterwards.
 
@@ -139,6 +139,8 @@ async def launch_browser(
     `<uuid>.local` names, as in every browser people run); by default they are plain addresses.
     grant_media=False leaves the permission prompt in: headless Chromium then denies
     getUserMedia, as when a person clicks "Block".
+    executable: a wrapper that starts Chromium elsewhere, e.g. in a network namespace
+    (tests/support/blocked_udp.py).
     """
     if not Path(CHROMIUM).exists():
         raise RuntimeError(f"{CHROMIUM} not found: install the Debian package chromium "
@@ -152,7 +154,7 @@ async def launch_browser(
     try:
         async with async_playwright() as playwright:
             context = await playwright.chromium.launch_persistent_context(
-                str(profile), executable_path=CHROMIUM, headless=True, args=args,
+                str(profile), executable_path=executable, headless=True, args=args,
                 viewport=viewport,
             )
             try:

@@ -69,6 +69,9 @@ class Phone:
         # id is taken by a new call, so they wait in `ended` until release_ended_calls().
         self.calls: dict[int, PhoneCall] = {}
         self.ended: list[PhoneCall] = []
+        # Wrappers handed to pjsua for the call it makes to follow a REFER: kept alive here
+        # (pjsua holds only the C++ side) until the call has its id and sits in `calls`.
+        self.transfer_calls: list[PhoneCall] = []
         self.tone_player: pj.AudioMediaPlayer | None = None
         self.recorder: pj.AudioMediaRecorder | None = None
         self.recording_path = Path()
@@ -226,6 +229,42 @@ class Phone:
     def cmd_calls(self) -> dict[str, Any]:
         return {"calls": [call.describe() for call in self.calls.values()]}
 
+    # --- transfer and hold (issue 17) -----------------------------------------------------
+
+    def cmd_xfer(self, uri: str, call: int | None = None) -> dict[str, Any]:
+        """Blind transfer: REFER the call's peer to `uri` (progress: transfer_status events)."""
+        self.find_call(call).xfer(uri, pj.CallOpParam(True))
+        return {}
+
+    def cmd_xfer_replaces(self, call: int, dest_call: int) -> dict[str, Any]:
+        """Attended transfer: REFER `call`'s peer to `dest_call`'s peer, Replaces naming
+        `dest_call`'s dialog (pjsua puts dest_call's remote Contact in Refer-To)."""
+        self.find_call(call).xferReplaces(self.find_call(dest_call), pj.CallOpParam(True))
+        return {}
+
+    def cmd_hold(self, call: int | None = None) -> dict[str, Any]:
+        """re-INVITE with a=sendonly."""
+        self.find_call(call).setHold(pj.CallOpParam(True))
+        return {}
+
+    def cmd_unhold(self, call: int | None = None) -> dict[str, Any]:
+        """re-INVITE with a=sendrecv again."""
+        parameters = pj.CallOpParam(True)
+        parameters.opt.flag |= pj.PJSUA_CALL_UNHOLD
+        self.find_call(call).reinvite(parameters)
+        return {}
+
+    def cmd_route_via(self, host: str, port: int) -> dict[str, Any]:
+        """Send the unregistered (PBX) account's calls through host:port, as a PBX whose dial
+        plan sends the gateway's users to the gateway (a transferred call, for one)."""
+        if self.account is not self.local_account:
+            raise CommandError("a registered phone already routes via its registrar")
+        config = self.account_config(f"sip:{self.options.name}@127.0.0.1:{self.sip_port}")
+        config.sipConfig.proxies.append(
+            f"sip:{host}:{port};transport={self.options.transport};lr")
+        self.local_account.modify(config)
+        return {}
+
     # --- helpers --------------------------------------------------------------------------
 
     def find_call(self, call_id: int | None) -> PhoneCall:
@@ -279,6 +318,7 @@ class Phone:
         self.stop_tone()
         self.calls.clear()
         self.ended.clear()
+        self.transfer_calls.clear()
         self.endpoint.libDestroy()
         shutil.rmtree(self.tone_dir, ignore_errors=True)
 
@@ -295,7 +335,8 @@ class PhoneAccount(pj.Account):
                          "expiration": prm.expiration, "active": info.regIsActive})
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
-        call = PhoneCall(self.phone, self, prm.callId)
+        # A call that replaced another (INVITE with Replaces) already has its wrapper.
+        call = self.phone.calls.get(prm.callId) or PhoneCall(self.phone, self, prm.callId)
         self.phone.calls[prm.callId] = call
         info = call.getInfo()
         message = prm.rdata.wholeMsg
@@ -324,6 +365,10 @@ class PhoneCall(pj.Call):
     def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 (pjsua2 callback)
         info = self.getInfo()
         state = CALL_STATE_NAMES[info.state]
+        if self in self.phone.transfer_calls:
+            # The call pjsua made for a REFER this phone accepted now has its id.
+            self.phone.transfer_calls.remove(self)
+            self.phone.calls[info.id] = self
         self.phone.emit({"event": "call_state", "call": info.id, "state": state,
                          "code": info.lastStatusCode, "reason": info.lastReason,
                          "role": "caller" if info.role == pj.PJSIP_ROLE_UAC else "callee"})
@@ -348,6 +393,29 @@ class PhoneCall(pj.Call):
 
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802 (pjsua2 callback)
         self.phone.emit({"event": "dtmf", "call": self.getId(), "digit": prm.digit})
+
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:  # noqa: N802
+        """A REFER for this call: accepted (pjsua calls dstUri and NOTIFYs the progress) with
+        a wrapper of ours, so that the new call gets the tone and the recorder too."""
+        self.phone.emit({"event": "transfer_request", "call": self.getId(),
+                         "dst_uri": prm.dstUri})
+        call = PhoneCall(self.phone, self.phone.account)
+        self.phone.transfer_calls.append(call)
+        prm.newCall = call
+
+    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:  # noqa: N802
+        """A NOTIFY (sipfrag) about a REFER this phone sent."""
+        self.phone.emit({"event": "transfer_status", "call": self.getId(),
+                         "code": prm.statusCode, "reason": prm.reason,
+                         "final": prm.finalNotify})
+
+    def onCallReplaced(self, prm: pj.OnCallReplacedParam) -> None:  # noqa: N802
+        """An INVITE with Replaces took this call's place."""
+        call = PhoneCall(self.phone, self.phone.account, prm.newCallId)
+        self.phone.calls[prm.newCallId] = call
+        prm.newCall = call
+        self.phone.emit({"event": "call_replaced", "call": self.getId(),
+                         "new_call": prm.newCallId})
 
     def connect_media(self) -> None:
         if self.audio is None:

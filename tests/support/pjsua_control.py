@@ -133,6 +133,10 @@ class AgentProcess:
     def unclaimed_events(self, event: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self._unclaimed_events if event is None or e.get("event") == event]
 
+    def forget_events(self) -> None:
+        """Drop the events nobody claimed: a peer shared by several tests starts each clean."""
+        self._unclaimed_events.clear()
+
     async def shutdown(self, command: str, timeout: float) -> None:
         """Send the agent its own quit command, then close() whatever it answered: a failed
         quit is in the agent's log, and the process must end either way."""

@@ -15,6 +15,9 @@ Events (wait_for(name, timeout, **fields_to_match)):
                    code, reason, role (caller|callee)
     media_active   call, codec (e.g. "PCMU"), clock_rate, remote_rtp
     dtmf           call, digit
+    transfer_request  call, dst_uri (a REFER this phone accepted)
+    transfer_status   call, code, reason, final (a NOTIFY's sipfrag for a REFER it sent)
+    call_replaced     call, new_call (an INVITE with Replaces took the call's place)
 """
 
 from __future__ import annotations
@@ -130,6 +133,24 @@ class PjsuaPhone:
     async def set_auto_answer(self, code: int | None) -> None:
         await self._agent.request("set_auto_answer", code=code)
 
+    async def xfer(self, uri: str, call: int | None = None) -> None:
+        """Blind transfer (REFER); the NOTIFYs arrive as transfer_status events."""
+        await self._agent.request("xfer", uri=uri, call=call)
+
+    async def xfer_replaces(self, call: int, dest_call: int) -> None:
+        """Attended transfer: `call`'s peer is referred to `dest_call`'s, with Replaces."""
+        await self._agent.request("xfer_replaces", call=call, dest_call=dest_call)
+
+    async def hold(self, call: int | None = None) -> None:
+        await self._agent.request("hold", call=call)
+
+    async def unhold(self, call: int | None = None) -> None:
+        await self._agent.request("unhold", call=call)
+
+    async def route_via(self, host: str, port: int) -> None:
+        """An unregistered phone (a PBX) sends its calls through host:port."""
+        await self._agent.request("route_via", host=host, port=port)
+
     async def calls(self) -> list[dict[str, Any]]:
         return (await self._agent.request("calls"))["calls"]
 
@@ -143,6 +164,10 @@ class PjsuaPhone:
         """End the process without a word, as a phone OS suspends an app: its connection to
         the registrar closes, its registration stays."""
         await self._agent.kill()
+
+    def forget_events(self) -> None:
+        """Drop unclaimed events (a phone shared by several tests starts each clean)."""
+        self._agent.forget_events()
 
     async def stop(self) -> None:
         """Hang up everything, unregister and end the process."""

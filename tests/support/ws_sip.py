@@ -306,6 +306,14 @@ class WsSipUa:
             request.set("Expires", str(expires))
         return await self._transact(request, user=user, password=password)
 
+    async def message(self, target: str, body: str, timeout: float = WAIT) -> Response:
+        """A MESSAGE (text/plain) to `target` (a user of this UA's domain); its final response."""
+        uri = f"sip:{target}@{self.domain}"
+        request = self._request("MESSAGE", uri, call_id=secrets.token_hex(8), cseq=1,
+                                from_uri=self.aor, from_tag=secrets.token_hex(4), to=f"<{uri}>")
+        request.set_body(body.encode(), "text/plain")
+        return await self._transact(request, timeout=timeout)
+
     # --- calls -----------------------------------------------------------------------------------
     async def call(self, target: str, sdp: str = "") -> tuple[Response, Dialog | None]:
         """INVITE target (a SIP URI, or a user of this UA's domain) with an early offer, or a
