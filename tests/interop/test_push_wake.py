@@ -26,6 +26,7 @@ from tests.fixtures.gateway import GatewayFactory, GatewayProcess
 from tests.support.audio import assert_hears, read_wav_pcm
 from tests.support.browser import BrowserSession, write_browser_tone
 from tests.support.healthz import gateway_http_url, gateway_metrics_url, metric_value
+from tests.support.jssip import JsSipAgent
 from tests.support.pjsua_phone import PjsuaPhone
 from tests.support.ports import free_port
 from tests.support.push_services.apns import ApnsPush, ApnsStandIn
@@ -313,6 +314,20 @@ async def test_an_app_that_never_wakes_costs_a_480_and_is_counted_and_a_dead_tok
     await until(lambda: apns.app.pushes[-1].payload["ws2sip"]["type"] == "cancel")
     kinds = [push.payload["ws2sip"]["type"] for push in apns.app.pushes]
     assert kinds.count("call") >= 2 and kinds.count("cancel") == 1, kinds
+    assert await metric_value(metrics, "ws2sip_push_calls_lost_total") == 1
+
+    # A MESSAGE waits for the app the same way, announced as such (a lost message is no call).
+    texter = await JsSipAgent.start(f"alice-{uuid.uuid4().hex[:6]}")
+    try:
+        registered = await texter.register(gateway.ws_url, f"sip:alice@{DOMAIN}",
+                                           users["alice"])
+        assert registered["outcome"] == "registered", registered
+        pushed = len(apns.app.pushes)
+        sent = await texter.send_message(f"sip:bob@{DOMAIN}", "are you there?")
+        assert (sent["outcome"], sent["status"]) == ("failed", 480), sent
+    finally:
+        await texter.stop()
+    assert apns.app.pushes[pushed].payload["ws2sip"]["type"] == "message"
     assert await metric_value(metrics, "ws2sip_push_calls_lost_total") == 1
 
     # APNs says carol's token is dead (410 Unregistered): her push binding goes.
