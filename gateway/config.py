@@ -53,6 +53,24 @@ SOURCE_TRANSPORTS = ("udp", "tcp", "tls")
 
 
 @dataclass(frozen=True, slots=True)
+class PushSettings:
+    """The [push] table: RFC 8599 push notifications that wake sleeping mobile apps
+    (gateway/push). Each key is also a flag: `--push-<key>` (e.g. --push-apns-key-file)."""
+
+    wait: float = 20.0  # seconds a call waits for the woken device's REGISTER, then 480
+    repeat: float = 5.0  # seconds between pushes while waiting (delivery is not guaranteed)
+    ca_file: str = ""  # CA bundle to verify the push services with; "" = the system's
+    apns_url: str = "https://api.push.apple.com"  # sandbox: https://api.sandbox.push.apple.com
+    apns_key_file: str = ""  # the .p8 token-signing key from Apple; "" = APNs off
+    apns_key_id: str = ""  # its 10-character key id
+    apns_team_id: str = ""  # the Apple developer team id (the token's issuer)
+
+    @property
+    def apns_enabled(self) -> bool:
+        return bool(self.apns_key_file)
+
+
+@dataclass(frozen=True, slots=True)
 class TrustedSource:
     """One entry of a trunk's trusted_sources: `[TRANSPORT:]ADDRESS[/PREFIX][:PORT]`, e.g.
     "10.0.0.20", "10.0.0.0/24", "udp:192.0.2.10:5060", "tls:[2001:db8::1]:5061". Without a
@@ -191,6 +209,7 @@ class Config:
     events_stream_maxlen: int = 100_000  # XADD MAXLEN ~: the stream's approximate bound
     admin_token: str = ""  # Bearer token for /admin/status from other hosts; "" = loopback only
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
+    push: PushSettings = field(default_factory=PushSettings)
 
     def listeners(self) -> dict[str, list[tuple[str, int]]]:
         """Listen addresses per transport; the embedded defaults when none is configured."""
@@ -241,7 +260,9 @@ def parse_hostport(text: str, setting: str) -> tuple[str, int]:
     return host, port
 
 
-_SCALARS = {f.name: f for f in fields(Config) if f.name != "trunks"}
+_SCALARS = {f.name: f for f in fields(Config) if f.name not in ("trunks", "push")}
+_PUSH_FIELDS = {f.name: f for f in fields(PushSettings)}
+PUSH_FLAG_PREFIX = "push_"  # --push-apns-url sets [push] apns_url
 COMMAND_LINE = "command line"  # where a setting came from, when not from a file
 
 # What each annotated type of Config and Trunk accepts, and how an error message says it.
@@ -295,6 +316,9 @@ RANGES: dict[str, tuple[int, int]] = {
     "drain_grace": (0, 3_600),
     "drain_timeout": (0, DAY),
     "node_heartbeat": (1, 3_600),
+    # [push]
+    "wait": (1, 600),
+    "repeat": (1, 600),
 }
 
 
@@ -352,10 +376,15 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"config file {path}: {error}") from error
         values.update(_from_toml(raw, path))
+    push: dict[str, Any] = values.pop("push", {})
     for name, value in overrides.items():
         if value is not None and name in _SCALARS:
             values[name] = _checked_value(COMMAND_LINE, name, str(_SCALARS[name].type), value)
-    config = Config(**values)
+        key = name.removeprefix(PUSH_FLAG_PREFIX)
+        if value is not None and name.startswith(PUSH_FLAG_PREFIX) and key in _PUSH_FIELDS:
+            push[key] = _checked_value(COMMAND_LINE, f"push.{key}",
+                                       str(_PUSH_FIELDS[key].type), value)
+    config = Config(**values, push=PushSettings(**push))
     _check(config)
     return config
 
@@ -370,10 +399,24 @@ def _from_toml(raw: dict[str, Any], path: str) -> dict[str, Any]:
                                   f"{_shown(value)}")
             values["trunks"] = tuple(_trunk(entry, path, index)
                                      for index, entry in enumerate(value))
+        elif name == "push":
+            values["push"] = _push_table(value, path)
         elif name in _SCALARS:
             values[name] = _checked_value(path, name, str(_SCALARS[name].type), value)
         else:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
+    return values
+
+
+def _push_table(table: Any, path: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: push: expected a [push] table, got {_shown(table)}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in _PUSH_FIELDS:
+            raise ConfigError(f"config file {path}: unknown setting push.{key}")
+        values[name] = _checked_value(path, f"push.{name}", str(_PUSH_FIELDS[name].type), value)
     return values
 
 
@@ -444,6 +487,17 @@ def _check(config: Config) -> None:
         raise ConfigError(f"log_level: expected debug|info|warning|error, got {config.log_level!r}")
     _check_ice_servers(config)
     _check_ice_tcp(config)
+    _check_push(config.push)
+
+
+def _check_push(push: PushSettings) -> None:
+    if push.repeat > push.wait:
+        raise ConfigError(f"push.repeat ({push.repeat:g} s) must not exceed push.wait "
+                          f"({push.wait:g} s)")
+    if push.apns_enabled and not (push.apns_key_id and push.apns_team_id):
+        raise ConfigError("push.apns_key_file needs push.apns_key_id and push.apns_team_id")
+    if push.apns_enabled and not push.apns_url.startswith("https://"):
+        raise ConfigError(f"push.apns_url: expected an https:// URL, got {push.apns_url!r}")
 
 
 def _check_ice_tcp(config: Config) -> None:
@@ -613,6 +667,34 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve Prometheus /metrics on this separate listener, e.g. 127.0.0.1:9090 "
         "(default: not served)",
     )
+    # [push]: RFC 8599 push notifications (each flag is the [push] key of the same name).
+    parser.add_argument(
+        "--push-wait", type=float, metavar="S",
+        help="[push] wait: seconds a call for a sleeping mobile app waits for its REGISTER "
+        "after the push, then 480 (default 20)",
+    )
+    parser.add_argument(
+        "--push-repeat", type=float, metavar="S",
+        help="[push] repeat: seconds between pushes while waiting (default 5)",
+    )
+    parser.add_argument(
+        "--push-ca-file", metavar="FILE",
+        help="[push] ca_file: CA bundle to verify push services with (default: the system's)",
+    )
+    parser.add_argument(
+        "--push-apns-url", metavar="URL",
+        help="[push] apns_url: APNs base URL (default https://api.push.apple.com; "
+        "sandbox https://api.sandbox.push.apple.com)",
+    )
+    parser.add_argument(
+        "--push-apns-key-file", metavar="FILE",
+        help="[push] apns_key_file: the .p8 token-signing key from Apple; turns APNs "
+        "(pn-provider=apns) on",
+    )
+    parser.add_argument("--push-apns-key-id", metavar="ID",
+                        help="[push] apns_key_id: the key's 10-character id")
+    parser.add_argument("--push-apns-team-id", metavar="ID",
+                        help="[push] apns_team_id: the Apple developer team id")
     parser.add_argument(
         "--drain-grace", type=float, metavar="S",
         help="on SIGTERM or `ws2sip drain`: /healthz answers 503 \"draining\" and new "

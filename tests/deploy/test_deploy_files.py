@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import Config, Trunk, load_config
+from gateway.config import Config, PushSettings, Trunk, load_config
 
 yaml = pytest.importorskip("yaml")
 
@@ -45,6 +45,12 @@ def test_example_trunks_cover_ip_trust_and_registration() -> None:
     trunk_fields = {f.name for f in dataclasses.fields(Trunk)}
     documented = set().union(*(set(entry) for entry in raw["trunks"]))
     assert trunk_fields <= documented, f"trunk keys not shown: {trunk_fields - documented}"
+
+
+def test_example_push_table_shows_every_key() -> None:
+    raw = tomllib.loads(EXAMPLE.read_text())
+    push_fields = {f.name for f in dataclasses.fields(PushSettings)}
+    assert push_fields <= set(raw["push"]), f"push keys not shown: {push_fields - set(raw['push'])}"
 
 
 def test_example_asterisk_trunk_routes_the_asterisk_dialplan_numbers() -> None:
