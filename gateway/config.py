@@ -166,6 +166,13 @@ class Config:
     ban_time: float = 600.0  # ...ban the address this long (on every node, with Redis)
     # /metrics on its own listener (HOST:PORT), never on the public HTTP ones; "" = off.
     metrics: str = ""
+    # RFC 8599 push, FCM and Web Push (gateway/push/fcm.py, webpush.py). In TOML the [push]
+    # table's keys without the push_ prefix (`[push] fcm_url = ...`); flags --push-fcm-url...
+    push_fcm_url: str = "https://fcm.googleapis.com"  # another one: an egress proxy, tests
+    push_fcm_service_account: str = ""  # the Firebase service-account JSON key file; "" = no FCM
+    push_webpush_vapid_key_file: str = ""  # P-256 PEM signing Web Push (VAPID); "" = none
+    push_webpush_subject: str = ""  # mailto: or https: contact the push services are given
+    push_ca_file: str = ""  # trust only these CAs for push services; "" = the system's roots
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
 
     def listeners(self) -> dict[str, list[tuple[str, int]]]:
@@ -341,8 +348,21 @@ def _from_toml(raw: dict[str, Any], path: str) -> dict[str, Any]:
                                      for index, entry in enumerate(value))
         elif name in _SCALARS:
             values[name] = _checked_value(path, name, str(_SCALARS[name].type), value)
+        elif name == "push" and isinstance(value, dict):
+            values.update(_push_table(value, path))
         else:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
+    return values
+
+
+def _push_table(table: dict[str, Any], path: str) -> dict[str, Any]:
+    """[push] key = value: the setting push_<key>."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = "push_" + key.replace("-", "_")
+        if name not in _SCALARS:
+            raise ConfigError(f"config file {path}: unknown setting push.{key}")
+        values[name] = _checked_value(path, f"push.{key}", str(_SCALARS[name].type), value)
     return values
 
 
@@ -397,6 +417,10 @@ def _check(config: Config) -> None:
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: expected debug|info|warning|error, got {config.log_level!r}")
     _check_ice_servers(config)
+    if config.push_webpush_vapid_key_file and not config.push_webpush_subject.startswith(
+            ("mailto:", "https:")):
+        raise ConfigError("push.webpush_subject: Web Push needs a mailto: or https: contact "
+                          f"for the push services (RFC 8292), got {config.push_webpush_subject!r}")
 
 
 def _check_ice_servers(config: Config) -> None:
@@ -543,6 +567,28 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics", metavar="HOST:PORT",
         help="serve Prometheus /metrics on this separate listener, e.g. 127.0.0.1:9090 "
         "(default: not served)",
+    )
+    parser.add_argument(
+        "--push-fcm-url", metavar="URL",
+        help="FCM HTTP v1 API base URL for RFC 8599 push (default https://fcm.googleapis.com)",
+    )
+    parser.add_argument(
+        "--push-fcm-service-account", metavar="FILE",
+        help="Firebase service-account JSON key: wakes Android apps (pn-provider=fcm) through "
+        "FCM (default: FCM off)",
+    )
+    parser.add_argument(
+        "--push-webpush-vapid-key-file", metavar="FILE",
+        help="P-256 private key (PEM) signing Web Push (VAPID) to browsers (pn-provider=webpush);"
+        " its public key is announced as +sip.vapid (default: Web Push off)",
+    )
+    parser.add_argument(
+        "--push-webpush-subject", metavar="URI",
+        help="mailto: or https: contact given to Web Push services with each push",
+    )
+    parser.add_argument(
+        "--push-ca-file", metavar="FILE",
+        help="trust only these CA certificates (PEM) for push services (default: system roots)",
     )
     parser.add_argument(
         "--no-demo-users", dest="demo_users", action="store_false", default=None,
