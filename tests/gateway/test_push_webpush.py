@@ -1,0 +1,180 @@
+"""The Web Push provider against a local stand-in push service and browser
+(tests/support/push_services/webpush.py), over loopback HTTP/2 with TLS: the stand-in checks
+the VAPID signature, claims and headers, and decrypts the payload with the subscription's own
+keys (RFC 8291 implemented there independently of the gateway's library)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.config import ConfigError, load_config
+from gateway.push.http2 import http2_client
+from gateway.push.provider import PushKind, PushOutcome, PushRequest, PushTarget
+from gateway.push.webpush import WebPushProvider, load_vapid_key, vapid_public_key
+from tests.support.push_services.server import serve_http2
+from tests.support.push_services.webpush import Subscription, WebPushStandIn, b64url_decode
+
+SUBJECT = "mailto:ops@example.com"
+CALL = PushRequest(PushKind.INCOMING_CALL, "a84b4c76e66710@pc33", '"Alice" <sip:alice@example.com>',
+                   "sip:bob@example.com")
+
+
+@dataclass
+class PushService:
+    standin: WebPushStandIn
+    url: str
+    ca_file: Path
+    vapid_key_file: Path
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[PushService]:
+    standin = WebPushStandIn()
+    async with serve_http2(standin, tmp_path, "webpush") as server:
+        standin.origin = server.url
+        key_file = tmp_path / "vapid.pem"
+        key_file.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()))
+        yield PushService(standin, server.url, server.ca_file, key_file)
+
+
+@pytest.fixture
+async def provider(service: PushService) -> AsyncIterator[WebPushProvider]:
+    sender = WebPushProvider(load_vapid_key(str(service.vapid_key_file)), SUBJECT,
+                             http2_client(str(service.ca_file)))
+    yield sender
+    await sender.close()
+
+
+def with_keys(subscription: Subscription) -> PushTarget:
+    """A binding whose Contact carried the subscription's keys (ws2sip's pn-param)."""
+    return PushTarget("webpush", subscription.endpoint,
+                      f"{subscription.p256dh}.{subscription.auth}")
+
+
+async def test_a_call_is_pushed_encrypted_to_the_subscription_signed_with_vapid(
+        service: PushService, provider: WebPushProvider) -> None:
+    # The web app subscribed with the key the registrar announced in +sip.vapid.
+    subscription = service.standin.subscribe(application_server_key=provider.vapid_public_key)
+
+    result = await provider.send(with_keys(subscription), CALL)
+
+    assert result.outcome is PushOutcome.SENT, result.reason
+    [message] = service.standin.messages
+    assert message.http_version == "2"
+    assert json.loads(message.plaintext) == {"kind": "call", "call_id": CALL.call_id,
+                                             "caller": CALL.caller, "callee": CALL.callee}
+    assert message.urgency == "high" and message.ttl == 30
+    assert message.vapid_key == provider.vapid_public_key
+    assert message.vapid_claims["aud"] == service.url and message.vapid_claims["sub"] == SUBJECT
+    assert time.time() < message.vapid_claims["exp"] <= time.time() + 24 * 3600
+
+
+async def test_the_vapid_key_announced_is_the_key_files_public_point(
+        service: PushService, provider: WebPushProvider) -> None:
+    public = load_vapid_key(str(service.vapid_key_file)).public_key()
+    announced = b64url_decode(provider.vapid_public_key)
+
+    assert len(announced) == 65 and announced[0] == 4  # uncompressed P-256 point
+    assert ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), announced) == public
+    assert "=" not in provider.vapid_public_key  # base64url without padding
+    assert vapid_public_key(load_vapid_key(str(service.vapid_key_file))) == \
+        provider.vapid_public_key
+
+
+async def test_a_binding_without_keys_gets_a_push_without_payload(
+        service: PushService, provider: WebPushProvider) -> None:
+    subscription = service.standin.subscribe()  # RFC 8599: pn-prid only, no pn-param
+
+    result = await provider.send(PushTarget("webpush", subscription.endpoint), CALL)
+
+    assert result.outcome is PushOutcome.SENT, result.reason
+    [message] = service.standin.messages
+    assert message.plaintext == b"" and message.urgency == "high"
+
+
+async def test_a_gone_or_unknown_subscription_is_an_invalid_token(
+        service: PushService, provider: WebPushProvider) -> None:
+    subscription = service.standin.subscribe()
+    subscription.gone = True
+
+    gone = await provider.send(with_keys(subscription), CALL)
+    unknown = await provider.send(PushTarget("webpush", f"{service.url}/push/never"), CALL)
+
+    assert gone.outcome is PushOutcome.INVALID_TOKEN and " 410: " in gone.reason
+    assert unknown.outcome is PushOutcome.INVALID_TOKEN and " 404: " in unknown.reason
+    assert not service.standin.messages
+
+
+async def test_a_subscription_restricted_to_another_server_refuses_the_push(
+        service: PushService, provider: WebPushProvider) -> None:
+    other_server = vapid_public_key(ec.generate_private_key(ec.SECP256R1()))
+    subscription = service.standin.subscribe(application_server_key=other_server)
+
+    result = await provider.send(with_keys(subscription), CALL)
+
+    assert result.outcome is PushOutcome.FAILED
+    assert "403: k is not the key the subscription is restricted to" in result.reason
+
+
+async def test_a_payload_encrypted_to_other_keys_is_refused(
+        service: PushService, provider: WebPushProvider) -> None:
+    subscription = service.standin.subscribe()
+    someone_else = service.standin.subscribe()
+    target = PushTarget("webpush", subscription.endpoint,
+                        f"{someone_else.p256dh}.{someone_else.auth}")
+
+    result = await provider.send(target, CALL)
+
+    assert result.outcome is PushOutcome.FAILED
+    assert "400: payload does not decrypt with the subscription's keys" in result.reason
+
+
+async def test_unusable_push_parameters_are_an_invalid_token(
+        service: PushService, provider: WebPushProvider) -> None:
+    subscription = service.standin.subscribe()
+
+    plain_http = await provider.send(PushTarget("webpush", "http://push.example/abc"), CALL)
+    not_keys = await provider.send(PushTarget("webpush", subscription.endpoint, "abc"), CALL)
+    short_auth = await provider.send(
+        PushTarget("webpush", subscription.endpoint, f"{subscription.p256dh}.AAAA"), CALL)
+
+    assert plain_http.outcome is PushOutcome.INVALID_TOKEN
+    assert "not an https push subscription URI" in plain_http.reason
+    assert not_keys.outcome is PushOutcome.INVALID_TOKEN
+    assert short_auth.outcome is PushOutcome.INVALID_TOKEN
+    assert "65-byte key and a 16-byte secret, got 65 and 3 bytes" in short_auth.reason
+    assert not service.standin.messages and not service.standin.refusals
+
+
+async def test_the_push_table_configures_the_provider(service: PushService,
+                                                     tmp_path: Path) -> None:
+    config_file = tmp_path / "ws2sip.toml"
+    config_file.write_text(
+        f'[push]\nwebpush_vapid_key_file = "{service.vapid_key_file}"\n'
+        f'webpush_subject = "{SUBJECT}"\nca_file = "{service.ca_file}"\n')
+    sender = WebPushProvider.from_config(load_config(str(config_file), {}))
+    assert sender is not None
+    subscription = service.standin.subscribe(application_server_key=sender.vapid_public_key)
+    try:
+        assert (await sender.send(with_keys(subscription), CALL)).outcome is PushOutcome.SENT
+    finally:
+        await sender.close()
+
+    assert WebPushProvider.from_config(load_config(None, {})) is None  # off by default
+    with pytest.raises(ConfigError, match="webpush_subject"):
+        load_config(None, {"push_webpush_vapid_key_file": str(service.vapid_key_file)})
+    rsa_pem = tmp_path / "ca.pem"
+    rsa_pem.write_text("not a key")
+    with pytest.raises(ConfigError, match="Web Push VAPID key"):
+        WebPushProvider.from_config(load_config(None, {
+            "push_webpush_vapid_key_file": str(rsa_pem), "push_webpush_subject": SUBJECT}))
