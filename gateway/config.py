@@ -50,6 +50,29 @@ SOURCE_TRANSPORTS = ("udp", "tcp", "tls")
 
 
 @dataclass(frozen=True, slots=True)
+class PushSettings:
+    """The [push] table: RFC 8599 push notifications that wake sleeping mobile apps
+    (gateway/push). Each key is also a flag: `--push-<key>` (e.g. --push-apns-key-file)."""
+
+    wait: float = 20.0  # seconds a call waits for the woken device's REGISTER, then 480
+    repeat: float = 5.0  # seconds between pushes while waiting (delivery is not guaranteed)
+    ca_file: str = ""  # CA bundle to verify the push services with; "" = the system's
+    apns_url: str = "https://api.push.apple.com"  # sandbox: https://api.sandbox.push.apple.com
+    apns_key_file: str = ""  # the .p8 token-signing key from Apple; "" = APNs off
+    apns_key_id: str = ""  # its 10-character key id
+    apns_team_id: str = ""  # the Apple developer team id (the token's issuer)
+    # FCM HTTP v1 and Web Push (gateway/push/fcm.py, webpush.py).
+    fcm_url: str = "https://fcm.googleapis.com"  # another: an egress proxy, a test service
+    fcm_service_account: str = ""  # the Firebase service-account JSON key file; "" = FCM off
+    webpush_vapid_key_file: str = ""  # P-256 PEM key signing Web Push (VAPID); "" = off
+    webpush_subject: str = ""  # mailto: or https: contact for the push services (RFC 8292)
+
+    @property
+    def apns_enabled(self) -> bool:
+        return bool(self.apns_key_file)
+
+
+@dataclass(frozen=True, slots=True)
 class TrustedSource:
     """One entry of a trunk's trusted_sources: `[TRANSPORT:]ADDRESS[/PREFIX][:PORT]`, e.g.
     "10.0.0.20", "10.0.0.0/24", "udp:192.0.2.10:5060", "tls:[2001:db8::1]:5061". Without a
@@ -166,14 +189,8 @@ class Config:
     ban_time: float = 600.0  # ...ban the address this long (on every node, with Redis)
     # /metrics on its own listener (HOST:PORT), never on the public HTTP ones; "" = off.
     metrics: str = ""
-    # RFC 8599 push, FCM and Web Push (gateway/push/fcm.py, webpush.py). In TOML the [push]
-    # table's keys without the push_ prefix (`[push] fcm_url = ...`); flags --push-fcm-url...
-    push_fcm_url: str = "https://fcm.googleapis.com"  # another one: an egress proxy, tests
-    push_fcm_service_account: str = ""  # the Firebase service-account JSON key file; "" = no FCM
-    push_webpush_vapid_key_file: str = ""  # P-256 PEM signing Web Push (VAPID); "" = none
-    push_webpush_subject: str = ""  # mailto: or https: contact the push services are given
-    push_ca_file: str = ""  # trust only these CAs for push services; "" = the system's roots
     trunks: tuple[Trunk, ...] = field(default_factory=tuple)
+    push: PushSettings = field(default_factory=PushSettings)
 
     def listeners(self) -> dict[str, list[tuple[str, int]]]:
         """Listen addresses per transport; the embedded defaults when none is configured."""
@@ -224,7 +241,9 @@ def parse_hostport(text: str, setting: str) -> tuple[str, int]:
     return host, port
 
 
-_SCALARS = {f.name: f for f in fields(Config) if f.name != "trunks"}
+_SCALARS = {f.name: f for f in fields(Config) if f.name not in ("trunks", "push")}
+_PUSH_FIELDS = {f.name: f for f in fields(PushSettings)}
+PUSH_FLAG_PREFIX = "push_"  # --push-apns-url sets [push] apns_url
 COMMAND_LINE = "command line"  # where a setting came from, when not from a file
 
 # What each annotated type of Config and Trunk accepts, and how an error message says it.
@@ -271,6 +290,9 @@ RANGES: dict[str, tuple[int, int]] = {
     "rtp_probation_packets": (1, 1_000),
     "rtp_probation_seconds": (0, DAY),
     "rtp_alive_seconds": (0, DAY),
+    # [push]
+    "wait": (1, 600),
+    "repeat": (1, 600),
 }
 
 
@@ -328,10 +350,15 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"config file {path}: {error}") from error
         values.update(_from_toml(raw, path))
+    push: dict[str, Any] = values.pop("push", {})
     for name, value in overrides.items():
         if value is not None and name in _SCALARS:
             values[name] = _checked_value(COMMAND_LINE, name, str(_SCALARS[name].type), value)
-    config = Config(**values)
+        key = name.removeprefix(PUSH_FLAG_PREFIX)
+        if value is not None and name.startswith(PUSH_FLAG_PREFIX) and key in _PUSH_FIELDS:
+            push[key] = _checked_value(COMMAND_LINE, f"push.{key}",
+                                       str(_PUSH_FIELDS[key].type), value)
+    config = Config(**values, push=PushSettings(**push))
     _check(config)
     return config
 
@@ -346,23 +373,24 @@ def _from_toml(raw: dict[str, Any], path: str) -> dict[str, Any]:
                                   f"{_shown(value)}")
             values["trunks"] = tuple(_trunk(entry, path, index)
                                      for index, entry in enumerate(value))
+        elif name == "push":
+            values["push"] = _push_table(value, path)
         elif name in _SCALARS:
             values[name] = _checked_value(path, name, str(_SCALARS[name].type), value)
-        elif name == "push" and isinstance(value, dict):
-            values.update(_push_table(value, path))
         else:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
     return values
 
 
-def _push_table(table: dict[str, Any], path: str) -> dict[str, Any]:
-    """[push] key = value: the setting push_<key>."""
+def _push_table(table: Any, path: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: push: expected a [push] table, got {_shown(table)}")
     values: dict[str, Any] = {}
     for key, value in table.items():
-        name = "push_" + key.replace("-", "_")
-        if name not in _SCALARS:
+        name = key.replace("-", "_")
+        if name not in _PUSH_FIELDS:
             raise ConfigError(f"config file {path}: unknown setting push.{key}")
-        values[name] = _checked_value(path, f"push.{key}", str(_SCALARS[name].type), value)
+        values[name] = _checked_value(path, f"push.{name}", str(_PUSH_FIELDS[name].type), value)
     return values
 
 
@@ -417,10 +445,22 @@ def _check(config: Config) -> None:
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: expected debug|info|warning|error, got {config.log_level!r}")
     _check_ice_servers(config)
-    if config.push_webpush_vapid_key_file and not config.push_webpush_subject.startswith(
-            ("mailto:", "https:")):
-        raise ConfigError("push.webpush_subject: Web Push needs a mailto: or https: contact "
-                          f"for the push services (RFC 8292), got {config.push_webpush_subject!r}")
+    _check_push(config.push)
+
+
+def _check_push(push: PushSettings) -> None:
+    if push.repeat > push.wait:
+        raise ConfigError(f"push.repeat ({push.repeat:g} s) must not exceed push.wait "
+                          f"({push.wait:g} s)")
+    if push.apns_enabled and not (push.apns_key_id and push.apns_team_id):
+        raise ConfigError("push.apns_key_file needs push.apns_key_id and push.apns_team_id")
+    if push.apns_enabled and not push.apns_url.startswith("https://"):
+        raise ConfigError(f"push.apns_url: expected an https:// URL, got {push.apns_url!r}")
+    if push.webpush_vapid_key_file and not push.webpush_subject.startswith(("mailto:", "https:")):
+        raise ConfigError("push.webpush_subject: Web Push needs a mailto: or https: contact for "
+                          f"the push services (RFC 8292), got {push.webpush_subject!r}")
+    if push.fcm_service_account and not push.fcm_url.startswith("https://"):
+        raise ConfigError(f"push.fcm_url: expected an https:// URL, got {push.fcm_url!r}")
 
 
 def _check_ice_servers(config: Config) -> None:
@@ -568,27 +608,51 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve Prometheus /metrics on this separate listener, e.g. 127.0.0.1:9090 "
         "(default: not served)",
     )
+    # [push]: RFC 8599 push notifications (each flag is the [push] key of the same name).
     parser.add_argument(
-        "--push-fcm-url", metavar="URL",
-        help="FCM HTTP v1 API base URL for RFC 8599 push (default https://fcm.googleapis.com)",
+        "--push-wait", type=float, metavar="S",
+        help="[push] wait: seconds a call for a sleeping mobile app waits for its REGISTER "
+        "after the push, then 480 (default 20)",
     )
     parser.add_argument(
-        "--push-fcm-service-account", metavar="FILE",
-        help="Firebase service-account JSON key: wakes Android apps (pn-provider=fcm) through "
-        "FCM (default: FCM off)",
-    )
-    parser.add_argument(
-        "--push-webpush-vapid-key-file", metavar="FILE",
-        help="P-256 private key (PEM) signing Web Push (VAPID) to browsers (pn-provider=webpush);"
-        " its public key is announced as +sip.vapid (default: Web Push off)",
-    )
-    parser.add_argument(
-        "--push-webpush-subject", metavar="URI",
-        help="mailto: or https: contact given to Web Push services with each push",
+        "--push-repeat", type=float, metavar="S",
+        help="[push] repeat: seconds between pushes while waiting (default 5)",
     )
     parser.add_argument(
         "--push-ca-file", metavar="FILE",
-        help="trust only these CA certificates (PEM) for push services (default: system roots)",
+        help="[push] ca_file: CA bundle to verify push services with (default: the system's)",
+    )
+    parser.add_argument(
+        "--push-apns-url", metavar="URL",
+        help="[push] apns_url: APNs base URL (default https://api.push.apple.com; "
+        "sandbox https://api.sandbox.push.apple.com)",
+    )
+    parser.add_argument(
+        "--push-apns-key-file", metavar="FILE",
+        help="[push] apns_key_file: the .p8 token-signing key from Apple; turns APNs "
+        "(pn-provider=apns) on",
+    )
+    parser.add_argument("--push-apns-key-id", metavar="ID",
+                        help="[push] apns_key_id: the key's 10-character id")
+    parser.add_argument("--push-apns-team-id", metavar="ID",
+                        help="[push] apns_team_id: the Apple developer team id")
+    parser.add_argument(
+        "--push-fcm-url", metavar="URL",
+        help="[push] fcm_url: FCM HTTP v1 API base URL (default https://fcm.googleapis.com)",
+    )
+    parser.add_argument(
+        "--push-fcm-service-account", metavar="FILE",
+        help="[push] fcm_service_account: the Firebase service-account JSON key; turns FCM "
+        "(pn-provider=fcm, Android) on",
+    )
+    parser.add_argument(
+        "--push-webpush-vapid-key-file", metavar="FILE",
+        help="[push] webpush_vapid_key_file: P-256 private key (PEM) signing Web Push (VAPID); "
+        "turns Web Push (pn-provider=webpush, browsers) on; its public key is +sip.vapid",
+    )
+    parser.add_argument(
+        "--push-webpush-subject", metavar="URI",
+        help="[push] webpush_subject: mailto: or https: contact given to Web Push services",
     )
     parser.add_argument(
         "--no-demo-users", dest="demo_users", action="store_false", default=None,

@@ -54,6 +54,10 @@ class BranchHooks(Protocol):
         """A final response went upstream: the best of the branches' (3xx-6xx), the 480 of the
         INVITE timeout, or a non-INVITE request's 2xx."""
 
+    def on_cancelled(self) -> None:
+        """The caller CANCELled the INVITE (before a final response): its branches are being
+        cancelled; whatever holds the forwarding open (hold()) should let go."""
+
 
 @dataclass(eq=False, slots=True)
 class Branch:
@@ -75,6 +79,10 @@ class Forwarding:
     hooks: BranchHooks
     branches: list[Branch] = field(default_factory=list)
     answered: bool = False  # a final response went upstream
+    cancelled: bool = False  # the caller sent CANCEL
+    # Branches the policy may still add (hold()/release()): no final response is chosen while
+    # any is pending, even when every branch so far has answered or none was started.
+    holds: int = 0
     timer: asyncio.TimerHandle | None = None
     # Responses wait for before_upstream; the lock keeps them in arrival order (183 before 200).
     response_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -120,8 +128,25 @@ class ForwardingEngine:
         """A branch per destination, all started at once; `cseq_offset` shifts their CSeq (a
         dialog whose INVITE a trunk made us authenticate)."""
         request = forwarding.request
+        self.add_branches(forwarding, destinations, record_route=record_route,
+                          cseq_offset=cseq_offset)
+        if request.method == "INVITE" and self._invite_timeout > 0 and request.to.tag is None:
+            forwarding.timer = asyncio.get_running_loop().call_later(
+                self._invite_timeout, self._on_invite_timeout, forwarding
+            )
+
+    def add_branches(
+        self, forwarding: Forwarding, destinations: list[Destination], *, record_route: bool,
+        cseq_offset: int = 0,
+    ) -> bool:
+        """Start a branch per destination, now or later (a held forwarding); False, and nothing
+        started, once the request was answered or cancelled."""
+        if forwarding.answered or forwarding.cancelled:
+            return False
+        request = forwarding.request
         incoming = forwarding.server.flow
         hooks = forwarding.hooks
+        added: list[Branch] = []
         for destination in destinations:
             branch = Branch(destination, self.branch_request(
                 request, destination, incoming, record_route=record_route,
@@ -129,12 +154,41 @@ class ForwardingEngine:
             ))
             hooks.on_branch_request(branch)
             forwarding.branches.append(branch)
-        for branch in list(forwarding.branches):
+            added.append(branch)
+        for branch in added:
             self._start_branch(forwarding, branch)
-        if request.method == "INVITE" and self._invite_timeout > 0 and request.to.tag is None:
-            forwarding.timer = asyncio.get_running_loop().call_later(
-                self._invite_timeout, self._on_invite_timeout, forwarding
-            )
+        return True
+
+    def hold(self, forwarding: Forwarding) -> None:
+        """Branches may still be added: keep the request open until release()."""
+        forwarding.holds += 1
+
+    def release(self, forwarding: Forwarding, status: int, reason: str) -> None:
+        """The end of one hold(). With no branch at all, the request is answered `status`
+        (487 once cancelled); otherwise as its branches' best final response."""
+        forwarding.holds -= 1
+        if forwarding.holds > 0 or forwarding.answered:
+            return
+        if forwarding.branches:
+            self._maybe_finish(forwarding)
+            return
+        if forwarding.cancelled:
+            status, reason = 487, "Request Terminated"
+        forwarding.answered = True
+        if forwarding.timer is not None:
+            forwarding.timer.cancel()
+            forwarding.timer = None
+        response = refusal_of(forwarding.request, status, reason)
+        forwarding.server.respond(response)
+        forwarding.hooks.on_final(response)
+
+    def provisional(self, forwarding: Forwarding, status: int, reason: str) -> None:
+        """A provisional response of the proxy's own upstream (e.g. 180 while a device is
+        woken), with the request's stable To-tag and no Contact: it creates no early dialog."""
+        request = forwarding.request
+        if forwarding.answered or request.method != "INVITE":
+            return
+        forwarding.server.respond(request.response(status, reason, to_tag=request.stable_tag()))
 
     def branch_request(
         self, request: Request, destination: Destination, incoming: Flow | None, *,
@@ -242,7 +296,8 @@ class ForwardingEngine:
         forwarding.hooks.on_answered(winner)
 
     def _maybe_finish(self, forwarding: Forwarding) -> None:
-        if forwarding.answered or any(b.final is None for b in forwarding.branches):
+        if forwarding.answered or forwarding.holds > 0 or not forwarding.branches or \
+                any(b.final is None for b in forwarding.branches):
             return
         best = best_response([b.final for b in forwarding.branches if b.final is not None])
         forwarding.answered = True
@@ -314,8 +369,10 @@ class ForwardingEngine:
             server.respond(refusal_of(cancel, 481, "Call/Transaction Does Not Exist"))
             return
         server.respond(cancel.response(200))
-        if forwarding.answered:
+        if forwarding.answered or forwarding.cancelled:
             return
+        forwarding.cancelled = True
+        forwarding.hooks.on_cancelled()
         self._cancel_branches(forwarding, except_branch=None)
 
     def _cancel_branches(self, forwarding: Forwarding, except_branch: Branch | None) -> None:

@@ -1,4 +1,5 @@
-"""REGISTER handling: RFC 3261 §10.3, RFC 5626 (outbound flows), RFC 3327 (Path)."""
+"""REGISTER handling: RFC 3261 §10.3, RFC 5626 (outbound flows), RFC 3327 (Path), RFC 8599
+(push notification parameters)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
+from urllib.parse import unquote
 
 from sip.errors import SipError
 from sip.flow import Flow
@@ -34,6 +36,15 @@ log = logging.getLogger(f"ws2sip.{__name__}")
 SUPPORTED_EXTENSIONS = frozenset(("path", "outbound", "gruu"))
 SUPPORTED = "path, outbound, gruu"
 STORE_RETRY_AFTER = 5  # seconds, in the 503 sent when the user or location store fails
+# RFC 8599 §4.1: the Contact URI parameters naming the push service, the device's token there,
+# and what else the service needs (APNs: "<team id>.<bundle id>.voip").
+PN_PROVIDER = "pn-provider"
+PN_PRID = "pn-prid"
+PN_PARAM = "pn-param"
+# Bounds on what is stored with every binding: an APNs token is 64 hex digits, an FCM token
+# about 160 characters, a Web Push subscription (endpoint URL and keys) some hundreds.
+MAX_PRID_LENGTH = 2048
+MAX_PN_PARAM_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,9 @@ class RegistrarPolicy:
     default_expires: int
     flow_timer: int
     max_contacts: int = DEFAULT_MAX_CONTACTS
+    # pn-provider values the gateway can send pushes through (its [push] configuration). None
+    # configured: push parameters are ignored (no Feature-Caps), as before push existed.
+    push_providers: frozenset[str] = field(default_factory=frozenset)
 
 
 class Registrar:
@@ -58,6 +72,8 @@ class Registrar:
         self._domain = policy.domain.lower()
         self._location = location
         self._auth = auth
+        # Told the AoR of every REGISTER that bound a push contact (gateway.push.wakeup).
+        self.on_push_registered: Callable[[str], None] | None = None
 
     async def answer(self, request: Request, transaction: ServerTransaction) -> None:
         """Answer a REGISTER in its server transaction: 4xx for malformed headers, 503 for a
@@ -114,6 +130,11 @@ class Registrar:
             bindings = await self._location.register(change)
         except OutOfOrderRegister as error:
             raise SipError(500, "Out of order CSeq for this Call-ID") from error
+        if self.on_push_registered is not None and \
+                any(c.pn_provider and c.expires > 0 for c in change.contacts):
+            # A device that can be woken registered on a live flow: a request waiting for it
+            # (on any node) may go on now.
+            self.on_push_registered(change.aor)
         return self._ok(request, bindings, change, supported)
 
     def _change(
@@ -135,6 +156,9 @@ class Registrar:
                 raise SipError(
                     423, "Interval Too Brief", headers=[("Min-Expires", str(policy.min_expires))]
                 )
+            provider, prid, param = (
+                self._push_params(contact.uri) if policy.push_providers else ("", "", "")
+            )
             changes.append(
                 ContactChange(
                     contact=contact.uri_text,
@@ -142,6 +166,9 @@ class Registrar:
                     q=_q_value(contact),
                     instance_id=contact.params.get("+sip.instance"),
                     reg_id=_reg_id(contact),
+                    pn_provider=provider,
+                    pn_prid=prid,
+                    pn_param=param,
                 )
             )
         return RegisterChange(
@@ -159,6 +186,27 @@ class Registrar:
             now=time.time(),
             max_contacts=policy.max_contacts,
         )
+
+    def _push_params(self, uri: SipUri) -> tuple[str, str, str]:
+        """(pn-provider lower-cased, pn-prid, pn-param) of a Contact URI, unescaped; empty
+        strings without them. 555 (RFC 8599 §5.3) for a provider not configured here, 400 for
+        incomplete or oversized ones."""
+        params = uri.params
+        provider = params.get(PN_PROVIDER)
+        if provider is None:
+            if PN_PRID in params or PN_PARAM in params:
+                raise SipError(400, "pn-prid or pn-param without pn-provider")
+            return "", "", ""
+        provider = unquote(provider).lower()
+        if provider not in self._policy.push_providers:
+            raise SipError(555, f"Push Notification Service Not Supported ({provider[:20]!r})")
+        prid = unquote(params.get(PN_PRID) or "")
+        param = unquote(params.get(PN_PARAM) or "")
+        if not prid:
+            raise SipError(400, "pn-provider without pn-prid")
+        if len(prid) > MAX_PRID_LENGTH or len(param) > MAX_PN_PARAM_LENGTH:
+            raise SipError(400, "pn-prid or pn-param too long")
+        return provider, prid, param
 
     def _is_ours(self, uri: SipUri) -> bool:
         return uri.host.lower() == self._domain or self._is_local_uri(uri)
@@ -188,6 +236,9 @@ class Registrar:
             response.add("Require", "outbound")
             response.add("Flow-Timer", str(self._policy.flow_timer))
         response.add("Supported", SUPPORTED)
+        for provider in sorted({c.pn_provider for c in change.contacts if c.pn_provider}):
+            # RFC 8599 §5.3: this proxy will wake the device through that push service.
+            response.add("Feature-Caps", f'*;+sip.pns="{provider}"')
         response.add("Date", _http_date(int(now)))
         return response
 

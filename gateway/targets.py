@@ -50,25 +50,37 @@ class Targets:
     ) -> tuple[list[Destination], str | None]:
         """The destinations of a new request and the local callee's AoR (None for a trunk).
         Raises SipError when nobody can be reached, or the request may not go there."""
+        destinations, callee_aor, _ = await self.route(request, from_trunk, wakes=False)
+        return destinations, callee_aor
+
+    async def route(
+        self, request: Request, from_trunk: Trunk | None, *, wakes: bool
+    ) -> tuple[list[Destination], str | None, list[Binding]]:
+        """select(), and when `wakes` (the request may wait for a push, RFC 8599) the callee's
+        sleeping push bindings: a callee with only those is not unreachable."""
         ruri = request.ruri
         if self.is_local_domain(ruri):
             gruu = self._gruus.resolve(ruri)
             if gruu is not None:
                 # Only the named instance, never its AoR's other devices nor a trunk (§8.4.1).
-                return await self.gruu_destinations(ruri, gruu, request.call_id), gruu.aor
+                return await self.gruu_destinations(ruri, gruu, request.call_id), gruu.aor, []
             callee_aor = ruri.address_of_record
-            destinations = await self._local_destinations(callee_aor, request.call_id)
-            if not destinations and from_trunk is None:
+            sleeping: list[Binding] = []
+            destinations = await self._destinations(
+                await self._location.lookup(_domain_aor(callee_aor, self._domain)),
+                request.call_id, sleeping if wakes else None,
+            )
+            if not destinations and not sleeping and from_trunk is None:
                 destinations = self._trunk_destinations(ruri)
-            if not destinations:
+            if not destinations and not sleeping:
                 raise SipError(*await self._why_unreachable(ruri))
-            return destinations, callee_aor
+            return destinations, callee_aor, sleeping
         if from_trunk is not None:
             raise SipError(403, "Trunks may only reach local users")
         destinations = self._trunk_destinations(ruri)
         if not destinations:
             raise SipError(403, f"Relaying to {ruri.host} is not allowed")
-        return destinations, None
+        return destinations, None, []
 
     def check_limits(
         self, request: Request, caller: str | None, callee: str | None, trunk: Trunk | None
@@ -107,23 +119,35 @@ class Targets:
             raise SipError(404, "Not Found")
         raise SipError(480, "Temporarily Unavailable (GRUU instance not registered)")
 
-    async def _local_destinations(self, aor: str, call_id: str) -> list[Destination]:
-        return await self._destinations(
-            await self._location.lookup(_domain_aor(aor, self._domain)), call_id
-        )
-
-    async def _destinations(self, bindings: list[Binding], call_id: str) -> list[Destination]:
-        """A branch per binding; a binding that cannot be reached is logged and left out."""
+    async def _destinations(
+        self, bindings: list[Binding], call_id: str, sleeping: list[Binding] | None = None
+    ) -> list[Destination]:
+        """A branch per binding; a binding that cannot be reached is logged and left out.
+        Push bindings without a live flow go to `sleeping` instead (left out without it)."""
         destinations: list[Destination] = []
         for binding in bindings:
+            if binding.pushable and self.is_asleep(binding):
+                if sleeping is not None:
+                    sleeping.append(binding)
+                continue
             try:
-                destinations.append(await self._binding_destination(binding, call_id))
+                destinations.append(await self.binding_destination(binding, call_id))
             except SipError as error:
                 log.info("binding %s of %s unusable: %s", binding.contact, binding.aor,
                          error.reason)
         return destinations
 
-    async def _binding_destination(self, binding: Binding, call_id: str) -> Destination:
+    def is_asleep(self, binding: Binding) -> bool:
+        """No live flow reaches the binding: its flow closed (the location says so), or it was
+        on this node and is gone, not yet recorded. UDP has no flow to lose."""
+        if binding.asleep:
+            return True
+        if binding.transport == "udp" or binding.node_id != self._node_id:
+            return False
+        flow = self._transport.flow_by_id(binding.connection_id)
+        return flow is None or flow.closed
+
+    async def binding_destination(self, binding: Binding, call_id: str) -> Destination:
         side = side_of_transport(binding.transport)
         if binding.transport == "udp":
             # Connectionless: any node reaches the client at the address it registered from.

@@ -26,7 +26,13 @@ class LocationService(ABC):
 
     @abstractmethod
     async def remove_connection(self, node_id: str, connection_id: str) -> list[Binding]:
-        """A flow closed: drop the bindings that live on it and return them."""
+        """A flow closed: drop the bindings that live on it and return them. Push bindings
+        (RFC 8599) on it stay, asleep (`model.close_flow`), and are not returned."""
+
+    @abstractmethod
+    async def forget_push(self, aor: str, prid: str) -> bool:
+        """The push service called the token `prid` invalid: drop it from `aor`'s bindings
+        (`model.drop_push`). True when a binding changed."""
 
     @abstractmethod
     async def announce_node(self, info: NodeInfo, ttl: float) -> None:

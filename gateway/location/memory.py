@@ -7,7 +7,16 @@ import time
 from typing import ClassVar
 
 from .base import LocationService
-from .model import Binding, NodeInfo, RegisterChange, apply_register, by_preference
+from .model import (
+    ASLEEP,
+    Binding,
+    NodeInfo,
+    RegisterChange,
+    apply_register,
+    by_preference,
+    close_flow,
+    drop_push,
+)
 
 
 class MemoryLocationService(LocationService):
@@ -43,14 +52,18 @@ class MemoryLocationService(LocationService):
         removed: list[Binding] = []
         for aor in list(aors):
             current = self._bindings.get(aor, [])
-            kept = [b for b in current if (b.node_id, b.connection_id) != (node_id, connection_id)]
-            removed.extend(
-                b
-                for b in current
-                if (b.node_id, b.connection_id) == (node_id, connection_id) and b.expires_at > now
-            )
+            kept, dropped = close_flow(current, node_id, connection_id)
+            removed.extend(b for b in dropped if b.expires_at > now)
             self._store(aor, current, kept)
         return removed
+
+    async def forget_push(self, aor: str, prid: str) -> bool:
+        current = self._bindings.get(aor, [])
+        kept = drop_push(current, prid)
+        if kept == current:
+            return False
+        self._store(aor, current, kept)
+        return True
 
     async def announce_node(self, info: NodeInfo, ttl: float) -> None:
         self._nodes[info.node_id] = (info, time.time() + ttl)
@@ -87,8 +100,9 @@ class MemoryLocationService(LocationService):
             self._bindings[aor] = new
         else:
             self._bindings.pop(aor, None)
-        new_flows = {(b.node_id, b.connection_id) for b in new}
-        old_flows = {(b.node_id, b.connection_id) for b in old}
+        # A sleeping push binding has no flow to index.
+        new_flows = {(b.node_id, b.connection_id) for b in new if b.connection_id != ASLEEP}
+        old_flows = {(b.node_id, b.connection_id) for b in old if b.connection_id != ASLEEP}
         if new_flows == old_flows:
             return  # a refresh over the same flows (the usual REGISTER): the index holds them
         for node_id, connection_id in old_flows - new_flows:

@@ -21,23 +21,30 @@ class OutOfOrderRegister(Exception):
     """
 
 
-_CONTACT_CHANGE_FIELDS = ("contact", "expires", "q", "instance_id", "reg_id")
+_CONTACT_CHANGE_FIELDS = (
+    "contact", "expires", "q", "instance_id", "reg_id", "pn_provider", "pn_prid", "pn_param",
+)
 
 
 class ContactChange(Record):
-    """One Contact of a REGISTER, already parsed by the registrar."""
+    """One Contact of a REGISTER, already parsed by the registrar. The pn_* fields are its
+    RFC 8599 push parameters ("" without them): pn_provider lower-cased."""
 
     __slots__ = _CONTACT_CHANGE_FIELDS
     FIELDS = _CONTACT_CHANGE_FIELDS
 
     def __init__(
-    self, contact: str, expires: int, q: float, instance_id: str | None, reg_id: int | None
-) -> None:
+        self, contact: str, expires: int, q: float, instance_id: str | None,
+        reg_id: int | None, pn_provider: str = "", pn_prid: str = "", pn_param: str = "",
+    ) -> None:
         self.contact: Final = contact
         self.expires: Final = expires
         self.q: Final = q
         self.instance_id: Final = instance_id
         self.reg_id: Final = reg_id
+        self.pn_provider: Final = pn_provider
+        self.pn_prid: Final = pn_prid
+        self.pn_param: Final = pn_param
 
 
 _REGISTER_CHANGE_FIELDS = (
@@ -88,8 +95,11 @@ class NodeInfo:
 _BINDING_FIELDS = (
     "aor", "contact", "expires_at", "q", "call_id", "cseq", "instance_id", "reg_id",
     "node_id", "connection_id", "transport", "received", "path", "user_agent",
-    "registered_at",
+    "registered_at", "pn_provider", "pn_prid", "pn_param",
 )
+# connection_id of a push binding whose flow closed (RFC 8599): the device sleeps and is
+# reached by waking it with a push, then on the flow of its next REGISTER.
+ASLEEP = ""
 
 
 class Binding(Record):
@@ -101,6 +111,8 @@ class Binding(Record):
         instance_id: str | None, reg_id: int | None, node_id: str, connection_id: str,
         transport: str, received: str, path: tuple[str, ...], user_agent: str,
         registered_at: float,  # time of the REGISTER that last wrote this binding
+        # RFC 8599 push parameters of the Contact ("" without them)
+        pn_provider: str = "", pn_prid: str = "", pn_param: str = "",
     ) -> None:
         self.aor: Final = aor
         self.contact: Final = contact
@@ -117,10 +129,40 @@ class Binding(Record):
         self.path: Final = path
         self.user_agent: Final = user_agent
         self.registered_at: Final = registered_at
+        self.pn_provider: Final = pn_provider
+        self.pn_prid: Final = pn_prid
+        self.pn_param: Final = pn_param
 
     @property
     def key(self) -> str:
         return binding_key(self.contact, self.instance_id, self.reg_id)
+
+    @property
+    def pushable(self) -> bool:
+        """Registered with RFC 8599 push parameters: outlives its flow, woken by a push."""
+        return self.pn_provider != ""
+
+    @property
+    def asleep(self) -> bool:
+        """A push binding whose flow closed: reached only after a push wakes the device."""
+        return self.connection_id == ASLEEP
+
+    def fallen_asleep(self) -> Binding:
+        """This push binding once its flow closed: kept, without a flow."""
+        return Binding(
+            self.aor, self.contact, self.expires_at, self.q, self.call_id, self.cseq,
+            self.instance_id, self.reg_id, self.node_id, ASLEEP, self.transport, self.received,
+            self.path, self.user_agent, self.registered_at, self.pn_provider, self.pn_prid,
+            self.pn_param,
+        )
+
+    def without_push(self) -> Binding:
+        """This binding with its push parameters dropped (the provider refused the token)."""
+        return Binding(
+            self.aor, self.contact, self.expires_at, self.q, self.call_id, self.cseq,
+            self.instance_id, self.reg_id, self.node_id, self.connection_id, self.transport,
+            self.received, self.path, self.user_agent, self.registered_at,
+        )
 
     def expires_in(self, now: float) -> int:
         return max(0, round(self.expires_at - now))
@@ -190,6 +232,9 @@ def apply_register(current: list[Binding], change: RegisterChange) -> list[Bindi
             path=change.path,
             user_agent=change.user_agent,
             registered_at=now,
+            pn_provider=contact.pn_provider,
+            pn_prid=contact.pn_prid,
+            pn_param=contact.pn_param,
         )
     if len(bindings) > change.max_contacts:
         # The least recently registered go first (Asterisk's max_contacts with remove_existing):
@@ -216,3 +261,35 @@ def by_preference(bindings: list[Binding]) -> list[Binding]:
     if len(bindings) < 2:
         return list(bindings)  # an AoR's usual single binding: no key function to call
     return sorted(bindings, key=lambda binding: (-binding.q, -binding.registered_at))
+
+
+def close_flow(
+    current: list[Binding], node_id: str, connection_id: str
+) -> tuple[list[Binding], list[Binding]]:
+    """The bindings after the flow (node_id, connection_id) closed, and those it took away.
+
+    Bindings on that flow go, except push bindings (RFC 8599), which stay asleep: the device
+    is woken with a push and registers again on a new flow.
+    """
+    kept: list[Binding] = []
+    removed: list[Binding] = []
+    for binding in current:
+        if binding.node_id != node_id or binding.connection_id != connection_id:
+            kept.append(binding)
+        elif binding.pushable:
+            kept.append(binding.fallen_asleep())
+        else:
+            removed.append(binding)
+    return kept, removed
+
+
+def drop_push(current: list[Binding], prid: str) -> list[Binding]:
+    """The bindings once the push token `prid` is known to be dead: a sleeping binding with it
+    goes (nothing can wake it), a live one stays without its push parameters."""
+    kept: list[Binding] = []
+    for binding in current:
+        if not binding.pushable or binding.pn_prid != prid:
+            kept.append(binding)
+        elif not binding.asleep:
+            kept.append(binding.without_push())
+    return kept

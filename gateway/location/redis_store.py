@@ -56,6 +56,8 @@ from .model import (
     RegisterChange,
     apply_register,
     by_preference,
+    close_flow,
+    drop_push,
 )
 from .resp_pipe import Command, RespPipe
 
@@ -148,6 +150,18 @@ class RedisLocationService(LocationService):
             pipe.zrem(self._flows_key(node_id), connection_id)
             await pipe.execute()
         return removed
+
+    async def forget_push(self, aor: str, prid: str) -> bool:
+        changed = False
+
+        def forget(current: list[Binding]) -> list[Binding]:
+            nonlocal changed
+            kept = drop_push(current, prid)  # the same objects when nothing changed
+            changed = kept != current
+            return kept
+
+        await self._transact(aor, forget, time.time())
+        return changed
 
     async def announce_node(self, info: NodeInfo, ttl: float) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -316,14 +330,9 @@ class RedisLocationService(LocationService):
 
         def drop_flow(current: list[Binding]) -> list[Binding]:
             # Rebuilt on every attempt: only the attempt that commits may report removals.
-            removed.clear()
-            kept = []
-            for b in current:
-                if b.node_id == node_id and b.connection_id == connection_id:
-                    removed.append(b)
-                else:
-                    kept.append(b)
-            return kept
+            kept, dropped = close_flow(current, node_id, connection_id)
+            removed[:] = dropped
+            return kept  # the same objects when nothing was on that flow: no write
 
         await self._transact(aor, drop_flow, time.time())
         return removed

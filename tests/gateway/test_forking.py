@@ -35,6 +35,7 @@ class RecordingHooks:
     winners: list[Destination] = field(default_factory=list)
     finals: list[int] = field(default_factory=list)
     upstream: list[int] = field(default_factory=list)
+    cancelled: int = 0
 
     def on_branch_request(self, branch: Branch) -> None:
         self.branch_requests.append(branch.request)
@@ -55,6 +56,9 @@ class RecordingHooks:
 
     def on_final(self, response: Response) -> None:
         self.finals.append(response.status)
+
+    def on_cancelled(self) -> None:
+        self.cancelled += 1
 
 
 @dataclass
