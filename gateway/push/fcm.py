@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,11 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..config import Config, ConfigError
+from ..config import ConfigError, PushSettings
 from ..logsafe import loggable
-from .http2 import http2_client
 from .provider import PushOutcome, PushRequest, PushResult, PushTarget
 
+NAME = "fcm"
 FCM_URL = "https://fcm.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -41,6 +42,7 @@ ASSERTION_LIFETIME = 3600  # Google accepts at most an hour
 # expires on its way), but never later than halfway through a short-lived one.
 REFRESH_MARGIN = 60.0
 DEFAULT_TTL = 30  # seconds FCM keeps trying to deliver: a call does not wait longer
+REQUEST_TIMEOUT = 10.0
 MAX_FIELD_CHARS = 256  # caller and callee in the data message; FCM's limit is 4 KB in all
 
 
@@ -56,23 +58,24 @@ class ServiceAccount:
 
     @classmethod
     def load(cls, path: str) -> ServiceAccount:
+        where = f"push.fcm_service_account {path}"
         try:
             raw = json.loads(Path(path).expanduser().read_text())
         except (OSError, ValueError) as error:
-            raise ConfigError(f"FCM service account {path}: {error}") from error
+            raise ConfigError(f"{where}: {error}") from error
         if not isinstance(raw, dict) or raw.get("type") != "service_account":
-            raise ConfigError(f"FCM service account {path}: not a service-account key file "
+            raise ConfigError(f"{where}: not a service-account key file "
                               "(expected \"type\": \"service_account\")")
         missing = [key for key in ("project_id", "client_email", "private_key", "token_uri")
                    if not isinstance(raw.get(key), str) or not raw[key]]
         if missing:
-            raise ConfigError(f"FCM service account {path}: missing {', '.join(missing)}")
+            raise ConfigError(f"{where}: missing {', '.join(missing)}")
         try:
             key = serialization.load_pem_private_key(raw["private_key"].encode(), password=None)
         except (ValueError, TypeError) as error:
-            raise ConfigError(f"FCM service account {path}: private_key: {error}") from error
+            raise ConfigError(f"{where}: private_key: {error}") from error
         if not isinstance(key, rsa.RSAPrivateKey):
-            raise ConfigError(f"FCM service account {path}: private_key is not an RSA key")
+            raise ConfigError(f"{where}: private_key is not an RSA key")
         return cls(project_id=raw["project_id"], client_email=raw["client_email"],
                    private_key_id=str(raw.get("private_key_id", "")), private_key=key,
                    token_uri=raw["token_uri"])
@@ -86,12 +89,12 @@ class FcmProvider:
     """One FCM HTTP v1 sender: a service account, its cached access token and one HTTP/2
     client (the token endpoint and FCM each get their own connection from its pool)."""
 
-    name = "fcm"
+    name = NAME
 
-    def __init__(self, account: ServiceAccount, client: httpx.AsyncClient, *,
-                 fcm_url: str = FCM_URL, ttl: int = DEFAULT_TTL) -> None:
+    def __init__(self, account: ServiceAccount, *, fcm_url: str = FCM_URL,
+                 verify: ssl.SSLContext | bool = True, ttl: int = DEFAULT_TTL) -> None:
         self.account = account
-        self._client = client
+        self._client = httpx.AsyncClient(http2=True, verify=verify, timeout=REQUEST_TIMEOUT)
         self._fcm_url = fcm_url.rstrip("/")
         self._ttl = ttl
         self._token = ""
@@ -99,13 +102,15 @@ class FcmProvider:
         self._token_lock = asyncio.Lock()
 
     @classmethod
-    def from_config(cls, config: Config, *, ttl: int = DEFAULT_TTL) -> FcmProvider | None:
-        """The provider the settings describe, or None when FCM is not configured."""
-        if not config.push_fcm_service_account:
+    def from_settings(cls, settings: PushSettings, verify: ssl.SSLContext
+                      ) -> FcmProvider | None:
+        """The provider [push] describes, or None when FCM is not configured (a
+        gateway.push.service ProviderFactory)."""
+        if not settings.fcm_service_account:
             return None
-        account = ServiceAccount.load(config.push_fcm_service_account)
-        return cls(account, http2_client(config.push_ca_file), fcm_url=config.push_fcm_url,
-                   ttl=ttl)
+        # No point delivering a wake-up after the call stopped waiting for it.
+        return cls(ServiceAccount.load(settings.fcm_service_account), fcm_url=settings.fcm_url,
+                   verify=verify, ttl=max(1, round(settings.wait)))
 
     async def send(self, target: PushTarget, request: PushRequest) -> PushResult:
         project = target.param or self.account.project_id

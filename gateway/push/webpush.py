@@ -28,6 +28,7 @@ import base64
 import binascii
 import json
 import os
+import ssl
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,11 +39,12 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..config import Config, ConfigError
+from ..config import ConfigError, PushSettings
 from ..logsafe import loggable
-from .http2 import http2_client
 from .provider import PushOutcome, PushRequest, PushResult, PushTarget
 
+NAME = "webpush"
+REQUEST_TIMEOUT = 10.0
 VAPID_LIFETIME = 12 * 3600  # RFC 8292 allows at most 24 hours
 VAPID_RENEW_BEFORE = 3600  # sign a new JWT for an origin when its own has less than this left
 DEFAULT_TTL = 30  # seconds the push service keeps the message: a call does not wait longer
@@ -62,14 +64,15 @@ def b64url_decode(text: str) -> bytes:
 def load_vapid_key(path: str) -> ec.EllipticCurvePrivateKey:
     """The VAPID signing key: a P-256 private key in PEM, as
     `openssl ecparam -name prime256v1 -genkey -noout -out vapid.pem` writes it."""
+    where = f"push.webpush_vapid_key_file {path}"
     try:
         key = serialization.load_pem_private_key(Path(path).expanduser().read_bytes(),
                                                  password=None)
     except (OSError, ValueError, TypeError) as error:
-        raise ConfigError(f"Web Push VAPID key {path}: {error}") from error
+        raise ConfigError(f"{where}: {error}") from error
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve,
                                                                          ec.SECP256R1):
-        raise ConfigError(f"Web Push VAPID key {path}: not a P-256 (prime256v1) EC key")
+        raise ConfigError(f"{where}: not a P-256 (prime256v1) EC key")
     return key
 
 
@@ -85,27 +88,30 @@ class WebPushProvider:
     """One VAPID identity sending to any push service (each origin gets its own HTTP/2
     connection from the client's pool, and its own cached VAPID JWT)."""
 
-    name = "webpush"
+    name = NAME
 
-    def __init__(self, vapid_key: ec.EllipticCurvePrivateKey, subject: str,
-                 client: httpx.AsyncClient, *, ttl: int = DEFAULT_TTL) -> None:
+    def __init__(self, vapid_key: ec.EllipticCurvePrivateKey, subject: str, *,
+                 verify: ssl.SSLContext | bool = True, ttl: int = DEFAULT_TTL) -> None:
         if not subject.startswith(("mailto:", "https:")):
-            raise ConfigError(f"Web Push subject {subject!r}: expected a mailto: or https: URI "
-                              "a push service can contact the operator at (RFC 8292)")
+            raise ConfigError(f"push.webpush_subject {subject!r}: expected a mailto: or https: "
+                              "URI a push service can contact the operator at (RFC 8292)")
         self._vapid_key = vapid_key
         self.vapid_public_key = vapid_public_key(vapid_key)  # +sip.vapid
         self._subject = subject
-        self._client = client
+        self._client = httpx.AsyncClient(http2=True, verify=verify, timeout=REQUEST_TIMEOUT)
         self._ttl = ttl
         self._jwt_by_origin: dict[str, tuple[str, float]] = {}  # origin: (JWT, renew at)
 
     @classmethod
-    def from_config(cls, config: Config, *, ttl: int = DEFAULT_TTL) -> WebPushProvider | None:
-        """The provider the settings describe, or None when Web Push is not configured."""
-        if not config.push_webpush_vapid_key_file:
+    def from_settings(cls, settings: PushSettings, verify: ssl.SSLContext
+                      ) -> WebPushProvider | None:
+        """The provider [push] describes, or None when Web Push is not configured (a
+        gateway.push.service ProviderFactory)."""
+        if not settings.webpush_vapid_key_file:
             return None
-        return cls(load_vapid_key(config.push_webpush_vapid_key_file),
-                   config.push_webpush_subject, http2_client(config.push_ca_file), ttl=ttl)
+        # No point delivering a wake-up after the call stopped waiting for it.
+        return cls(load_vapid_key(settings.webpush_vapid_key_file), settings.webpush_subject,
+                   verify=verify, ttl=max(1, round(settings.wait)))
 
     async def send(self, target: PushTarget, request: PushRequest) -> PushResult:
         origin = push_service_origin(target.prid)

@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, PushSettings, load_config
 from gateway.push.fcm import SCOPE, FcmProvider, ServiceAccount
-from gateway.push.http2 import http2_client
 from gateway.push.provider import PushKind, PushOutcome, PushRequest, PushTarget
+from gateway.push.service import push_ssl_context
 from tests.support.push_services.fcm import FcmStandIn
 from tests.support.push_services.server import serve_http2
 
@@ -44,10 +45,14 @@ async def fcm(tmp_path: Path) -> AsyncIterator[Fcm]:
         yield Fcm(standin, server.url, server.ca_file, account_file)
 
 
+def trusting(ca_file: Path) -> ssl.SSLContext:
+    return push_ssl_context(PushSettings(ca_file=str(ca_file)))
+
+
 @pytest.fixture
 async def provider(fcm: Fcm) -> AsyncIterator[FcmProvider]:
-    sender = FcmProvider(ServiceAccount.load(str(fcm.account_file)),
-                         http2_client(str(fcm.ca_file)), fcm_url=fcm.url)
+    sender = FcmProvider(ServiceAccount.load(str(fcm.account_file)), fcm_url=fcm.url,
+                         verify=trusting(fcm.ca_file))
     yield sender
     await sender.close()
 
@@ -143,8 +148,8 @@ async def test_an_assertion_signed_by_another_key_gets_no_token(fcm: Fcm) -> Non
     _, other_key = FcmStandIn.create(PROJECT)
     path = fcm.account_file.with_name("impostor.json")
     path.write_text(json.dumps(fcm.standin.service_account(other_key)))
-    sender = FcmProvider(ServiceAccount.load(str(path)), http2_client(str(fcm.ca_file)),
-                         fcm_url=fcm.url)
+    sender = FcmProvider(ServiceAccount.load(str(path)), fcm_url=fcm.url,
+                         verify=trusting(fcm.ca_file))
     try:
         result = await sender.send(DEVICE, CALL)
     finally:
@@ -159,7 +164,7 @@ async def test_an_unreachable_service_fails_the_push(fcm: Fcm) -> None:
     account = ServiceAccount.load(str(fcm.account_file))
     nowhere = "https://127.0.0.1:9"  # discard: nothing listens
     sender = FcmProvider(dataclasses.replace(account, token_uri=f"{nowhere}/token"),
-                         http2_client(str(fcm.ca_file)), fcm_url=nowhere)
+                         fcm_url=nowhere, verify=trusting(fcm.ca_file))
     try:
         result = await sender.send(DEVICE, CALL)
     finally:
@@ -173,20 +178,23 @@ async def test_the_push_table_configures_the_provider(fcm: Fcm, tmp_path: Path) 
     config_file = tmp_path / "ws2sip.toml"
     config_file.write_text(
         f'[push]\nfcm_service_account = "{fcm.account_file}"\nfcm_url = "{fcm.url}"\n'
-        f'ca_file = "{fcm.ca_file}"\n')
-    sender = FcmProvider.from_config(load_config(str(config_file), {}))
+        f'ca_file = "{fcm.ca_file}"\nwait = 12\n')
+    settings = load_config(str(config_file), {}).push
+    sender = FcmProvider.from_settings(settings, push_ssl_context(settings))
     assert sender is not None
     try:
         assert (await sender.send(DEVICE, CALL)).outcome is PushOutcome.SENT
     finally:
         await sender.close()
+    assert fcm.standin.messages[0].android["ttl"] == "12s"  # no use after the call's wait
 
-    assert FcmProvider.from_config(load_config(None, {})) is None  # FCM off by default
+    off = load_config(None, {}).push
+    assert FcmProvider.from_settings(off, push_ssl_context(off)) is None  # FCM off by default
     not_an_account = tmp_path / "key.json"
     not_an_account.write_text('{"type": "authorized_user"}')
+    settings = load_config(None, {"push_fcm_service_account": str(not_an_account)}).push
     with pytest.raises(ConfigError, match="not a service-account key file"):
-        FcmProvider.from_config(load_config(None, {"push_fcm_service_account":
-                                                   str(not_an_account)}))
+        FcmProvider.from_settings(settings, push_ssl_context(settings))
     config_file.write_text('[push]\nfcm_token = "x"\n')
     with pytest.raises(ConfigError, match="unknown setting push.fcm_token"):
         load_config(str(config_file), {})

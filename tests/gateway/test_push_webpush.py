@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.config import ConfigError, load_config
-from gateway.push.http2 import http2_client
+from gateway.config import ConfigError, PushSettings, load_config
 from gateway.push.provider import PushKind, PushOutcome, PushRequest, PushTarget
+from gateway.push.service import push_ssl_context
 from gateway.push.webpush import WebPushProvider, load_vapid_key, vapid_public_key
 from tests.support.push_services.server import serve_http2
 from tests.support.push_services.webpush import Subscription, WebPushStandIn, b64url_decode
@@ -50,7 +50,7 @@ async def service(tmp_path: Path) -> AsyncIterator[PushService]:
 @pytest.fixture
 async def provider(service: PushService) -> AsyncIterator[WebPushProvider]:
     sender = WebPushProvider(load_vapid_key(str(service.vapid_key_file)), SUBJECT,
-                             http2_client(str(service.ca_file)))
+                             verify=push_ssl_context(PushSettings(ca_file=str(service.ca_file))))
     yield sender
     await sender.close()
 
@@ -161,20 +161,24 @@ async def test_the_push_table_configures_the_provider(service: PushService,
     config_file = tmp_path / "ws2sip.toml"
     config_file.write_text(
         f'[push]\nwebpush_vapid_key_file = "{service.vapid_key_file}"\n'
-        f'webpush_subject = "{SUBJECT}"\nca_file = "{service.ca_file}"\n')
-    sender = WebPushProvider.from_config(load_config(str(config_file), {}))
+        f'webpush_subject = "{SUBJECT}"\nca_file = "{service.ca_file}"\nwait = 12\n')
+    settings = load_config(str(config_file), {}).push
+    sender = WebPushProvider.from_settings(settings, push_ssl_context(settings))
     assert sender is not None
     subscription = service.standin.subscribe(application_server_key=sender.vapid_public_key)
     try:
         assert (await sender.send(with_keys(subscription), CALL)).outcome is PushOutcome.SENT
     finally:
         await sender.close()
+    assert service.standin.messages[0].ttl == 12  # no use after the call's wait
 
-    assert WebPushProvider.from_config(load_config(None, {})) is None  # off by default
+    off = load_config(None, {}).push
+    assert WebPushProvider.from_settings(off, push_ssl_context(off)) is None  # off by default
     with pytest.raises(ConfigError, match="webpush_subject"):
         load_config(None, {"push_webpush_vapid_key_file": str(service.vapid_key_file)})
-    rsa_pem = tmp_path / "ca.pem"
-    rsa_pem.write_text("not a key")
-    with pytest.raises(ConfigError, match="Web Push VAPID key"):
-        WebPushProvider.from_config(load_config(None, {
-            "push_webpush_vapid_key_file": str(rsa_pem), "push_webpush_subject": SUBJECT}))
+    not_a_key = tmp_path / "not-a-key.pem"
+    not_a_key.write_text("not a key")
+    settings = load_config(None, {"push_webpush_vapid_key_file": str(not_a_key),
+                                  "push_webpush_subject": SUBJECT}).push
+    with pytest.raises(ConfigError, match="push.webpush_vapid_key_file"):
+        WebPushProvider.from_settings(settings, push_ssl_context(settings))
