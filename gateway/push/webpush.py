@@ -10,6 +10,9 @@ What a binding carries:
   JSON), encrypted to the browser alone (RFC 8291, aes128gcm), so the service worker can show
   who is calling before it has registered.
 
+A binding without keys still gets the call's cancel: the push service replaces the call's push
+with it if it still holds that (same Topic), and a browser it wakes finds no call waiting.
+
 Every push is signed with VAPID (RFC 8292): an ES256 JWT whose `aud` is the push service's
 origin, `exp` at most 24 hours ahead and `sub` the operator's contact, sent as
 `Authorization: vapid t=<jwt>, k=<public key>`. The public key is also what the registrar
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import ssl
@@ -123,6 +127,9 @@ class WebPushProvider:
             "Authorization": f"vapid t={self._vapid_jwt(origin)}, k={self.vapid_public_key}",
             "TTL": str(self._ttl),
             "Urgency": "high",
+            # One topic per call: a cancel replaces its call's push while the push service still
+            # holds it (RFC 8030 section 5.4), so a browser coming online late is not rung.
+            "Topic": call_topic(request.call_id),
         }
         body = b""
         if target.param:
@@ -173,6 +180,12 @@ def push_service_origin(endpoint: str) -> str:
         return ""
     shown_host = f"[{host}]" if ":" in host else host
     return f"https://{shown_host}" + (f":{port}" if port not in (None, 443) else "")
+
+
+def call_topic(call_id: str) -> str:
+    """RFC 8030's Topic for a call: at most 32 base64url characters, the same for the call's
+    pushes and its cancel, revealing nothing of the Call-ID to the push service."""
+    return b64url(hashlib.sha256(call_id.encode()).digest()[:24])
 
 
 def _payload(request: PushRequest) -> bytes:

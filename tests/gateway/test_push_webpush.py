@@ -91,15 +91,21 @@ async def test_the_vapid_key_announced_is_the_key_files_public_point(
         provider.vapid_public_key
 
 
-async def test_a_binding_without_keys_gets_a_push_without_payload(
+async def test_a_binding_without_keys_gets_pushes_without_payload(
         service: PushService, provider: WebPushProvider) -> None:
     subscription = service.standin.subscribe()  # RFC 8599: pn-prid only, no pn-param
+    target = PushTarget("webpush", subscription.endpoint)
+    cancel = PushRequest(PushKind.CALL_CANCELLED, CALL.call_id, CALL.caller, CALL.callee)
+    other_call = PushRequest(PushKind.INCOMING_CALL, "another-call", CALL.caller, CALL.callee)
 
-    result = await provider.send(PushTarget("webpush", subscription.endpoint), CALL)
+    results = [await provider.send(target, request) for request in (CALL, cancel, other_call)]
 
-    assert result.outcome is PushOutcome.SENT, result.reason
-    [message] = service.standin.messages
-    assert message.plaintext == b"" and message.urgency == "high"
+    assert [r.outcome for r in results] == [PushOutcome.SENT] * 3, results
+    call, cancelled, other = service.standin.messages
+    assert call.plaintext == cancelled.plaintext == b"" and call.urgency == "high"
+    # The cancel replaces its call's push where the service still holds it; another call not.
+    assert call.topic == cancelled.topic != other.topic
+    assert CALL.call_id not in call.topic
 
 
 async def test_a_gone_or_unknown_subscription_is_an_invalid_token(

@@ -8,7 +8,8 @@ server key (RFC 8292 section 4). A push (`POST /push/<id>`):
   checked with `k`, `aud` this service's origin, `exp` in the future and at most 24 hours away,
   `sub` a mailto: or https: URI; a restricted subscription also needs `k` to be its key. Else
   401 (no authentication) or 403 (invalid);
-- `TTL` present (RFC 8030 section 5.2, else 400) and `Urgency` one of RFC 8030's (else 400);
+- `TTL` present (RFC 8030 section 5.2, else 400), `Urgency` one of RFC 8030's (else 400), a
+  `Topic` at most 32 base64url characters (section 5.4, else 400);
 - a body only with `Content-Encoding: aes128gcm` (else 415), at most 4096 bytes (else 413),
   decrypted here with the user agent's private key and auth secret, RFC 8291 done independently
   of the gateway's library (cryptography's HKDF and AES-GCM): a payload that does not decrypt
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import string
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 MAX_PAYLOAD = 4096  # RFC 8291 section 4: push services must accept at least this much
 MAX_VAPID_LIFETIME = 24 * 3600
 URGENCIES = ("very-low", "low", "normal", "high")
+TOPIC_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -86,6 +89,7 @@ class WebPushMessage:
     plaintext: bytes  # b"" for a push without payload
     ttl: int
     urgency: str
+    topic: str
     vapid_claims: dict[str, Any]
     vapid_key: str
     http_version: str
@@ -173,6 +177,9 @@ class WebPushStandIn:
         urgency = headers.get("urgency", "normal")
         if urgency not in URGENCIES:
             raise Refusal(400, f"unknown Urgency {urgency}")
+        topic = headers.get("topic", "")
+        if len(topic) > 32 or not TOPIC_CHARACTERS.issuperset(topic):
+            raise Refusal(400, "Topic: at most 32 characters of the base64url alphabet")
         plaintext = b""
         if body:
             if headers.get("content-encoding") != "aes128gcm":
@@ -180,7 +187,7 @@ class WebPushStandIn:
             if len(body) > MAX_PAYLOAD:
                 raise Refusal(413, "payload too large")
             plaintext = decrypt(body, subscription.ua_key, subscription.auth_secret)
-        return WebPushMessage(subscription.id, plaintext, int(ttl), urgency, claims, key,
+        return WebPushMessage(subscription.id, plaintext, int(ttl), urgency, topic, claims, key,
                               http_version)
 
     def _check_vapid(self, authorization: str, subscription: Subscription
