@@ -7,7 +7,8 @@
   shortly before it expires. One exchange at a time: pushes that find no token wait for it.
 - A push is `POST {fcm_url}/v1/projects/{project}/messages:send` with a data message at
   Android priority HIGH (a notification message would not start the app's code; only HIGH wakes
-  a dozing device). The data fields name the call: kind, call_id, caller, callee.
+  a dozing device). The data fields name the call: kind, call_id, caller, callee. The call's
+  pushes and its cancel share a collapse key.
 
 google-auth was not used: its service-account flow is synchronous (requests) and would block
 the event loop or need a thread per refresh; PyJWT signs the same assertion in a few lines, and
@@ -17,6 +18,8 @@ the exchange goes over the same HTTP/2 client as the pushes.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import ssl
 import time
@@ -100,6 +103,8 @@ class FcmProvider:
         self._token = ""
         self._token_refresh_at = 0.0  # time.monotonic() after which the token is renewed
         self._token_lock = asyncio.Lock()
+        self._exchanges = 0  # token exchanges finished, refused or not
+        self._exchange_error: _TokenError | None = None  # how the last one failed
 
     @classmethod
     def from_settings(cls, settings: PushSettings, verify: ssl.SSLContext
@@ -144,7 +149,10 @@ class FcmProvider:
                     "caller": request.caller[:MAX_FIELD_CHARS],
                     "callee": request.callee[:MAX_FIELD_CHARS],
                 },
-                "android": {"priority": "HIGH", "ttl": f"{self._ttl}s"},
+                # One collapse key per call: a cancel replaces its call's message while FCM
+                # still holds it for an offline device, which then is not rung late.
+                "android": {"priority": "HIGH", "ttl": f"{self._ttl}s",
+                            "collapse_key": _collapse_key(request.call_id)},
             },
         }
         return await self._client.post(
@@ -155,11 +163,23 @@ class FcmProvider:
     async def _access_token(self) -> str:
         if self._token and time.monotonic() < self._token_refresh_at:
             return self._token
+        exchanges_before = self._exchanges
         async with self._token_lock:
-            # Another push may have fetched one while this one waited for the lock.
+            # Another push may have fetched one while this one waited for the lock; or failed
+            # to, and then this push fails with it rather than queue another exchange (pushes
+            # for a burst of calls would otherwise wait for one timeout each).
             if self._token and time.monotonic() < self._token_refresh_at:
                 return self._token
-            self._token, lifetime = await self._fetch_token()
+            if self._exchanges != exchanges_before and self._exchange_error is not None:
+                raise self._exchange_error
+            try:
+                self._token, lifetime = await self._fetch_token()
+            except _TokenError as error:
+                self._exchange_error = error
+                raise
+            finally:
+                self._exchanges += 1
+            self._exchange_error = None
             self._token_refresh_at = (time.monotonic() + lifetime
                                       - min(REFRESH_MARGIN, lifetime / 2))
             return self._token
@@ -187,6 +207,11 @@ class FcmProvider:
             detail = body.get("error_description") or body.get("error") or response.text
             raise _TokenError(f"{response.status_code} {loggable(detail)}")
         return token, float(lifetime)
+
+
+def _collapse_key(call_id: str) -> str:
+    """The same for a call's pushes and its cancel; shows FCM nothing of the Call-ID."""
+    return base64.urlsafe_b64encode(hashlib.sha256(call_id.encode()).digest()[:24]).decode()
 
 
 def _failure(response: httpx.Response) -> PushResult:

@@ -67,7 +67,7 @@ async def test_a_call_is_a_high_priority_data_message_sent_with_an_oauth_token(
     assert message.project == PROJECT and message.token == DEVICE.prid
     assert message.data == {"kind": "call", "call_id": CALL.call_id, "caller": CALL.caller,
                             "callee": CALL.callee}
-    assert message.android == {"priority": "HIGH", "ttl": "30s"}
+    assert message.android["priority"] == "HIGH" and message.android["ttl"] == "30s"
     [claims] = fcm.standin.assertions  # the stand-in verified its RS256 signature
     assert claims["iss"] == f"firebase-adminsdk@{PROJECT}.iam.gserviceaccount.com"
     assert claims["scope"] == SCOPE and claims["aud"] == f"{fcm.url}/token"
@@ -90,6 +90,18 @@ async def test_one_token_serves_concurrent_pushes_and_is_renewed_before_it_expir
     assert (await provider.send(DEVICE, CALL)).outcome is PushOutcome.SENT
     assert len(fcm.standin.assertions) == 2
     assert fcm.standin.messages[-1].access_token != fcm.standin.messages[0].access_token
+
+
+async def test_a_calls_pushes_and_its_cancel_share_a_collapse_key(
+        fcm: Fcm, provider: FcmProvider) -> None:
+    cancel = PushRequest(PushKind.CALL_CANCELLED, CALL.call_id, CALL.caller, CALL.callee)
+    other_call = PushRequest(PushKind.INCOMING_CALL, "another-call", CALL.caller, CALL.callee)
+
+    for request in (CALL, cancel, other_call):
+        assert (await provider.send(DEVICE, request)).outcome is PushOutcome.SENT
+
+    call, cancelled, other = (m.android["collapse_key"] for m in fcm.standin.messages)
+    assert call == cancelled != other and CALL.call_id not in call
 
 
 async def test_a_revoked_token_is_replaced_once(fcm: Fcm, provider: FcmProvider) -> None:
@@ -151,13 +163,17 @@ async def test_an_assertion_signed_by_another_key_gets_no_token(fcm: Fcm) -> Non
     sender = FcmProvider(ServiceAccount.load(str(path)), fcm_url=fcm.url,
                          verify=trusting(fcm.ca_file))
     try:
-        result = await sender.send(DEVICE, CALL)
+        results = await asyncio.gather(*(sender.send(DEVICE, CALL) for _ in range(5)))
+        later = await sender.send(DEVICE, CALL)
     finally:
         await sender.close()
 
-    assert result.outcome is PushOutcome.FAILED
-    assert result.reason.startswith("FCM OAuth token: 400 Invalid JWT")
+    for result in (*results, later):
+        assert result.outcome is PushOutcome.FAILED
+        assert result.reason.startswith("FCM OAuth token: 400 Invalid JWT")
     assert not fcm.standin.assertions and not fcm.standin.messages
+    # Pushes that queued behind the refused exchange fail with it; a later push tries again.
+    assert fcm.standin.token_requests == 2
 
 
 async def test_an_unreachable_service_fails_the_push(fcm: Fcm) -> None:

@@ -14,8 +14,8 @@ ErrorCode list), errors as google.rpc.Status with FcmError / BadRequest details:
 - `Authorization: Bearer <a token this stand-in issued, unexpired>`, else 401 UNAUTHENTICATED;
 - the path's project the service account's, else 403 PERMISSION_DENIED (SENDER_ID_MISMATCH);
 - JSON `{"message": {...}}` with exactly one target `token`, `data` a map of strings to strings
-  without reserved keys, `android.priority` NORMAL/HIGH, `android.ttl` like "30s", else 400
-  INVALID_ARGUMENT naming the field;
+  without reserved keys, `android.priority` NORMAL/HIGH, `android.ttl` like "30s",
+  `android.collapse_key` a string, else 400 INVALID_ARGUMENT naming the field;
 - registration tokens marked unregistered: 404 NOT_FOUND with FcmError UNREGISTERED;
 - `fail_next`: answers the next sends with that status (500 INTERNAL, 503 UNAVAILABLE...).
 
@@ -120,6 +120,7 @@ class FcmStandIn:
     unregistered: set[str] = field(default_factory=set)
     fail_next: list[int] = field(default_factory=list)  # statuses for the next sends, in order
     tokens: dict[str, float] = field(default_factory=dict)  # access token: expiry (time.time)
+    token_requests: int = 0  # exchanges tried, refused ones included
     assertions: list[dict[str, Any]] = field(default_factory=list)  # accepted JWT claims
     messages: list[FcmMessage] = field(default_factory=list)
     refusals: list[tuple[int, str]] = field(default_factory=list)
@@ -189,6 +190,7 @@ class FcmStandIn:
         await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
 
     def _token(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        self.token_requests += 1
         if not headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             return 400, {"error": "invalid_request", "error_description": "form body expected"}
         form = {key: values[0] for key, values in parse_qs(body.decode()).items()}
@@ -257,7 +259,8 @@ class FcmStandIn:
         android = message.get("android", {})
         if not isinstance(android, dict) or \
                 android.get("priority", "NORMAL") not in ("NORMAL", "HIGH") or \
-                not TTL_FORMAT.fullmatch(str(android.get("ttl", "0s"))):
+                not TTL_FORMAT.fullmatch(str(android.get("ttl", "0s"))) or \
+                not isinstance(android.get("collapse_key", ""), str):
             raise FcmRefusal(400, "Invalid android config", fcm_code="INVALID_ARGUMENT",
                              bad_field="message.android")
         if token in self.unregistered:
