@@ -21,6 +21,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ ASSERTION_LIFETIME = 3600  # Google accepts at most an hour
 REFRESH_MARGIN = 60.0
 DEFAULT_TTL = 30  # seconds FCM keeps trying to deliver: a call does not wait longer
 REQUEST_TIMEOUT = 10.0
+# Google Cloud project ids: 6-30 lowercase letters, digits and hyphens, starting with a letter,
+# not ending with a hyphen (some legacy ones are longer).
+PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,61}[a-z0-9]")
 MAX_FIELD_CHARS = 256  # caller and callee in the data message; FCM's limit is 4 KB in all
 
 
@@ -119,12 +123,18 @@ class FcmProvider:
 
     async def send(self, target: PushTarget, request: PushRequest) -> PushResult:
         project = target.param or self.account.project_id
+        if not PROJECT_ID.fullmatch(project):
+            # It goes into the request's path: nothing but a project id may.
+            return PushResult(PushOutcome.INVALID_TOKEN,
+                              f"FCM pn-param {loggable(project)!r} is not a Firebase project id")
         try:
             token = await self._access_token()
             response = await self._post_message(project, target.prid, request, token)
             if response.status_code == 401:
-                # Revoked or expired early (a clock step): one new token, one more try.
-                self._token = ""
+                # Revoked or expired early (a clock step): one new token, one more try. Only
+                # this token is forgotten: another push may have fetched the next one already.
+                if self._token == token:
+                    self._token = ""
                 token = await self._access_token()
                 response = await self._post_message(project, target.prid, request, token)
         except _TokenError as error:

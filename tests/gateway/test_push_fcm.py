@@ -126,6 +126,11 @@ async def test_pn_param_names_the_project_and_defaults_to_the_service_accounts(
 
     assert result.outcome is PushOutcome.FAILED
     assert "403 SENDER_ID_MISMATCH" in result.reason
+    # pn-param goes into the URL's path: only a project id's characters may.
+    escape = await provider.send(PushTarget("fcm", DEVICE.prid, "../../v1/other"), CALL)
+    assert escape.outcome is PushOutcome.INVALID_TOKEN
+    assert "is not a Firebase project id" in escape.reason
+    assert len(fcm.standin.messages) == 1 and len(fcm.standin.refusals) == 1
 
 
 async def test_an_unregistered_or_malformed_registration_token_is_invalid(
