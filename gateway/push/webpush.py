@@ -51,6 +51,7 @@ NAME = "webpush"
 REQUEST_TIMEOUT = 10.0
 VAPID_LIFETIME = 12 * 3600  # RFC 8292 allows at most 24 hours
 VAPID_RENEW_BEFORE = 3600  # sign a new JWT for an origin when its own has less than this left
+MAX_CACHED_ORIGINS = 256  # browsers use a handful of push services
 DEFAULT_TTL = 30  # seconds the push service keeps the message: a call does not wait longer
 MAX_FIELD_CHARS = 256  # caller and callee: the payload stays one record (RFC 8291 section 4)
 P256_POINT_BYTES = 65  # an uncompressed P-256 public key (RFC 8291 section 3.1)
@@ -160,6 +161,9 @@ class WebPushProvider:
         cached = self._jwt_by_origin.get(origin)
         if cached is not None and now < cached[1]:
             return cached[0]
+        if len(self._jwt_by_origin) >= MAX_CACHED_ORIGINS:
+            # Clients name the origins: a flood of made-up ones must not grow this for ever.
+            self._jwt_by_origin.clear()
         expires = int(now) + VAPID_LIFETIME
         token = jwt.encode({"aud": origin, "exp": expires, "sub": self._subject},
                            self._vapid_key, algorithm="ES256")
