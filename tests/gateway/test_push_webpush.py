@@ -106,6 +106,7 @@ async def test_a_binding_without_keys_gets_pushes_without_payload(
     # The cancel replaces its call's push where the service still holds it; another call not.
     assert call.topic == cancelled.topic != other.topic
     assert CALL.call_id not in call.topic
+    assert call.vapid_claims == other.vapid_claims  # one VAPID JWT per origin, reused
 
 
 async def test_a_gone_or_unknown_subscription_is_an_invalid_token(
