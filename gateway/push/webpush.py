@@ -135,7 +135,7 @@ class WebPushProvider:
         body = b""
         if target.param:
             try:
-                body = _encrypted(_payload(request), target.param)
+                body = encrypt_payload(_payload(request), target.param)
             except ValueError as error:
                 return PushResult(PushOutcome.INVALID_TOKEN,
                                   f"Web Push pn-param is not <p256dh>.<auth>: {error}")
@@ -201,9 +201,11 @@ def _payload(request: PushRequest) -> bytes:
     }).encode()
 
 
-def _encrypted(plaintext: bytes, keys: str) -> bytes:
-    """plaintext encrypted to the user agent's keys (RFC 8291): an ephemeral ECDH key of ours,
-    a random salt, one aes128gcm record. ValueError names what is wrong with `keys`."""
+def encrypt_payload(plaintext: bytes, keys: str, *, salt: bytes | None = None,
+                    sender_key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+    """plaintext encrypted to the user agent's keys `<p256dh>.<auth>` (RFC 8291): a new ECDH key
+    of ours and a random salt (unless given: RFC 8291's test vector), one aes128gcm record.
+    ValueError names what is wrong with `keys`."""
     p256dh_text, dot, auth_text = keys.partition(".")
     try:
         p256dh, auth = b64url_decode(p256dh_text), b64url_decode(auth_text)
@@ -216,6 +218,6 @@ def _encrypted(plaintext: bytes, keys: str) -> bytes:
         ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
     except ValueError as error:
         raise ValueError(f"p256dh is not a P-256 point: {error}") from error
-    return http_ece.encrypt(plaintext, salt=os.urandom(16),
-                            private_key=ec.generate_private_key(ec.SECP256R1()),
+    return http_ece.encrypt(plaintext, salt=salt or os.urandom(16),
+                            private_key=sender_key or ec.generate_private_key(ec.SECP256R1()),
                             dh=p256dh, auth_secret=auth, version="aes128gcm")

@@ -18,13 +18,54 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.config import ConfigError, PushSettings, load_config
 from gateway.push.provider import PushKind, PushOutcome, PushRequest, PushTarget
 from gateway.push.service import push_ssl_context
-from gateway.push.webpush import WebPushProvider, load_vapid_key, vapid_public_key
+from gateway.push.webpush import (
+    WebPushProvider,
+    encrypt_payload,
+    load_vapid_key,
+    vapid_public_key,
+)
 from tests.support.push_services.server import serve_http2
-from tests.support.push_services.webpush import Subscription, WebPushStandIn, b64url_decode
+from tests.support.push_services.webpush import (
+    Subscription,
+    WebPushStandIn,
+    b64url_decode,
+    decrypt,
+)
 
 SUBJECT = "mailto:ops@example.com"
 CALL = PushRequest(PushKind.INCOMING_CALL, "a84b4c76e66710@pc33", '"Alice" <sip:alice@example.com>',
                    "sip:bob@example.com")
+
+
+# RFC 8291 Appendix A: the user agent's keys, the application server's key and salt, the body.
+RFC8291_UA_PRIVATE = "q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94"
+RFC8291_UA_PUBLIC = ("BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6S"
+                     "RpkNtoIAiw4")
+RFC8291_AUTH = "BTBZMqHH6r4Tts7J_aSIgg"
+RFC8291_AS_PRIVATE = "yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"
+RFC8291_SALT = "DGv6ra1nlYgDCS1FRnbzlw"
+RFC8291_PLAINTEXT = b"When I grow up, I want to be a watermelon"
+RFC8291_BODY = ("DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3"
+                "vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXP"
+                "XLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN")
+
+
+def test_the_payload_encryption_reproduces_rfc_8291s_example() -> None:
+    sender = ec.derive_private_key(int.from_bytes(b64url_decode(RFC8291_AS_PRIVATE)),
+                                   ec.SECP256R1())
+
+    body = encrypt_payload(RFC8291_PLAINTEXT, f"{RFC8291_UA_PUBLIC}.{RFC8291_AUTH}",
+                           salt=b64url_decode(RFC8291_SALT), sender_key=sender)
+
+    assert body == b64url_decode(RFC8291_BODY)
+
+
+def test_the_stand_in_browser_decrypts_rfc_8291s_example() -> None:
+    browser = ec.derive_private_key(int.from_bytes(b64url_decode(RFC8291_UA_PRIVATE)),
+                                    ec.SECP256R1())
+
+    assert decrypt(b64url_decode(RFC8291_BODY), browser, b64url_decode(RFC8291_AUTH)) == \
+        RFC8291_PLAINTEXT
 
 
 @dataclass
