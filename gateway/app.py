@@ -28,6 +28,8 @@ from .location import LocationService, NodeHeartbeat, NodeInfo, open_location_se
 from .media import MediaAnchor
 from .metrics import GatewayMetrics
 from .proxy import ProxyPolicy
+from .push.service import PushService
+from .push.wakeup import PushWaker, WakePolicy, Wakeups
 from .registrar import RegistrarPolicy
 from .trunk_registration import TrunkRegistration
 from .users import UserStore, generate_password, open_user_store
@@ -68,6 +70,10 @@ class Gateway:
             self.users, config.domain.lower(), secret, config.nonce_lifetime,
             self.guard.failed_from, self.guard.is_banned,
         ) if config.turn_uris else None
+        # RFC 8599 push: the providers [push] turns on; without any, push parameters are
+        # ignored and flows' bindings go with them, as before.
+        self.push = PushService(config.push, self.location)
+        self.wakeups = Wakeups(self.node_id, config.redis or None) if self.push.names else None
         relay = self._media_relay(config)
         self._media_workers = relay if isinstance(relay, MediaWorkers) else None
         self.media = MediaAnchor(relay, config.max_media_sessions)
@@ -77,12 +83,20 @@ class Gateway:
                 domain=config.domain, node_id=self.node_id, min_expires=config.min_expires,
                 max_expires=config.max_expires, default_expires=config.default_expires,
                 flow_timer=config.flow_timer, max_contacts=config.max_contacts,
+                push_providers=self.push.names,
             ),
             transactions=self.transactions, transport=self.transport, location=self.location,
             auth=self.auth, secret=secret, media=self.media, max_dialogs=config.max_dialogs,
         )
         self.proxy = self.signalling.proxy
         self.registrar = self.signalling.registrar
+        if self.wakeups is not None:
+            self.registrar.on_push_registered = self.wakeups.registered
+            self.proxy.waker = PushWaker(
+                wakeups=self.wakeups, location=self.location, send=self.push.send,
+                policy=WakePolicy(wait=config.push.wait, repeat=config.push.repeat),
+                is_asleep=self.signalling.targets.is_asleep, metrics=self.push.metrics,
+            )
         self.trunk_registrations = [
             TrunkRegistration(trunk, self.transactions, self.transport, config.public_address)
             for trunk in config.trunks if trunk.register
@@ -118,6 +132,7 @@ class Gateway:
             "ws2sip_bindings": ("registered contacts in the location service",
                                 self.location.count),
         })
+        self.push.metrics.register(self.metrics.registry)
         self._runners: list[web.AppRunner] = []
         self._heartbeat: NodeHeartbeat | None = None
         self._tasks = TaskSet(log, "request handling")
@@ -140,6 +155,9 @@ class Gateway:
             await self._media_workers.start()
         await self._ensure_users()
         await self.guard.start()
+        if self.wakeups is not None:
+            await self.wakeups.start()
+            log.info("push notifications through %s (RFC 8599)", ", ".join(sorted(self.push.names)))
         listeners = self.config.listeners()
         for host, port in listeners["udp"]:
             log.info("SIP/UDP on %s:%d", *await self.transport.listen_udp(host, port))
@@ -182,6 +200,11 @@ class Gateway:
         for runner in self._runners:
             await runner.cleanup()
         await self.signalling.close()
+        if self.proxy.waker is not None:
+            self.proxy.waker.close()
+        if self.wakeups is not None:
+            await self.wakeups.close()
+        await self.push.close()
         await self.media.relay.close()
         await self.transport.close()
         self._tasks.cancel_all()

@@ -28,8 +28,11 @@ from .dialogs import (
     subscription_lifetime,
 )
 from .flowtoken import DIALOG, HOP, FlowRef, FlowTokens
-from .forking import DIALOG_METHODS, Branch, ForwardingEngine
+from .forking import DIALOG_METHODS, Branch, Forwarding, ForwardingEngine
+from .location import Binding
 from .media import Exchange, MediaAnchor
+from .push.provider import PushKind, PushRequest
+from .push.wakeup import DeviceWake, PushWaker
 from .refusal import refusal
 from .routing import (
     PLAIN,
@@ -50,6 +53,8 @@ log = logging.getLogger(f"ws2sip.{__name__}")
 # that PBXs still read): only trusted trunks may send them; toward a trunk the gateway asserts
 # the authenticated user itself.
 ASSERTED_IDENTITY_HEADERS = ("p-asserted-identity", "p-preferred-identity", "remote-party-id")
+# New requests that wait for a sleeping push device (RFC 8599), and what its push announces.
+WAKING_METHODS = {"INVITE": PushKind.INCOMING_CALL, "MESSAGE": PushKind.MESSAGE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,8 @@ class Proxy:
         # Told of a flow whose sender proved itself without digest: another node's hop token
         # (the edge guard then lifts the flow's authentication deadline).
         self.on_peer_trusted: Callable[[Flow], None] = _no_flow_observer
+        # Wakes sleeping push devices (RFC 8599); None: push is not configured.
+        self.waker: PushWaker | None = None
 
     # --- entry points ------------------------------------------------------------------------
     async def handle_request(self, request: Request, server: ServerTransaction) -> None:
@@ -207,7 +214,9 @@ class Proxy:
             caller_aor = await self._auth.authenticate_caller(request, server)
             if caller_aor is None:
                 return
-        destinations, callee_aor = await self._targets.select(request, trunk)
+        wakes = self.waker is not None and request.method in WAKING_METHODS
+        destinations, callee_aor, sleeping = await self._targets.route(request, trunk,
+                                                                       wakes=wakes)
         proxied = ProxiedRequest(self, request, asserted_identity=caller_aor)
         created: Dialog | None = None
         if request.method in DIALOG_METHODS:
@@ -217,7 +226,8 @@ class Proxy:
                              callee=callee_aor, trunk=dialog_trunk.name if dialog_trunk else None)
             proxied.dialog = self.dialogs.add(created, _lifetime(request))
         try:
-            await self._forward(proxied, server, destinations, record_route=True)
+            await self._forward(proxied, server, destinations, record_route=True,
+                                sleeping=sleeping, callee_aor=callee_aor)
         except SipError:
             # Refused before any branch went out (e.g. 488 for a malformed SDP offer): the
             # dialog this request created, and the media session it holds, go with it. One that
@@ -315,9 +325,13 @@ class Proxy:
     async def _forward(
         self, proxied: ProxiedRequest, server: ServerTransaction,
         destinations: list[Destination], *, record_route: bool, cseq_offset: int = 0,
+        sleeping: list[Binding] | None = None, callee_aor: str | None = None,
     ) -> None:
+        """Fork to `destinations`; push bindings in `sleeping` are woken (RFC 8599) and
+        joined as branches when they register again."""
         request = proxied.request
         forwarding = self._engine.begin(request, server, proxied)
+        proxied.forwarding = forwarding
         incoming = server.flow
         dialog = proxied.dialog
         if dialog is not None and request.to.tag is None:
@@ -327,13 +341,27 @@ class Proxy:
             dialog.caller_tag = request.from_.tag
             dialog.caller_party = self._party_of(incoming)
             self.dialogs.attach_flow(dialog, incoming.id)
-        proxied.anchored_offer = await self._media_offer(proxied, destinations)
+        sides = [d.side for d in destinations]
+        if sleeping:
+            sides.extend(side_of_transport(b.transport) for b in sleeping)
+        proxied.anchored_offer = await self._media_offer(proxied, sides)
+        waker = self.waker
+        if sleeping and waker is not None and callee_aor is not None:
+            # Held before the first branch starts: the live branches' answers cannot end the
+            # request while the woken device may still come.
+            self._engine.hold(forwarding)
+            self._engine.fork(forwarding, destinations, record_route=record_route,
+                              cseq_offset=cseq_offset)
+            self._engine.provisional(forwarding, 180, "Ringing")
+            push = PushRequest(WAKING_METHODS[request.method], request.call_id,
+                               _caller_of(request), callee_aor)
+            proxied.wake = waker.start(callee_aor, sleeping, push, proxied.reach_awake,
+                                       proxied.wake_over)
+            return
         self._engine.fork(forwarding, destinations, record_route=record_route,
                           cseq_offset=cseq_offset)
 
-    async def _media_offer(
-        self, proxied: ProxiedRequest, destinations: list[Destination]
-    ) -> bytes | None:
+    async def _media_offer(self, proxied: ProxiedRequest, sides: list[Side]) -> bytes | None:
         """The rewritten offer for branches of the other media side (None: none needed, or a
         late offer). In a dialog only an already anchored call is anchored again."""
         dialog = proxied.dialog
@@ -342,9 +370,7 @@ class Proxy:
             return None
         if request.to.tag is not None and dialog.media is None:
             return None
-        other = next(
-            (d.side for d in destinations if d.side != proxied.sender_side), None
-        )
+        other = next((side for side in sides if side != proxied.sender_side), None)
         if other is None:
             return None
         started = await self.media.offer(dialog, request, proxied.sender_side, other)
@@ -368,7 +394,7 @@ class ProxiedRequest:
     each step the forwarding engine reports (forking.BranchHooks)."""
 
     __slots__ = ("_proxy", "request", "dialog", "creates_dialog", "sender_side", "exchange",
-                 "anchored_offer", "asserted_identity", "_parties")
+                 "anchored_offer", "asserted_identity", "_parties", "forwarding", "wake")
 
     def __init__(
         self, proxy: Proxy, request: Request, *, dialog: Dialog | None = None,
@@ -384,6 +410,33 @@ class ProxiedRequest:
         self.asserted_identity = asserted_identity  # the caller's AoR, asserted to trunks
         # The callee side of each branch of a dialog-creating request (None for others).
         self._parties: dict[Branch, Party] | None = None
+        self.forwarding: Forwarding | None = None  # set as the engine takes the request
+        self.wake: DeviceWake | None = None  # waking sleeping push devices for it, if any
+
+    async def reach_awake(self, binding: Binding) -> bool:
+        """A woken device registered again (`binding`, on its new flow): a branch toward it.
+        False when the request no longer wants it (answered, cancelled, unreachable)."""
+        forwarding = self.forwarding
+        if forwarding is None or forwarding.answered or forwarding.cancelled:
+            return False
+        proxy = self._proxy
+        try:
+            destination = await proxy._targets.binding_destination(binding, self.request.call_id)
+        except SipError as error:
+            log.info("woken binding %s of %s unusable: %s", binding.contact, binding.aor,
+                     error.reason)
+            return False
+        return proxy._engine.add_branches(forwarding, [destination], record_route=True)
+
+    def wake_over(self) -> None:
+        """The wait for sleeping devices ended: without any branch, the request fails."""
+        if self.forwarding is not None:
+            self._proxy._engine.release(self.forwarding, 480,
+                                        "Temporarily Unavailable (device did not wake up)")
+
+    def _stop_waking(self, *, cancelled: bool) -> None:
+        if self.wake is not None:
+            self.wake.stop(cancelled=cancelled)
 
     def on_branch_request(self, branch: Branch) -> None:
         destination = branch.destination
@@ -440,6 +493,7 @@ class ProxiedRequest:
                 response.set_body(b"")
 
     def on_answered(self, winner: Branch) -> None:
+        self._stop_waking(cancelled=False)
         dialog = self.dialog
         if dialog is None or self.request.to.tag is not None:
             return
@@ -456,6 +510,7 @@ class ProxiedRequest:
             proxy.tasks.spawn(media.release(dialog))
 
     def on_final(self, response: Response) -> None:
+        self._stop_waking(cancelled=False)
         dialog = self.dialog
         if dialog is None:
             return
@@ -463,6 +518,15 @@ class ProxiedRequest:
             not dialog.confirmed
         if failed_to_create or self.request.method == "BYE":
             self._proxy.dialogs.release(dialog.call_id)
+
+    def on_cancelled(self) -> None:
+        self._stop_waking(cancelled=True)
+
+
+def _caller_of(request: Request) -> str:
+    """Who calls, for the push's text: the From display name, else its address."""
+    sender = request.from_
+    return sender.display or sender.uri.address_of_record
 
 
 def _no_flow_observer(flow: Flow) -> None:

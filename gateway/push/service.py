@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ..config import PushSettings
 from ..location import Binding, LocationService
 from .apns import NAME as APNS
-from .apns import ApnsProvider, load_signing_key
+from .apns import ApnsConfigError, ApnsProvider, load_signing_key
 from .fcm import NAME as FCM
 from .fcm import FcmProvider
 from .provider import PushOutcome, PushProvider, PushRequest, PushResult, PushTarget
@@ -35,8 +35,12 @@ WAKE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
 def _apns(settings: PushSettings, verify: ssl.SSLContext) -> PushProvider | None:
     if not settings.apns_enabled:
         return None
+    try:
+        key = load_signing_key(settings.apns_key_file)
+    except ApnsConfigError as error:
+        raise SystemExit(f"ws2sip: {error}") from error  # as an unusable TLS key is
     return ApnsProvider(
-        url=settings.apns_url, key=load_signing_key(settings.apns_key_file),
+        url=settings.apns_url, key=key,
         key_id=settings.apns_key_id, team_id=settings.apns_team_id, verify=verify,
         # No point delivering a wake-up after the call stopped waiting for it.
         expiration=max(1, round(settings.wait)),
@@ -72,6 +76,12 @@ class PushMetrics(WakeMetrics):
         self.calls_lost = Counter(
             "ws2sip_push_calls_lost", "calls whose device did not register within push.wait",
             registry=registry)
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Serve these on `registry` too (built before the gateway's own registry exists)."""
+        for collector in (self.sent, self.failed, self.invalid_tokens, self.wake_time,
+                          self.calls_lost):
+            registry.register(collector)
 
     def woken(self, seconds: float) -> None:
         self.wake_time.observe(seconds)

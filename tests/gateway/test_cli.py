@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import build_parser
-from gateway.config import Config, load_config
+from gateway.config import Config, PushSettings, load_config
 from gateway.users import FileUserStore, RedisUserStore, UserStore
 from sip.digest import compute_ha1
 from tests.fixtures.gateway import REPO_ROOT, GatewayProcess
@@ -137,8 +137,11 @@ def test_run_help_documents_every_flag() -> None:
 
 def test_every_setting_has_a_run_flag() -> None:
     destinations = {action.dest for action in run_parser()._actions}
-    settings = {field.name for field in fields(Config)} - {"trunks"}  # trunks: TOML tables
+    settings = {field.name for field in fields(Config)} - {"trunks", "push"}  # TOML tables
     assert settings - destinations == set()
+    # Each [push] key is a flag --push-<key>.
+    push_keys = {f"push_{field.name}" for field in fields(PushSettings)}
+    assert push_keys - destinations == set()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from gateway.config import COMMAND_LINE, RANGES, Config, ConfigError, Trunk, load_config
+from gateway.config import (
+    COMMAND_LINE,
+    RANGES,
+    Config,
+    ConfigError,
+    PushSettings,
+    Trunk,
+    load_config,
+)
 from tests.gateway.test_cli import ws2sip
 
 # A value of the wrong type for each annotation the schema uses (TOML spelling in comments).
@@ -40,15 +48,37 @@ def refusal(path: Path, text: str) -> str:
     return str(caught.value)
 
 
+TABLES = ("trunks", "push")  # settings that are tables, checked key by key below
+
+
 def test_the_schema_has_a_type_check_for_every_annotation() -> None:
-    annotations = {str(f.type) for f in fields(Config) if f.name != "trunks"}
+    annotations = {str(f.type) for f in fields(Config) if f.name not in TABLES}
     annotations |= {str(f.type) for f in fields(Trunk)}
+    annotations |= {str(f.type) for f in fields(PushSettings)}
     assert annotations <= set(WRONG_VALUES), annotations - set(WRONG_VALUES)
-    names = {f.name for f in fields(Config)} | {f.name for f in fields(Trunk)}
+    names = {f.name for table in (Config, Trunk, PushSettings) for f in fields(table)}
     assert set(RANGES) <= names, set(RANGES) - names
 
 
-@pytest.mark.parametrize("setting", [f for f in fields(Config) if f.name != "trunks"],
+@pytest.mark.parametrize("setting", list(fields(PushSettings)), ids=lambda f: f.name)
+def test_every_push_key_refuses_a_value_of_the_wrong_type(setting: Any, tmp_path: Path) -> None:
+    path = tmp_path / "ws2sip.toml"
+    for wrong in WRONG_VALUES[str(setting.type)]:
+        message = refusal(path, f"[push]\n{setting.name} = {toml_value(wrong)}\n")
+        assert message.startswith(f"{path}: push.{setting.name}: expected "), message
+
+
+def test_push_flags_set_the_push_table_and_are_range_checked() -> None:
+    config = load_config(None, {"push_wait": 8.0, "push_repeat": 2.0})
+    assert (config.push.wait, config.push.repeat) == (8.0, 2.0)
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"push_wait": 0.0})
+    assert str(caught.value) == f"{COMMAND_LINE}: push.wait: expected a number 1-600, got 0.0"
+    with pytest.raises(ConfigError, match="needs push.apns_key_id"):
+        load_config(None, {"push_apns_key_file": "/dev/null"})
+
+
+@pytest.mark.parametrize("setting", [f for f in fields(Config) if f.name not in TABLES],
                          ids=lambda f: f.name)
 def test_every_setting_refuses_a_value_of_the_wrong_type(setting: Any, tmp_path: Path) -> None:
     path = tmp_path / "ws2sip.toml"
