@@ -117,9 +117,13 @@ class FcmProvider:
         gateway.push.service ProviderFactory)."""
         if not settings.fcm_service_account:
             return None
+        try:
+            account = ServiceAccount.load(settings.fcm_service_account)
+        except ConfigError as error:
+            raise SystemExit(f"ws2sip: {error}") from error  # as an unusable APNs key is
         # No point delivering a wake-up after the call stopped waiting for it.
-        return cls(ServiceAccount.load(settings.fcm_service_account), fcm_url=settings.fcm_url,
-                   verify=verify, ttl=max(1, round(settings.wait)))
+        return cls(account, fcm_url=settings.fcm_url, verify=verify,
+                   ttl=max(1, round(settings.wait)))
 
     async def send(self, target: PushTarget, request: PushRequest) -> PushResult:
         project = target.param or self.account.project_id

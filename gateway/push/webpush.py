@@ -114,9 +114,12 @@ class WebPushProvider:
         gateway.push.service ProviderFactory)."""
         if not settings.webpush_vapid_key_file:
             return None
-        # No point delivering a wake-up after the call stopped waiting for it.
-        return cls(load_vapid_key(settings.webpush_vapid_key_file), settings.webpush_subject,
-                   verify=verify, ttl=max(1, round(settings.wait)))
+        try:
+            # No point delivering a wake-up after the call stopped waiting for it.
+            return cls(load_vapid_key(settings.webpush_vapid_key_file), settings.webpush_subject,
+                       verify=verify, ttl=max(1, round(settings.wait)))
+        except ConfigError as error:
+            raise SystemExit(f"ws2sip: {error}") from error  # as an unusable APNs key is
 
     async def send(self, target: PushTarget, request: PushRequest) -> PushResult:
         origin = push_service_origin(target.prid)

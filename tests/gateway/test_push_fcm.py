@@ -214,7 +214,8 @@ async def test_the_push_table_configures_the_provider(fcm: Fcm, tmp_path: Path) 
     not_an_account = tmp_path / "key.json"
     not_an_account.write_text('{"type": "authorized_user"}')
     settings = load_config(None, {"push_fcm_service_account": str(not_an_account)}).push
-    with pytest.raises(ConfigError, match="not a service-account key file"):
+    with pytest.raises(SystemExit, match="ws2sip: push.fcm_service_account .*not a "
+                       "service-account key file"):
         FcmProvider.from_settings(settings, push_ssl_context(settings))
     config_file.write_text('[push]\nfcm_token = "x"\n')
     with pytest.raises(ConfigError, match="unknown setting push.fcm_token"):

@@ -228,5 +228,5 @@ async def test_the_push_table_configures_the_provider(service: PushService,
     not_a_key.write_text("not a key")
     settings = load_config(None, {"push_webpush_vapid_key_file": str(not_a_key),
                                   "push_webpush_subject": SUBJECT}).push
-    with pytest.raises(ConfigError, match="push.webpush_vapid_key_file"):
+    with pytest.raises(SystemExit, match="ws2sip: push.webpush_vapid_key_file"):
         WebPushProvider.from_settings(settings, push_ssl_context(settings))
