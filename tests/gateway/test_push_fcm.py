@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import secrets
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from gateway.config import ConfigError, PushSettings, load_config
 from gateway.push.fcm import SCOPE, FcmProvider, ServiceAccount
 from gateway.push.provider import PushKind, PushOutcome, PushRequest, PushTarget
 from gateway.push.service import push_ssl_context
+from tests.fixtures.gateway import GatewayFactory
 from tests.support.push_services.fcm import FcmStandIn
 from tests.support.push_services.server import serve_http2
+from tests.support.ws_sip import WsSipUa
 
 PROJECT = "ws2sip-test"
 CALL = PushRequest(PushKind.INCOMING_CALL, "a84b4c76e66710@pc33", '"Alice" <sip:alice@example.com>',
@@ -220,3 +223,33 @@ async def test_the_push_table_configures_the_provider(fcm: Fcm, tmp_path: Path) 
     config_file.write_text('[push]\nfcm_token = "x"\n')
     with pytest.raises(ConfigError, match="unknown setting push.fcm_token"):
         load_config(str(config_file), {})
+
+
+async def test_the_gateway_pushes_a_call_to_a_sleeping_android_app(
+        fcm: Fcm, gateway_factory: GatewayFactory) -> None:
+    users = {"alice": secrets.token_urlsafe(12), "bob": secrets.token_urlsafe(12)}
+    gateway = await gateway_factory(users=users, transports=("ws",), extra_args=[
+        "--push-fcm-service-account", str(fcm.account_file), "--push-fcm-url", fcm.url,
+        "--push-ca-file", str(fcm.ca_file), "--push-wait", "2", "--push-repeat", "2",
+    ])
+    bob = await WsSipUa.connect(gateway.ws_url, "bob", users["bob"], domain=gateway.domain)
+    contact = (f"<sip:bob@{bob.host};transport=ws;pn-provider=fcm;pn-prid={DEVICE.prid};"
+               f"pn-param={PROJECT}>"
+               f';+sip.instance="<urn:uuid:{secrets.token_hex(4)}-0000-4000-8000-000000000000>"')
+    registered = await bob.register(contacts=[contact])
+    assert registered.status == 200, registered
+    assert 'sip.pns="fcm"' in (registered.get("feature-caps") or "")
+    await bob.close()  # the app is suspended: its binding stays, with the push parameters
+
+    alice = await WsSipUa.connect(gateway.ws_url, "alice", users["alice"], domain=gateway.domain)
+    try:
+        call = asyncio.create_task(alice.call("bob"))
+        [push] = await fcm.standin.wait_for_messages(1, timeout=15)
+        final, _ = await call
+    finally:
+        await alice.close()
+
+    assert push.token == DEVICE.prid and push.project == PROJECT
+    assert push.data["kind"] == "call" and push.data["callee"].startswith("sip:bob@")
+    assert "alice" in push.data["caller"] and push.android["ttl"] == "2s"
+    assert final.status == 480  # bob never came back within push.wait

@@ -5,7 +5,9 @@ keys (RFC 8291 implemented there independently of the gateway's library)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from gateway.push.webpush import (
     load_vapid_key,
     vapid_public_key,
 )
+from tests.fixtures.gateway import GatewayFactory
 from tests.support.push_services.server import serve_http2
 from tests.support.push_services.webpush import (
     Subscription,
@@ -31,6 +34,7 @@ from tests.support.push_services.webpush import (
     b64url_decode,
     decrypt,
 )
+from tests.support.ws_sip import WsSipUa
 
 SUBJECT = "mailto:ops@example.com"
 CALL = PushRequest(PushKind.INCOMING_CALL, "a84b4c76e66710@pc33", '"Alice" <sip:alice@example.com>',
@@ -230,3 +234,38 @@ async def test_the_push_table_configures_the_provider(service: PushService,
                                   "push_webpush_subject": SUBJECT}).push
     with pytest.raises(SystemExit, match="ws2sip: push.webpush_vapid_key_file"):
         WebPushProvider.from_settings(settings, push_ssl_context(settings))
+
+
+async def test_the_gateway_pushes_a_call_to_a_sleeping_browser(
+        service: PushService, gateway_factory: GatewayFactory) -> None:
+    users = {"alice": secrets.token_urlsafe(12), "bob": secrets.token_urlsafe(12)}
+    gateway = await gateway_factory(users=users, transports=("ws",), extra_args=[
+        "--push-webpush-vapid-key-file", str(service.vapid_key_file),
+        "--push-webpush-subject", SUBJECT, "--push-ca-file", str(service.ca_file),
+        "--push-wait", "2", "--push-repeat", "2",
+    ])
+    vapid = vapid_public_key(load_vapid_key(str(service.vapid_key_file)))
+    subscription = service.standin.subscribe(application_server_key=vapid)
+    bob = await WsSipUa.connect(gateway.ws_url, "bob", users["bob"], domain=gateway.domain)
+    contact = (f"<sip:bob@{bob.host};transport=ws;pn-provider=webpush;"
+               f"pn-prid={subscription.endpoint};"
+               f"pn-param={subscription.p256dh}.{subscription.auth}>"
+               f';+sip.instance="<urn:uuid:{secrets.token_hex(4)}-0000-4000-8000-000000000000>"')
+    registered = await bob.register(contacts=[contact])
+    assert registered.status == 200, registered
+    assert 'sip.pns="webpush"' in (registered.get("feature-caps") or "")
+    await bob.close()  # the browser's tab sleeps: its binding stays, with the push parameters
+
+    alice = await WsSipUa.connect(gateway.ws_url, "alice", users["alice"], domain=gateway.domain)
+    try:
+        call = asyncio.create_task(alice.call("bob"))
+        [push] = await service.standin.wait_for_messages(1, timeout=15)
+        final, _ = await call
+    finally:
+        await alice.close()
+
+    details = json.loads(push.plaintext)
+    assert details["kind"] == "call" and details["callee"].startswith("sip:bob@")
+    assert "alice" in details["caller"] and details["call_id"]
+    assert push.urgency == "high" and push.vapid_key == vapid
+    assert final.status == 480  # bob never came back within push.wait
