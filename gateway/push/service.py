@@ -25,6 +25,9 @@ from .webpush import NAME as WEBPUSH
 from .webpush import WebPushProvider
 
 log = logging.getLogger(f"ws2sip.{__name__}")
+# The HTTP/2 stack logs every header at debug level, the APNs provider token included: never.
+for _chatty in ("hpack", "h2", "httpcore", "httpx"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 ProviderFactory = Callable[[PushSettings, ssl.SSLContext], "PushProvider | None"]
 # Seconds from a push to the device's REGISTER: apps woken by APNs/FCM take from some hundred

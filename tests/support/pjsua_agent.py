@@ -37,6 +37,7 @@ CALL_STATE_NAMES = {
 TRANSPORT_TYPES = {
     "udp": pj.PJSIP_TRANSPORT_UDP,
     "tcp": pj.PJSIP_TRANSPORT_TCP,
+    "tls": pj.PJSIP_TRANSPORT_TLS,  # a client of self-signed test servers: no verification
 }
 
 
@@ -115,10 +116,16 @@ class Phone:
     # --- commands -------------------------------------------------------------------------
 
     def cmd_register(self, host: str, port: int, user: str, password: str, domain: str,
-                     transport: str | None = None, expires: int = 300) -> dict[str, Any]:
+                     transport: str | None = None, expires: int = 300,
+                     contact_params: str = "", instance_id: str = "") -> dict[str, Any]:
+        """contact_params: appended to the Contact URI (e.g. RFC 8599 ";pn-provider=apns...");
+        instance_id: the +sip.instance URN to keep across restarts (an app's own id)."""
         transport = transport or self.options.transport
         server = f"sip:{host}:{port};transport={transport}"
         config = self.account_config(f"sip:{user}@{domain}")
+        config.sipConfig.contactUriParams = contact_params
+        if instance_id:
+            config.natConfig.sipOutboundInstanceId = f"<{instance_id}>"
         config.regConfig.registrarUri = server
         config.regConfig.timeoutSec = expires
         config.regConfig.retryIntervalSec = 0

@@ -141,6 +141,15 @@ class AgentProcess:
                 await self.request(command, timeout=timeout)
             await self.close(timeout=timeout)
 
+    async def kill(self) -> None:
+        """SIGKILL at once: the process says nothing more (no BYE, no un-REGISTER), and the
+        kernel closes its connections, as when a phone OS suspends or ends an app."""
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+        await self._process.wait()
+        with contextlib.suppress(asyncio.CancelledError, AgentError):
+            await self._reader
+
     async def close(self, timeout: float = 5.0) -> None:
         """Ask politely (stdin EOF), then SIGTERM, then SIGKILL."""
         process = self._process

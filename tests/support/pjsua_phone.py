@@ -70,12 +70,16 @@ class PjsuaPhone:
 
     async def register(self, registrar_host: str, port: int, user: str, password: str,
                        domain: str, transport: str | None = None, expires: int = 300,
-                       timeout: float = 10.0) -> dict[str, Any]:
+                       timeout: float = 10.0, contact_params: str = "",
+                       instance_id: str = "") -> dict[str, Any]:
         """Register (the registrar is also the outbound proxy for calls) and return the first
-        reg_state event: {"code": 200, "expiration": ..., "active": True, ...}."""
+        reg_state event: {"code": 200, "expiration": ..., "active": True, ...}.
+        contact_params are appended to the Contact URI (RFC 8599 push parameters);
+        instance_id ("urn:uuid:...") is the +sip.instance kept across app restarts."""
         await self._agent.request("register", host=registrar_host, port=port, user=user,
                                   password=password, domain=domain, transport=transport,
-                                  expires=expires)
+                                  expires=expires, contact_params=contact_params,
+                                  instance_id=instance_id)
         return await self.wait_for("reg_state", timeout)
 
     async def unregister(self, timeout: float = 10.0) -> dict[str, Any]:
@@ -134,6 +138,11 @@ class PjsuaPhone:
 
     def unclaimed_events(self, event: str | None = None) -> list[dict[str, Any]]:
         return self._agent.unclaimed_events(event)
+
+    async def suspend(self) -> None:
+        """End the process without a word, as a phone OS suspends an app: its connection to
+        the registrar closes, its registration stays."""
+        await self._agent.kill()
 
     async def stop(self) -> None:
         """Hang up everything, unregister and end the process."""
