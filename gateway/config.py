@@ -64,6 +64,11 @@ class PushSettings:
     apns_key_file: str = ""  # the .p8 token-signing key from Apple; "" = APNs off
     apns_key_id: str = ""  # its 10-character key id
     apns_team_id: str = ""  # the Apple developer team id (the token's issuer)
+    # FCM HTTP v1 and Web Push (gateway/push/fcm.py, webpush.py).
+    fcm_url: str = "https://fcm.googleapis.com"  # another: an egress proxy, a test service
+    fcm_service_account: str = ""  # the Firebase service-account JSON key file; "" = FCM off
+    webpush_vapid_key_file: str = ""  # P-256 PEM key signing Web Push (VAPID); "" = off
+    webpush_subject: str = ""  # mailto: or https: contact for the push services (RFC 8292)
 
     @property
     def apns_enabled(self) -> bool:
@@ -498,6 +503,11 @@ def _check_push(push: PushSettings) -> None:
         raise ConfigError("push.apns_key_file needs push.apns_key_id and push.apns_team_id")
     if push.apns_enabled and not push.apns_url.startswith("https://"):
         raise ConfigError(f"push.apns_url: expected an https:// URL, got {push.apns_url!r}")
+    if push.webpush_vapid_key_file and not push.webpush_subject.startswith(("mailto:", "https:")):
+        raise ConfigError("push.webpush_subject: Web Push needs a mailto: or https: contact for "
+                          f"the push services (RFC 8292), got {push.webpush_subject!r}")
+    if push.fcm_service_account and not push.fcm_url.startswith("https://"):
+        raise ConfigError(f"push.fcm_url: expected an https:// URL, got {push.fcm_url!r}")
 
 
 def _check_ice_tcp(config: Config) -> None:
@@ -695,6 +705,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[push] apns_key_id: the key's 10-character id")
     parser.add_argument("--push-apns-team-id", metavar="ID",
                         help="[push] apns_team_id: the Apple developer team id")
+    parser.add_argument(
+        "--push-fcm-url", metavar="URL",
+        help="[push] fcm_url: FCM HTTP v1 API base URL (default https://fcm.googleapis.com)",
+    )
+    parser.add_argument(
+        "--push-fcm-service-account", metavar="FILE",
+        help="[push] fcm_service_account: the Firebase service-account JSON key; turns FCM "
+        "(pn-provider=fcm, Android) on",
+    )
+    parser.add_argument(
+        "--push-webpush-vapid-key-file", metavar="FILE",
+        help="[push] webpush_vapid_key_file: P-256 private key (PEM) signing Web Push (VAPID); "
+        "turns Web Push (pn-provider=webpush, browsers) on; its public key is +sip.vapid",
+    )
+    parser.add_argument(
+        "--push-webpush-subject", metavar="URI",
+        help="[push] webpush_subject: mailto: or https: contact given to Web Push services",
+    )
     parser.add_argument(
         "--drain-grace", type=float, metavar="S",
         help="on SIGTERM or `ws2sip drain`: /healthz answers 503 \"draining\" and new "

@@ -2,7 +2,7 @@
 metrics, and the binding clean-up a dead token calls for.
 
 Providers are built by PROVIDER_FACTORIES, one factory per `pn-provider` name: it returns None
-when its keys are not configured. A new provider (FCM, Web Push) adds its factory there.
+when its keys are not configured.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from ..config import PushSettings
 from ..location import Binding, LocationService
 from .apns import NAME as APNS
 from .apns import ApnsConfigError, ApnsProvider, load_signing_key
+from .fcm import NAME as FCM
+from .fcm import FcmProvider
 from .provider import PushOutcome, PushProvider, PushRequest, PushResult, PushTarget
 from .wakeup import WakeMetrics
+from .webpush import NAME as WEBPUSH
+from .webpush import WebPushProvider
 
 log = logging.getLogger(f"ws2sip.{__name__}")
 # The HTTP/2 stack logs every header at debug level, the APNs provider token included: never.
@@ -48,6 +52,8 @@ def _apns(settings: PushSettings, verify: ssl.SSLContext) -> PushProvider | None
 
 PROVIDER_FACTORIES: dict[str, ProviderFactory] = {
     APNS: _apns,
+    FCM: FcmProvider.from_settings,
+    WEBPUSH: WebPushProvider.from_settings,
 }
 
 
