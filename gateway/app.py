@@ -97,7 +97,7 @@ class Gateway:
                 domain=config.domain, node_id=self.node_id, min_expires=config.min_expires,
                 max_expires=config.max_expires, default_expires=config.default_expires,
                 flow_timer=config.flow_timer, max_contacts=config.max_contacts,
-                push_providers=self.push.names,
+                push_providers=self.push.names, vapid_public_key=self.push.vapid_public_key,
             ),
             transactions=self.transactions, transport=self.transport, location=self.location,
             auth=self.auth, secret=secret, media=self.media, max_dialogs=config.max_dialogs,

@@ -59,6 +59,9 @@ class RegistrarPolicy:
     # pn-provider values the gateway can send pushes through (its [push] configuration). None
     # configured: push parameters are ignored (no Feature-Caps), as before push existed.
     push_providers: frozenset[str] = field(default_factory=frozenset)
+    # The Web Push provider's VAPID public key, announced as +sip.vapid (RFC 8599 §10.2) so that
+    # the app subscribes with the key the gateway signs with; "" without Web Push.
+    vapid_public_key: str = ""
 
 
 class Registrar:
@@ -245,7 +248,10 @@ class Registrar:
         response.add("Supported", SUPPORTED)
         for provider in sorted({c.pn_provider for c in change.contacts if c.pn_provider}):
             # RFC 8599 §5.3: this proxy will wake the device through that push service.
-            response.add("Feature-Caps", f'*;+sip.pns="{provider}"')
+            caps = f'*;+sip.pns="{provider}"'
+            if provider == "webpush" and self._policy.vapid_public_key:
+                caps += f';+sip.vapid="{self._policy.vapid_public_key}"'
+            response.add("Feature-Caps", caps)
         response.add("Date", _http_date(int(now)))
         return response
 

@@ -114,6 +114,12 @@ class PushService:
         """The pn-provider values this gateway can push through."""
         return frozenset(self.providers)
 
+    @property
+    def vapid_public_key(self) -> str:
+        """The Web Push provider's +sip.vapid value; "" without Web Push."""
+        provider = self.providers.get(WEBPUSH)
+        return provider.vapid_public_key if isinstance(provider, WebPushProvider) else ""
+
     async def send(self, binding: Binding, request: PushRequest) -> PushResult:
         """Push `request` to the device of `binding`; a token the provider calls invalid is
         dropped from the binding (logged once: the binding no longer carries it)."""

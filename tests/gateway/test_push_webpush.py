@@ -253,7 +253,8 @@ async def test_the_gateway_pushes_a_call_to_a_sleeping_browser(
                f';+sip.instance="<urn:uuid:{secrets.token_hex(4)}-0000-4000-8000-000000000000>"')
     registered = await bob.register(contacts=[contact])
     assert registered.status == 200, registered
-    assert 'sip.pns="webpush"' in (registered.get("feature-caps") or "")
+    # RFC 8599: the app learns the key its subscription must be restricted to from +sip.vapid.
+    assert registered.get("feature-caps") == f'*;+sip.pns="webpush";+sip.vapid="{vapid}"'
     await bob.close()  # the browser's tab sleeps: its binding stays, with the push parameters
 
     alice = await WsSipUa.connect(gateway.ws_url, "alice", users["alice"], domain=gateway.domain)
