@@ -65,11 +65,20 @@ function track(session, originator, request) {
   }
 }
 
-function start(wsUrl, user, password, domain) {
+// `settings`: more JsSIP UA settings (e.g. connection_recovery_min_interval / _max_interval,
+// which bound how soon JsSIP reconnects by itself after its WebSocket closed).
+function start(wsUrl, user, password, domain, settings = {}) {
   ua = new JsSIP.UA({
     sockets: [new JsSIP.WebSocketInterface(wsUrl)], uri: `sip:${user}@${domain}`, password,
+    ...settings,
   });
   ua.on('newRTCSession', (e) => track(e.session, e.originator, e.request));
+  // The transport's and the registration's life, for tests of reconnection (a node that dies).
+  ua.on('connected', () => note('connected'));
+  ua.on('disconnected', (e) => note('disconnected', { code: e.code ?? null, error: Boolean(e.error) }));
+  ua.on('registered', () => note('registered'));
+  ua.on('unregistered', () => note('unregistered'));
+  ua.on('registrationFailed', (e) => note('registrationFailed', { cause: e.cause }));
   return new Promise((registered, failed) => {
     ua.on('registered', () => registered());
     ua.on('registrationFailed', (e) => failed(new Error(`REGISTER failed: ${e.cause}`)));

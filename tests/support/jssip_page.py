@@ -29,12 +29,15 @@ class JssipPage:
 
     @classmethod
     async def open(cls, browser: BrowserSession, site: StaticServer, ws_url: str, user: str,
-                   password: str, domain: str) -> JssipPage:
+                   password: str, domain: str, settings: dict[str, Any] | None = None
+                   ) -> JssipPage:
+        """A new tab whose JsSIP UA has registered; `settings` are more JsSIP UA settings
+        (e.g. connection_recovery_max_interval)."""
         page = await browser.open(site.url("webrtc.html"))
         await page.add_script_tag(url=site.url("jssip_phone.mjs"), type="module")
         await page.wait_for_function(PHONE_READY, timeout=15_000)
-        await page.evaluate("([u, n, p, d]) => window.ws2sipJssip.start(u, n, p, d)",
-                            [ws_url, user, password, domain])
+        await page.evaluate("([u, n, p, d, s]) => window.ws2sipJssip.start(u, n, p, d, s)",
+                            [ws_url, user, password, domain, settings or {}])
         return cls(page, browser)
 
     async def call(self, target: str) -> int:
@@ -114,6 +117,12 @@ class JssipPage:
         """Mark every event so far as consumed (a page shared by several tests)."""
         await self.page.evaluate(
             "() => window.ws2sipJssip.events.forEach((e) => { e.claimed = true; })")
+
+    async def count_events(self, kind: str) -> int:
+        """How many events of `kind` so far, consumed or not (e.g. "registered")."""
+        count: int = await self.page.evaluate(
+            "(k) => window.ws2sipJssip.events.filter((e) => e.type === k).length", kind)
+        return count
 
     async def events(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = await self.page.evaluate("() => window.ws2sipJssip.events")
