@@ -424,7 +424,6 @@ class Proxy:
         joined as branches when they register again."""
         request = proxied.request
         forwarding = self._engine.begin(request, server, proxied)
-        proxied.forwarding = forwarding
         incoming = server.flow
         dialog = proxied.dialog
         if dialog is not None and request.to.tag is None:
@@ -443,6 +442,9 @@ class Proxy:
             # Held before the first branch starts: the live branches' answers cannot end the
             # request while the woken device may still come.
             self._engine.hold(forwarding)
+            # The request adds the woken devices' branches to its forwarding; it lets go of it
+            # (and of the wake) when the wait ends, so that no cycle outlives the request.
+            proxied.forwarding = forwarding
             self._engine.fork(forwarding, destinations, record_route=record_route,
                               cseq_offset=cseq_offset)
             self._engine.provisional(forwarding, 180, "Ringing")
@@ -505,7 +507,7 @@ class ProxiedRequest:
         self.replaced: Dialog | None = None  # the call an INVITE with Replaces takes over
         # The callee side of each branch of a dialog-creating request (None for others).
         self._parties: dict[Branch, Party] | None = None
-        self.forwarding: Forwarding | None = None  # set as the engine takes the request
+        self.forwarding: Forwarding | None = None  # while it waits for woken devices
         self.wake: DeviceWake | None = None  # waking sleeping push devices for it, if any
 
     async def reach_awake(self, binding: Binding) -> bool:
@@ -525,13 +527,15 @@ class ProxiedRequest:
 
     def wake_over(self) -> None:
         """The wait for sleeping devices ended: without any branch, the request fails."""
-        if self.forwarding is not None:
-            self._proxy._engine.release(self.forwarding, 480,
+        forwarding, self.forwarding, self.wake = self.forwarding, None, None
+        if forwarding is not None:
+            self._proxy._engine.release(forwarding, 480,
                                         "Temporarily Unavailable (device did not wake up)")
 
     def _stop_waking(self, *, cancelled: bool) -> None:
-        if self.wake is not None:
-            self.wake.stop(cancelled=cancelled)
+        wake, self.wake, self.forwarding = self.wake, None, None
+        if wake is not None:
+            wake.stop(cancelled=cancelled)
 
     def on_branch_request(self, branch: Branch) -> None:
         destination = branch.destination
