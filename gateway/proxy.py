@@ -442,8 +442,8 @@ class Proxy:
             # Held before the first branch starts: the live branches' answers cannot end the
             # request while the woken device may still come.
             self._engine.hold(forwarding)
-            # The request adds the woken devices' branches to its forwarding; it lets go of it
-            # (and of the wake) when the wait ends, so that no cycle outlives the request.
+            # The request adds the woken devices' branches to its forwarding; wake_over lets go
+            # of it (and of the wake) when the wait ends, so that no cycle outlives the request.
             proxied.forwarding = forwarding
             self._engine.fork(forwarding, destinations, record_route=record_route,
                               cseq_offset=cseq_offset)
@@ -533,9 +533,9 @@ class ProxiedRequest:
                                         "Temporarily Unavailable (device did not wake up)")
 
     def _stop_waking(self, *, cancelled: bool) -> None:
-        wake, self.wake, self.forwarding = self.wake, None, None
-        if wake is not None:
-            wake.stop(cancelled=cancelled)
+        # The wake ends on its own task and then calls wake_over, which lets go of both.
+        if self.wake is not None:
+            self.wake.stop(cancelled=cancelled)
 
     def on_branch_request(self, branch: Branch) -> None:
         destination = branch.destination
