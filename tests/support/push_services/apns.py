@@ -21,12 +21,14 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+
+from tests.support.push_services.server import Receive, Send, http_request_body
 
 VOIP_PAYLOAD_LIMIT = 5120
 PUSH_TYPES = ("alert", "background", "voip", "location", "complication", "fileprovider", "mdm",
@@ -34,8 +36,6 @@ PUSH_TYPES = ("alert", "background", "voip", "location", "complication", "filepr
 TOKEN_LIFETIME = 3600  # APNs refuses provider tokens older than an hour
 PAYLOAD_KINDS = ("call", "cancel", "message")
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -82,20 +82,9 @@ class ApnsStandIn:
         return list(self.pushes)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                event = (await receive())["type"]
-                await send({"type": f"{event}.complete"})  # lifespan.startup / .shutdown
-                if event == "lifespan.shutdown":
-                    return
-        if scope["type"] != "http":
+        body = await http_request_body(scope, receive, send)
+        if body is None:
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         apns_id = str(uuid.uuid4())
         try:
             push = self._check(scope, body)

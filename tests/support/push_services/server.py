@@ -16,7 +16,7 @@ import datetime
 import ipaddress
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,3 +128,26 @@ async def _wait_listening(port: int, serving: asyncio.Task[None]) -> None:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         return
+
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def http_request_body(scope: dict[str, Any], receive: Receive, send: Send) -> bytes | None:
+    """For a stand-in's ASGI entry point: answers the server's lifespan events and returns None
+    for anything but an HTTP request; for one, its whole body."""
+    if scope["type"] == "lifespan":
+        while True:
+            event = (await receive())["type"]
+            await send({"type": f"{event}.complete"})  # lifespan.startup / .shutdown
+            if event == "lifespan.shutdown":
+                return None
+    if scope["type"] != "http":
+        return None
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body

@@ -28,7 +28,6 @@ import secrets
 import string
 import struct
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,13 +38,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from tests.support.push_services.server import Receive, Send, http_request_body
+
 MAX_PAYLOAD = 4096  # RFC 8291 section 4: push services must accept at least this much
 MAX_VAPID_LIFETIME = 24 * 3600
 URGENCIES = ("very-low", "low", "normal", "high")
 TOPIC_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def b64url(data: bytes) -> str:
@@ -130,20 +129,9 @@ class WebPushStandIn:
         return list(self.messages)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                event = (await receive())["type"]
-                await send({"type": f"{event}.complete"})
-                if event == "lifespan.shutdown":
-                    return
-        if scope["type"] != "http":
+        body = await http_request_body(scope, receive, send)
+        if body is None:
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                    for name, value in scope["headers"]}
         try:
